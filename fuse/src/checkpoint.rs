@@ -1,0 +1,259 @@
+//! Checkpoints: safetensors files whose metadata holds the spec (`overparam.spec`, JSON), so a
+//! checkpoint describes itself. Loading validates everything against the spec's layout and
+//! names the file and the tensor at fault; saving is atomic (temp file, fsync, rename), so an
+//! existing artefact is never destroyed by a failed write.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{Error, Result};
+use crate::fold::Weights;
+use crate::layout::{ParamKind, ParamSpec, deploy_layout, train_layout};
+use crate::spec::{AnySpec, DeploySpec, TrainSpec};
+use crate::tensor::Tensor;
+
+/// Metadata key of the spec JSON.
+pub const SPEC_KEY: &str = "overparam.spec";
+/// Metadata key of the format version.
+pub const VERSION_KEY: &str = "overparam.version";
+pub const FORMAT_VERSION: &str = "1";
+
+/// A loaded, validated checkpoint.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub spec: AnySpec,
+    pub weights: Weights<f32>,
+}
+
+impl AnySpec {
+    /// The layout the weights must match.
+    pub fn layout(&self) -> Result<Vec<ParamSpec>> {
+        match self {
+            AnySpec::Train(s) => {
+                s.validate()?;
+                train_layout(s)
+            }
+            AnySpec::Deploy(s) => {
+                s.validate()?;
+                Ok(deploy_layout(s))
+            }
+        }
+    }
+}
+
+/// Checks names, shapes and finiteness of `w` against a layout (strict: no extras).
+pub fn check_against_layout<F: crate::tensor::Real>(
+    layout: &[ParamSpec],
+    w: &Weights<F>,
+) -> Result<()> {
+    for p in layout {
+        let t = w
+            .get(&p.name)
+            .ok_or_else(|| Error::weights(&p.name, "missing (the spec's layout declares it)"))?;
+        if t.shape != p.shape {
+            return Err(Error::weights(
+                &p.name,
+                format!(
+                    "shape {:?}, the spec's layout declares {:?}",
+                    t.shape, p.shape
+                ),
+            ));
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::weights(
+                &p.name,
+                format!("non-finite value {} at flat index {i}", t.data[i]),
+            ));
+        }
+        if p.kind == ParamKind::BnVar && t.data.iter().any(|v| *v < F::zero()) {
+            return Err(Error::weights(&p.name, "negative running variance"));
+        }
+    }
+    if w.len() != layout.len() {
+        let known: std::collections::HashSet<&str> =
+            layout.iter().map(|p| p.name.as_str()).collect();
+        if let Some(extra) = w.keys().find(|k| !known.contains(k.as_str())) {
+            return Err(Error::weights(extra, "not part of the spec's layout"));
+        }
+    }
+    Ok(())
+}
+
+fn at_path(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Weights { tensor, message } => Error::Tensor {
+            path: path.to_path_buf(),
+            tensor,
+            message,
+        },
+        Error::Spec(m) => Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("embedded spec is invalid: {m}"),
+        },
+        e => e,
+    }
+}
+
+/// Serialises a checkpoint to bytes (validated against the layout first).
+pub fn to_bytes(spec: &AnySpec, w: &Weights<f32>) -> Result<Vec<u8>> {
+    let layout = spec.layout()?;
+    check_against_layout(&layout, w)?;
+    let kinds: HashMap<&str, ParamKind> =
+        layout.iter().map(|p| (p.name.as_str(), p.kind)).collect();
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = w
+        .iter()
+        .map(|(name, t)| {
+            if kinds[name.as_str()] == ParamKind::BnCount {
+                // PyTorch stores num_batches_tracked as an int64 scalar.
+                let b = t
+                    .data
+                    .iter()
+                    .flat_map(|v| (*v as i64).to_le_bytes())
+                    .collect();
+                (name.clone(), Dtype::I64, t.shape.clone(), b)
+            } else {
+                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name.clone(), Dtype::F32, t.shape.clone(), b)
+            }
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).map_err(|e| Error::weights(n, e.to_string()))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let json = serde_json::to_string(spec).map_err(|e| Error::Spec(e.to_string()))?;
+    let meta = HashMap::from([
+        (SPEC_KEY.to_string(), json),
+        (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Spec(format!("safetensors: {e}")))
+}
+
+/// Writes bytes atomically: a temp file in the same directory, fsync, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+pub fn save(path: &Path, spec: &AnySpec, w: &Weights<f32>) -> Result<()> {
+    let bytes = to_bytes(spec, w).map_err(|e| at_path(path, e))?;
+    write_atomic(path, &bytes)
+}
+
+/// Parses and validates checkpoint bytes; `path` is only used in messages.
+pub fn from_bytes(path: &Path, buf: &[u8]) -> Result<Checkpoint> {
+    let ck = |m: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (_, meta) = SafeTensors::read_metadata(buf)
+        .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(SPEC_KEY))
+        .ok_or_else(|| {
+            ck(format!(
+                "no `{SPEC_KEY}` metadata: not an overparam checkpoint"
+            ))
+        })?;
+    let spec: AnySpec = serde_json::from_str(json).map_err(|e| {
+        ck(format!(
+            "`{SPEC_KEY}` metadata is not an overparam spec: {e}"
+        ))
+    })?;
+    let layout = spec.layout().map_err(|e| at_path(path, e))?;
+    let st = SafeTensors::deserialize(buf)
+        .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    let mut weights = Weights::new();
+    for (name, view) in st.iter() {
+        let tensor_err = |m: String| Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            message: m,
+        };
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::I64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            d => {
+                return Err(tensor_err(format!(
+                    "dtype {d:?}; expected F32 (or I64 for num_batches_tracked)"
+                )));
+            }
+        };
+        weights.insert(name.to_string(), Tensor::new(view.shape().to_vec(), data));
+    }
+    check_against_layout(&layout, &weights).map_err(|e| at_path(path, e))?;
+    Ok(Checkpoint { spec, weights })
+}
+
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    from_bytes(path, &buf)
+}
+
+pub fn load_train(path: &Path) -> Result<(TrainSpec, Weights<f32>)> {
+    match load(path)? {
+        Checkpoint {
+            spec: AnySpec::Train(s),
+            weights,
+        } => Ok((s, weights)),
+        Checkpoint { spec, .. } => Err(Error::WrongStage {
+            path: path.to_path_buf(),
+            expected: "train",
+            found: spec.stage(),
+        }),
+    }
+}
+
+pub fn load_deploy(path: &Path) -> Result<(DeploySpec, Weights<f32>)> {
+    match load(path)? {
+        Checkpoint {
+            spec: AnySpec::Deploy(s),
+            weights,
+        } => Ok((s, weights)),
+        Checkpoint { spec, .. } => Err(Error::WrongStage {
+            path: path.to_path_buf(),
+            expected: "deploy",
+            found: spec.stage(),
+        }),
+    }
+}

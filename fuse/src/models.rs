@@ -1,0 +1,285 @@
+//! Model builders. Each returns a train spec whose node names are torchvision's, so a deploy
+//! checkpoint loads into the PyTorch model with `load_state_dict(strict=True)`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::method::MethodConfig;
+use crate::spec::{
+    BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, TrainConv, TrainSpec,
+};
+
+/// The models `overparam init --model` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Resnet18Cifar,
+    Resnet50Cifar,
+    VggSmall,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [
+        ModelKind::Resnet18Cifar,
+        ModelKind::Resnet50Cifar,
+        ModelKind::VggSmall,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Resnet18Cifar => "resnet18_cifar",
+            ModelKind::Resnet50Cifar => "resnet50_cifar",
+            ModelKind::VggSmall => "vgg_small",
+        }
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                Error::Spec(format!(
+                    "unknown model `{s}` (expected resnet18_cifar, resnet50_cifar or vgg_small)"
+                ))
+            })
+    }
+}
+
+/// Options shared by the classification builders.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierOptions {
+    /// Width multiplier on every channel count (1.0 = the paper's model).
+    pub width: f64,
+    pub num_classes: usize,
+    pub image_size: usize,
+    pub method: MethodConfig,
+}
+
+impl ClassifierOptions {
+    pub fn new(method: MethodConfig) -> Self {
+        Self {
+            width: 1.0,
+            num_classes: 100,
+            image_size: 32,
+            method,
+        }
+    }
+}
+
+pub fn build(kind: ModelKind, opts: &ClassifierOptions) -> Result<TrainSpec> {
+    match kind {
+        ModelKind::Resnet18Cifar => resnet_cifar(kind, &[2, 2, 2, 2], false, opts),
+        ModelKind::Resnet50Cifar => resnet_cifar(kind, &[3, 4, 6, 3], true, opts),
+        ModelKind::VggSmall => vgg_small(opts),
+    }
+}
+
+struct Builder<'a> {
+    nodes: Vec<Node<TrainConv>>,
+    method: &'a MethodConfig,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, name: &str, inputs: &[&str], op: Op<TrainConv>) -> String {
+        self.nodes.push(Node {
+            name: name.to_string(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            op,
+        });
+        name.to_string()
+    }
+    /// A bias-free conv followed by a BN named `bn`.
+    fn conv_bn(&mut self, name: &str, input: &str, shape: ConvShape, bn: &str) -> String {
+        let method = self.method.for_conv(&shape);
+        self.push(
+            name,
+            &[input],
+            Op::Conv(TrainConv {
+                shape,
+                bn: Some(BatchNorm {
+                    name: bn.to_string(),
+                    eps: 1e-5,
+                }),
+                method,
+            }),
+        )
+    }
+    fn relu(&mut self, name: &str, input: &str) -> String {
+        self.push(name, &[input], Op::Relu)
+    }
+}
+
+fn scaled(c: usize, width: f64) -> usize {
+    ((c as f64 * width).round() as usize).max(1)
+}
+
+fn check_opts(opts: &ClassifierOptions) -> Result<()> {
+    opts.method.validate()?;
+    if !(opts.width > 0.0 && opts.width.is_finite()) {
+        return Err(Error::Spec(format!(
+            "width must be positive, got {}",
+            opts.width
+        )));
+    }
+    if opts.num_classes == 0 || opts.image_size < 4 {
+        return Err(Error::Spec(
+            "num_classes ≥ 1 and image_size ≥ 4 required".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// CIFAR ResNet (torchvision names): 3×3 stem (stride 1, no max-pool), four stages with
+/// stride on the 3×3 conv (torchvision v1.5), global average pool, `fc`.
+fn resnet_cifar(
+    kind: ModelKind,
+    blocks: &[usize; 4],
+    bottleneck: bool,
+    opts: &ClassifierOptions,
+) -> Result<TrainSpec> {
+    check_opts(opts)?;
+    let mut b = Builder {
+        nodes: vec![],
+        method: &opts.method,
+    };
+    let w = |c| scaled(c, opts.width);
+    let expansion = if bottleneck { 4 } else { 1 };
+    let mut ch = w(64);
+    let mut x = b.conv_bn("conv1", INPUT, ConvShape::new(3, ch, 3, 1), "bn1");
+    x = b.relu("relu", &x);
+    for (stage, &n) in blocks.iter().enumerate() {
+        let planes = w(64 << stage);
+        for i in 0..n {
+            let p = format!("layer{}.{i}", stage + 1);
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            let out_ch = planes * expansion;
+            let identity = x.clone();
+            let mut y = if bottleneck {
+                let y = b.conv_bn(
+                    &format!("{p}.conv1"),
+                    &x,
+                    ConvShape::new(ch, planes, 1, 1),
+                    &format!("{p}.bn1"),
+                );
+                let y = b.relu(&format!("{p}.relu1"), &y);
+                let y = b.conv_bn(
+                    &format!("{p}.conv2"),
+                    &y,
+                    ConvShape::new(planes, planes, 3, stride),
+                    &format!("{p}.bn2"),
+                );
+                let y = b.relu(&format!("{p}.relu2"), &y);
+                b.conv_bn(
+                    &format!("{p}.conv3"),
+                    &y,
+                    ConvShape::new(planes, out_ch, 1, 1),
+                    &format!("{p}.bn3"),
+                )
+            } else {
+                let y = b.conv_bn(
+                    &format!("{p}.conv1"),
+                    &x,
+                    ConvShape::new(ch, planes, 3, stride),
+                    &format!("{p}.bn1"),
+                );
+                let y = b.relu(&format!("{p}.relu1"), &y);
+                b.conv_bn(
+                    &format!("{p}.conv2"),
+                    &y,
+                    ConvShape::new(planes, planes, 3, 1),
+                    &format!("{p}.bn2"),
+                )
+            };
+            let shortcut = if stride != 1 || ch != out_ch {
+                b.conv_bn(
+                    &format!("{p}.downsample.0"),
+                    &identity,
+                    ConvShape::new(ch, out_ch, 1, stride),
+                    &format!("{p}.downsample.1"),
+                )
+            } else {
+                identity
+            };
+            y = b.push(&format!("{p}.add"), &[&y, &shortcut], Op::Add);
+            x = b.relu(&format!("{p}.relu"), &y);
+            ch = out_ch;
+        }
+    }
+    finish_classifier(b, kind.as_str(), &x, ch, opts)
+}
+
+fn finish_classifier(
+    mut b: Builder,
+    model: &str,
+    x: &str,
+    ch: usize,
+    opts: &ClassifierOptions,
+) -> Result<TrainSpec> {
+    let x = b.push("avgpool", &[x], Op::GlobalAvgPool);
+    let x = b.push("flatten", &[&x], Op::Flatten);
+    let x = b.push(
+        "fc",
+        &[&x],
+        Op::Linear {
+            in_features: ch,
+            out_features: opts.num_classes,
+        },
+    );
+    let spec = TrainSpec {
+        model: model.to_string(),
+        input: InputSpec {
+            channels: 3,
+            height: opts.image_size,
+            width: opts.image_size,
+        },
+        nodes: b.nodes,
+        outputs: vec![OutputSpec {
+            name: "logits".into(),
+            node: x,
+        }],
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// A small plain VGG-style net: (conv3×3-BN-ReLU)×2 per stage, max-pool between stages,
+/// torchvision VGG's `features.<i>` indices, global pool and `fc`.
+fn vgg_small(opts: &ClassifierOptions) -> Result<TrainSpec> {
+    check_opts(opts)?;
+    let mut b = Builder {
+        nodes: vec![],
+        method: &opts.method,
+    };
+    let mut x = INPUT.to_string();
+    let mut ch = 3;
+    let mut idx = 0;
+    for (stage, c) in [32usize, 64, 128].into_iter().enumerate() {
+        let c = scaled(c, opts.width);
+        for _ in 0..2 {
+            x = b.conv_bn(
+                &format!("features.{idx}"),
+                &x,
+                ConvShape::new(ch, c, 3, 1),
+                &format!("features.{}", idx + 1),
+            );
+            x = b.relu(&format!("features.{}", idx + 2), &x);
+            idx += 3;
+            ch = c;
+        }
+        if stage < 2 {
+            x = b.push(
+                &format!("features.{idx}"),
+                &[&x],
+                Op::MaxPool {
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                },
+            );
+            idx += 1;
+        }
+    }
+    finish_classifier(b, ModelKind::VggSmall.as_str(), &x, ch, opts)
+}
