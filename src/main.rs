@@ -1,1 +1,44 @@
-fn main() {}
+//! `overparam`: train overparameterised CNNs, fold them exactly, ship the plain network.
+//! Glue only: every subcommand calls library crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+#[derive(Parser)]
+#[command(name = "overparam", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a model spec with a method and write its freshly initialised train checkpoint.
+    Init(commands::init::Args),
+    /// Fold a train checkpoint into a plain deploy checkpoint and verify it numerically.
+    Fuse(commands::fuse::Args),
+    /// Print a per-layer table of a checkpoint: op, method, shapes, params, MACs.
+    Inspect(commands::inspect::Args),
+    /// Check that libtorch loads and run one overparameterised training step (needs `train`).
+    Doctor(commands::doctor::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => commands::init::run(a),
+        Command::Fuse(a) => commands::fuse::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

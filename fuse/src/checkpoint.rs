@@ -3,11 +3,11 @@
 //! names the file and the tensor at fault; saving is atomic (temp file, fsync, rename), so an
 //! existing artefact is never destroyed by a failed write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::fold::Weights;
@@ -120,22 +120,51 @@ pub fn to_bytes(spec: &AnySpec, w: &Weights<f32>) -> Result<Vec<u8>> {
             }
         })
         .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(*d, s.clone(), b).map_err(|e| Error::weights(n, e.to_string()))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
     let json = serde_json::to_string(spec).map_err(|e| Error::Spec(e.to_string()))?;
-    let meta = HashMap::from([
+    let meta = BTreeMap::from([
         (SPEC_KEY.to_string(), json),
         (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Spec(format!("safetensors: {e}")))
+    Ok(serialize_sorted(&bytes, &meta))
+}
+
+/// safetensors bytes with every map in sorted order, so the same checkpoint always
+/// serialises to the same bytes (the crate's writer takes a `HashMap` of metadata, whose
+/// order changes from run to run). Layout per the safetensors spec: u64 LE header length,
+/// JSON header padded with spaces to 8 bytes, then the tensors back to back.
+fn serialize_sorted(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    meta: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(meta).expect("string map"),
+    );
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in tensors {
+        let dt = match dtype {
+            Dtype::I64 => "I64",
+            _ => "F32",
+        };
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + offset);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    for (_, _, _, data) in tensors {
+        out.extend_from_slice(data);
+    }
+    out
 }
 
 /// Writes bytes atomically: a temp file in the same directory, fsync, then rename.

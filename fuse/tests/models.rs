@@ -1,0 +1,139 @@
+//! Model builders, deploy parity across methods, and exact spectral initialisation.
+
+use overparam_fuse::fold::deploy_spec;
+use overparam_fuse::init::{InitOptions, init_train_weights, plain_kernel};
+use overparam_fuse::layout::{deploy_layout, param_count, train_layout};
+use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
+use overparam_fuse::spec::Op;
+use overparam_fuse::verify::verify_fold;
+use overparam_fuse::{MethodConfig, MethodKind, Tensor, fold};
+
+fn spec(model: ModelKind, kind: MethodKind, width: f64) -> overparam_fuse::TrainSpec {
+    build(
+        model,
+        &ClassifierOptions {
+            width,
+            ..ClassifierOptions::new(MethodConfig::new(kind))
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_method_deploys_to_exactly_the_plain_resnet50() {
+    let plain = deploy_spec(&spec(ModelKind::Resnet50Cifar, MethodKind::Plain, 1.0)).unwrap();
+    let params = param_count(&deploy_layout(&plain));
+    let macs = plain.total_macs().unwrap();
+    // methods.md §3.1: ≈23.7 M parameters (with BN; folded BN leaves one bias per channel)
+    // and ≈1.30 GMACs at 32×32.
+    assert!((23.6e6..23.75e6).contains(&(params as f64)), "{params}");
+    assert!((1.29e9..1.31e9).contains(&(macs as f64)), "{macs}");
+    let train_plain = param_count(
+        &train_layout(&spec(ModelKind::Resnet50Cifar, MethodKind::Plain, 1.0)).unwrap(),
+    );
+    assert!(
+        (train_plain as f64 - 23.71e6).abs() < 0.01e6,
+        "{train_plain}"
+    );
+    for kind in MethodKind::ALL {
+        let t = spec(ModelKind::Resnet50Cifar, kind, 1.0);
+        let d = deploy_spec(&t).unwrap();
+        assert_eq!(d, plain, "{kind:?}");
+        assert_eq!(param_count(&deploy_layout(&d)), params);
+        assert_eq!(d.total_macs().unwrap(), macs);
+        let train_params = param_count(&train_layout(&t).unwrap());
+        if kind != MethodKind::Plain {
+            assert!(
+                train_params > train_plain,
+                "{kind:?} adds training parameters"
+            );
+        }
+    }
+}
+
+#[test]
+fn method_replaces_kxk_convs_by_default_and_1x1_on_request() {
+    let t = spec(ModelKind::Resnet50Cifar, MethodKind::Sfo, 0.25);
+    let method_of = |t: &overparam_fuse::TrainSpec, n: &str| match &t.node(n).unwrap().op {
+        Op::Conv(c) => c.method.name(),
+        _ => unreachable!(),
+    };
+    assert_eq!(method_of(&t, "layer1.0.conv2"), "sfo");
+    assert_eq!(method_of(&t, "layer1.0.conv1"), "plain");
+    assert_eq!(method_of(&t, "layer1.0.downsample.0"), "plain");
+    let all = build(
+        ModelKind::Resnet50Cifar,
+        &ClassifierOptions {
+            width: 0.25,
+            ..ClassifierOptions::new(MethodConfig {
+                include_1x1: true,
+                ..MethodConfig::new(MethodKind::Sfo)
+            })
+        },
+    )
+    .unwrap();
+    assert_eq!(method_of(&all, "layer1.0.conv1"), "sfo");
+    assert_eq!(method_of(&all, "layer1.0.downsample.0"), "sfo");
+}
+
+/// FNL and SFO start from the plain network's function: the composed kernel equals the plain
+/// init kernel (same seed) to fp32 rounding.
+#[test]
+fn factorised_inits_reproduce_the_plain_kernel() {
+    for kind in [MethodKind::Fnl, MethodKind::Sfo] {
+        for expand in [1, 2] {
+            let method = MethodConfig {
+                include_1x1: true,
+                sfo_expand: expand,
+                fnl_rank_scale: expand as f64,
+                ..MethodConfig::new(kind)
+            };
+            let t = build(
+                ModelKind::Resnet18Cifar,
+                &ClassifierOptions {
+                    width: 0.125,
+                    ..ClassifierOptions::new(method)
+                },
+            )
+            .unwrap();
+            let w = init_train_weights(&t, &InitOptions::default()).unwrap();
+            for n in &t.nodes {
+                let Op::Conv(c) = &n.op else { continue };
+                let composed: Tensor<f64> = overparam_fuse::fold::compose_kernel(
+                    &n.name,
+                    c,
+                    &w.iter().map(|(k, v)| (k.clone(), v.cast())).collect(),
+                )
+                .unwrap();
+                let plain = plain_kernel(&n.name, &c.shape, 0);
+                let err = composed.max_abs_diff(&plain);
+                // fp32 storage of three factors: a few ulps of the kernel's scale.
+                assert!(
+                    err <= 4.0 * f32::EPSILON as f64 * plain.max_abs(),
+                    "{kind:?} e={expand} {}: {err:e} vs {:e}",
+                    n.name,
+                    plain.max_abs()
+                );
+            }
+        }
+    }
+}
+
+/// Whole tiny networks of every model and method fold within the fp32 bounds.
+#[test]
+fn tiny_models_fold_and_verify_for_every_method() {
+    for model in ModelKind::ALL {
+        for kind in MethodKind::ALL {
+            let t = spec(model, kind, 0.125);
+            let w = overparam_fuse::init::random_weights::<f32>(&train_layout(&t).unwrap(), 7);
+            let (d, dw) = fold(&t, &w).unwrap();
+            let v = verify_fold(&t, &w, &d, &dw, 2, 3).unwrap();
+            assert!(
+                v.passed(),
+                "{model:?} {kind:?}: {:?} {:?}",
+                v.worst_block(),
+                v.worst_output()
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use overparam_fuse::checkpoint;
+use overparam_fuse::init::{InitOptions, init_train_weights};
+use overparam_fuse::layout::{param_count, train_layout};
+use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
+use overparam_fuse::{AnySpec, MethodConfig, MethodKind};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model builder: resnet18_cifar, resnet50_cifar or vgg_small.
+    #[arg(long)]
+    model: ModelKind,
+    /// Overparameterisation method: plain, repvgg, qarepvgg, fnl or sfo.
+    #[arg(long, default_value = "plain")]
+    method: MethodKind,
+    /// Width multiplier on every channel count (tests use tiny widths such as 0.125).
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 100)]
+    num_classes: usize,
+    /// Square input size the spec (and MAC counts) assume.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Also overparameterise 1×1 convs (default: only k×k convs with k > 1).
+    #[arg(long)]
+    include_1x1: bool,
+    /// SFO expansion e: inner dimension d = e·min(O, I·k²).
+    #[arg(long, default_value_t = 1)]
+    sfo_expand: usize,
+    /// FNL rank scale (≥ 1): r = round(scale·O·k).
+    #[arg(long, default_value_t = 1.0)]
+    fnl_rank_scale: f64,
+    /// Draw random BatchNorm statistics and affine parameters, so that `fuse` verification
+    /// exercises the BN folds (a fresh network has μ=0, σ²=1, γ=1, β=0).
+    #[arg(long)]
+    random_bn: bool,
+    /// Output train checkpoint (.safetensors).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let method = MethodConfig {
+        include_1x1: a.include_1x1,
+        sfo_expand: a.sfo_expand,
+        fnl_rank_scale: a.fnl_rank_scale,
+        ..MethodConfig::new(a.method)
+    };
+    let opts = ClassifierOptions {
+        width: a.width,
+        num_classes: a.num_classes,
+        image_size: a.image_size,
+        method,
+    };
+    let spec = build(a.model, &opts).context("building the model spec")?;
+    eprintln!(
+        "init: {} ({}, width {}), spectral factorisation where the method asks…",
+        a.model.as_str(),
+        a.method.as_str(),
+        a.width
+    );
+    let weights = init_train_weights(
+        &spec,
+        &InitOptions {
+            seed: a.seed,
+            random_bn: a.random_bn,
+        },
+    )?;
+    let params = param_count(&train_layout(&spec)?);
+    checkpoint::save(&a.output, &AnySpec::Train(spec), &weights)?;
+    println!(
+        "wrote {} ({} train-time parameters)",
+        a.output.display(),
+        super::si(params)
+    );
+    Ok(ExitCode::SUCCESS)
+}
