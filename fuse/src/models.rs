@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::method::MethodConfig;
+use crate::method::{Method, MethodConfig, SfoShare};
 use crate::spec::{
     BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, TrainConv, TrainSpec,
 };
@@ -282,4 +282,73 @@ fn vgg_small(opts: &ClassifierOptions) -> Result<TrainSpec> {
         }
     }
     finish_classifier(b, ModelKind::VggSmall.as_str(), &x, ch, opts)
+}
+
+/// The SFO multi-task head form on a toy trunk: two equal-shape heads share U and V with a
+/// per-task M (group `pred`), and two heads of different output widths share V with per-task
+/// U and M (group `last`). Used by tests of both the fuse and train crates.
+pub fn shared_heads_example() -> TrainSpec {
+    let conv = |shape: ConvShape, bn: &str, method: Method| {
+        Op::Conv(TrainConv {
+            shape,
+            bn: Some(BatchNorm {
+                name: bn.to_string(),
+                eps: 1e-5,
+            }),
+            method,
+        })
+    };
+    let head = |name: &str, out: usize, group: &str, share_u: bool, rank: usize| Node {
+        name: name.into(),
+        inputs: vec!["trunk".into()],
+        op: conv(
+            ConvShape {
+                bias: true,
+                ..ConvShape::new(6, out, 3, 1)
+            },
+            &format!("{name}_bn"),
+            Method::Sfo {
+                rank,
+                share: Some(SfoShare {
+                    group: group.into(),
+                    share_u,
+                }),
+            },
+        ),
+    };
+    let trunk = Node {
+        name: "trunk".into(),
+        inputs: vec![INPUT.into()],
+        op: conv(
+            ConvShape::new(3, 6, 3, 1),
+            "trunk_bn",
+            Method::Sfo {
+                rank: 6,
+                share: None,
+            },
+        ),
+    };
+    TrainSpec {
+        model: "shared_heads_example".into(),
+        input: InputSpec {
+            channels: 3,
+            height: 4,
+            width: 5,
+        },
+        nodes: vec![
+            trunk,
+            // d_h = min(T·O, I·k²) = min(12, 54) (methods.md §5.2).
+            head("seg", 6, "pred", true, 12),
+            head("depth", 6, "pred", true, 12),
+            head("out_seg", 5, "last", false, 6),
+            head("out_depth", 1, "last", false, 6),
+        ],
+        outputs: ["seg", "depth", "out_seg", "out_depth"]
+            .iter()
+            .map(|n| OutputSpec {
+                name: n.to_string(),
+                node: n.to_string(),
+            })
+            .collect(),
+    }
 }

@@ -5,7 +5,7 @@
 use overparam_fuse::exec::run;
 use overparam_fuse::init::random_weights;
 use overparam_fuse::layout::train_layout;
-use overparam_fuse::method::{Method, SfoShare, has_identity};
+use overparam_fuse::method::{Method, has_identity};
 use overparam_fuse::spec::{
     BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, TrainConv, TrainSpec,
 };
@@ -144,63 +144,7 @@ fn verification_detects_a_wrong_fold() {
 /// (different output widths). Each head folds to its own plain conv, exactly.
 #[test]
 fn shared_sfo_heads_fold_exactly() {
-    let head = |name: &str, out: usize, group: &str, share_u: bool, rank: usize| Node {
-        name: name.into(),
-        inputs: vec!["trunk".into()],
-        op: Op::Conv(TrainConv {
-            shape: ConvShape {
-                bias: true,
-                ..ConvShape::new(6, out, 3, 1)
-            },
-            bn: Some(BatchNorm {
-                name: format!("{name}_bn"),
-                eps: 1e-5,
-            }),
-            method: Method::Sfo {
-                rank,
-                share: Some(SfoShare {
-                    group: group.into(),
-                    share_u: share_u,
-                }),
-            },
-        }),
-    };
-    let spec = TrainSpec {
-        model: "heads".into(),
-        input: InputSpec {
-            channels: 3,
-            height: 4,
-            width: 5,
-        },
-        nodes: vec![
-            Node {
-                name: "trunk".into(),
-                inputs: vec![INPUT.into()],
-                op: Op::Conv(TrainConv {
-                    shape: ConvShape::new(3, 6, 3, 1),
-                    bn: Some(BatchNorm {
-                        name: "trunk_bn".into(),
-                        eps: 1e-5,
-                    }),
-                    method: Method::Sfo {
-                        rank: 6,
-                        share: None,
-                    },
-                }),
-            },
-            head("seg", 6, "pred", true, 18),
-            head("depth", 6, "pred", true, 18),
-            head("out_seg", 5, "last", false, 15),
-            head("out_depth", 1, "last", false, 15),
-        ],
-        outputs: ["seg", "depth", "out_seg", "out_depth"]
-            .iter()
-            .map(|n| OutputSpec {
-                name: n.to_string(),
-                node: n.to_string(),
-            })
-            .collect(),
-    };
+    let spec = overparam_fuse::models::shared_heads_example();
     let layout = train_layout(&spec).unwrap();
     let names: Vec<&str> = layout.iter().map(|p| p.name.as_str()).collect();
     for n in [

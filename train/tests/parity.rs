@@ -1,0 +1,211 @@
+//! The tch layers against the pure-Rust reference: same tensors (names, shapes) as the fuse
+//! layout, and in eval mode the tch forward of the overparameterised model equals the folded
+//! deploy model run by the reference executor.
+
+use overparam_fuse::exec::run;
+use overparam_fuse::init::random_weights;
+use overparam_fuse::layout::train_layout;
+use overparam_fuse::models::{ClassifierOptions, ModelKind, build, shared_heads_example};
+use overparam_fuse::spec::{
+    BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, TrainConv,
+};
+use overparam_fuse::verify::verify_fold;
+use overparam_fuse::{Method, MethodConfig, MethodKind, Rng, Tensor as FTensor, TrainSpec, fold};
+use overparam_train::OpModel;
+use tch::{Device, Tensor, nn};
+
+fn to_tch(t: &FTensor<f32>) -> Tensor {
+    let d: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+    Tensor::from_slice(&t.data).reshape(d)
+}
+
+fn from_tch(t: &Tensor) -> FTensor<f32> {
+    let shape = t.size().iter().map(|&d| d as usize).collect();
+    FTensor::new(
+        shape,
+        Vec::<f32>::try_from(&t.detach().flatten(0, -1)).unwrap(),
+    )
+}
+
+fn grouped_spec(method: Method) -> TrainSpec {
+    let shape = ConvShape {
+        groups: 2,
+        bias: true,
+        ..ConvShape::new(4, 4, 3, 1)
+    };
+    TrainSpec {
+        model: "grouped".into(),
+        input: InputSpec {
+            channels: 4,
+            height: 3,
+            width: 4,
+        },
+        nodes: vec![Node {
+            name: "conv".into(),
+            inputs: vec![INPUT.into()],
+            op: Op::Conv(TrainConv {
+                shape,
+                bn: Some(BatchNorm {
+                    name: "bn".into(),
+                    eps: 1e-5,
+                }),
+                method,
+            }),
+        }],
+        outputs: vec![OutputSpec {
+            name: "y".into(),
+            node: "conv".into(),
+        }],
+    }
+}
+
+fn specs() -> Vec<TrainSpec> {
+    let mut out = vec![];
+    for model in [ModelKind::Resnet18Cifar, ModelKind::VggSmall] {
+        for kind in MethodKind::ALL {
+            out.push(
+                build(
+                    model,
+                    &ClassifierOptions {
+                        width: 0.125,
+                        num_classes: 10,
+                        image_size: 8,
+                        method: MethodConfig {
+                            include_1x1: true,
+                            ..MethodConfig::new(kind)
+                        },
+                    },
+                )
+                .unwrap(),
+            );
+        }
+    }
+    for m in [
+        Method::Plain,
+        Method::Repvgg,
+        Method::Qarepvgg,
+        Method::Fnl { rank: 7 },
+        Method::Sfo {
+            rank: 20,
+            share: None,
+        },
+    ] {
+        out.push(grouped_spec(m));
+    }
+    out.push(shared_heads_example());
+    out
+}
+
+#[test]
+fn tch_model_creates_exactly_the_declared_tensors() {
+    for spec in specs() {
+        let layout = train_layout(&spec).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = random_weights::<f32>(&layout, 1);
+        let model = OpModel::new(&vs.root(), &spec, &w).unwrap();
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        let mut want: Vec<String> = layout.iter().map(|p| p.name.clone()).collect();
+        want.sort();
+        assert_eq!(names, want, "{}", spec.model);
+        let trainable = vs.trainable_variables().len();
+        assert_eq!(
+            trainable,
+            layout.iter().filter(|p| !p.kind.is_buffer()).count()
+        );
+        for p in &layout {
+            let t = model.var(&p.name).unwrap();
+            assert_eq!(
+                t.size(),
+                p.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                "{}",
+                p.name
+            );
+        }
+        // Values round-trip exactly.
+        assert_eq!(model.weights().unwrap(), w);
+    }
+}
+
+#[test]
+fn eval_forward_matches_the_folded_reference() {
+    for (i, spec) in specs().into_iter().enumerate() {
+        let w = random_weights::<f32>(&train_layout(&spec).unwrap(), 10 + i as u64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = OpModel::new(&vs.root(), &spec, &w).unwrap();
+        let inp = &spec.input;
+        let x: FTensor<f32> =
+            Rng::new(i as u64).normal_tensor(&[2, inp.channels, inp.height, inp.width], 1.0);
+        let ys = tch::no_grad(|| model.forward(&to_tch(&x), false)).unwrap();
+        let (deploy, dw) = fold(&spec, &w).unwrap();
+        let want = run(&deploy, &dw, &x).unwrap();
+        for ((name, r), y) in want.iter().zip(&ys) {
+            let got = from_tch(y);
+            let rel = r.max_abs_diff(&got) / r.max_abs().max(1e-12);
+            assert!(rel <= 1e-4, "{} `{name}`: rel {rel:e}", spec.model);
+        }
+    }
+}
+
+#[test]
+fn a_training_step_updates_every_parameter_and_still_folds_exactly() {
+    let spec = build(
+        ModelKind::Resnet18Cifar,
+        &ClassifierOptions {
+            width: 0.125,
+            num_classes: 10,
+            image_size: 8,
+            method: MethodConfig::new(MethodKind::Repvgg),
+        },
+    )
+    .unwrap();
+    for spec in [spec, shared_heads_example()] {
+        let w = overparam_fuse::init::init_train_weights(&spec, &Default::default()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = OpModel::new(&vs.root(), &spec, &w).unwrap();
+        let inp = &spec.input;
+        let x = Tensor::randn(
+            [4, inp.channels as i64, inp.height as i64, inp.width as i64],
+            (tch::Kind::Float, Device::Cpu),
+        );
+        let loss = model
+            .forward(&x, true)
+            .unwrap()
+            .iter()
+            .map(|y| y.square().mean(tch::Kind::Float))
+            .fold(
+                Tensor::zeros([], (tch::Kind::Float, Device::Cpu)),
+                |a, b| a + b,
+            );
+        loss.backward();
+        tch::no_grad(|| {
+            for mut v in vs.trainable_variables() {
+                let g = v.grad();
+                assert!(g.defined(), "no gradient");
+                let _ = v.f_sub_(&(g * 0.1)).unwrap();
+            }
+        });
+        let after = model.weights().unwrap();
+        for (name, t) in &after {
+            let before = &w[name];
+            let kind = model.kind(name).unwrap();
+            // A conv bias right before a train-mode BN gets exactly zero gradient (BN removes
+            // the batch mean), as in PyTorch.
+            let before_bn = name
+                .strip_suffix(".bias")
+                .and_then(|n| spec.node(n))
+                .is_some_and(|n| matches!(&n.op, Op::Conv(c) if c.bn.is_some()));
+            if before_bn {
+                continue;
+            }
+            if kind == overparam_fuse::layout::ParamKind::BnCount {
+                assert_eq!(t.data, vec![1.0], "{name}");
+            } else {
+                assert_ne!(t, before, "{name} ({kind:?}) did not change");
+            }
+        }
+        let (deploy, dw) = fold(&spec, &after).unwrap();
+        let v = verify_fold(&spec, &after, &deploy, &dw, 2, 0).unwrap();
+        assert!(v.passed(), "{:?}", v.worst_block());
+    }
+}
