@@ -21,21 +21,12 @@ pub const SFO_EXTRA_NOISE: f64 = 1e-3;
 /// FNL keeps M = I, so its extra term is the product of two noisy factors: ε² ≈ 1e-8.
 pub const FNL_EXTRA_NOISE: f64 = 1e-4;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct InitOptions {
     pub seed: u64,
     /// Draw random BN statistics and affine parameters instead of (γ=1, β=0, μ=0, σ²=1).
     /// Fresh networks hide BN-folding bugs; this exposes them (RepVGG `tools/verify.py`).
     pub random_bn: bool,
-}
-
-impl Default for InitOptions {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            random_bn: false,
-        }
-    }
 }
 
 /// torchvision's ResNet conv init: kaiming normal, fan_out, ReLU gain: std = √(2 / (O·k²)).
@@ -171,28 +162,12 @@ fn embed3(p: &Mat, a: &Mat, q: &Mat, d: usize, rngs: [&mut Rng; 3]) -> (Mat, Mat
     let mut u = noise(ru, m, d, SFO_EXTRA_NOISE * p.rms());
     let mut mm = noise(rm, d, d, SFO_EXTRA_NOISE * a.rms());
     let mut v = noise(rv, d, n, SFO_EXTRA_NOISE * q.rms());
-    for r in 0..m {
-        for c in 0..p.cols {
-            u.set(r, c, p.at(r, c));
-        }
-    }
-    for r in 0..d {
-        for c in 0..d {
-            let val = if r < a.rows && c < a.cols {
-                a.at(r, c)
-            } else if r < a.rows || c < a.cols {
-                0.0
-            } else {
-                continue;
-            };
-            mm.set(r, c, val);
-        }
-    }
-    for r in 0..q.rows {
-        for c in 0..n {
-            v.set(r, c, q.at(r, c));
-        }
-    }
+    u.put(p);
+    v.put(q);
+    // M = [[A, 0], [0, εN]]: zero the off-diagonal blocks, keep noise in the extra block.
+    mm.put(&Mat::zeros(d, a.cols));
+    mm.put(&Mat::zeros(a.rows, d));
+    mm.put(a);
     (u, mm, v)
 }
 
@@ -242,24 +217,12 @@ pub fn factorise(convs: &[(&str, &TrainConv, &Tensor<f64>)], seed: u64) -> Resul
             for g in 0..s.groups {
                 // SI (Khodak et al.): U = P Σ^½, Vᵀ = Σ^½ Qᵀ, M = I; extras get small noise.
                 let (p, sv, qt) = svd(&fnl_view(w0, s, g));
-                let rho = sv.len().min(*rank);
-                let half: Vec<f64> = sv[..rho].iter().map(|x| x.sqrt()).collect();
-                let pu = p.scale_cols(&sv.iter().map(|x| x.sqrt()).collect::<Vec<_>>());
-                let qv = qt
-                    .t()
-                    .scale_cols(&sv.iter().map(|x| x.sqrt()).collect::<Vec<_>>());
-                let mut u = noise(&mut rng, p.rows, *rank, FNL_EXTRA_NOISE * pu.rms());
-                let mut v = noise(&mut rng, qt.cols, *rank, FNL_EXTRA_NOISE * qv.rms());
-                for r in 0..u.rows {
-                    for k in 0..rho {
-                        u.set(r, k, p.at(r, k) * half[k]);
-                    }
-                }
-                for r in 0..v.rows {
-                    for k in 0..rho {
-                        v.set(r, k, qt.at(k, r) * half[k]);
-                    }
-                }
+                let half: Vec<f64> = sv.iter().map(|x| x.sqrt()).collect();
+                let (pu, qv) = (p.scale_cols(&half), qt.t().scale_cols(&half));
+                let mut u = noise(&mut rng, pu.rows, *rank, FNL_EXTRA_NOISE * pu.rms());
+                let mut v = noise(&mut rng, qv.rows, *rank, FNL_EXTRA_NOISE * qv.rms());
+                u.put(&pu);
+                v.put(&qv);
                 push_group(&mut ud, &u);
                 push_group(&mut md, &Mat::diag(&vec![1.0; *rank]));
                 push_group(&mut vd, &v);

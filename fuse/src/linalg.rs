@@ -42,12 +42,21 @@ impl Mat {
     /// Multiplies column j by `s[j]`.
     pub fn scale_cols(&self, s: &[f64]) -> Mat {
         let mut out = self.clone();
-        for r in 0..self.rows {
-            for c in 0..self.cols {
-                out.data[r * self.cols + c] *= s[c];
-            }
+        for row in out.data.chunks_mut(self.cols) {
+            row.iter_mut().zip(s).for_each(|(v, f)| *v *= f);
         }
         out
+    }
+    /// Overwrites the top-left block with `src`.
+    pub fn put(&mut self, src: &Mat) {
+        assert!(
+            src.rows <= self.rows && src.cols <= self.cols,
+            "block does not fit"
+        );
+        for r in 0..src.rows {
+            self.data[r * self.cols..r * self.cols + src.cols]
+                .copy_from_slice(&src.data[r * src.cols..(r + 1) * src.cols]);
+        }
     }
     /// Multiplies row i by `s[i]`.
     pub fn scale_rows(&self, s: &[f64]) -> Mat {

@@ -185,7 +185,7 @@ pub fn check_applicable(node: &str, c: &TrainConv) -> Result<()> {
             if c.bn.is_none() {
                 return fail("it replaces a conv and its BatchNorm, and this conv has none".into());
             }
-            if s.kernel % 2 == 0 || s.padding != s.kernel / 2 {
+            if s.kernel.is_multiple_of(2) || s.padding != s.kernel / 2 {
                 // Centred 1×1 and identity branches need an odd kernel with 'same' padding
                 // (methods.md §1.2, transVI).
                 return fail(format!(

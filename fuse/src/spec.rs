@@ -54,8 +54,8 @@ impl ConvShape {
             return bad("channels, kernel and stride must be positive".into());
         }
         if self.groups == 0
-            || self.in_channels % self.groups != 0
-            || self.out_channels % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
         {
             return bad(format!(
                 "groups {} must divide in {} and out {} channels",

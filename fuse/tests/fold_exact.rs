@@ -194,6 +194,7 @@ fn shared_sfo_heads_fold_exactly() {
 
 /// The reference conv agrees with a direct evaluation of the cross-correlation formula.
 #[test]
+#[allow(clippy::needless_range_loop)] // indices mirror the formula
 fn reference_conv_matches_the_formula() {
     let mut rng = Rng::new(2);
     let s = ConvShape {
