@@ -22,6 +22,8 @@ enum Command {
     Fuse(commands::fuse::Args),
     /// Print a per-layer table of a checkpoint: op, method, shapes, params, MACs.
     Inspect(commands::inspect::Args),
+    /// Generate datasets (synthetic data in the real formats).
+    Data(commands::data::Args),
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
     Doctor(commands::doctor::Args),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Fuse(a) => commands::fuse::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
+        Command::Data(a) => commands::data::run(a),
     };
     match result {
         Ok(code) => code,

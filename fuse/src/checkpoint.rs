@@ -167,15 +167,16 @@ fn serialize_sorted(
     out
 }
 
-/// Writes bytes atomically: a temp file in the same directory, fsync, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes bytes atomically: a temp file in the same directory, fsync, then rename, so a
+/// reader (or a crash) sees the old file or the new one, never a torn one.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+        .ok_or_else(|| std::io::Error::other("not a file path"))?;
     let tmp: PathBuf = dir.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
@@ -187,11 +188,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
     }
-    Ok(())
+    result
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 pub fn save(path: &Path, spec: &AnySpec, w: &Weights<f32>) -> Result<()> {

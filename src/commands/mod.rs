@@ -1,3 +1,4 @@
+pub mod data;
 pub mod doctor;
 pub mod fuse;
 pub mod init;

@@ -1,0 +1,10 @@
+//! overparam-data: dataset readers (CIFAR-10/100 binary), synthetic generators that write the
+//! same formats, augmentation, a prefetching deterministic loader, and classification metrics.
+
+pub mod cifar;
+pub mod error;
+pub mod loader;
+pub mod metrics;
+pub mod synth;
+
+pub use error::{Error, Result};
