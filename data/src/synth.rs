@@ -159,9 +159,9 @@ fn paint(
             let (inside, shade) = field(lx, ly);
             let alpha = (inside * p.scale).clamp(0.0, 1.0) * opacity;
             if alpha > 0.0 {
-                for c in 0..3 {
+                for (c, &v) in col.iter().enumerate() {
                     let i = c * plane + y * SIDE + x;
-                    img[i] = img[i] * (1.0 - alpha) + col[c] * shade * alpha;
+                    img[i] = img[i] * (1.0 - alpha) + v * shade * alpha;
                 }
             }
         }
