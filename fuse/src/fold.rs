@@ -338,3 +338,31 @@ pub fn fold<F: Real>(spec: &TrainSpec, w: &Weights<F>) -> Result<(DeploySpec, We
     }
     Ok((deploy, out_w))
 }
+
+/// A deploy graph as a train graph of plain convs with bias and no BN: the same function, so
+/// a deploy checkpoint runs wherever a train spec does (the tch model, the executor).
+pub fn as_train_spec(deploy: &DeploySpec) -> Result<TrainSpec> {
+    let nodes = deploy
+        .nodes
+        .iter()
+        .map(|n| {
+            Ok(Node {
+                name: n.name.clone(),
+                inputs: n.inputs.clone(),
+                op: n.op.try_map_conv(|c| {
+                    Ok(TrainConv {
+                        shape: c.shape.clone(),
+                        bn: None,
+                        method: Method::Plain,
+                    })
+                })?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(TrainSpec {
+        model: deploy.model.clone(),
+        input: deploy.input.clone(),
+        nodes,
+        outputs: deploy.outputs.clone(),
+    })
+}

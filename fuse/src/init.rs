@@ -39,16 +39,13 @@ pub fn plain_kernel(node: &str, s: &ConvShape, seed: u64) -> Tensor<f64> {
 pub fn init_train_weights(spec: &TrainSpec, opts: &InitOptions) -> Result<Weights<f32>> {
     spec.validate()?;
     let layout = train_layout(spec)?;
-    let mut w64: Weights<f64> = Weights::new();
-    // Members of each SFO share group, in node order.
-    let mut groups: BTreeMap<String, Vec<(&str, &TrainConv)>> = BTreeMap::new();
+    let mut w64 = factorise_all(spec, |node, c| Ok(plain_kernel(node, &c.shape, opts.seed)), opts.seed)?;
     for n in &spec.nodes {
         let Op::Conv(c) = &n.op else { continue };
         let s = &c.shape;
-        let w0 = plain_kernel(&n.name, s, opts.seed);
         match &c.method {
             Method::Plain => {
-                w64.insert(format!("{}.weight", n.name), w0);
+                w64.insert(format!("{}.weight", n.name), plain_kernel(&n.name, s, opts.seed));
             }
             Method::Repvgg | Method::Qarepvgg => {
                 let one = if matches!(c.method, Method::Repvgg) {
@@ -56,41 +53,12 @@ pub fn init_train_weights(spec: &TrainSpec, opts: &InitOptions) -> Result<Weight
                 } else {
                     format!("{}.rbr_1x1.weight", n.name)
                 };
-                let s1 = ConvShape {
-                    kernel: 1,
-                    padding: 0,
-                    ..s.clone()
-                };
-                w64.insert(
-                    one,
-                    plain_kernel(&format!("{}.rbr_1x1", n.name), &s1, opts.seed),
-                );
-                w64.insert(format!("{}.rbr_dense.conv.weight", n.name), w0);
+                let s1 = ConvShape { kernel: 1, padding: 0, ..s.clone() };
+                w64.insert(one, plain_kernel(&format!("{}.rbr_1x1", n.name), &s1, opts.seed));
+                w64.insert(format!("{}.rbr_dense.conv.weight", n.name), plain_kernel(&n.name, s, opts.seed));
             }
-            Method::Fnl { .. } | Method::Sfo { share: None, .. } => {
-                w64.extend(factorise(&[(&n.name, c, &w0)], opts.seed)?);
-            }
-            Method::Sfo {
-                share: Some(sh), ..
-            } => {
-                groups
-                    .entry(sh.group.clone())
-                    .or_default()
-                    .push((&n.name, c));
-            }
+            Method::Fnl { .. } | Method::Sfo { .. } => {}
         }
-    }
-    for members in groups.values() {
-        let kernels: Vec<Tensor<f64>> = members
-            .iter()
-            .map(|(name, c)| plain_kernel(name, &c.shape, opts.seed))
-            .collect();
-        let args: Vec<(&str, &TrainConv, &Tensor<f64>)> = members
-            .iter()
-            .zip(&kernels)
-            .map(|((n, c), k)| (*n, *c, k))
-            .collect();
-        w64.extend(factorise(&args, opts.seed)?);
     }
     let mut out = Weights::new();
     for p in &layout {
@@ -201,6 +169,35 @@ fn fnl_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
 
 fn push_group(dst: &mut Vec<f64>, m: &Mat) {
     dst.extend_from_slice(&m.data);
+}
+
+/// Factors of every FNL/SFO conv of a spec, from each conv's plain kernel `kernel_of(node,
+/// conv)`: unshared convs one by one, SFO share groups together.
+pub fn factorise_all(
+    spec: &TrainSpec,
+    kernel_of: impl Fn(&str, &TrainConv) -> Result<Tensor<f64>>,
+    seed: u64,
+) -> Result<Weights<f64>> {
+    let mut out = Weights::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, &TrainConv, Tensor<f64>)>> = BTreeMap::new();
+    for n in &spec.nodes {
+        let Op::Conv(c) = &n.op else { continue };
+        match &c.method {
+            Method::Fnl { .. } | Method::Sfo { share: None, .. } => {
+                let k = kernel_of(&n.name, c)?;
+                out.extend(factorise(&[(&n.name, c, &k)], seed)?);
+            }
+            Method::Sfo { share: Some(sh), .. } => {
+                groups.entry(&sh.group).or_default().push((&n.name, c, kernel_of(&n.name, c)?));
+            }
+            _ => {}
+        }
+    }
+    for members in groups.values() {
+        let args: Vec<(&str, &TrainConv, &Tensor<f64>)> = members.iter().map(|(n, c, k)| (*n, *c, k)).collect();
+        out.extend(factorise(&args, seed)?);
+    }
+    Ok(out)
 }
 
 /// Exact factorisation of plain kernels into a conv's FNL or SFO factors: the spectral init

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod linalg;
 pub mod method;
 pub mod models;
+pub mod reparam;
 pub mod spec;
 pub mod tensor;
 pub mod verify;

@@ -137,3 +137,28 @@ fn tiny_models_fold_and_verify_for_every_method() {
         }
     }
 }
+
+/// R3: a trained-looking plain network expanded by SVD computes the same function (fp32
+/// rounding), and collapsing the factorised network keeps its function too.
+#[test]
+fn r3_expand_and_collapse_preserve_the_function() {
+    use overparam_fuse::exec::run;
+    use overparam_fuse::reparam::{collapse, expand};
+    let plain = spec(ModelKind::Resnet18Cifar, MethodKind::Plain, 0.125);
+    let w = overparam_fuse::init::random_weights::<f32>(&train_layout(&plain).unwrap(), 9);
+    let x: Tensor<f32> = overparam_fuse::Rng::new(1).normal_tensor(&[2, 3, 32, 32], 1.0);
+    let y0 = &run(&plain, &w, &x).unwrap()[0].1;
+    for kind in [MethodKind::Sfo, MethodKind::Fnl] {
+        let target = spec(ModelKind::Resnet18Cifar, kind, 0.125);
+        let we = expand(&plain, &w, &target, 0).unwrap();
+        let y1 = &run(&target, &we, &x).unwrap()[0].1;
+        let rel = y0.max_abs_diff(y1) / y0.max_abs();
+        assert!(rel < 1e-5, "{kind:?} expand: {rel:e}");
+        let (back, wb) = collapse(&target, &we).unwrap();
+        assert_eq!(back, plain);
+        let y2 = &run(&back, &wb, &x).unwrap()[0].1;
+        assert!(y1.max_abs_diff(y2) / y1.max_abs() < 1e-5, "{kind:?} collapse");
+    }
+    let rep = spec(ModelKind::Resnet18Cifar, MethodKind::Repvgg, 0.125);
+    assert!(expand(&plain, &w, &rep, 0).is_err());
+}

@@ -103,6 +103,26 @@ impl OpModel {
 
     /// Runs the network; `train` selects batch statistics (and running-stat updates) for BN.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.run(x, train, None)
+    }
+
+    /// Training forward that also returns Σ‖W‖²_F over the composed kernels of factorised
+    /// convs (for Frobenius decay, Khodak et al.), reusing the kernels the forward composed.
+    pub fn forward_with_frobenius(&self, x: &Tensor) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+        let mut kernels = Vec::new();
+        let ys = self.run(x, true, Some(&mut kernels))?;
+        let mut sum: Option<Tensor> = None;
+        for k in kernels {
+            let sq = k.f_square()?.f_sum(Kind::Float)?;
+            sum = Some(match sum {
+                Some(s) => s.f_add(&sq)?,
+                None => sq,
+            });
+        }
+        Ok((ys, sum))
+    }
+
+    fn run(&self, x: &Tensor, train: bool, mut kernels: Option<&mut Vec<Tensor>>) -> Result<Vec<Tensor>> {
         let mut acts: HashMap<&str, Tensor> = HashMap::new();
         acts.insert(overparam_fuse::spec::INPUT, x.shallow_clone());
         for n in &self.spec.nodes {
@@ -117,7 +137,7 @@ impl OpModel {
                 .collect::<Result<_>>()?;
             let x = ins[0];
             let y = match &n.op {
-                Op::Conv(c) => self.conv(&n.name, c, x, train)?,
+                Op::Conv(c) => self.conv(&n.name, c, x, train, kernels.as_deref_mut())?,
                 Op::Relu => x.f_relu()?,
                 Op::MaxPool {
                     kernel,
@@ -200,7 +220,14 @@ impl OpModel {
         })
     }
 
-    fn conv(&self, node: &str, c: &TrainConv, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn conv(
+        &self,
+        node: &str,
+        c: &TrainConv,
+        x: &Tensor,
+        train: bool,
+        kernels: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let s = &c.shape;
         let eps = c.bn.as_ref().map_or(1e-5, |b| b.eps);
         let conv_bn = |w: &Tensor| -> Result<Tensor> {
@@ -223,7 +250,13 @@ impl OpModel {
         };
         match &c.method {
             Method::Plain => conv_bn(self.var(&format!("{node}.weight"))?),
-            Method::Fnl { .. } | Method::Sfo { .. } => conv_bn(&self.composed_kernel(node, c)?),
+            Method::Fnl { .. } | Method::Sfo { .. } => {
+                let w = self.composed_kernel(node, c)?;
+                if let Some(k) = kernels {
+                    k.push(w.shallow_clone());
+                }
+                conv_bn(&w)
+            }
             Method::Repvgg => {
                 let dense = Self::conv2d(
                     x,
