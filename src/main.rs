@@ -22,6 +22,10 @@ enum Command {
     Fuse(commands::fuse::Args),
     /// Print a per-layer table of a checkpoint: op, method, shapes, params, MACs.
     Inspect(commands::inspect::Args),
+    /// Train a model from a TOML config (routines r1/r2/r3), fold it, and check the fold.
+    Train(commands::train::Args),
+    /// Evaluate a train or deploy checkpoint on a dataset's test split.
+    Eval(commands::eval::Args),
     /// Generate datasets (synthetic data in the real formats).
     Data(commands::data::Args),
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
@@ -36,6 +40,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Data(a) => commands::data::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(code) => code,

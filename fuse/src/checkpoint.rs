@@ -290,3 +290,60 @@ pub fn load_deploy(path: &Path) -> Result<(DeploySpec, Weights<f32>)> {
         }),
     }
 }
+
+/// Writes arbitrary f32 tensors with string metadata (e.g. optimiser state) atomically, in the
+/// same deterministic safetensors layout as checkpoints.
+pub fn save_tensors(
+    path: &Path,
+    tensors: &Weights<f32>,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                Dtype::F32,
+                t.shape.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    write_atomic(path, &serialize_sorted(&bytes, meta))
+}
+
+/// Reads a file written by [`save_tensors`]: f32 tensors and the metadata map.
+pub fn load_tensors(path: &Path) -> Result<(Weights<f32>, BTreeMap<String, String>)> {
+    let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let ck = |m: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&buf)
+        .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    let meta: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let st = SafeTensors::deserialize(&buf)
+        .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    let mut out = Weights::new();
+    for (name, view) in st.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Tensor {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                message: format!("dtype {:?}, expected F32", view.dtype()),
+            });
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name.to_string(), Tensor::new(view.shape().to_vec(), data));
+    }
+    Ok((out, meta))
+}

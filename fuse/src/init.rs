@@ -39,13 +39,20 @@ pub fn plain_kernel(node: &str, s: &ConvShape, seed: u64) -> Tensor<f64> {
 pub fn init_train_weights(spec: &TrainSpec, opts: &InitOptions) -> Result<Weights<f32>> {
     spec.validate()?;
     let layout = train_layout(spec)?;
-    let mut w64 = factorise_all(spec, |node, c| Ok(plain_kernel(node, &c.shape, opts.seed)), opts.seed)?;
+    let mut w64 = factorise_all(
+        spec,
+        |node, c| Ok(plain_kernel(node, &c.shape, opts.seed)),
+        opts.seed,
+    )?;
     for n in &spec.nodes {
         let Op::Conv(c) = &n.op else { continue };
         let s = &c.shape;
         match &c.method {
             Method::Plain => {
-                w64.insert(format!("{}.weight", n.name), plain_kernel(&n.name, s, opts.seed));
+                w64.insert(
+                    format!("{}.weight", n.name),
+                    plain_kernel(&n.name, s, opts.seed),
+                );
             }
             Method::Repvgg | Method::Qarepvgg => {
                 let one = if matches!(c.method, Method::Repvgg) {
@@ -53,9 +60,19 @@ pub fn init_train_weights(spec: &TrainSpec, opts: &InitOptions) -> Result<Weight
                 } else {
                     format!("{}.rbr_1x1.weight", n.name)
                 };
-                let s1 = ConvShape { kernel: 1, padding: 0, ..s.clone() };
-                w64.insert(one, plain_kernel(&format!("{}.rbr_1x1", n.name), &s1, opts.seed));
-                w64.insert(format!("{}.rbr_dense.conv.weight", n.name), plain_kernel(&n.name, s, opts.seed));
+                let s1 = ConvShape {
+                    kernel: 1,
+                    padding: 0,
+                    ..s.clone()
+                };
+                w64.insert(
+                    one,
+                    plain_kernel(&format!("{}.rbr_1x1", n.name), &s1, opts.seed),
+                );
+                w64.insert(
+                    format!("{}.rbr_dense.conv.weight", n.name),
+                    plain_kernel(&n.name, s, opts.seed),
+                );
             }
             Method::Fnl { .. } | Method::Sfo { .. } => {}
         }
@@ -179,7 +196,8 @@ pub fn factorise_all(
     seed: u64,
 ) -> Result<Weights<f64>> {
     let mut out = Weights::new();
-    let mut groups: BTreeMap<&str, Vec<(&str, &TrainConv, Tensor<f64>)>> = BTreeMap::new();
+    type Member<'a> = (&'a str, &'a TrainConv, Tensor<f64>);
+    let mut groups: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
     for n in &spec.nodes {
         let Op::Conv(c) = &n.op else { continue };
         match &c.method {
@@ -187,14 +205,20 @@ pub fn factorise_all(
                 let k = kernel_of(&n.name, c)?;
                 out.extend(factorise(&[(&n.name, c, &k)], seed)?);
             }
-            Method::Sfo { share: Some(sh), .. } => {
-                groups.entry(&sh.group).or_default().push((&n.name, c, kernel_of(&n.name, c)?));
+            Method::Sfo {
+                share: Some(sh), ..
+            } => {
+                groups
+                    .entry(&sh.group)
+                    .or_default()
+                    .push((&n.name, c, kernel_of(&n.name, c)?));
             }
             _ => {}
         }
     }
     for members in groups.values() {
-        let args: Vec<(&str, &TrainConv, &Tensor<f64>)> = members.iter().map(|(n, c, k)| (*n, *c, k)).collect();
+        let args: Vec<(&str, &TrainConv, &Tensor<f64>)> =
+            members.iter().map(|(n, c, k)| (*n, *c, k)).collect();
         out.extend(factorise(&args, seed)?);
     }
     Ok(out)

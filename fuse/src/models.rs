@@ -233,6 +233,7 @@ fn finish_classifier(
             channels: 3,
             height: opts.image_size,
             width: opts.image_size,
+            normalize: None,
         },
         nodes: b.nodes,
         outputs: vec![OutputSpec {
@@ -334,6 +335,7 @@ pub fn shared_heads_example() -> TrainSpec {
             channels: 3,
             height: 4,
             width: 5,
+            normalize: None,
         },
         nodes: vec![
             trunk,

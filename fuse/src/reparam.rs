@@ -25,19 +25,30 @@ fn same_graph(a: &TrainSpec, b: &TrainSpec) -> Result<()> {
     if same {
         Ok(())
     } else {
-        Err(Error::Spec("expand/collapse need the same graph with different methods".into()))
+        Err(Error::Spec(
+            "expand/collapse need the same graph with different methods".into(),
+        ))
     }
 }
 
 /// Weights for `target` (same graph as the plain `spec`, FNL/SFO where wanted) that compute
 /// exactly what the plain weights compute.
-pub fn expand(plain: &TrainSpec, w: &Weights<f32>, target: &TrainSpec, seed: u64) -> Result<Weights<f32>> {
+pub fn expand(
+    plain: &TrainSpec,
+    w: &Weights<f32>,
+    target: &TrainSpec,
+    seed: u64,
+) -> Result<Weights<f32>> {
     same_graph(plain, target)?;
     for n in &plain.nodes {
         if let Op::Conv(c) = &n.op
             && c.method != Method::Plain
         {
-            return Err(Error::Spec(format!("expand starts from a plain network; `{}` is {}", n.name, c.method.name())));
+            return Err(Error::Spec(format!(
+                "expand starts from a plain network; `{}` is {}",
+                n.name,
+                c.method.name()
+            )));
         }
     }
     for n in &target.nodes {
@@ -47,7 +58,8 @@ pub fn expand(plain: &TrainSpec, w: &Weights<f32>, target: &TrainSpec, seed: u64
             return Err(Error::Method {
                 node: n.name.clone(),
                 method: c.method.name().into(),
-                reason: "R3 expands by SVD, which applies to factorised methods (fnl, sfo) only".into(),
+                reason: "R3 expands by SVD, which applies to factorised methods (fnl, sfo) only"
+                    .into(),
             });
         }
     }
@@ -84,7 +96,8 @@ pub fn collapse(spec: &TrainSpec, w: &Weights<f32>) -> Result<(TrainSpec, Weight
                     return Err(Error::Method {
                         node: n.name.clone(),
                         method: m.name().into(),
-                        reason: "collapse keeps BatchNorm, which RepVGG branches cannot share".into(),
+                        reason: "collapse keeps BatchNorm, which RepVGG branches cannot share"
+                            .into(),
                     });
                 }
             }

@@ -172,11 +172,21 @@ pub struct Node<C> {
 }
 
 /// The network input: one NCHW image tensor named [`INPUT`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+    /// The per-channel normalisation the model was trained with (`(x/255 − mean)/std`), so
+    /// evaluation and deployment preprocess exactly as training did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalization>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 /// A named model output (one per task) and the node producing it.

@@ -19,6 +19,7 @@ fn single_conv(shape: ConvShape, bn: bool, method: Method, hw: usize) -> TrainSp
             channels: shape.in_channels,
             height: hw,
             width: hw + 1,
+            normalize: None,
         },
         nodes: vec![Node {
             name: "block.conv".into(),

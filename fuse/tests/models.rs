@@ -157,7 +157,10 @@ fn r3_expand_and_collapse_preserve_the_function() {
         let (back, wb) = collapse(&target, &we).unwrap();
         assert_eq!(back, plain);
         let y2 = &run(&back, &wb, &x).unwrap()[0].1;
-        assert!(y1.max_abs_diff(y2) / y1.max_abs() < 1e-5, "{kind:?} collapse");
+        assert!(
+            y1.max_abs_diff(y2) / y1.max_abs() < 1e-5,
+            "{kind:?} collapse"
+        );
     }
     let rep = spec(ModelKind::Resnet18Cifar, MethodKind::Repvgg, 0.125);
     assert!(expand(&plain, &w, &rep, 0).is_err());

@@ -1,8 +1,10 @@
 pub mod data;
 pub mod doctor;
+pub mod eval;
 pub mod fuse;
 pub mod init;
 pub mod inspect;
+pub mod train;
 
 /// Human-readable counts: 23.71M, 1.30G.
 pub fn si(n: usize) -> String {

@@ -4,8 +4,11 @@
 //! kernel composed in kernel space, then one conv (fnl, sfo), with BatchNorm in train or eval
 //! mode.
 
+pub mod config;
 pub mod error;
 pub mod model;
+pub mod optim;
+pub mod trainer;
 
 pub use error::{Error, Result};
 pub use model::OpModel;

@@ -122,7 +122,12 @@ impl OpModel {
         Ok((ys, sum))
     }
 
-    fn run(&self, x: &Tensor, train: bool, mut kernels: Option<&mut Vec<Tensor>>) -> Result<Vec<Tensor>> {
+    fn run(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut kernels: Option<&mut Vec<Tensor>>,
+    ) -> Result<Vec<Tensor>> {
         let mut acts: HashMap<&str, Tensor> = HashMap::new();
         acts.insert(overparam_fuse::spec::INPUT, x.shallow_clone());
         for n in &self.spec.nodes {

@@ -39,6 +39,7 @@ fn grouped_spec(method: Method) -> TrainSpec {
             channels: 4,
             height: 3,
             width: 4,
+            normalize: None,
         },
         nodes: vec![Node {
             name: "conv".into(),

@@ -1,0 +1,49 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run configuration (TOML); see configs/.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config value, e.g. `--set optim.lr=0.05 --set run.name=try2` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run in `<run.dir>/<run.name>` from its last finished epoch (bit-identical
+    /// to an uninterrupted run). Refused if the config differs from the run's config.toml.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs of this invocation (resume later with --resume).
+    #[arg(long)]
+    epochs_now: Option<usize>,
+}
+
+#[cfg(feature = "train")]
+pub fn run(a: Args) -> Result<ExitCode> {
+    use overparam_train::config::TrainConfig;
+    let cfg = TrainConfig::load(&a.config, &a.overrides)?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match overparam_train::trainer::train(&cfg, a.resume, progress, a.epochs_now)? {
+        Some(s) => println!(
+            "run {}: test top-1 error {:.2}% (top-5 {:.2}%), deploy model identical in predictions (max logit rel diff {:.1e})",
+            s.run_dir.display(),
+            s.last.test_top1_err,
+            s.last.test_top5_err,
+            s.max_logit_rel_diff
+        ),
+        None => println!(
+            "run {}: stopped after --epochs-now; continue with --resume",
+            cfg.run_dir().display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "train"))]
+pub fn run(_: Args) -> Result<ExitCode> {
+    anyhow::bail!(
+        "this overparam was built without the `train` feature (no libtorch); rebuild with default features"
+    )
+}

@@ -1,0 +1,831 @@
+//! Classification training runs: routines R1/R2/R3, per-epoch metrics and atomic checkpoints,
+//! bit-identical resume, and the final fold with a test-set prediction check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use overparam_data::cifar::{self, ImageSet, PIXELS, SIDE, Split};
+use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, batches_per_epoch};
+use overparam_data::metrics::TopK;
+use overparam_fuse::checkpoint::{self, load_tensors, save_tensors};
+use overparam_fuse::fold::as_train_spec;
+use overparam_fuse::layout::ParamKind;
+use overparam_fuse::models::{ClassifierOptions, build};
+use overparam_fuse::spec::Normalization;
+use overparam_fuse::{
+    AnySpec, MethodConfig, MethodKind, Tensor as FTensor, TrainSpec, Weights, fold,
+};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::config::{DeviceChoice, Routine, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::OpModel;
+use crate::optim::{Param, Sgd, learning_rate};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const MODEL_FILE: &str = "model.op.safetensors";
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const METRICS_FILE: &str = "metrics.csv";
+pub const DEPLOY_FILE: &str = "model.deploy.safetensors";
+
+/// One row of `metrics.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub phase: String,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_top1_err: f64,
+    pub test_loss: f64,
+    pub test_top1_err: f64,
+    pub test_top5_err: f64,
+    pub images_per_s: f64,
+}
+
+impl EpochMetrics {
+    pub const HEADER: &'static str = "epoch,phase,lr,train_loss,train_top1_err,test_loss,test_top1_err,test_top5_err,images_per_s";
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{:.6e},{:.6},{:.3},{:.6},{:.3},{:.3},{:.1}",
+            self.epoch,
+            self.phase,
+            self.lr,
+            self.train_loss,
+            self.train_top1_err,
+            self.test_loss,
+            self.test_top1_err,
+            self.test_top5_err,
+            self.images_per_s
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub last: EpochMetrics,
+    pub deploy_test_top1_err: f64,
+    /// Test images whose predicted class differs between the deploy and the train model.
+    pub prediction_mismatches: usize,
+    pub max_logit_rel_diff: f64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::Config(
+            "device = cuda, but libtorch sees no GPU (tch::Cuda::is_available() is false): check the \
+             NVIDIA driver and that the torch wheel in .venv is a CUDA build"
+                .into(),
+        )),
+    }
+}
+
+/// Training and test sets: from `data.dir`, or synthetic CIFAR-100 generated once (in the real
+/// binary format) under `<run.dir>/_data/`.
+pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
+    let dir = match &cfg.data.dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = cfg.run.dir.join("_data").join(format!(
+                "synth-cifar100-{}-{}-seed{}",
+                cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_seed
+            ));
+            if !(d.join("train.bin").exists() && d.join("test.bin").exists()) {
+                eprintln!("data: generating synthetic CIFAR-100 into {}", d.display());
+                overparam_data::synth::write_synthetic_cifar100(
+                    &d,
+                    cfg.data.synthetic_train,
+                    cfg.data.synthetic_test,
+                    cfg.data.synthetic_seed,
+                )?;
+            }
+            d
+        }
+    };
+    Ok((
+        cifar::load(&dir, Split::Train)?,
+        cifar::load(&dir, Split::Test)?,
+    ))
+}
+
+/// The phases of a routine: (name, first epoch, end epoch, spec).
+fn phases(
+    cfg: &TrainConfig,
+    classes: usize,
+    norm: &Normalize,
+) -> Result<Vec<(String, usize, usize, TrainSpec)>> {
+    let spec = |method: MethodConfig| -> Result<TrainSpec> {
+        let mut s = build(
+            cfg.model.kind,
+            &ClassifierOptions {
+                width: cfg.model.width,
+                num_classes: classes,
+                image_size: SIDE,
+                method,
+            },
+        )?;
+        s.input.normalize = Some(Normalization {
+            mean: norm.mean.to_vec(),
+            std: norm.std.to_vec(),
+        });
+        Ok(s)
+    };
+    let m = &cfg.model.method;
+    Ok(match &cfg.routine {
+        Routine::R1 | Routine::R2 { .. } => {
+            vec![("train".into(), 0, cfg.optim.epochs, spec(m.clone())?)]
+        }
+        Routine::R3 {
+            plain_epochs,
+            op_epochs,
+            finetune_epochs,
+        } => {
+            if !matches!(m.kind, MethodKind::Fnl | MethodKind::Sfo) {
+                return Err(Error::Config(format!(
+                    "routine r3 expands by SVD: it needs method fnl or sfo, not {}",
+                    m.kind.as_str()
+                )));
+            }
+            let plain = spec(MethodConfig::new(MethodKind::Plain))?;
+            let a = *plain_epochs;
+            let b = a + op_epochs;
+            vec![
+                ("plain".into(), 0, a, plain.clone()),
+                ("op".into(), a, b, spec(m.clone())?),
+                ("finetune".into(), b, b + finetune_epochs, plain),
+            ]
+        }
+    })
+}
+
+/// Optimisers over the model's trainable tensors: one (R1, R3), or two alternating groups
+/// (R2: {U, V and all non-factor tensors} and {M}).
+fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
+    let mut names: Vec<&str> = model.names().collect();
+    names.sort_unstable();
+    let mut groups: Vec<Vec<Param>> = vec![vec![], vec![]];
+    for name in names {
+        let kind = model.kind(name).expect("known tensor");
+        if kind.is_buffer() {
+            continue;
+        }
+        let p = Param {
+            name: name.to_string(),
+            tensor: model.var(name).expect("known tensor").shallow_clone(),
+            weight_decay: if kind.takes_weight_decay() {
+                cfg.optim.weight_decay
+            } else {
+                0.0
+            },
+        };
+        let g = matches!(cfg.routine, Routine::R2 { .. }) && kind == ParamKind::FactorM;
+        groups[g as usize].push(p);
+    }
+    groups
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| Sgd::new(&cfg.optim, g))
+        .collect()
+}
+
+fn batch_tensor(images: &[f32], n: usize, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(images)?
+        .f_reshape([n as i64, 3, SIDE as i64, SIDE as i64])?
+        .f_to_device(device)?)
+}
+
+/// Logits of a whole set in eval mode (no augmentation), with loss and top-k.
+pub fn evaluate(
+    model: &OpModel,
+    set: &ImageSet,
+    norm: &Normalize,
+    device: Device,
+) -> Result<(f64, TopK, Vec<f32>)> {
+    let cfg = LoaderConfig {
+        batch_size: 250,
+        shuffle: false,
+        drop_last: false,
+        augment: None,
+        normalize: *norm,
+        seed: 0,
+    };
+    let classes = set.num_classes;
+    let mut topk = TopK::default();
+    let mut loss_sum = 0.0;
+    let mut logits_all = Vec::with_capacity(set.len() * classes);
+    // Evaluation reads the set once; a copy behind an Arc keeps the loader thread independent.
+    for b in Loader::spawn(Arc::new(set.clone()), cfg, 0, 0) {
+        let x = batch_tensor(&b.images, b.size, device)?;
+        let y = tch::no_grad(|| model.forward(&x, false))?.remove(0);
+        let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
+        let loss = y.f_cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, 0.0)?;
+        loss_sum += loss.f_double_value(&[])?;
+        let logits = Vec::<f32>::try_from(&y.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+        topk.add(&logits, classes, &b.labels);
+        logits_all.extend(logits);
+    }
+    Ok((loss_sum / set.len().max(1) as f64, topk, logits_all))
+}
+
+struct State {
+    epoch: usize,
+    step: usize,
+    spec: TrainSpec,
+    weights: Weights<f32>,
+    buffers: Vec<BTreeMap<String, FTensor<f32>>>,
+    metrics: Vec<String>,
+}
+
+fn to_f(t: &Tensor) -> Result<FTensor<f32>> {
+    let t = t
+        .f_detach()?
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?;
+    Ok(FTensor::new(
+        t.size().iter().map(|&d| d as usize).collect(),
+        Vec::<f32>::try_from(&t.f_flatten(0, -1)?)?,
+    ))
+}
+
+fn from_f(t: &FTensor<f32>, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(&t.data)?
+        .f_reshape(t.shape.iter().map(|&d| d as i64).collect::<Vec<_>>())?
+        .f_to_device(device)?)
+}
+
+/// Everything needed to continue a run, in one atomically written file: model tensors, the
+/// spec, optimiser buffers, epoch and step counters, and the metrics so far. (Data order and
+/// augmentation are functions of (seed, epoch), so they need no state.)
+fn save_state(
+    path: &Path,
+    model: &OpModel,
+    opts: &[Sgd],
+    epoch: usize,
+    step: usize,
+    metrics: &[String],
+) -> Result<()> {
+    let mut tensors = Weights::new();
+    for (k, v) in model.weights()? {
+        tensors.insert(format!("model.{k}"), v);
+    }
+    for (g, o) in opts.iter().enumerate() {
+        for (k, v) in &o.buffers {
+            tensors.insert(format!("opt{g}.{k}"), to_f(v)?);
+        }
+    }
+    let meta = BTreeMap::from([
+        ("overparam.train_state".to_string(), "1".to_string()),
+        ("epoch".to_string(), epoch.to_string()),
+        ("step".to_string(), step.to_string()),
+        (
+            "spec".to_string(),
+            serde_json::to_string(model.spec()).expect("spec json"),
+        ),
+        ("metrics".to_string(), metrics.join("\n")),
+    ]);
+    save_tensors(path, &tensors, &meta)?;
+    Ok(())
+}
+
+fn load_state(path: &Path, groups: usize) -> Result<State> {
+    let (tensors, meta) = load_tensors(path)?;
+    let bad = |m: &str| Error::Run {
+        dir: path.to_path_buf(),
+        message: format!("not a valid training state: {m}"),
+    };
+    let get = |k: &str| meta.get(k).ok_or_else(|| bad(&format!("missing `{k}`")));
+    let num = |k: &str| -> Result<usize> {
+        get(k)?
+            .parse()
+            .map_err(|_| bad(&format!("`{k}` is not a number")))
+    };
+    let spec: TrainSpec = serde_json::from_str(get("spec")?).map_err(|e| bad(&e.to_string()))?;
+    let mut weights = Weights::new();
+    let mut buffers = vec![BTreeMap::new(); groups.max(2)];
+    for (k, v) in tensors {
+        if let Some(n) = k.strip_prefix("model.") {
+            weights.insert(n.to_string(), v);
+        } else if let Some((g, n)) = k.strip_prefix("opt").and_then(|r| r.split_once('.')) {
+            let g: usize = g.parse().map_err(|_| bad(&k))?;
+            buffers
+                .get_mut(g)
+                .ok_or_else(|| bad(&k))?
+                .insert(n.to_string(), v);
+        }
+    }
+    let metrics = get("metrics")?
+        .lines()
+        .map(String::from)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Ok(State {
+        epoch: num("epoch")?,
+        step: num("step")?,
+        spec,
+        weights,
+        buffers,
+        metrics,
+    })
+}
+
+fn write_metrics(dir: &Path, rows: &[String]) -> Result<()> {
+    let mut text = String::from(EpochMetrics::HEADER);
+    text.push('\n');
+    for r in rows {
+        text.push_str(r);
+        text.push('\n');
+    }
+    let path = dir.join(METRICS_FILE);
+    checkpoint::write_file_atomic(&path, text.as_bytes()).map_err(io(&path))
+}
+
+/// Relative difference of two models' outputs on the first test images (used to check that a
+/// phase transition kept the function).
+fn function_change(
+    a: &OpModel,
+    b: &OpModel,
+    set: &ImageSet,
+    norm: &Normalize,
+    device: Device,
+) -> Result<f64> {
+    let n = set.len().min(32);
+    let mut img = vec![0f32; n * PIXELS];
+    for i in 0..n {
+        overparam_data::loader::prepare(
+            set.image(i),
+            norm,
+            None,
+            &mut img[i * PIXELS..(i + 1) * PIXELS],
+        );
+    }
+    let x = batch_tensor(&img, n, device)?;
+    let ya = to_f(&tch::no_grad(|| a.forward(&x, false))?[0])?;
+    let yb = to_f(&tch::no_grad(|| b.forward(&x, false))?[0])?;
+    Ok((ya.max_abs_diff(&yb) / ya.max_abs().max(1e-12)) as f64)
+}
+
+/// One optimisation step: forward in train mode, cross-entropy (with label smoothing) plus
+/// Frobenius decay on composed kernels, backward, and a step of the active optimiser (R2
+/// alternates groups every `period` steps; the other group is not touched). Returns the
+/// cross-entropy and the logits.
+pub fn train_step(
+    cfg: &TrainConfig,
+    model: &OpModel,
+    opts: &mut [Sgd],
+    x: &Tensor,
+    target: &Tensor,
+    lr: f64,
+    step: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (mut ys, frob) = model.forward_with_frobenius(x)?;
+    let y = ys.remove(0);
+    let ce = y.f_cross_entropy_loss::<Tensor>(
+        target,
+        None,
+        tch::Reduction::Mean,
+        -100,
+        cfg.optim.label_smoothing,
+    )?;
+    let loss = match frob {
+        // Frobenius decay λ/2·‖W‖² on composed kernels replaces per-factor decay.
+        Some(f) if cfg.optim.weight_decay > 0.0 => {
+            ce.f_add(&f.f_mul_scalar(cfg.optim.weight_decay / 2.0)?)?
+        }
+        _ => ce.shallow_clone(),
+    };
+    let active = match cfg.routine {
+        Routine::R2 { period } => (step / period) % opts.len(),
+        _ => 0,
+    };
+    for o in opts.iter_mut() {
+        o.zero_grad()?;
+    }
+    loss.f_backward()?;
+    opts[active].step(lr)?;
+    Ok((ce, y))
+}
+
+/// Trains (or resumes) a run and returns its summary. `progress` draws bars on stderr;
+/// `stop_after` ends the invocation after that many epochs, as a kill at an epoch boundary
+/// would (for tests and time-sliced jobs); the summary then has no deploy model.
+pub fn train(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: bool,
+    stop_after: Option<usize>,
+) -> Result<Option<RunSummary>> {
+    cfg.validate()?;
+    if let Some(t) = cfg.run.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let device = device(cfg.run.device)?;
+    let dir = cfg.run_dir();
+    let run_err = |m: String| Error::Run {
+        dir: dir.clone(),
+        message: m,
+    };
+    let cfg_path = dir.join(CONFIG_FILE);
+    let state_path = dir.join(STATE_FILE);
+    if resume {
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
+        let old: TrainConfig = toml::from_str(&text)
+            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
+        if &old != cfg {
+            return Err(run_err(format!(
+                "cannot resume: this run was made from a different config (see its {CONFIG_FILE}); \
+                 nothing was changed"
+            )));
+        }
+        if !state_path.exists() {
+            return Err(run_err(format!(
+                "cannot resume: no {STATE_FILE} (the run never finished an epoch)"
+            )));
+        }
+    } else {
+        if cfg_path.exists() || state_path.exists() {
+            return Err(run_err(
+                "already exists: pass --resume to continue it, or choose another run.name".into(),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
+            .map_err(io(&cfg_path))?;
+    }
+
+    let (train_set, test_set) = load_data(cfg)?;
+    let (mean, std) = train_set.channel_stats();
+    let norm = Normalize { mean, std };
+    let phases = phases(cfg, train_set.num_classes, &norm)?;
+    let total = cfg.optim.epochs;
+    let loader_cfg = LoaderConfig {
+        batch_size: cfg.optim.batch_size,
+        shuffle: true,
+        drop_last: true,
+        augment: cfg.data.augment.then_some(Augment {
+            crop_pad: 4,
+            hflip: true,
+        }),
+        normalize: norm,
+        seed: cfg.run.seed,
+    };
+    let steps = batches_per_epoch(train_set.len(), &loader_cfg);
+    if steps == 0 {
+        return Err(Error::Config(format!(
+            "optim.batch_size {} exceeds the training set ({} images)",
+            cfg.optim.batch_size,
+            train_set.len()
+        )));
+    }
+
+    let (mut epoch, mut step, mut metrics, mut spec, mut weights, buffers) = if resume {
+        let s = load_state(&state_path, 2)?;
+        (
+            s.epoch,
+            s.step,
+            s.metrics,
+            s.spec,
+            s.weights,
+            Some(s.buffers),
+        )
+    } else {
+        let spec = phases[0].3.clone();
+        let w = overparam_fuse::init::init_train_weights(
+            &spec,
+            &overparam_fuse::init::InitOptions {
+                seed: cfg.run.seed,
+                random_bn: false,
+            },
+        )?;
+        (0, 0, vec![], spec, w, None)
+    };
+    if epoch >= total {
+        return Err(run_err(format!(
+            "already finished ({epoch} of {total} epochs)"
+        )));
+    }
+
+    let mut model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &weights)?;
+    let mut opts = optimisers(cfg, &model);
+    if let Some(bufs) = buffers {
+        for (o, b) in opts.iter_mut().zip(bufs) {
+            for (k, v) in b {
+                o.buffers.insert(k, from_f(&v, device)?);
+            }
+        }
+    }
+    let train_arc = Arc::new(train_set);
+    let mut last = None;
+    let first = epoch;
+    while epoch < total {
+        if stop_after.is_some_and(|n| epoch - first >= n) {
+            return Ok(None);
+        }
+        let (phase, start, _, target) = phases
+            .iter()
+            .find(|p| epoch >= p.1 && epoch < p.2)
+            .expect("phases cover all epochs");
+        if *target != spec {
+            // R3 transition: expand by SVD or collapse; the function must not change.
+            weights = model.weights()?;
+            let new_w = if target.nodes.iter().any(|n| matches!(&n.op, overparam_fuse::spec::Op::Conv(c) if c.method != overparam_fuse::Method::Plain)) {
+                overparam_fuse::reparam::expand(&spec, &weights, target, cfg.run.seed)?
+            } else {
+                overparam_fuse::reparam::collapse(&spec, &weights)?.1
+            };
+            let new_model = OpModel::new(&nn::VarStore::new(device).root(), target, &new_w)?;
+            let change = function_change(&model, &new_model, &test_set, &norm, device)?;
+            if change > 1e-4 {
+                return Err(run_err(format!(
+                    "phase `{phase}` at epoch {start}: re-parameterisation changed the outputs by {change:e}"
+                )));
+            }
+            eprintln!(
+                "phase `{phase}`: re-parameterised at epoch {epoch} (outputs changed by {change:.2e}, fp32 rounding)"
+            );
+            model = new_model;
+            spec = target.clone();
+            opts = optimisers(cfg, &model); // fresh optimiser state for the new parameters
+        }
+
+        let t0 = Instant::now();
+        let bar = if progress {
+            indicatif::ProgressBar::new(steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{total} {phase}", epoch + 1));
+        let (mut loss_sum, mut seen) = (0.0, 0usize);
+        let mut top = TopK::default();
+        let mut lr = 0.0;
+        for b in Loader::spawn(train_arc.clone(), loader_cfg.clone(), epoch, 0) {
+            lr = learning_rate(
+                &cfg.optim,
+                epoch as f64 + b.index as f64 / steps as f64,
+                total,
+            );
+            let x = batch_tensor(&b.images, b.size, device)?;
+            let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
+            let (ce, y) = train_step(cfg, &model, &mut opts, &x, &t, lr, step)?;
+            let l = ce.f_double_value(&[])?;
+            if !l.is_finite() {
+                return Err(run_err(format!(
+                    "loss became {l} at epoch {} step {}",
+                    epoch + 1,
+                    b.index
+                )));
+            }
+            loss_sum += l * b.size as f64;
+            seen += b.size;
+            let logits =
+                Vec::<f32>::try_from(&y.f_detach()?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            top.add(&logits, train_arc.num_classes, &b.labels);
+            step += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.3} · {:.0} img/s",
+                loss_sum / seen as f64,
+                seen as f64 / t0.elapsed().as_secs_f64()
+            ));
+        }
+        bar.finish_and_clear();
+        let ips = seen as f64 / t0.elapsed().as_secs_f64();
+        let (test_loss, test_top, _) = evaluate(&model, &test_set, &norm, device)?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            phase: phase.clone(),
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_top1_err: top.top1_error(),
+            test_loss,
+            test_top1_err: test_top.top1_error(),
+            test_top5_err: test_top.top5_error(),
+            images_per_s: ips,
+        };
+        eprintln!(
+            "epoch {}/{total} [{phase}] loss {:.4} train err {:.2}% · test loss {:.4} top-1 err {:.2}% top-5 err {:.2}% · {:.0} img/s",
+            m.epoch,
+            m.train_loss,
+            m.train_top1_err,
+            m.test_loss,
+            m.test_top1_err,
+            m.test_top5_err,
+            ips
+        );
+        metrics.push(m.csv());
+        epoch += 1;
+        // State first, then the user-facing artefacts: resume reads only the state file.
+        save_state(&state_path, &model, &opts, epoch, step, &metrics)?;
+        checkpoint::save(
+            &dir.join(MODEL_FILE),
+            &AnySpec::Train(spec.clone()),
+            &model.weights()?,
+        )?;
+        write_metrics(&dir, &metrics)?;
+        last = Some(m);
+    }
+    let last = last.expect("at least one epoch ran");
+    finish(&dir, &model, &test_set, &norm, device, last).map(Some)
+}
+
+/// Folds the final model, checks test-set predictions against the train model in eval mode,
+/// and writes the deploy checkpoint.
+fn finish(
+    dir: &Path,
+    model: &OpModel,
+    test: &ImageSet,
+    norm: &Normalize,
+    device: Device,
+    last: EpochMetrics,
+) -> Result<RunSummary> {
+    let spec = model.spec().clone();
+    let w = model.weights()?;
+    let (deploy, dw) = fold(&spec, &w)?;
+    let v = overparam_fuse::verify::verify_fold(&spec, &w, &deploy, &dw, 2, 0)?;
+    if !v.passed() {
+        return Err(Error::Run {
+            dir: dir.into(),
+            message: format!("fold verification failed: {:?}", v.worst_block()),
+        });
+    }
+    let dvs = nn::VarStore::new(device);
+    let dmodel = OpModel::new(&dvs.root(), &as_train_spec(&deploy)?, &dw)?;
+    let (_, _, a) = evaluate(model, test, norm, device)?;
+    let (_, dtop, b) = evaluate(&dmodel, test, norm, device)?;
+    let classes = test.num_classes;
+    let (mut mismatches, mut max_rel) = (0, 0f64);
+    for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
+        let arg = |r: &[f32]| {
+            r.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map(|(i, _)| i)
+        };
+        let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = ra
+            .iter()
+            .zip(rb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        max_rel = max_rel.max((diff / scale) as f64);
+        if arg(ra) != arg(rb) {
+            // A flip is only acceptable between near-tied classes (rounding decides those).
+            let mut sorted = ra.to_vec();
+            sorted.sort_by(|x, y| y.total_cmp(x));
+            if sorted[0] - sorted[1] > 1e-4 * scale {
+                mismatches += 1;
+            }
+        }
+    }
+    if mismatches > 0 {
+        return Err(Error::Run {
+            dir: dir.into(),
+            message: format!(
+                "the deploy model changes {mismatches} test predictions; not writing {DEPLOY_FILE}"
+            ),
+        });
+    }
+    checkpoint::save(&dir.join(DEPLOY_FILE), &AnySpec::Deploy(deploy), &dw)?;
+    eprintln!(
+        "fold: deploy model agrees with the train model on all {} test predictions (max logit rel diff {max_rel:.2e}); wrote {}",
+        test.len(),
+        dir.join(DEPLOY_FILE).display()
+    );
+    Ok(RunSummary {
+        run_dir: dir.into(),
+        last,
+        deploy_test_top1_err: dtop.top1_error(),
+        prediction_mismatches: mismatches,
+        max_logit_rel_diff: max_rel,
+    })
+}
+
+/// Evaluates any checkpoint (train or deploy) on the test split of a CIFAR directory.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    data: &Path,
+    device: Device,
+) -> Result<(String, f64, TopK)> {
+    let ck = checkpoint::load(path)?;
+    let (spec, stage) = match &ck.spec {
+        AnySpec::Train(s) => (s.clone(), "train"),
+        AnySpec::Deploy(d) => (as_train_spec(d)?, "deploy"),
+    };
+    let n = spec.input.normalize.clone().ok_or_else(|| Error::Run {
+        dir: path.into(),
+        message: "checkpoint records no input normalisation (made by `init`, not by training)"
+            .into(),
+    })?;
+    let norm = Normalize {
+        mean: [n.mean[0], n.mean[1], n.mean[2]],
+        std: [n.std[0], n.std[1], n.std[2]],
+    };
+    let test = cifar::load(data, Split::Test)?;
+    let vs = nn::VarStore::new(device);
+    let model = OpModel::new(&vs.root(), &spec, &ck.weights)?;
+    let classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
+        Some(overparam_fuse::spec::Op::Linear { out_features, .. }) => *out_features,
+        _ => test.num_classes,
+    };
+    if classes != test.num_classes {
+        return Err(Error::Run {
+            dir: path.into(),
+            message: format!("model has {classes} classes, the data {}", test.num_classes),
+        });
+    }
+    let (loss, top, _) = evaluate(&model, &test, &norm, device)?;
+    Ok((stage.to_string(), loss, top))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DataConfig, ModelConfig, OptimConfig, RunConfig, Schedule};
+
+    /// R2: during group A's phase, every tensor of group B stays bit-identical, and vice versa.
+    #[test]
+    fn r2_leaves_the_frozen_group_bit_identical() {
+        let cfg = TrainConfig {
+            run: RunConfig {
+                name: "r2".into(),
+                dir: "unused".into(),
+                seed: 0,
+                threads: None,
+                device: DeviceChoice::Cpu,
+            },
+            model: ModelConfig {
+                kind: overparam_fuse::models::ModelKind::VggSmall,
+                width: 0.125,
+                method: MethodConfig::new(MethodKind::Sfo),
+            },
+            data: DataConfig::default(),
+            optim: OptimConfig {
+                epochs: 1,
+                batch_size: 4,
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 5e-4,
+                label_smoothing: 0.1,
+                schedule: Schedule::Constant,
+                warmup_epochs: 0,
+            },
+            routine: Routine::R2 { period: 2 },
+        };
+        let spec = phases(
+            &cfg,
+            10,
+            &Normalize {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        )
+        .unwrap()
+        .remove(0)
+        .3;
+        let w = overparam_fuse::init::init_train_weights(&spec, &Default::default()).unwrap();
+        let model = OpModel::new(&nn::VarStore::new(Device::Cpu).root(), &spec, &w).unwrap();
+        let mut opts = optimisers(&cfg, &model);
+        assert_eq!(opts.len(), 2);
+        let group_b: Vec<String> = opts[1].params.iter().map(|p| p.name.clone()).collect();
+        assert!(!group_b.is_empty() && group_b.iter().all(|n| n.ends_with(".M")));
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[1i64, 2, 3, 4]);
+        let snap = |names: &[String]| -> Vec<Vec<f32>> {
+            names
+                .iter()
+                .map(|n| to_f(model.var(n).unwrap()).unwrap().data)
+                .collect()
+        };
+        let group_a: Vec<String> = opts[0].params.iter().map(|p| p.name.clone()).collect();
+        for step in 0..8 {
+            let (active, frozen) = if (step / 2) % 2 == 0 {
+                (&group_a, &group_b)
+            } else {
+                (&group_b, &group_a)
+            };
+            let (fa, aa) = (snap(frozen), snap(active));
+            let _ = train_step(&cfg, &model, &mut opts, &x, &t, 0.1, step).unwrap();
+            assert!(snap(frozen) == fa, "step {step}: the frozen group changed");
+            assert!(
+                snap(active) != aa,
+                "step {step}: the active group did not move"
+            );
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Training runs on tiny synthetic data: real learning, bit-identical resume, R2 alternation,
+//! R3 phases, and refusals that leave the run directory as it was.
+
+use std::path::Path;
+
+use overparam_fuse::models::ModelKind;
+use overparam_fuse::{MethodConfig, MethodKind};
+use overparam_train::config::{
+    DataConfig, DeviceChoice, ModelConfig, OptimConfig, Routine, RunConfig, Schedule, TrainConfig,
+};
+use overparam_train::trainer::{self, STATE_FILE, train};
+
+fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        run: RunConfig {
+            name: name.into(),
+            dir: dir.to_path_buf(),
+            seed: 5,
+            threads: Some(2),
+            device: DeviceChoice::Cpu,
+        },
+        model: ModelConfig {
+            kind: ModelKind::VggSmall,
+            width: 0.25,
+            method: MethodConfig::new(method),
+        },
+        data: DataConfig {
+            dir: None,
+            synthetic_train: 2000,
+            synthetic_test: 500,
+            synthetic_seed: 1,
+            augment: true,
+        },
+        optim: OptimConfig {
+            epochs,
+            batch_size: 32,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            label_smoothing: 0.0,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0,
+        },
+        routine: Routine::R1,
+    }
+}
+
+/// A real learning test: 100 classes (chance = 1% top-1), a few epochs, error well below chance.
+#[test]
+fn sfo_learns_far_above_chance_and_folds_with_identical_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), "learn", MethodKind::Sfo, 6);
+    c.data.synthetic_train = 3000;
+    let s = train(&c, false, false, None).unwrap().unwrap();
+    // ≤ 85% top-1 error is ≥ 15× chance accuracy.
+    assert!(s.last.test_top1_err < 85.0, "{:?}", s.last);
+    assert!(s.last.train_loss < 4.0, "{:?}", s.last);
+    assert_eq!(s.prediction_mismatches, 0);
+    assert!((s.deploy_test_top1_err - s.last.test_top1_err).abs() < 1e-9);
+    let run = dir.path().join("learn");
+    for f in [
+        "config.toml",
+        "metrics.csv",
+        "model.op.safetensors",
+        "model.deploy.safetensors",
+        STATE_FILE,
+    ] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    // `eval` on both checkpoints gives the run's final error.
+    let data = dir.path().join("_data/synth-cifar100-3000-500-seed1");
+    for f in ["model.op.safetensors", "model.deploy.safetensors"] {
+        let (_, _, top) =
+            trainer::evaluate_checkpoint(&run.join(f), &data, tch::Device::Cpu).unwrap();
+        assert!(
+            (top.top1_error() - s.last.test_top1_err).abs() < 1e-9,
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    for routine in [Routine::R1, Routine::R2 { period: 3 }] {
+        let mut straight = cfg(dir.path(), "straight", MethodKind::Sfo, 2);
+        straight.routine = routine.clone();
+        straight.data.synthetic_train = 400;
+        straight.data.synthetic_test = 100;
+        let mut split = straight.clone();
+        split.run.name = "split".into();
+        let name = |r: &Routine| format!("{r:?}");
+        straight.run.name = format!("straight-{}", name(&routine));
+        split.run.name = format!("split-{}", name(&routine));
+        train(&straight, false, false, None).unwrap();
+        assert!(train(&split, false, false, Some(1)).unwrap().is_none());
+        train(&split, true, false, None).unwrap().unwrap();
+        let a = std::fs::read(straight.run_dir().join("model.op.safetensors")).unwrap();
+        let b = std::fs::read(split.run_dir().join("model.op.safetensors")).unwrap();
+        assert!(a.len() > 1000);
+        // The spec is the same and the run name is not in the checkpoint, so the bytes match.
+        assert!(a == b, "{routine:?}: resumed weights differ");
+        let ma = std::fs::read_to_string(straight.run_dir().join("metrics.csv")).unwrap();
+        let mb = std::fs::read_to_string(split.run_dir().join("metrics.csv")).unwrap();
+        let strip = |s: &str| {
+            s.lines()
+                .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&ma), strip(&mb), "metrics (throughput aside)");
+    }
+}
+
+#[test]
+fn r3_runs_its_three_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), "r3", MethodKind::Sfo, 3);
+    c.data.synthetic_train = 400;
+    c.data.synthetic_test = 100;
+    c.routine = Routine::R3 {
+        plain_epochs: 1,
+        op_epochs: 1,
+        finetune_epochs: 1,
+    };
+    let s = train(&c, false, false, None).unwrap().unwrap();
+    let csv = std::fs::read_to_string(s.run_dir.join("metrics.csv")).unwrap();
+    let phases: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(phases, ["plain", "op", "finetune"]);
+    // Resuming across a phase boundary re-parameterises the same way.
+    let mut d = c.clone();
+    d.run.name = "r3-split".into();
+    train(&d, false, false, Some(1)).unwrap();
+    train(&d, true, false, None).unwrap().unwrap();
+    assert!(
+        std::fs::read(s.run_dir.join("model.op.safetensors")).unwrap()
+            == std::fs::read(d.run_dir().join("model.op.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn refusals_leave_the_run_directory_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path(), "r", MethodKind::Plain, 2);
+    c.data.synthetic_train = 200;
+    c.data.synthetic_test = 50;
+    train(&c, false, false, Some(1)).unwrap();
+    let snapshot = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&c.run_dir());
+    // Starting again over an existing run.
+    let e = train(&c, false, false, None).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    // Resuming with a different config.
+    let mut other = c.clone();
+    other.optim.lr = 0.2;
+    let e = train(&other, true, false, None).unwrap_err().to_string();
+    assert!(e.contains("different config"), "{e}");
+    assert!(snapshot(&c.run_dir()) == before);
+
+    // A truncated dataset names its file.
+    let data = tempfile::tempdir().unwrap();
+    overparam_data::synth::write_synthetic_cifar100(data.path(), 50, 10, 0).unwrap();
+    let f = data.path().join("train.bin");
+    let raw = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &raw[..raw.len() - 7]).unwrap();
+    let mut bad = cfg(dir.path(), "bad-data", MethodKind::Plain, 1);
+    bad.data.dir = Some(data.path().to_path_buf());
+    let e = train(&bad, false, false, None).unwrap_err().to_string();
+    assert!(e.contains("train.bin") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            overparam_train::config::TrainConfig::load(&p, &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} configs");
+}
