@@ -26,6 +26,8 @@ enum Command {
     Train(commands::train::Args),
     /// Evaluate a train or deploy checkpoint on a dataset's test split.
     Eval(commands::eval::Args),
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    Bench(commands::bench::Args),
     /// Generate datasets (synthetic data in the real formats).
     Data(commands::data::Args),
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Data(a) => commands::data::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
     };

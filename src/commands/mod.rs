@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod data;
 pub mod doctor;
 pub mod eval;

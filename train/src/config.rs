@@ -132,16 +132,12 @@ fn momentum() -> f64 {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// lr × gamma at each milestone epoch.
-    Multistep {
-        milestones: Vec<usize>,
-        gamma: f64,
-    },
+    Multistep { milestones: Vec<usize>, gamma: f64 },
     /// Cosine decay to zero over the run.
     Cosine,
     #[default]
     Constant,
 }
-
 
 /// The training routine (methods.md §5.3).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

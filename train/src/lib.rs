@@ -4,6 +4,7 @@
 //! kernel composed in kernel space, then one conv (fnl, sfo), with BatchNorm in train or eval
 //! mode.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod model;

@@ -1,0 +1,101 @@
+//! Training-step cost of a method: median step time and peak memory on a fixed random batch.
+
+use std::time::Instant;
+
+use overparam_fuse::init::{InitOptions, init_train_weights};
+use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
+use overparam_fuse::{MethodConfig, MethodKind};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::error::Result;
+use crate::model::OpModel;
+use crate::optim::{Param, Sgd};
+
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    pub method: MethodKind,
+    pub train_params: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+}
+
+/// Runs `warmup + steps` SGD steps (forward, cross-entropy + Frobenius decay, backward, update)
+/// of one method at batch `batch` and returns the step-time statistics.
+pub fn train_step_time(
+    model: ModelKind,
+    width: f64,
+    method: MethodKind,
+    batch: usize,
+    steps: usize,
+    device: Device,
+) -> Result<StepStats> {
+    let spec = build(
+        model,
+        &ClassifierOptions {
+            width,
+            ..ClassifierOptions::new(MethodConfig::new(method))
+        },
+    )?;
+    let w = init_train_weights(&spec, &InitOptions::default())?;
+    let m = OpModel::new(&nn::VarStore::new(device).root(), &spec, &w)?;
+    let params: Vec<Param> = m
+        .names()
+        .filter(|n| m.kind(n).is_some_and(|k| !k.is_buffer()))
+        .map(|n| Param {
+            name: n.to_string(),
+            tensor: m.var(n).expect("known").shallow_clone(),
+            weight_decay: if m.kind(n).is_some_and(|k| k.takes_weight_decay()) {
+                5e-4
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    let train_params = params.iter().map(|p| p.tensor.numel()).sum();
+    let mut opt = Sgd {
+        momentum: 0.9,
+        nesterov: false,
+        params,
+        buffers: Default::default(),
+    };
+    let x = Tensor::f_randn([batch as i64, 3, 32, 32], (Kind::Float, device))?;
+    let t = Tensor::f_randint(
+        spec.outputs.len().max(100) as i64,
+        [batch as i64],
+        (Kind::Int64, device),
+    )?;
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..steps + 2 {
+        let t0 = Instant::now();
+        let (ys, frob) = m.forward_with_frobenius(&x)?;
+        let mut loss =
+            ys[0].f_cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Mean, -100, 0.0)?;
+        if let Some(f) = frob {
+            loss = loss.f_add(&f.f_mul_scalar(2.5e-4)?)?;
+        }
+        opt.zero_grad()?;
+        loss.f_backward()?;
+        opt.step(0.01)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(StepStats {
+        method,
+        train_params,
+        median_ms: times[times.len() / 2],
+        min_ms: times[0],
+    })
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
