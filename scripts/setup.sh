@@ -12,14 +12,17 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-have() { .venv/bin/python -c "import $1" >/dev/null 2>&1; }
 if ! .venv/bin/python -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" >/dev/null 2>&1; then
   echo "setup: installing torch==$TORCH_VERSION (a CUDA build, ~4.5 GB with its nvidia wheels)" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-if ! have safetensors || ! have numpy; then
-  .venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors
+# ONNX Runtime (the CPU runtime, loaded at run time) and onnx (its onnx.proto generates our
+# protobuf types at build time; its checker validates exports in tests).
+if ! .venv/bin/python -c "import onnxruntime, onnx, safetensors, numpy, sys; sys.exit(onnxruntime.__version__ != '1.31.1' or onnx.__version__ != '1.23.2')" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors onnxruntime==1.31.1 onnx==1.23.2
 fi
-torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
-ln -sfn "$torch_dir" .venv/libtorch
-echo "setup: ok (libtorch at .venv/libtorch -> $torch_dir)" >&2
+site=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+ln -sfn "$site/torch" .venv/libtorch
+ln -sfn "$site/onnx/onnx.proto" .venv/onnx.proto
+ln -sfn "$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n 1)" .venv/libonnxruntime.so
+echo "setup: ok (libtorch, onnx.proto and libonnxruntime.so linked under .venv/)" >&2

@@ -1,0 +1,346 @@
+//! INT8 calibration in Rust: histograms of |activation| at every conv/linear input, collected
+//! by running the FP32 model (with those tensors exposed as outputs) through the CPU runtime on
+//! a fixed, seeded calibration set; then one of four calibrators picks each tensor's clipping
+//! range `amax`, and the symmetric scale is `amax / 127`.
+
+use std::collections::BTreeMap;
+
+use overparam_data::cifar::{ImageSet, PIXELS};
+use overparam_data::loader::{Normalize, prepare};
+use overparam_fuse::spec::DeploySpec;
+use overparam_fuse::{Rng, Weights};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::export::{
+    ActivationEncoding, ExportOptions, Precision, QuantPlan, export, quantizable_layers, to_bytes,
+};
+use crate::runtime::CpuRuntime;
+
+pub const BINS: usize = 2048;
+/// Quantisation levels on one side of zero for the entropy calibrator (TensorRT uses 128).
+const LEVELS: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Calibrator {
+    /// The largest |x| seen.
+    Max,
+    /// The 99.99th percentile of |x|.
+    Percentile,
+    /// Minimum KL divergence between the clipped and the quantised distribution (TensorRT's
+    /// entropy calibrator, after Migacz, "8-bit Inference with TensorRT", GTC 2017).
+    Entropy,
+    /// Minimum expected squared quantisation error.
+    Mse,
+}
+
+impl std::str::FromStr for Calibrator {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "max" => Ok(Self::Max),
+            "percentile" => Ok(Self::Percentile),
+            "entropy" => Ok(Self::Entropy),
+            "mse" => Ok(Self::Mse),
+            _ => Err(Error::Calibration(format!(
+                "unknown calibrator `{s}` (max, percentile, entropy, mse)"
+            ))),
+        }
+    }
+}
+
+/// Histogram of |x| over [0, amax] in [`BINS`] bins.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    pub amax: f32,
+    pub bins: Vec<u64>,
+}
+
+impl Histogram {
+    fn width(&self) -> f64 {
+        self.amax as f64 / BINS as f64
+    }
+
+    /// The clipping threshold this calibrator chooses.
+    pub fn threshold(&self, c: Calibrator) -> f32 {
+        if self.amax <= 0.0 {
+            return 0.0;
+        }
+        let w = self.width();
+        let total: u64 = self.bins.iter().sum();
+        let t = match c {
+            Calibrator::Max => return self.amax,
+            Calibrator::Percentile => {
+                let want = (total as f64 * 0.9999).ceil() as u64;
+                let mut acc = 0;
+                let mut edge = BINS;
+                for (i, &n) in self.bins.iter().enumerate() {
+                    acc += n;
+                    if acc >= want {
+                        edge = i + 1;
+                        break;
+                    }
+                }
+                edge as f64 * w
+            }
+            Calibrator::Entropy => (self.best_kl_bin() as f64 + 0.5) * w,
+            Calibrator::Mse => {
+                let mut best = (f64::INFINITY, BINS);
+                for i in (16..=BINS).step_by(16) {
+                    let s = i as f64 * w / 127.0;
+                    let err: f64 = self
+                        .bins
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(b, &n)| {
+                            let x = (b as f64 + 0.5) * w;
+                            let q = (x / s).round().min(127.0) * s;
+                            n as f64 * (x - q).powi(2)
+                        })
+                        .sum();
+                    if err < best.0 {
+                        best = (err, i);
+                    }
+                }
+                best.1 as f64 * w
+            }
+        };
+        (t as f32).min(self.amax).max(f32::MIN_POSITIVE)
+    }
+
+    /// The bin count i ∈ [128, 2048] minimising KL(P‖Q), where P is the histogram clipped at
+    /// bin i (outliers folded into the last kept bin) and Q is P squeezed into 128 levels and
+    /// expanded back over the non-empty bins.
+    fn best_kl_bin(&self) -> usize {
+        let mut best = (f64::INFINITY, BINS);
+        for i in LEVELS..=BINS {
+            let mut p: Vec<f64> = self.bins[..i].iter().map(|&n| n as f64).collect();
+            let outliers: u64 = self.bins[i..].iter().sum();
+            p[i - 1] += outliers as f64;
+            let total: f64 = p.iter().sum();
+            if total == 0.0 {
+                continue;
+            }
+            let mut q = vec![0f64; i];
+            for j in 0..LEVELS {
+                let (lo, hi) = (
+                    j * i / LEVELS,
+                    ((j + 1) * i / LEVELS).max(j * i / LEVELS + 1),
+                );
+                let src = &self.bins[lo..hi];
+                let nonzero = src.iter().filter(|&&n| n > 0).count();
+                if nonzero == 0 {
+                    continue;
+                }
+                let share = src.iter().sum::<u64>() as f64 / nonzero as f64;
+                for (k, &n) in src.iter().enumerate() {
+                    if n > 0 {
+                        q[lo + k] = share;
+                    }
+                }
+            }
+            let qt: f64 = q.iter().sum();
+            let kl: f64 = p
+                .iter()
+                .zip(&q)
+                .filter(|(pv, _)| **pv > 0.0)
+                .map(|(pv, qv)| {
+                    let pn = pv / total;
+                    // Mass that Q cannot represent gets a tiny floor instead of an infinity.
+                    let qn = (qv / qt.max(1e-300)).max(1e-12);
+                    pn * (pn / qn).ln()
+                })
+                .sum();
+            if kl < best.0 {
+                best = (kl, i);
+            }
+        }
+        best.1
+    }
+}
+
+/// A fixed, seeded calibration set: `n` images drawn without replacement, normalised, in
+/// batches of `batch` (the last batch is dropped if partial, the ONNX input shape is static).
+pub fn calibration_batches(
+    set: &ImageSet,
+    norm: &Normalize,
+    n: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    if set.is_empty() || batch == 0 {
+        return Err(Error::Calibration("empty calibration set".into()));
+    }
+    let mut idx: Vec<usize> = (0..set.len()).collect();
+    let mut rng = Rng::derive(seed, "calibration");
+    for i in (1..idx.len()).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    let n = n.min(set.len()) / batch * batch;
+    if n == 0 {
+        return Err(Error::Calibration(format!(
+            "fewer than {batch} images to calibrate on"
+        )));
+    }
+    Ok(idx[..n]
+        .chunks(batch)
+        .map(|ids| {
+            let mut out = vec![0f32; ids.len() * PIXELS];
+            for (k, &i) in ids.iter().enumerate() {
+                prepare(
+                    set.image(i),
+                    norm,
+                    None,
+                    &mut out[k * PIXELS..(k + 1) * PIXELS],
+                );
+            }
+            out
+        })
+        .collect())
+}
+
+/// Histograms of |x| for every conv/linear input tensor of the model.
+pub fn collect(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    batches: &[Vec<f32>],
+    progress: bool,
+) -> Result<BTreeMap<String, Histogram>> {
+    let tensors: Vec<String> = {
+        let mut t: Vec<String> = quantizable_layers(spec)
+            .into_iter()
+            .map(|(_, x)| x)
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    let per = (spec.input.channels * spec.input.height * spec.input.width).max(1);
+    let batch = batches.first().map_or(1, |b| b.len() / per);
+    if let Some(b) = batches.iter().find(|b| b.len() != batch * per) {
+        return Err(Error::Calibration(format!(
+            "calibration batch of {} values does not match the model input {}×{}×{}×{}",
+            b.len(),
+            batch,
+            spec.input.channels,
+            spec.input.height,
+            spec.input.width
+        )));
+    }
+    let mut opts = ExportOptions::new(Precision::Fp32);
+    opts.batch = batch;
+    opts.extra_outputs = tensors
+        .iter()
+        .filter(|t| t.as_str() != overparam_fuse::spec::INPUT)
+        .cloned()
+        .collect();
+    let mut rt = CpuRuntime::new(&to_bytes(&export(spec, w, &opts)?), None)?;
+    let bar = if progress {
+        indicatif::ProgressBar::new(2 * batches.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_message("calibrating");
+    // Pass 1: the range of each tensor; pass 2: histograms over that range.
+    let mut hists: BTreeMap<String, Histogram> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                Histogram {
+                    amax: 0.0,
+                    bins: vec![0; BINS],
+                },
+            )
+        })
+        .collect();
+    for pass in 0..2 {
+        for b in batches {
+            let outs = rt.run(b)?;
+            let mut values: Vec<(&str, &[f32])> = outs
+                .iter()
+                .map(|(n, _, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            values.push((overparam_fuse::spec::INPUT, b.as_slice()));
+            for (name, data) in values {
+                let Some(h) = hists.get_mut(name) else {
+                    continue;
+                };
+                if pass == 0 {
+                    h.amax = data.iter().fold(h.amax, |m, v| m.max(v.abs()));
+                } else if h.amax > 0.0 {
+                    let scale = BINS as f32 / h.amax;
+                    for v in data {
+                        h.bins[((v.abs() * scale) as usize).min(BINS - 1)] += 1;
+                    }
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(hists)
+}
+
+/// Turns histograms into a quantisation plan with the chosen calibrator.
+pub fn plan(
+    hists: &BTreeMap<String, Histogram>,
+    c: Calibrator,
+    encoding: ActivationEncoding,
+) -> QuantPlan {
+    QuantPlan {
+        activation_scales: hists
+            .iter()
+            .map(|(k, h)| (k.clone(), (h.threshold(c) / 127.0).max(f32::MIN_POSITIVE)))
+            .collect(),
+        layers: None,
+        encoding,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaussian_with_outlier() -> Histogram {
+        // |x| of N(0,1) samples plus one far outlier at 50.
+        let mut rng = Rng::new(3);
+        let mut xs: Vec<f32> = (0..200_000).map(|_| rng.normal().abs() as f32).collect();
+        xs.push(50.0);
+        let amax = 50.0;
+        let mut bins = vec![0u64; BINS];
+        for x in xs {
+            bins[((x / amax * BINS as f32) as usize).min(BINS - 1)] += 1;
+        }
+        Histogram { amax, bins }
+    }
+
+    #[test]
+    fn calibrators_clip_outliers_except_max() {
+        let h = gaussian_with_outlier();
+        assert_eq!(h.threshold(Calibrator::Max), 50.0);
+        for c in [Calibrator::Percentile, Calibrator::Entropy] {
+            let t = h.threshold(c);
+            // A sensible clip for N(0,1) lies within a few standard deviations.
+            assert!((2.0..6.0).contains(&t), "{c:?}: {t}");
+        }
+        // MSE weighs the outlier's squared error too: it clips, but less.
+        let t = h.threshold(Calibrator::Mse);
+        assert!(t > 2.0 && t < 40.0, "mse {t}");
+    }
+
+    #[test]
+    fn mse_clips_a_gaussian_tail() {
+        let mut rng = Rng::new(4);
+        let xs: Vec<f32> = (0..200_000).map(|_| rng.normal().abs() as f32).collect();
+        let amax = xs.iter().fold(0f32, |m, v| m.max(*v));
+        let mut bins = vec![0u64; BINS];
+        for x in &xs {
+            bins[((x / amax * BINS as f32) as usize).min(BINS - 1)] += 1;
+        }
+        let t = Histogram { amax, bins }.threshold(Calibrator::Mse);
+        assert!(t > 2.0 && t < amax, "{t} vs max {amax}");
+    }
+}

@@ -1,0 +1,416 @@
+//! ONNX export of a deploy spec: FP32, FP16 (FP16 types inside, FP32 at the edges, casts
+//! between) and INT8 as explicit Q/DQ (symmetric per-channel int8 weights on axis 0, per-tensor
+//! activations). One explicitly typed model serves TensorRT 10 (`--stronglyTyped`) and 11.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use overparam_fuse::spec::{DeploySpec, INPUT, Op};
+use overparam_fuse::{Tensor, Weights};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::onnx::*;
+use crate::pb::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, tensor_proto::DataType,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(Error::Export(format!(
+                "unknown precision `{s}` (fp32, fp16 or int8)"
+            ))),
+        }
+    }
+}
+
+/// How INT8 activations are written. Both encode the same grid (scale s, levels −128..127):
+/// TensorRT requires signed int8 with zero point 0; ONNX Runtime's fast CPU kernels want uint8,
+/// which is the same grid with zero point 128.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationEncoding {
+    #[default]
+    SignedSymmetric,
+    UnsignedOffset,
+}
+
+/// INT8 plan: a scale per activation tensor (conv/linear inputs) and which layers to quantise.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuantPlan {
+    pub activation_scales: BTreeMap<String, f32>,
+    /// Layers quantised; `None` means every conv and linear layer. Others stay FP32.
+    pub layers: Option<BTreeSet<String>>,
+    pub encoding: ActivationEncoding,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub precision: Precision,
+    pub batch: usize,
+    /// Required for INT8.
+    pub quant: Option<QuantPlan>,
+    /// Extra FP32 graph outputs (activation tensors by node name), for calibration.
+    pub extra_outputs: Vec<String>,
+}
+
+impl ExportOptions {
+    pub fn new(precision: Precision) -> Self {
+        Self {
+            precision,
+            batch: 1,
+            quant: None,
+            extra_outputs: vec![],
+        }
+    }
+}
+
+/// Conv and linear layers with the activation tensor each one reads.
+pub fn quantizable_layers(spec: &DeploySpec) -> Vec<(String, String)> {
+    spec.nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_) | Op::Linear { .. }))
+        .map(|n| (n.name.clone(), n.inputs[0].clone()))
+        .collect()
+}
+
+/// Per-output-channel symmetric int8 weights: s_c = max|W_c| / 127, q = round(W/s) ∈ [−127, 127].
+pub fn quantize_weight(w: &Tensor<f32>) -> (Vec<i8>, Vec<f32>) {
+    let o = w.shape[0];
+    let per = w.numel() / o;
+    let mut q = Vec::with_capacity(w.numel());
+    let mut scales = Vec::with_capacity(o);
+    for ch in w.data.chunks(per) {
+        let amax = ch.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        scales.push(s);
+        q.extend(
+            ch.iter()
+                .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (q, scales)
+}
+
+struct Builder<'a> {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    w: &'a Weights<f32>,
+    opts: &'a ExportOptions,
+    /// Activation tensor → its Q/DQ output (one pair per tensor, shared by its consumers).
+    dq: HashMap<String, String>,
+}
+
+impl Builder<'_> {
+    fn weight(&self, name: &str) -> Result<&Tensor<f32>> {
+        let t = self
+            .w
+            .get(name)
+            .ok_or_else(|| Error::Export(format!("missing tensor `{name}`")))?;
+        if !t.is_finite() {
+            return Err(Error::Export(format!(
+                "tensor `{name}` has non-finite values"
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A float initializer in the graph's float type.
+    fn float_init(&mut self, name: &str) -> Result<String> {
+        let t = self.weight(name)?;
+        self.inits.push(match self.opts.precision {
+            Precision::Fp16 => tensor_f16(name, &t.shape, &t.data),
+            _ => tensor_f32(name, &t.shape, &t.data),
+        });
+        Ok(name.to_string())
+    }
+
+    /// The int8 weight with its DequantizeLinear, per output channel (axis 0).
+    fn quant_weight(&mut self, name: &str) -> Result<String> {
+        let t = self.weight(name)?.clone();
+        let (q, s) = quantize_weight(&t);
+        let o = t.shape[0];
+        let (qn, sn, zn, out) = (
+            format!("{name}_quantized"),
+            format!("{name}_scale"),
+            format!("{name}_zero_point"),
+            format!("{name}_dequantized"),
+        );
+        self.inits.push(tensor_i8(&qn, &t.shape, &q));
+        self.inits.push(tensor_f32(&sn, &[o], &s));
+        self.inits.push(tensor_i8(&zn, &[o], &vec![0; o]));
+        self.nodes.push(node(
+            "DequantizeLinear",
+            &out,
+            &[&qn, &sn, &zn],
+            &[&out],
+            vec![attr_int("axis", 0)],
+        ));
+        Ok(out)
+    }
+
+    /// Q/DQ on an activation tensor, per tensor, shared by every consumer.
+    fn quant_act(&mut self, tensor: &str, plan: &QuantPlan) -> Result<String> {
+        if let Some(d) = self.dq.get(tensor) {
+            return Ok(d.clone());
+        }
+        let s = *plan.activation_scales.get(tensor).ok_or_else(|| {
+            Error::Export(format!("no calibrated scale for activation `{tensor}`"))
+        })?;
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::Export(format!(
+                "scale of `{tensor}` is {s}, must be positive"
+            )));
+        }
+        let (sn, zn, qn, dn) = (
+            format!("{tensor}_act_scale"),
+            format!("{tensor}_act_zero_point"),
+            format!("{tensor}_quantized"),
+            format!("{tensor}_dequantized"),
+        );
+        self.inits.push(tensor_f32(&sn, &[], &[s]));
+        self.inits.push(match plan.encoding {
+            ActivationEncoding::SignedSymmetric => tensor_i8(&zn, &[], &[0]),
+            ActivationEncoding::UnsignedOffset => tensor_u8(&zn, &[], &[128]),
+        });
+        self.nodes.push(node(
+            "QuantizeLinear",
+            &qn,
+            &[tensor, &sn, &zn],
+            &[&qn],
+            vec![],
+        ));
+        self.nodes.push(node(
+            "DequantizeLinear",
+            &dn,
+            &[&qn, &sn, &zn],
+            &[&dn],
+            vec![],
+        ));
+        self.dq.insert(tensor.to_string(), dn.clone());
+        Ok(dn)
+    }
+}
+
+/// Exports a deploy spec and its weights as an ONNX model (opset 17, static shapes).
+pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Result<ModelProto> {
+    spec.validate()?;
+    overparam_fuse::checkpoint::check_against_layout(
+        &overparam_fuse::layout::deploy_layout(spec),
+        w,
+    )?;
+    if opts.batch == 0 {
+        return Err(Error::Export("batch must be ≥ 1".into()));
+    }
+    let plan = match (opts.precision, &opts.quant) {
+        (Precision::Int8, None) => {
+            return Err(Error::Export("INT8 export needs calibrated scales".into()));
+        }
+        (Precision::Int8, Some(p)) => Some(p),
+        _ => None,
+    };
+    let shapes = spec.infer_shapes()?;
+    let with_batch = |s: &[usize]| {
+        std::iter::once(opts.batch)
+            .chain(s.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    let float = if opts.precision == Precision::Fp16 {
+        DataType::Float16
+    } else {
+        DataType::Float
+    };
+    let mut b = Builder {
+        nodes: vec![],
+        inits: vec![],
+        w,
+        opts,
+        dq: HashMap::new(),
+    };
+    // Tensor names: the input, then one tensor per node named after the node.
+    let mut name_of: HashMap<String, String> = HashMap::new();
+    let input_name = INPUT.to_string();
+    if opts.precision == Precision::Fp16 {
+        let cast = format!("{INPUT}_fp16");
+        b.nodes.push(node(
+            "Cast",
+            &cast,
+            &[INPUT],
+            &[&cast],
+            vec![attr_int("to", DataType::Float16 as i64)],
+        ));
+        name_of.insert(INPUT.into(), cast);
+    } else {
+        name_of.insert(INPUT.into(), input_name.clone());
+    }
+    for n in &spec.nodes {
+        let ins: Vec<String> = n.inputs.iter().map(|i| name_of[i].clone()).collect();
+        let out = n.name.clone();
+        let quantised = plan.filter(|p| p.layers.as_ref().is_none_or(|l| l.contains(&n.name)));
+        let layer_inputs = |b: &mut Builder| -> Result<(String, String, String)> {
+            let (x, wt) = match quantised {
+                Some(p) => (
+                    b.quant_act(&ins[0], p)?,
+                    b.quant_weight(&format!("{}.weight", n.name))?,
+                ),
+                None => (ins[0].clone(), b.float_init(&format!("{}.weight", n.name))?),
+            };
+            let bias = b.float_init(&format!("{}.bias", n.name))?;
+            Ok((x, wt, bias))
+        };
+        match &n.op {
+            Op::Conv(c) => {
+                let s = &c.shape;
+                let (x, wt, bias) = layer_inputs(&mut b)?;
+                let p = s.padding as i64;
+                b.nodes.push(node(
+                    "Conv",
+                    &n.name,
+                    &[&x, &wt, &bias],
+                    &[&out],
+                    vec![
+                        attr_ints("kernel_shape", &[s.kernel as i64; 2]),
+                        attr_ints("strides", &[s.stride as i64; 2]),
+                        attr_ints("pads", &[p, p, p, p]),
+                        attr_ints("dilations", &[1, 1]),
+                        attr_int("group", s.groups as i64),
+                    ],
+                ));
+            }
+            Op::Linear { .. } => {
+                let (x, wt, bias) = layer_inputs(&mut b)?;
+                b.nodes.push(node(
+                    "Gemm",
+                    &n.name,
+                    &[&x, &wt, &bias],
+                    &[&out],
+                    vec![attr_int("transB", 1)],
+                ));
+            }
+            Op::Relu => b
+                .nodes
+                .push(node("Relu", &n.name, &[&ins[0]], &[&out], vec![])),
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let p = *padding as i64;
+                b.nodes.push(node(
+                    "MaxPool",
+                    &n.name,
+                    &[&ins[0]],
+                    &[&out],
+                    vec![
+                        attr_ints("kernel_shape", &[*kernel as i64; 2]),
+                        attr_ints("strides", &[*stride as i64; 2]),
+                        attr_ints("pads", &[p, p, p, p]),
+                    ],
+                ));
+            }
+            Op::GlobalAvgPool => b.nodes.push(node(
+                "GlobalAveragePool",
+                &n.name,
+                &[&ins[0]],
+                &[&out],
+                vec![],
+            )),
+            Op::Add => b
+                .nodes
+                .push(node("Add", &n.name, &[&ins[0], &ins[1]], &[&out], vec![])),
+            Op::Flatten => b.nodes.push(node(
+                "Flatten",
+                &n.name,
+                &[&ins[0]],
+                &[&out],
+                vec![attr_int("axis", 1)],
+            )),
+        }
+        name_of.insert(n.name.clone(), out);
+    }
+    let mut outputs = vec![];
+    for o in &spec.outputs {
+        let src = &name_of[&o.node];
+        if opts.precision == Precision::Fp16 {
+            b.nodes.push(node(
+                "Cast",
+                &o.name,
+                &[src],
+                &[&o.name],
+                vec![attr_int("to", DataType::Float as i64)],
+            ));
+        } else {
+            b.nodes
+                .push(node("Identity", &o.name, &[src], &[&o.name], vec![]));
+        }
+        outputs.push(value_info(
+            &o.name,
+            DataType::Float,
+            &with_batch(&shapes[&o.node]),
+        ));
+    }
+    for t in &opts.extra_outputs {
+        let s = shapes
+            .get(t)
+            .ok_or_else(|| Error::Export(format!("no tensor `{t}` to expose")))?;
+        if float != DataType::Float {
+            return Err(Error::Export("extra outputs are for FP32 models".into()));
+        }
+        outputs.push(value_info(t, DataType::Float, &with_batch(s)));
+    }
+    let i = &spec.input;
+    let graph = GraphProto {
+        name: Some(spec.model.clone()),
+        node: b.nodes,
+        initializer: b.inits,
+        input: vec![value_info(
+            &input_name,
+            DataType::Float,
+            &[opts.batch, i.channels, i.height, i.width],
+        )],
+        output: outputs,
+        ..Default::default()
+    };
+    Ok(ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        producer_name: Some("overparam".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(format!(
+            "{} deploy model, {}",
+            spec.model,
+            opts.precision.as_str()
+        )),
+        graph: Some(graph),
+        ..Default::default()
+    })
+}
+
+pub fn to_bytes(m: &ModelProto) -> Vec<u8> {
+    prost::Message::encode_to_vec(m)
+}

@@ -1,0 +1,16 @@
+//! overparam-engine: ONNX export of deploy models (FP32, FP16, INT8 Q/DQ), calibration, ONNX
+//! Runtime as the CPU runtime, TensorRT engine builds with manifests, latency benchmarks.
+
+pub mod calib;
+pub mod error;
+pub mod export;
+pub mod onnx;
+pub mod runtime;
+
+pub use error::{Error, Result};
+
+/// ONNX protobuf types, generated at build time from onnx.proto.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}

@@ -1,0 +1,175 @@
+//! Exports of every method's folded model: the FP32 ONNX run by ONNX Runtime equals the fuse
+//! reference executor, FP16 and INT8 stay close, and every variant passes the ONNX checker.
+
+use std::path::Path;
+use std::process::Command;
+
+use overparam_data::loader::Normalize;
+use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
+use overparam_engine::runtime::CpuRuntime;
+use overparam_fuse::exec::run;
+use overparam_fuse::init::random_weights;
+use overparam_fuse::layout::train_layout;
+use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
+use overparam_fuse::{DeploySpec, MethodConfig, MethodKind, Rng, Tensor, Weights, fold};
+
+fn deploy(model: ModelKind, kind: MethodKind) -> (DeploySpec, Weights) {
+    let t = build(
+        model,
+        &ClassifierOptions {
+            width: 0.125,
+            num_classes: 10,
+            ..ClassifierOptions::new(MethodConfig::new(kind))
+        },
+    )
+    .unwrap();
+    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 4);
+    fold(&t, &w).unwrap()
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64 / scale as f64
+}
+
+fn synthetic_set() -> overparam_data::cifar::ImageSet {
+    let dir = tempfile::tempdir().unwrap();
+    overparam_data::synth::write_synthetic_cifar100(dir.path(), 64, 8, 0).unwrap();
+    overparam_data::cifar::load(dir.path(), overparam_data::cifar::Split::Train).unwrap()
+}
+
+fn check_with_onnx_checker(path: &Path) {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let o = Command::new(py)
+        .args(["-c", "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print('ok')"])
+        .arg(path)
+        .output()
+        .expect("run the virtualenv's python (scripts/setup.sh)");
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = synthetic_set();
+    let norm = Normalize {
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    for model in [ModelKind::Resnet18Cifar, ModelKind::VggSmall] {
+        for kind in MethodKind::ALL {
+            let (spec, w) = deploy(model, kind);
+            let batch = 2;
+            let x: Tensor<f32> = Rng::new(1).normal_tensor(&[batch, 3, 32, 32], 1.0);
+            let want = &run(&spec, &w, &x).unwrap()[0].1;
+
+            let mut o = ExportOptions::new(Precision::Fp32);
+            o.batch = batch;
+            let fp32 = to_bytes(&export(&spec, &w, &o).unwrap());
+            let got = CpuRuntime::new(&fp32, Some(1))
+                .unwrap()
+                .run(&x.data)
+                .unwrap();
+            assert_eq!(got[0].0, "logits");
+            assert_eq!(got[0].1, vec![batch, 10]);
+            let r = rel(&want.data, &got[0].2);
+            assert!(r <= 1e-4, "{model:?} {kind:?} fp32: {r:e}");
+
+            o.precision = Precision::Fp16;
+            let fp16 = to_bytes(&export(&spec, &w, &o).unwrap());
+            let got = CpuRuntime::new(&fp16, Some(1))
+                .unwrap()
+                .run(&x.data)
+                .unwrap();
+            let r = rel(&want.data, &got[0].2);
+            assert!(r <= 3e-2, "{model:?} {kind:?} fp16: {r:e}");
+
+            let batches = calibration_batches(&set, &norm, 32, batch, 0).unwrap();
+            let hists = collect(&spec, &w, &batches, false).unwrap();
+            let mut variants = vec![("fp32", fp32), ("fp16", fp16)];
+            for enc in [
+                ActivationEncoding::SignedSymmetric,
+                ActivationEncoding::UnsignedOffset,
+            ] {
+                o.precision = Precision::Int8;
+                o.quant = Some(plan(&hists, Calibrator::Entropy, enc));
+                let int8 = to_bytes(&export(&spec, &w, &o).unwrap());
+                let out = CpuRuntime::new(&int8, Some(1))
+                    .unwrap()
+                    .run(&x.data)
+                    .unwrap();
+                assert!(out[0].2.iter().all(|v| v.is_finite()));
+                variants.push(("int8", int8));
+            }
+            for (name, bytes) in variants {
+                let p = dir.path().join(format!("{model:?}-{kind:?}-{name}.onnx"));
+                std::fs::write(&p, bytes).unwrap();
+                check_with_onnx_checker(&p);
+            }
+        }
+    }
+}
+
+/// The two INT8 encodings are the same grid: identical outputs (up to ORT kernel rounding).
+#[test]
+fn signed_and_unsigned_int8_agree() {
+    let (spec, w) = deploy(ModelKind::VggSmall, MethodKind::Plain);
+    let set = synthetic_set();
+    let norm = Normalize {
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
+    let hists = collect(&spec, &w, &batches, false).unwrap();
+    let mut o = ExportOptions::new(Precision::Int8);
+    let outs: Vec<Vec<f32>> = [
+        ActivationEncoding::SignedSymmetric,
+        ActivationEncoding::UnsignedOffset,
+    ]
+    .into_iter()
+    .map(|enc| {
+        o.quant = Some(plan(&hists, Calibrator::Max, enc));
+        let m = to_bytes(&export(&spec, &w, &o).unwrap());
+        CpuRuntime::new(&m, Some(1))
+            .unwrap()
+            .run(&batches[0])
+            .unwrap()
+            .remove(0)
+            .2
+    })
+    .collect();
+    let r = rel(&outs[0], &outs[1]);
+    assert!(r < 2e-2, "{r:e}");
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let (spec, mut w) = deploy(ModelKind::VggSmall, MethodKind::Sfo);
+    let set = synthetic_set();
+    let norm = Normalize {
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    // INT8 without scales.
+    let e = export(&spec, &w, &ExportOptions::new(Precision::Int8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("calibrated"), "{e}");
+    // A calibration batch of the wrong shape.
+    let mut b = calibration_batches(&set, &norm, 4, 2, 0).unwrap();
+    b[1].pop();
+    let e = collect(&spec, &w, &b, false).unwrap_err().to_string();
+    assert!(e.contains("does not match the model input"), "{e}");
+    // NaN weights.
+    w.get_mut("features.0.weight").unwrap().data[0] = f32::NAN;
+    let e = export(&spec, &w, &ExportOptions::new(Precision::Fp32))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("features.0.weight"), "{e}");
+}
