@@ -26,7 +26,11 @@ enum Command {
     Train(commands::train::Args),
     /// Evaluate a train or deploy checkpoint on a dataset's test split.
     Eval(commands::eval::Args),
-    /// Benchmarks that print ratios against a baseline measured in the same run.
+    /// Export a deploy checkpoint as ONNX (fp32, fp16, or int8 with calibration).
+    Export(commands::export::Args),
+    /// TensorRT plans (build with trtexec + manifest) and accuracy per precision.
+    Engine(commands::engine::Args),
+    /// Latency of an ONNX model or TensorRT plan (`bench MODEL`), or `bench train`.
     Bench(commands::bench::Args),
     /// Generate datasets (synthetic data in the real formats).
     Data(commands::data::Args),
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Data(a) => commands::data::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Export(a) => commands::export::run(a),
+        Command::Engine(a) => commands::engine::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
     };

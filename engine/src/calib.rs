@@ -114,51 +114,70 @@ impl Histogram {
     /// bin i (outliers folded into the last kept bin) and Q is P squeezed into 128 levels and
     /// expanded back over the non-empty bins.
     fn best_kl_bin(&self) -> usize {
+        // The exact zeros of a ReLU output pile up in bin 0 and would dominate the divergence
+        // (every candidate smears that spike); like NVIDIA's pytorch-quantization, give bin 0
+        // the count of bin 1 for the search.
+        let mut bins = self.bins.clone();
+        bins[0] = bins[1];
         let mut best = (f64::INFINITY, BINS);
         for i in LEVELS..=BINS {
-            let mut p: Vec<f64> = self.bins[..i].iter().map(|&n| n as f64).collect();
-            let outliers: u64 = self.bins[i..].iter().sum();
-            p[i - 1] += outliers as f64;
-            let total: f64 = p.iter().sum();
-            if total == 0.0 {
+            let sliced = &bins[..i];
+            let mut p: Vec<f64> = sliced.iter().map(|&n| n as f64).collect();
+            p[i - 1] += bins[i..].iter().sum::<u64>() as f64;
+            if p.iter().all(|&v| v == 0.0) {
                 continue;
             }
+            // Merge the i bins into 128 levels (the last level takes the remainder), then
+            // spread each level's mass evenly over the bins where P is non-zero.
+            let merged = i / LEVELS;
             let mut q = vec![0f64; i];
             for j in 0..LEVELS {
-                let (lo, hi) = (
-                    j * i / LEVELS,
-                    ((j + 1) * i / LEVELS).max(j * i / LEVELS + 1),
-                );
-                let src = &self.bins[lo..hi];
-                let nonzero = src.iter().filter(|&&n| n > 0).count();
-                if nonzero == 0 {
-                    continue;
-                }
-                let share = src.iter().sum::<u64>() as f64 / nonzero as f64;
-                for (k, &n) in src.iter().enumerate() {
-                    if n > 0 {
-                        q[lo + k] = share;
+                let lo = j * merged;
+                let hi = if j == LEVELS - 1 { i } else { lo + merged };
+                let mass: f64 = sliced[lo..hi].iter().map(|&n| n as f64).sum();
+                let nonzero = p[lo..hi].iter().filter(|&&v| v > 0.0).count();
+                if nonzero > 0 {
+                    for k in lo..hi {
+                        if p[k] > 0.0 {
+                            q[k] = mass / nonzero as f64;
+                        }
                     }
                 }
             }
-            let qt: f64 = q.iter().sum();
-            let kl: f64 = p
-                .iter()
-                .zip(&q)
-                .filter(|(pv, _)| **pv > 0.0)
-                .map(|(pv, qv)| {
-                    let pn = pv / total;
-                    // Mass that Q cannot represent gets a tiny floor instead of an infinity.
-                    let qn = (qv / qt.max(1e-300)).max(1e-12);
-                    pn * (pn / qn).ln()
-                })
-                .sum();
+            let kl = kl_divergence(&smooth(&p), &smooth(&q));
             if kl < best.0 {
                 best = (kl, i);
             }
         }
         best.1
     }
+}
+
+/// Moves a little mass onto empty bins so KL stays finite (as MXNet's calibration does).
+fn smooth(d: &[f64]) -> Vec<f64> {
+    const EPS: f64 = 1e-4;
+    let zeros = d.iter().filter(|&&v| v == 0.0).count();
+    let nonzeros = d.len() - zeros;
+    let total: f64 = d.iter().sum();
+    if nonzeros == 0 || total == 0.0 {
+        return d.to_vec();
+    }
+    let take = EPS * zeros as f64 / nonzeros as f64;
+    d.iter()
+        .map(|&v| if v == 0.0 { EPS } else { v / total - take })
+        .collect()
+}
+
+fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
+    let (tp, tq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+    p.iter()
+        .zip(q)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(a, b)| {
+            let (a, b) = (a / tp, (b / tq).max(1e-300));
+            a * (a / b).ln()
+        })
+        .sum()
 }
 
 /// A fixed, seeded calibration set: `n` images drawn without replacement, normalised, in
@@ -209,9 +228,11 @@ pub fn collect(
     progress: bool,
 ) -> Result<BTreeMap<String, Histogram>> {
     let tensors: Vec<String> = {
+        // Inputs of every conv/linear layer, and their outputs (conv outputs are quantised too
+        // in the CPU encoding).
         let mut t: Vec<String> = quantizable_layers(spec)
             .into_iter()
-            .map(|(_, x)| x)
+            .flat_map(|(l, x)| [l, x])
             .collect();
         t.sort();
         t.dedup();
@@ -291,9 +312,9 @@ pub fn plan(
     encoding: ActivationEncoding,
 ) -> QuantPlan {
     QuantPlan {
-        activation_scales: hists
+        thresholds: hists
             .iter()
-            .map(|(k, h)| (k.clone(), (h.threshold(c) / 127.0).max(f32::MIN_POSITIVE)))
+            .map(|(k, h)| (k.clone(), h.threshold(c).max(f32::MIN_POSITIVE)))
             .collect(),
         layers: None,
         encoding,
@@ -329,6 +350,30 @@ mod tests {
         // MSE weighs the outlier's squared error too: it clips, but less.
         let t = h.threshold(Calibrator::Mse);
         assert!(t > 2.0 && t < 40.0, "mse {t}");
+    }
+
+    /// A ReLU output: 60% exact zeros and a half-normal tail. The zero spike must not drag the
+    /// entropy threshold down to a sliver of the range (it did before bin 0 was flattened,
+    /// costing a trained proxy model 70 top-1 points).
+    #[test]
+    fn entropy_ignores_the_relu_zero_spike() {
+        let mut rng = Rng::new(5);
+        let xs: Vec<f32> = (0..200_000)
+            .map(|i| {
+                if i % 5 < 3 {
+                    0.0
+                } else {
+                    rng.normal().abs() as f32
+                }
+            })
+            .collect();
+        let amax = xs.iter().fold(0f32, |m, v| m.max(*v));
+        let mut bins = vec![0u64; BINS];
+        for x in &xs {
+            bins[((x / amax * BINS as f32) as usize).min(BINS - 1)] += 1;
+        }
+        let t = Histogram { amax, bins }.threshold(Calibrator::Entropy);
+        assert!(t > 2.0 && t <= amax, "{t} vs max {amax}");
     }
 
     #[test]

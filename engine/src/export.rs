@@ -57,10 +57,12 @@ pub enum ActivationEncoding {
     UnsignedOffset,
 }
 
-/// INT8 plan: a scale per activation tensor (conv/linear inputs) and which layers to quantise.
+/// INT8 plan: a clipping threshold (amax) per activation tensor and which layers to quantise.
+/// The scale follows from the tensor's encoding: amax/127 on the signed grid, amax/255 for the
+/// non-negative (post-ReLU) tensors of the CPU encoding.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantPlan {
-    pub activation_scales: BTreeMap<String, f32>,
+    pub thresholds: BTreeMap<String, f32>,
     /// Layers quantised; `None` means every conv and linear layer. Others stay FP32.
     pub layers: Option<BTreeSet<String>>,
     pub encoding: ActivationEncoding,
@@ -121,6 +123,10 @@ struct Builder<'a> {
     opts: &'a ExportOptions,
     /// Activation tensor → its Q/DQ output (one pair per tensor, shared by its consumers).
     dq: HashMap<String, String>,
+    /// Tensors that are already Q/DQ outputs (conv outputs in the CPU encoding).
+    dq_outputs: BTreeSet<String>,
+    /// Tensors that are never negative (after ReLU), for the CPU encoding.
+    nonneg: BTreeSet<String>,
 }
 
 impl Builder<'_> {
@@ -172,16 +178,23 @@ impl Builder<'_> {
     }
 
     /// Q/DQ on an activation tensor, per tensor, shared by every consumer.
-    fn quant_act(&mut self, tensor: &str, plan: &QuantPlan) -> Result<String> {
+    ///
+    /// TensorRT encoding: int8, zero point 0, scale amax/127. CPU encoding: uint8; zero point
+    /// 0 and scale amax/255 on non-negative tensors (so ONNX Runtime drops the ReLU before the
+    /// Q and fuses Conv→Q into QLinearConv), else zero point 128 and amax/127 (the signed grid).
+    fn quant_act(&mut self, tensor: &str, key: &str, plan: &QuantPlan) -> Result<String> {
+        if self.dq_outputs.contains(tensor) {
+            return Ok(tensor.to_string());
+        }
         if let Some(d) = self.dq.get(tensor) {
             return Ok(d.clone());
         }
-        let s = *plan.activation_scales.get(tensor).ok_or_else(|| {
-            Error::Export(format!("no calibrated scale for activation `{tensor}`"))
+        let amax = *plan.thresholds.get(key).ok_or_else(|| {
+            Error::Export(format!("no calibrated threshold for activation `{key}`"))
         })?;
-        if !(s.is_finite() && s > 0.0) {
+        if !(amax.is_finite() && amax > 0.0) {
             return Err(Error::Export(format!(
-                "scale of `{tensor}` is {s}, must be positive"
+                "threshold of `{key}` is {amax}, must be positive"
             )));
         }
         let (sn, zn, qn, dn) = (
@@ -190,11 +203,15 @@ impl Builder<'_> {
             format!("{tensor}_quantized"),
             format!("{tensor}_dequantized"),
         );
-        self.inits.push(tensor_f32(&sn, &[], &[s]));
-        self.inits.push(match plan.encoding {
-            ActivationEncoding::SignedSymmetric => tensor_i8(&zn, &[], &[0]),
-            ActivationEncoding::UnsignedOffset => tensor_u8(&zn, &[], &[128]),
-        });
+        let (scale, zp) = match plan.encoding {
+            ActivationEncoding::SignedSymmetric => (amax / 127.0, tensor_i8(&zn, &[], &[0])),
+            ActivationEncoding::UnsignedOffset if self.nonneg.contains(key) => {
+                (amax / 255.0, tensor_u8(&zn, &[], &[0]))
+            }
+            ActivationEncoding::UnsignedOffset => (amax / 127.0, tensor_u8(&zn, &[], &[128])),
+        };
+        self.inits.push(tensor_f32(&sn, &[], &[scale]));
+        self.inits.push(zp);
         self.nodes.push(node(
             "QuantizeLinear",
             &qn,
@@ -212,6 +229,23 @@ impl Builder<'_> {
         self.dq.insert(tensor.to_string(), dn.clone());
         Ok(dn)
     }
+}
+
+/// Tensors that cannot be negative: ReLU outputs, and pools, flattens and sums of them.
+pub fn nonnegative_tensors(spec: &DeploySpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in &spec.nodes {
+        let all_in = n.inputs.iter().all(|i| out.contains(i));
+        let nonneg = match n.op {
+            Op::Relu => true,
+            Op::MaxPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Add => all_in,
+            Op::Conv(_) | Op::Linear { .. } => false,
+        };
+        if nonneg {
+            out.insert(n.name.clone());
+        }
+    }
+    out
 }
 
 /// Exports a deploy spec and its weights as an ONNX model (opset 17, static shapes).
@@ -248,6 +282,8 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         w,
         opts,
         dq: HashMap::new(),
+        dq_outputs: BTreeSet::new(),
+        nonneg: nonnegative_tensors(spec),
     };
     // Tensor names: the input, then one tensor per node named after the node.
     let mut name_of: HashMap<String, String> = HashMap::new();
@@ -272,7 +308,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         let layer_inputs = |b: &mut Builder| -> Result<(String, String, String)> {
             let (x, wt) = match quantised {
                 Some(p) => (
-                    b.quant_act(&ins[0], p)?,
+                    b.quant_act(&ins[0], &n.inputs[0], p)?,
                     b.quant_weight(&format!("{}.weight", n.name))?,
                 ),
                 None => (ins[0].clone(), b.float_init(&format!("{}.weight", n.name))?),
@@ -348,6 +384,16 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
                 vec![attr_int("axis", 1)],
             )),
         }
+        // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
+        // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv.
+        let out = match (quantised, &n.op) {
+            (Some(p), Op::Conv(_)) if p.encoding == ActivationEncoding::UnsignedOffset => {
+                let d = b.quant_act(&out, &n.name, p)?;
+                b.dq_outputs.insert(d.clone());
+                d
+            }
+            _ => out,
+        };
         name_of.insert(n.name.clone(), out);
     }
     let mut outputs = vec![];

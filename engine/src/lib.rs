@@ -1,11 +1,14 @@
 //! overparam-engine: ONNX export of deploy models (FP32, FP16, INT8 Q/DQ), calibration, ONNX
 //! Runtime as the CPU runtime, TensorRT engine builds with manifests, latency benchmarks.
 
+pub mod accuracy;
 pub mod calib;
 pub mod error;
 pub mod export;
+pub mod latency;
 pub mod onnx;
 pub mod runtime;
+pub mod trt;
 
 pub use error::{Error, Result};
 

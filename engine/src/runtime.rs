@@ -36,10 +36,17 @@ fn environment() -> Result<&'static ort::environment::Environment> {
     .map_err(|e| Error::RuntimeMissing(e.clone()))
 }
 
-/// The ONNX Runtime version string of the loaded library.
+/// The ONNX Runtime version of the loaded library (from its versioned file name, which the
+/// wheel ships as `libonnxruntime.so.X.Y.Z`), else its build-info string.
 pub fn version() -> Result<String> {
     environment()?;
-    Ok(ort::info().to_string())
+    let from_name = library_path().canonicalize().ok().and_then(|p| {
+        p.file_name()?
+            .to_str()?
+            .split_once(".so.")
+            .map(|(_, v)| v.to_string())
+    });
+    Ok(from_name.unwrap_or_else(|| ort::info().to_string()))
 }
 
 /// One loaded model.

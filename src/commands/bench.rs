@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
@@ -5,9 +6,45 @@ use overparam_fuse::MethodKind;
 use overparam_fuse::models::ModelKind;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
     #[command(subcommand)]
-    command: BenchCommand,
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    latency: LatencyArgs,
+}
+
+/// `overparam bench MODEL`: inference latency.
+#[derive(clap::Args)]
+struct LatencyArgs {
+    /// An ONNX model (CPU runtime), a TensorRT plan (`--runtime trt`), or a deploy checkpoint
+    /// (exported in memory at `--precision`).
+    model: Option<PathBuf>,
+    /// cpu (ONNX Runtime) or trt (trtexec on a plan built by `overparam engine build`).
+    #[arg(long, default_value = "cpu")]
+    runtime: String,
+    /// For deploy checkpoints: fp32, fp16 or int8 (INT8 calibrates on synthetic data, with the
+    /// uint8 encoding ONNX Runtime runs fastest).
+    #[arg(long, default_value = "fp32")]
+    precision: overparam_engine::export::Precision,
+    /// For deploy checkpoints: the static batch size.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 200)]
+    iters: usize,
+    /// Warm-up runs (CPU) or milliseconds (TensorRT), excluded from the statistics.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Latency budget per frame in ms, judged on p99.
+    #[arg(long)]
+    budget_ms: Option<f64>,
+    /// Exit non-zero when p99 is over the budget.
+    #[arg(long)]
+    enforce: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -43,9 +80,85 @@ struct TrainArgs {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.command {
-        BenchCommand::Train(t) if t.worker => worker(&t),
-        BenchCommand::Train(t) => parent(&t),
+        Some(BenchCommand::Train(t)) if t.worker => worker(&t),
+        Some(BenchCommand::Train(t)) => parent(&t),
+        None => latency(&a.latency),
     }
+}
+
+fn latency(a: &LatencyArgs) -> Result<ExitCode> {
+    use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+    use overparam_engine::latency::measure_cpu;
+    let Some(model) = &a.model else {
+        bail!(
+            "give a MODEL (.onnx, .plan or deploy .safetensors), or a subcommand such as `bench train`"
+        );
+    };
+    let r = match a.runtime.as_str() {
+        "trt" => {
+            let t = overparam_engine::trt::find_trtexec()?;
+            overparam_engine::trt::measure(&t, model, a.iters, a.warmup, a.budget_ms)?
+        }
+        "cpu" => {
+            let bytes = if model.extension().is_some_and(|e| e == "safetensors") {
+                let (spec, w) = super::export::load_deploy(model)?;
+                let mut o = ExportOptions::new(a.precision);
+                o.batch = a.batch;
+                if a.precision == Precision::Int8 {
+                    use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+                    let set = super::export::calibration_set(None)?;
+                    let norm = overparam_engine::accuracy::normalization(&spec).unwrap_or(
+                        overparam_data::loader::Normalize {
+                            mean: [0.5; 3],
+                            std: [0.25; 3],
+                        },
+                    );
+                    let batches = calibration_batches(&set, &norm, 256, a.batch, 0)?;
+                    let hists = collect(&spec, &w, &batches, false)?;
+                    o.quant = Some(plan(
+                        &hists,
+                        Calibrator::Entropy,
+                        overparam_engine::export::ActivationEncoding::UnsignedOffset,
+                    ));
+                }
+                to_bytes(&export(&spec, &w, &o)?)
+            } else {
+                std::fs::read(model).with_context(|| model.display().to_string())?
+            };
+            measure_cpu(&bytes, a.threads, a.warmup, a.iters, a.budget_ms)?
+        }
+        other => bail!("unknown runtime `{other}` (cpu or trt)"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}: {} on {}, batch {}, {} iterations after {} warm-up",
+            model.display(),
+            r.runtime,
+            r.device,
+            r.batch,
+            r.iters,
+            r.warmup
+        );
+        println!(
+            "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}   throughput {:.1} img/s",
+            r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms, r.throughput
+        );
+        if let (Some(h), Some(c), Some(d)) = (r.h2d_ms, r.compute_ms, r.d2h_ms) {
+            println!("  split ms: host→device {h:.3}  compute {c:.3}  device→host {d:.3}");
+        }
+        if let (Some(b), Some(ok)) = (r.budget_ms, r.within_budget) {
+            println!(
+                "  budget {b} ms (p99): {}",
+                if ok { "WITHIN" } else { "OVER" }
+            );
+        }
+    }
+    if a.enforce && r.within_budget == Some(false) {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(feature = "train")]

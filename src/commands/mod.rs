@@ -1,7 +1,9 @@
 pub mod bench;
 pub mod data;
 pub mod doctor;
+pub mod engine;
 pub mod eval;
+pub mod export;
 pub mod fuse;
 pub mod init;
 pub mod inspect;

@@ -1,0 +1,179 @@
+//! Accuracy per precision through the CPU runtime, weight-range reports, per-layer INT8
+//! sensitivity and partial INT8 under an accuracy budget (classification).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use overparam_data::cifar::{ImageSet, PIXELS};
+use overparam_data::loader::{Normalize, prepare};
+use overparam_data::metrics::TopK;
+use overparam_fuse::Weights;
+use overparam_fuse::spec::{DeploySpec, Op};
+use serde::Serialize;
+
+use crate::calib::{Calibrator, Histogram, plan};
+use crate::error::{Error, Result};
+use crate::export::{
+    ActivationEncoding, ExportOptions, Precision, QuantPlan, export, quantizable_layers, to_bytes,
+};
+use crate::runtime::CpuRuntime;
+
+/// The normalisation recorded in the model's spec by training.
+pub fn normalization(spec: &DeploySpec) -> Result<Normalize> {
+    let n = spec.input.normalize.as_ref().ok_or_else(|| {
+        Error::Export(
+            "the model records no input normalisation (it was not produced by `overparam train`)"
+                .into(),
+        )
+    })?;
+    if n.mean.len() != 3 || n.std.len() != 3 {
+        return Err(Error::Export(
+            "input normalisation must have 3 channels".into(),
+        ));
+    }
+    Ok(Normalize {
+        mean: [n.mean[0], n.mean[1], n.mean[2]],
+        std: [n.std[0], n.std[1], n.std[2]],
+    })
+}
+
+/// Top-1/top-5 of an ONNX classifier over a whole set (the model's batch size; a last partial
+/// batch is padded and the padding ignored).
+pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> {
+    let mut rt = CpuRuntime::new(model, None)?;
+    let batch = rt.input_shape()[0].max(1);
+    let mut top = TopK::default();
+    let mut buf = vec![0f32; batch * PIXELS];
+    for start in (0..set.len()).step_by(batch) {
+        let n = batch.min(set.len() - start);
+        buf.iter_mut().for_each(|v| *v = 0.0);
+        for k in 0..n {
+            prepare(
+                set.image(start + k),
+                norm,
+                None,
+                &mut buf[k * PIXELS..(k + 1) * PIXELS],
+            );
+        }
+        let out = rt.run(&buf)?.remove(0);
+        let classes = out.1[1];
+        let labels: Vec<i64> = (start..start + n).map(|i| set.labels[i] as i64).collect();
+        top.add(&out.2[..n * classes], classes, &labels);
+    }
+    Ok(top)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightRange {
+    pub layer: String,
+    pub max_abs: f32,
+    /// 99.9th percentile of |w|.
+    pub p999: f32,
+    /// max / p99.9: large values are outliers that stretch the INT8 grid.
+    pub outlier_ratio: f32,
+}
+
+/// Per-layer weight ranges of a deploy model, worst outlier ratio first.
+pub fn weight_ranges(spec: &DeploySpec, w: &Weights<f32>) -> Vec<WeightRange> {
+    let mut out: Vec<WeightRange> = spec
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_) | Op::Linear { .. }))
+        .filter_map(|n| {
+            let t = w.get(&format!("{}.weight", n.name))?;
+            let mut a: Vec<f32> = t.data.iter().map(|v| v.abs()).collect();
+            a.sort_by(f32::total_cmp);
+            let max_abs = *a.last()?;
+            let p999 = a[((a.len() as f64 * 0.999) as usize).min(a.len() - 1)];
+            Some(WeightRange {
+                layer: n.name.clone(),
+                max_abs,
+                p999,
+                outlier_ratio: if p999 > 0.0 { max_abs / p999 } else { 1.0 },
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.outlier_ratio.total_cmp(&a.outlier_ratio));
+    out
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Sensitivity {
+    pub layer: String,
+    pub top1_err: f64,
+    /// Top-1 error points added by quantising only this layer.
+    pub drop: f64,
+}
+
+fn int8_model(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    plan: QuantPlan,
+    batch: usize,
+) -> Result<Vec<u8>> {
+    let mut o = ExportOptions::new(Precision::Int8);
+    o.batch = batch;
+    o.quant = Some(plan);
+    Ok(to_bytes(&export(spec, w, &o)?))
+}
+
+/// Quantises one layer at a time and measures the accuracy drop against FP32, worst first.
+#[allow(clippy::too_many_arguments)]
+pub fn sensitivity(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    hists: &BTreeMap<String, Histogram>,
+    c: Calibrator,
+    enc: ActivationEncoding,
+    set: &ImageSet,
+    norm: &Normalize,
+    batch: usize,
+    fp32_top1_err: f64,
+) -> Result<Vec<Sensitivity>> {
+    let mut out = vec![];
+    for (layer, _) in quantizable_layers(spec) {
+        let mut p = plan(hists, c, enc);
+        p.layers = Some(BTreeSet::from([layer.clone()]));
+        let e = evaluate(&int8_model(spec, w, p, batch)?, set, norm)?.top1_error();
+        out.push(Sensitivity {
+            layer,
+            top1_err: e,
+            drop: e - fp32_top1_err,
+        });
+    }
+    out.sort_by(|a, b| b.drop.total_cmp(&a.drop));
+    Ok(out)
+}
+
+/// Keeps the most sensitive layers in FP32, one more at a time, until the INT8 model is within
+/// `budget` top-1 points of FP32. Returns the plan, its error and the layers kept in FP32.
+#[allow(clippy::too_many_arguments)]
+pub fn partial_int8(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    hists: &BTreeMap<String, Histogram>,
+    c: Calibrator,
+    enc: ActivationEncoding,
+    ranked: &[Sensitivity],
+    set: &ImageSet,
+    norm: &Normalize,
+    batch: usize,
+    fp32_top1_err: f64,
+    budget: f64,
+) -> Result<(QuantPlan, f64, Vec<String>)> {
+    let all: Vec<String> = quantizable_layers(spec)
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect();
+    for k in 0..=ranked.len() {
+        let kept: Vec<String> = ranked[..k].iter().map(|s| s.layer.clone()).collect();
+        let mut p = plan(hists, c, enc);
+        p.layers = Some(all.iter().filter(|l| !kept.contains(l)).cloned().collect());
+        let e = evaluate(&int8_model(spec, w, p.clone(), batch)?, set, norm)?.top1_error();
+        if e - fp32_top1_err <= budget {
+            return Ok((p, e, kept));
+        }
+    }
+    Err(Error::Export(
+        "no partial INT8 model meets the budget".into(),
+    ))
+}

@@ -1,0 +1,179 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use overparam_engine::accuracy::{
+    evaluate, normalization, partial_int8, sensitivity, weight_ranges,
+};
+use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+use overparam_engine::trt::{BuildOptions, build, find_trtexec};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: EngineCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum EngineCommand {
+    /// Build a TensorRT plan from an ONNX model with trtexec, plus its manifest.
+    Build {
+        onnx: PathBuf,
+        /// The precision the ONNX was exported in (recorded; decides flags on TensorRT < 10).
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
+        /// Deep-learning accelerator core (Jetson), with GPU fallback.
+        #[arg(long)]
+        dla: Option<u32>,
+        /// Builder workspace in MiB.
+        #[arg(long, default_value_t = 2048)]
+        workspace: usize,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Accuracy of FP32 / FP16 / INT8 exports through the CPU runtime against the fused model,
+    /// with a weight-range report, and optionally a per-layer INT8 sensitivity scan and a
+    /// partial-INT8 plan that meets `--budget`.
+    Accuracy {
+        /// A deploy checkpoint made by `overparam train`.
+        deploy: PathBuf,
+        /// CIFAR directory: the test split is evaluated, the train split calibrates.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "entropy")]
+        calibrator: Calibrator,
+        /// INT8 activation encoding, trt or cpu.
+        #[arg(long, default_value = "cpu")]
+        encoding: String,
+        #[arg(long, default_value_t = 512)]
+        calib_images: usize,
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Run the per-layer sensitivity scan and search a partial-INT8 model.
+        #[arg(long)]
+        sensitivity: bool,
+        /// Allowed top-1 drop (points) for the partial-INT8 search.
+        #[arg(long, default_value_t = 0.5)]
+        budget: f64,
+    },
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.command {
+        EngineCommand::Build {
+            onnx,
+            precision,
+            dla,
+            workspace,
+            output,
+        } => {
+            let t = find_trtexec()?;
+            eprintln!(
+                "engine: trtexec {} (TensorRT {})",
+                t.path.display(),
+                t.version
+            );
+            let m = build(
+                &t,
+                &onnx,
+                &output,
+                &BuildOptions {
+                    precision,
+                    dla_core: dla,
+                    workspace_mib: workspace,
+                },
+            )?;
+            println!(
+                "wrote {} for {} (SM {}), TensorRT {}, {}",
+                output.display(),
+                m.gpu.as_deref().unwrap_or("unknown GPU"),
+                m.compute_capability.as_deref().unwrap_or("?"),
+                m.tensorrt,
+                m.precision.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        EngineCommand::Accuracy {
+            deploy,
+            data,
+            calibrator,
+            encoding,
+            calib_images,
+            batch,
+            sensitivity: scan,
+            budget,
+        } => {
+            use overparam_data::cifar::{Split, load};
+            let (spec, w) = super::export::load_deploy(&deploy)?;
+            let enc = super::export::encoding(&encoding)?;
+            let norm = normalization(&spec)?;
+            let test = load(&data, Split::Test)?;
+            let train = load(&data, Split::Train)?;
+            let model = |p: Precision, q| -> Result<Vec<u8>> {
+                let mut o = ExportOptions::new(p);
+                o.batch = batch;
+                o.quant = q;
+                Ok(to_bytes(&export(&spec, &w, &o)?))
+            };
+            let fp32 = evaluate(&model(Precision::Fp32, None)?, &test, &norm)?.top1_error();
+            let fp16 = evaluate(&model(Precision::Fp16, None)?, &test, &norm)?.top1_error();
+            let batches = calibration_batches(&train, &norm, calib_images, batch, 0)?;
+            let hists = collect(
+                &spec,
+                &w,
+                &batches,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )?;
+            let int8 = evaluate(
+                &model(Precision::Int8, Some(plan(&hists, calibrator, enc)))?,
+                &test,
+                &norm,
+            )?
+            .top1_error();
+            println!(
+                "{} on {} test images ({:?} calibration, {} images):",
+                deploy.display(),
+                test.len(),
+                calibrator,
+                batches.len() * batch
+            );
+            println!("  precision   top-1 err   drop vs fp32");
+            println!("  fp32        {fp32:>8.2}%   {:>+9.2}", 0.0);
+            println!("  fp16        {fp16:>8.2}%   {:>+9.2}", fp16 - fp32);
+            println!("  int8        {int8:>8.2}%   {:>+9.2}", int8 - fp32);
+            println!(
+                "weight ranges (max |w| / 99.9th percentile; large = outliers that stretch the INT8 grid):"
+            );
+            for r in weight_ranges(&spec, &w).iter().take(5) {
+                println!(
+                    "  {:<24} max {:>9.4}  p99.9 {:>9.4}  ratio {:>6.2}",
+                    r.layer, r.max_abs, r.p999, r.outlier_ratio
+                );
+            }
+            if scan {
+                let s = sensitivity(
+                    &spec, &w, &hists, calibrator, enc, &test, &norm, batch, fp32,
+                )?;
+                println!("INT8 sensitivity (only this layer quantised), worst first:");
+                for x in s.iter().take(8) {
+                    println!("  {:<24} {:>+7.2} points", x.layer, x.drop);
+                }
+                let (_, err, kept) = partial_int8(
+                    &spec, &w, &hists, calibrator, enc, &s, &test, &norm, batch, fp32, budget,
+                )?;
+                println!(
+                    "partial INT8 within {budget} points: top-1 err {err:.2}% ({:+.2}) with {} layer(s) kept in FP32: {}",
+                    err - fp32,
+                    kept.len(),
+                    if kept.is_empty() {
+                        "none".to_string()
+                    } else {
+                        kept.join(", ")
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

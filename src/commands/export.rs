@@ -1,0 +1,129 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
+use overparam_fuse::checkpoint::{self, Checkpoint};
+use overparam_fuse::{AnySpec, DeploySpec, Weights};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A deploy checkpoint (fold a train checkpoint with `overparam fuse` first).
+    input: PathBuf,
+    /// fp32, fp16 or int8.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
+    /// CIFAR directory whose train split calibrates INT8 (default: synthetic data, for checking
+    /// an export only, not for accuracy claims).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// max, percentile, entropy or mse.
+    #[arg(long, default_value = "entropy")]
+    calibrator: Calibrator,
+    /// Images in the (seeded) calibration set.
+    #[arg(long, default_value_t = 512)]
+    calib_images: usize,
+    /// INT8 activation encoding: `trt` (int8, zero point 0; what TensorRT requires) or `cpu`
+    /// (the same grid as uint8 with zero point 128; fast int8 kernels in ONNX Runtime).
+    #[arg(long, default_value = "trt")]
+    encoding: String,
+    /// Static batch size of the exported model.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+pub fn load_deploy(path: &Path) -> Result<(DeploySpec, Weights)> {
+    let Checkpoint { spec, weights } = checkpoint::load(path)?;
+    match spec {
+        AnySpec::Deploy(d) => Ok((d, weights)),
+        AnySpec::Train(_) => bail!(
+            "{}: a train-time checkpoint cannot be exported; fold it first: overparam fuse {} -o DEPLOY.safetensors",
+            path.display(),
+            path.display()
+        ),
+    }
+}
+
+pub fn encoding(s: &str) -> Result<ActivationEncoding> {
+    Ok(match s {
+        "trt" => ActivationEncoding::SignedSymmetric,
+        "cpu" => ActivationEncoding::UnsignedOffset,
+        _ => bail!("unknown encoding `{s}` (trt or cpu)"),
+    })
+}
+
+/// The calibration images: the given CIFAR directory's train split, or seeded synthetic data.
+pub fn calibration_set(dir: Option<&Path>) -> Result<overparam_data::cifar::ImageSet> {
+    use overparam_data::cifar::{Split, load};
+    Ok(match dir {
+        Some(d) => load(d, Split::Train)?,
+        None => {
+            eprintln!(
+                "calibration: no --calib given; using 1000 synthetic CIFAR-100 images (fine for checking an export, not for accuracy claims)"
+            );
+            let tmp = std::env::temp_dir().join(format!("overparam-calib-{}", std::process::id()));
+            overparam_data::synth::write_synthetic_cifar100(&tmp, 1000, 1, 12345)?;
+            let set = load(&tmp, Split::Train);
+            let _ = std::fs::remove_dir_all(&tmp);
+            set?
+        }
+    })
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let (spec, w) = load_deploy(&a.input)?;
+    let mut o = ExportOptions::new(a.precision);
+    o.batch = a.batch;
+    let enc = encoding(&a.encoding)?;
+    if a.precision == Precision::Int8 {
+        let set = calibration_set(a.calib.as_deref())?;
+        let norm = overparam_engine::accuracy::normalization(&spec).or_else(|_| -> Result<_> {
+            let (mean, std) = set.channel_stats();
+            eprintln!("calibration: the model records no normalisation; using the calibration set's statistics");
+            Ok(overparam_data::loader::Normalize { mean, std })
+        })?;
+        let batches = calibration_batches(&set, &norm, a.calib_images, a.batch, 0)?;
+        let hists = collect(
+            &spec,
+            &w,
+            &batches,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )?;
+        let p = plan(&hists, a.calibrator, enc);
+        let json = serde_json::json!({
+            "calibrator": a.calibrator,
+            "images": batches.len() * a.batch,
+            "seed": 0,
+            "encoding": p.encoding,
+            "thresholds": p.thresholds,
+            "amax": hists.iter().map(|(k, h)| (k.clone(), h.amax)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        let calib_path = a.output.with_extension("calib.json");
+        checkpoint::write_file_atomic(&calib_path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| calib_path.display().to_string())?;
+        println!(
+            "wrote {} ({} activation thresholds, {:?} calibrator)",
+            calib_path.display(),
+            p.thresholds.len(),
+            a.calibrator
+        );
+        o.quant = Some(p);
+    }
+    let bytes = to_bytes(
+        &export(&spec, &w, &o).with_context(|| format!("exporting {}", a.input.display()))?,
+    );
+    checkpoint::write_file_atomic(&a.output, &bytes)
+        .with_context(|| a.output.display().to_string())?;
+    println!(
+        "wrote {} ({}, opset {}, batch {}, {:.1} MB)",
+        a.output.display(),
+        a.precision.as_str(),
+        overparam_engine::onnx::OPSET,
+        a.batch,
+        bytes.len() as f64 / 1e6
+    );
+    Ok(ExitCode::SUCCESS)
+}
