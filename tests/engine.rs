@@ -1,0 +1,299 @@
+//! Deployment from the command line: export refusals, the FP32 ONNX against the tch eval
+//! forward, latency budgets, and TensorRT builds through a stand-in trtexec.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_overparam"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn deploy(dir: &Path, method: &str) -> (PathBuf, PathBuf) {
+    let op = dir.join(format!("{method}.op.safetensors"));
+    let d = dir.join(format!("{method}.deploy.safetensors"));
+    let o = run(
+        &[
+            "init",
+            "--model",
+            "vgg_small",
+            "--width",
+            "0.25",
+            "--method",
+            method,
+            "--random-bn",
+            "-o",
+            op.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &["fuse", op.to_str().unwrap(), "-o", d.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    (op, d)
+}
+
+#[test]
+fn export_refuses_train_checkpoints_and_writes_valid_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (op, d) = deploy(dir.path(), "repvgg");
+    let out = dir.path().join("m.onnx");
+    std::fs::write(&out, b"old").unwrap();
+    let o = run(
+        &["export", op.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("fold it first"), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    for p in ["fp32", "fp16", "int8"] {
+        let o = run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                p,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{p}: {}", text(&o));
+        if p == "int8" {
+            assert!(
+                text(&o).contains("synthetic"),
+                "says it calibrated on synthetic data"
+            );
+            assert!(out.with_extension("calib.json").exists());
+        }
+    }
+}
+
+/// Item 4: the FP32 ONNX through ONNX Runtime equals the tch eval forward of the
+/// overparameterised model (≤ 1e-4 relative), for the methods with extra training structure.
+#[test]
+fn onnx_runtime_matches_the_tch_eval_forward() {
+    use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+    use overparam_engine::runtime::CpuRuntime;
+    use overparam_fuse::checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["repvgg", "sfo", "fnl", "qarepvgg"] {
+        let (op, d) = deploy(dir.path(), method);
+        let (spec, w) = checkpoint::load_train(&op).unwrap();
+        let (dspec, dw) = checkpoint::load_deploy(&d).unwrap();
+        let mut o = ExportOptions::new(Precision::Fp32);
+        o.batch = 2;
+        let mut rt =
+            CpuRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(1)).unwrap();
+        let x: overparam_fuse::Tensor<f32> =
+            overparam_fuse::Rng::new(3).normal_tensor(&[2, 3, 32, 32], 1.0);
+        let got = rt.run(&x.data).unwrap().remove(0).2;
+        let model = overparam_train::OpModel::new(
+            &tch::nn::VarStore::new(tch::Device::Cpu).root(),
+            &spec,
+            &w,
+        )
+        .unwrap();
+        let xt = tch::Tensor::from_slice(&x.data).reshape([2, 3, 32, 32]);
+        let y = tch::no_grad(|| model.forward(&xt, false))
+            .unwrap()
+            .remove(0);
+        let want = Vec::<f32>::try_from(&y.flatten(0, -1)).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff / scale <= 1e-4, "{method}: {:e}", diff / scale);
+    }
+}
+
+#[test]
+fn latency_bench_reports_percentiles_and_enforces_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    let o = run(
+        &[
+            "bench",
+            d.to_str().unwrap(),
+            "--iters",
+            "20",
+            "--warmup",
+            "2",
+            "--json",
+            "--budget-ms",
+            "10000",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["p50_ms"].as_f64().unwrap() <= v["p99_ms"].as_f64().unwrap());
+    assert_eq!(v["within_budget"], true);
+    assert!(v["runtime"].as_str().unwrap().contains("1.31.1"));
+    let o = run(
+        &[
+            "bench",
+            d.to_str().unwrap(),
+            "--iters",
+            "5",
+            "--warmup",
+            "1",
+            "--budget-ms",
+            "0.000001",
+            "--enforce",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("OVER"));
+}
+
+/// A stand-in trtexec (a shell script printing TensorRT 10.3's banner and device lines, and
+/// writing the plan) checks the flags, the manifest, and the refusal of a mismatched plan.
+#[cfg(unix)]
+#[test]
+fn trt_builds_write_manifests_and_mismatched_plans_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    let onnx = dir.path().join("m.onnx");
+    assert!(
+        run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                "fp16",
+                "-o",
+                onnx.to_str().unwrap()
+            ],
+            &[]
+        )
+        .status
+        .success()
+    );
+    let args_log = dir.path().join("args.txt");
+    let fake = dir.path().join("trtexec");
+    std::fs::write(
+        &fake,
+        format!(
+            r#"#!/bin/sh
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] [b17] # trtexec $*"
+echo "$*" >> {log}
+echo "[I] Selected Device: Orin"
+echo "[I] Compute Capability: 8.7"
+echo "[I] TensorRT version: 10.3.0"
+for a in "$@"; do
+  case "$a" in
+    --saveEngine=*) echo plan > "${{a#--saveEngine=}}" ;;
+    --loadEngine=*) echo "[I] Latency: min = 1.0 ms, max = 2.0 ms, mean = 1.2 ms, median = 1.1 ms, percentile(90%) = 1.5 ms, percentile(95%) = 1.6 ms, percentile(99%) = 1.9 ms"
+                    echo "[I] H2D Latency: min = 0.1 ms, max = 0.2 ms, mean = 0.15 ms, median = 0.1 ms"
+                    echo "[I] GPU Compute Time: min = 0.8 ms, max = 1.5 ms, mean = 0.9 ms, median = 0.9 ms"
+                    echo "[I] D2H Latency: min = 0.01 ms, max = 0.02 ms, mean = 0.015 ms, median = 0.01 ms" ;;
+  esac
+done
+"#,
+            log = args_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    let write_smi = |gpu: &str| {
+        std::fs::write(&smi, format!("#!/bin/sh\necho '{gpu}'\n")).unwrap();
+        std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let env = [
+        ("TRTEXEC", fake.to_str().unwrap()),
+        ("NVIDIA_SMI", smi.to_str().unwrap()),
+    ];
+    let plan = dir.path().join("m.plan");
+    let o = run(
+        &[
+            "engine",
+            "build",
+            onnx.to_str().unwrap(),
+            "--precision",
+            "fp16",
+            "-o",
+            plan.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let args = std::fs::read_to_string(&args_log).unwrap();
+    assert!(
+        args.contains("--stronglyTyped")
+            && args.contains("--timingCacheFile=")
+            && !args.contains("--fp16"),
+        "{args}"
+    );
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("m.plan.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["gpu"], "Orin");
+    assert_eq!(m["compute_capability"], "8.7");
+    assert_eq!(m["tensorrt"], "10.3.0");
+    assert_eq!(m["input_shapes"][0][1], serde_json::json!([1, 3, 32, 32]));
+    assert_eq!(m["onnx_sha256"].as_str().unwrap().len(), 64);
+
+    write_smi("Orin, 8.7");
+    let o = run(
+        &[
+            "bench",
+            plan.to_str().unwrap(),
+            "--runtime",
+            "trt",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["p99_ms"].as_f64(), v["compute_ms"].as_f64()),
+        (Some(1.9), Some(0.9))
+    );
+
+    write_smi("NVIDIA A100-SXM4-80GB, 8.0");
+    let o = run(&["bench", plan.to_str().unwrap(), "--runtime", "trt"], &env);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("refusing to run") && text(&o).contains("Orin"),
+        "{}",
+        text(&o)
+    );
+
+    // Without trtexec, the command says what is missing.
+    let o = run(
+        &[
+            "engine",
+            "build",
+            onnx.to_str().unwrap(),
+            "-o",
+            plan.to_str().unwrap(),
+        ],
+        &[("TRTEXEC", "/nonexistent"), ("PATH", "/usr/bin:/bin")],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("trtexec was not found"),
+        "{}",
+        text(&o)
+    );
+}
