@@ -321,6 +321,29 @@ pub fn plan(
     }
 }
 
+/// The whole calibration: a seeded set of `images` from `set`, histograms through the FP32
+/// model, and the plan of calibrator `c` (with a progress bar on a terminal).
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    set: &ImageSet,
+    norm: &Normalize,
+    images: usize,
+    batch: usize,
+    c: Calibrator,
+    encoding: ActivationEncoding,
+) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
+    let batches = calibration_batches(set, norm, images, batch, 0)?;
+    let hists = collect(
+        spec,
+        w,
+        &batches,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    Ok((plan(&hists, c, encoding), hists, batches.len() * batch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

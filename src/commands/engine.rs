@@ -5,7 +5,7 @@ use anyhow::Result;
 use overparam_engine::accuracy::{
     evaluate, normalization, partial_int8, sensitivity, weight_ranges,
 };
-use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::calib::{Calibrator, calibrate};
 use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
 use overparam_engine::trt::{BuildOptions, build, find_trtexec};
 
@@ -118,25 +118,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
             };
             let fp32 = evaluate(&model(Precision::Fp32, None)?, &test, &norm)?.top1_error();
             let fp16 = evaluate(&model(Precision::Fp16, None)?, &test, &norm)?.top1_error();
-            let batches = calibration_batches(&train, &norm, calib_images, batch, 0)?;
-            let hists = collect(
+            let (int8_plan, hists, used) = calibrate(
                 &spec,
                 &w,
-                &batches,
-                std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            )?;
-            let int8 = evaluate(
-                &model(Precision::Int8, Some(plan(&hists, calibrator, enc)))?,
-                &test,
+                &train,
                 &norm,
-            )?
-            .top1_error();
+                calib_images,
+                batch,
+                calibrator,
+                enc,
+            )?;
+            let int8 =
+                evaluate(&model(Precision::Int8, Some(int8_plan))?, &test, &norm)?.top1_error();
             println!(
                 "{} on {} test images ({:?} calibration, {} images):",
                 deploy.display(),
                 test.len(),
                 calibrator,
-                batches.len() * batch
+                used
             );
             println!("  precision   top-1 err   drop vs fp32");
             println!("  fp32        {fp32:>8.2}%   {:>+9.2}", 0.0);

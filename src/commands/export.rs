@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::calib::{Calibrator, calibrate};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
 use overparam_fuse::checkpoint::{self, Checkpoint};
 use overparam_fuse::{AnySpec, DeploySpec, Weights};
@@ -85,17 +85,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
             eprintln!("calibration: the model records no normalisation; using the calibration set's statistics");
             Ok(overparam_data::loader::Normalize { mean, std })
         })?;
-        let batches = calibration_batches(&set, &norm, a.calib_images, a.batch, 0)?;
-        let hists = collect(
+        let (p, hists, used) = calibrate(
             &spec,
             &w,
-            &batches,
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            &set,
+            &norm,
+            a.calib_images,
+            a.batch,
+            a.calibrator,
+            enc,
         )?;
-        let p = plan(&hists, a.calibrator, enc);
         let json = serde_json::json!({
             "calibrator": a.calibrator,
-            "images": batches.len() * a.batch,
+            "images": used,
             "seed": 0,
             "encoding": p.encoding,
             "thresholds": p.thresholds,

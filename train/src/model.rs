@@ -253,6 +253,16 @@ impl OpModel {
             bias: false,
             ..s.clone()
         };
+        // RepVGG and QARepVGG share the k×k branch with its BN.
+        let dense_bn = || -> Result<Tensor> {
+            let w = self.var(&format!("{node}.rbr_dense.conv.weight"))?;
+            self.bn(
+                &format!("{node}.rbr_dense.bn"),
+                &Self::conv2d(x, w, None, s)?,
+                eps,
+                train,
+            )
+        };
         match &c.method {
             Method::Plain => conv_bn(self.var(&format!("{node}.weight"))?),
             Method::Fnl { .. } | Method::Sfo { .. } => {
@@ -263,13 +273,7 @@ impl OpModel {
                 conv_bn(&w)
             }
             Method::Repvgg => {
-                let dense = Self::conv2d(
-                    x,
-                    self.var(&format!("{node}.rbr_dense.conv.weight"))?,
-                    None,
-                    s,
-                )?;
-                let mut y = self.bn(&format!("{node}.rbr_dense.bn"), &dense, eps, train)?;
+                let mut y = dense_bn()?;
                 if s.kernel > 1 {
                     let b1 = Self::conv2d(
                         x,
@@ -285,13 +289,7 @@ impl OpModel {
                 Ok(y)
             }
             Method::Qarepvgg => {
-                let dense = Self::conv2d(
-                    x,
-                    self.var(&format!("{node}.rbr_dense.conv.weight"))?,
-                    None,
-                    s,
-                )?;
-                let mut y = self.bn(&format!("{node}.rbr_dense.bn"), &dense, eps, train)?;
+                let mut y = dense_bn()?;
                 if s.kernel > 1 {
                     y = y.f_add(&Self::conv2d(
                         x,
