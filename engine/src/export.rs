@@ -238,7 +238,10 @@ pub fn nonnegative_tensors(spec: &DeploySpec) -> BTreeSet<String> {
         let all_in = n.inputs.iter().all(|i| out.contains(i));
         let nonneg = match n.op {
             Op::Relu => true,
-            Op::MaxPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Add => all_in,
+            Op::MaxPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::Resize { .. } => {
+                all_in
+            }
+            Op::L2Norm => false,
             Op::Conv(_) | Op::Linear { .. } => false,
         };
         if nonneg {
@@ -383,6 +386,61 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
                 &[&out],
                 vec![attr_int("axis", 1)],
             )),
+            Op::Resize {
+                height,
+                width,
+                mode,
+            } => {
+                let sizes = format!("{}_sizes", n.name);
+                let c = shapes[&n.name][0];
+                b.inits.push(crate::onnx::tensor_i64(
+                    &sizes,
+                    &[4],
+                    &[opts.batch as i64, c as i64, *height as i64, *width as i64],
+                ));
+                let attrs = match mode {
+                    overparam_fuse::spec::ResizeMode::Nearest => vec![
+                        attr_str("mode", "nearest"),
+                        attr_str("coordinate_transformation_mode", "asymmetric"),
+                        attr_str("nearest_mode", "floor"),
+                    ],
+                    overparam_fuse::spec::ResizeMode::Bilinear => vec![
+                        attr_str("mode", "linear"),
+                        attr_str("coordinate_transformation_mode", "half_pixel"),
+                    ],
+                };
+                b.nodes.push(node(
+                    "Resize",
+                    &n.name,
+                    &[&ins[0], "", "", &sizes],
+                    &[&out],
+                    attrs,
+                ));
+            }
+            Op::L2Norm => {
+                // ReduceL2 → Max(·, eps) → Div: F.normalize's clamp, which LpNormalization lacks.
+                let (norm, clamped, eps) = (
+                    format!("{}_norm", n.name),
+                    format!("{}_norm_clamped", n.name),
+                    format!("{}_eps", n.name),
+                );
+                b.nodes.push(node(
+                    "ReduceL2",
+                    &norm,
+                    &[&ins[0]],
+                    &[&norm],
+                    vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+                ));
+                b.inits.push(if float == DataType::Float16 {
+                    tensor_f16(&eps, &[], &[1e-7])
+                } else {
+                    tensor_f32(&eps, &[], &[1e-12])
+                });
+                b.nodes
+                    .push(node("Max", &clamped, &[&norm, &eps], &[&clamped], vec![]));
+                b.nodes
+                    .push(node("Div", &n.name, &[&ins[0], &clamped], &[&out], vec![]));
+            }
         }
         // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
         // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv.

@@ -27,6 +27,15 @@ pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
+pub fn attr_str(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(v.as_bytes().to_vec()),
+        ..Default::default()
+    }
+}
+
 pub fn node(
     op: &str,
     name: &str,
@@ -69,6 +78,15 @@ pub fn tensor_f16(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
         .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
         .collect();
     tensor_raw(name, DataType::Float16, dims, raw)
+}
+
+pub fn tensor_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
+    tensor_raw(
+        name,
+        DataType::Int64,
+        dims,
+        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 pub fn tensor_i8(name: &str, dims: &[usize], data: &[i8]) -> TensorProto {

@@ -200,3 +200,38 @@ fn bad_inputs_are_refused() {
         .to_string();
     assert!(e.contains("features.0.weight"), "{e}");
 }
+
+/// The multi-task net's Resize (nearest, PyTorch semantics) and L2Norm export as ONNX that
+/// ONNX Runtime runs exactly like the reference, for all three outputs.
+#[test]
+fn mtl_exports_match_the_reference() {
+    use overparam_fuse::models::{MtlOptions, mtl_net};
+    for kind in [MethodKind::Plain, MethodKind::Sfo] {
+        let t = mtl_net(&MtlOptions {
+            width: 0.125,
+            height: 36,
+            width_px: 44,
+            classes: 13,
+            method: MethodConfig::new(kind),
+        })
+        .unwrap();
+        let w = random_weights::<f32>(&train_layout(&t).unwrap(), 6);
+        let (spec, dw) = fold(&t, &w).unwrap();
+        let x: Tensor<f32> = Rng::new(2).normal_tensor(&[1, 3, 36, 44], 1.0);
+        let want = run(&spec, &dw, &x).unwrap();
+        for p in [Precision::Fp32, Precision::Fp16] {
+            let m = to_bytes(&export(&spec, &dw, &ExportOptions::new(p)).unwrap());
+            let got = CpuRuntime::new(&m, Some(1)).unwrap().run(&x.data).unwrap();
+            for ((name, r), (gname, shape, g)) in want.iter().zip(&got) {
+                assert_eq!(name, gname);
+                assert_eq!(&r.shape, shape);
+                let tol = if p == Precision::Fp32 { 1e-4 } else { 3e-2 };
+                assert!(
+                    rel(&r.data, g) <= tol,
+                    "{kind:?} {p:?} {name}: {:e}",
+                    rel(&r.data, g)
+                );
+            }
+        }
+    }
+}

@@ -118,6 +118,50 @@ fn max_pool<F: Real>(x: &Tensor<F>, k: usize, st: usize, p: usize) -> Tensor<F> 
     out
 }
 
+/// Resizes NCHW maps to `h`×`w` (see [`crate::spec::Op::Resize`] for the conventions).
+pub fn resize<F: Real>(
+    x: &Tensor<F>,
+    h: usize,
+    w: usize,
+    mode: crate::spec::ResizeMode,
+) -> Tensor<F> {
+    use crate::spec::ResizeMode;
+    let (n, c, ih, iw) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let mut out = Tensor::zeros(&[n, c, h, w]);
+    let (sy, sx) = (ih as f64 / h as f64, iw as f64 / w as f64);
+    for nc in 0..n * c {
+        let src = &x.data[nc * ih * iw..][..ih * iw];
+        let dst = &mut out.data[nc * h * w..][..h * w];
+        for oy in 0..h {
+            for ox in 0..w {
+                dst[oy * w + ox] = match mode {
+                    ResizeMode::Nearest => {
+                        let iy = ((oy as f64 * sy).floor() as usize).min(ih - 1);
+                        let ix = ((ox as f64 * sx).floor() as usize).min(iw - 1);
+                        src[iy * iw + ix]
+                    }
+                    ResizeMode::Bilinear => {
+                        // Half-pixel centres, clamped at the border.
+                        let fy = ((oy as f64 + 0.5) * sy - 0.5).max(0.0);
+                        let fx = ((ox as f64 + 0.5) * sx - 0.5).max(0.0);
+                        let (y0, x0) = (
+                            (fy.floor() as usize).min(ih - 1),
+                            (fx.floor() as usize).min(iw - 1),
+                        );
+                        let (y1, x1) = ((y0 + 1).min(ih - 1), (x0 + 1).min(iw - 1));
+                        let (ly, lx) = (F::from_f64(fy - y0 as f64), F::from_f64(fx - x0 as f64));
+                        let one = F::one();
+                        let top = src[y0 * iw + x0] * (one - lx) + src[y0 * iw + x1] * lx;
+                        let bot = src[y1 * iw + x0] * (one - lx) + src[y1 * iw + x1] * lx;
+                        top * (one - ly) + bot * ly
+                    }
+                };
+            }
+        }
+    }
+    out
+}
+
 /// How the executor runs one conv node of a graph kind.
 pub trait ConvEval<F: Real>: ConvLike {
     fn eval(&self, node: &str, x: &Tensor<F>, w: &Weights<F>) -> Result<Tensor<F>>;
@@ -232,6 +276,31 @@ pub fn eval_node<F: Real, C: ConvEval<F>>(
             Tensor::new(vec![n, c, 1, 1], data)
         }
         Op::Add => add(x, ins[1]),
+        Op::Resize {
+            height,
+            width,
+            mode,
+        } => resize(x, *height, *width, *mode),
+        Op::L2Norm => {
+            let (n, c) = (x.shape[0], x.shape[1]);
+            let plane = x.numel() / (n * c);
+            let mut y = x.clone();
+            let eps = F::from_f64(1e-12);
+            for b in 0..n {
+                for p in 0..plane {
+                    let idx = |ch: usize| (b * c + ch) * plane + p;
+                    let norm = (0..c)
+                        .map(|ch| x.data[idx(ch)] * x.data[idx(ch)])
+                        .sum::<F>()
+                        .sqrt()
+                        .max(eps);
+                    for ch in 0..c {
+                        y.data[idx(ch)] = x.data[idx(ch)] / norm;
+                    }
+                }
+            }
+            y
+        }
         Op::Flatten => {
             let n = x.shape[0];
             Tensor::new(vec![n, x.numel() / n], x.data.clone())

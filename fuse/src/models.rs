@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::method::{Method, MethodConfig, SfoShare};
 use crate::spec::{
-    BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, TrainConv, TrainSpec,
+    BatchNorm, ConvShape, INPUT, InputSpec, Node, Op, OutputSpec, ResizeMode, TrainConv, TrainSpec,
 };
 
 /// The models `overparam init --model` knows.
@@ -16,19 +16,23 @@ pub enum ModelKind {
     Resnet18Cifar,
     Resnet50Cifar,
     VggSmall,
+    /// The multi-task encoder–decoder (segmentation, depth, normals).
+    Mtl,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 3] = [
+    pub const ALL: [ModelKind; 4] = [
         ModelKind::Resnet18Cifar,
         ModelKind::Resnet50Cifar,
         ModelKind::VggSmall,
+        ModelKind::Mtl,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Resnet18Cifar => "resnet18_cifar",
             ModelKind::Resnet50Cifar => "resnet50_cifar",
             ModelKind::VggSmall => "vgg_small",
+            ModelKind::Mtl => "mtl",
         }
     }
 }
@@ -41,7 +45,7 @@ impl std::str::FromStr for ModelKind {
             .find(|m| m.as_str() == s)
             .ok_or_else(|| {
                 Error::Spec(format!(
-                    "unknown model `{s}` (expected resnet18_cifar, resnet50_cifar or vgg_small)"
+                    "unknown model `{s}` (expected resnet18_cifar, resnet50_cifar, vgg_small or mtl)"
                 ))
             })
     }
@@ -73,6 +77,14 @@ pub fn build(kind: ModelKind, opts: &ClassifierOptions) -> Result<TrainSpec> {
         ModelKind::Resnet18Cifar => resnet_cifar(kind, &[2, 2, 2, 2], false, opts),
         ModelKind::Resnet50Cifar => resnet_cifar(kind, &[3, 4, 6, 3], true, opts),
         ModelKind::VggSmall => vgg_small(opts),
+        // NYUv2's 3:4 aspect (288×384 at image_size 288).
+        ModelKind::Mtl => mtl_net(&MtlOptions {
+            width: opts.width,
+            height: opts.image_size,
+            width_px: opts.image_size * 4 / 3,
+            classes: NYU_CLASSES,
+            method: opts.method.clone(),
+        }),
     }
 }
 
@@ -353,4 +365,172 @@ pub fn shared_heads_example() -> TrainSpec {
             })
             .collect(),
     }
+}
+
+/// NYUv2's 13 semantic classes (MTAN protocol).
+pub const NYU_CLASSES: usize = 13;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MtlOptions {
+    pub width: f64,
+    pub height: usize,
+    pub width_px: usize,
+    pub classes: usize,
+    pub method: MethodConfig,
+}
+
+/// The task heads of the multi-task network: (name, output channels).
+pub fn mtl_tasks(classes: usize) -> [(&'static str, usize); 3] {
+    [("segmentation", classes), ("depth", 1), ("normals", 3)]
+}
+
+/// A SegNet-sized encoder–decoder with hard parameter sharing (MTAN's "split" layout):
+/// encoder stages of conv3×3(+bias)-BN-ReLU blocks ([64, 128, 256, 512, 512] channels, [2, 2, 3,
+/// 3, 3] convs) with 2×2 max-pooling; a mirrored decoder that upsamples with Resize (nearest,
+/// back to each stage's exact size) instead of MaxUnpool, which TensorRT's ONNX parser lacks;
+/// and per task a head conv3×3 (64→64) → conv1×1 (64→C) with no nonlinearity between (as
+/// MTAN). Normals are L2-normalised per pixel.
+///
+/// With `sfo`, the three hidden head convs (equal shapes) share U and V with a per-task M
+/// (group `heads.hidden`, d = min(T·O, I·9)); with `include_1x1` the output convs (different
+/// widths) share V (group `heads.output`, d = min(ΣO_t, I)). RepVGG-style methods apply to the
+/// conv-BN layers; the BN-free heads stay plain.
+pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
+    opts.method.validate()?;
+    if !(opts.width > 0.0 && opts.width.is_finite()) || opts.height < 32 || opts.width_px < 32 {
+        return Err(Error::Spec(
+            "mtl: width > 0 and an input of at least 32×32 required".into(),
+        ));
+    }
+    let mut b = Builder {
+        nodes: vec![],
+        method: &opts.method,
+    };
+    let w = |c| scaled(c, opts.width);
+    let stages: [(usize, usize); 5] = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)];
+    let mut x = INPUT.to_string();
+    let mut ch = 3;
+    let (mut h, mut wd) = (opts.height, opts.width_px);
+    let mut sizes = vec![];
+    let conv_block = |b: &mut Builder, name: &str, x: &str, cin: usize, cout: usize| -> String {
+        let shape = ConvShape {
+            bias: true,
+            ..ConvShape::new(cin, cout, 3, 1)
+        };
+        let y = b.conv_bn(&format!("{name}.conv"), x, shape, &format!("{name}.bn"));
+        b.relu(&format!("{name}.relu"), &y)
+    };
+    for (s, &(c, n)) in stages.iter().enumerate() {
+        for i in 0..n {
+            x = conv_block(&mut b, &format!("encoder.{s}.{i}"), &x, ch, w(c));
+            ch = w(c);
+        }
+        sizes.push((h, wd));
+        x = b.push(
+            &format!("encoder.{s}.pool"),
+            &[&x],
+            Op::MaxPool {
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+        );
+        (h, wd) = (h / 2, wd / 2);
+    }
+    for (s, &(c, n)) in stages.iter().enumerate().rev() {
+        let (th, tw) = sizes[s];
+        x = b.push(
+            &format!("decoder.{s}.up"),
+            &[&x],
+            Op::Resize {
+                height: th,
+                width: tw,
+                mode: ResizeMode::Nearest,
+            },
+        );
+        // Mirror the encoder: the last conv of a stage maps to the previous stage's width.
+        let out = if s == 0 { w(64) } else { w(stages[s - 1].0) };
+        for i in 0..n {
+            let cout = if i + 1 == n { out } else { w(c) };
+            x = conv_block(&mut b, &format!("decoder.{s}.{i}"), &x, ch, cout);
+            ch = cout;
+        }
+    }
+    let tasks = mtl_tasks(opts.classes);
+    let hidden_rank = (tasks.len() * ch).min(ch * 9);
+    let out_rank = tasks.iter().map(|t| t.1).sum::<usize>().min(ch);
+    let mut outputs = vec![];
+    for (task, c_out) in tasks {
+        let mut head = |name: String,
+                        input: &str,
+                        shape: ConvShape,
+                        group: &str,
+                        rank: usize,
+                        share_u: bool| {
+            let mut method = opts.method.for_conv(&shape);
+            match &mut method {
+                Method::Sfo { rank: r, share } => {
+                    *r = rank;
+                    *share = Some(SfoShare {
+                        group: group.into(),
+                        share_u,
+                    });
+                }
+                // RepVGG-style methods replace a conv and its BN; heads have no BN.
+                Method::Repvgg | Method::Qarepvgg => method = Method::Plain,
+                _ => {}
+            }
+            b.push(
+                &name,
+                &[input],
+                Op::Conv(TrainConv {
+                    shape,
+                    bn: None,
+                    method,
+                }),
+            )
+        };
+        let hidden = head(
+            format!("heads.{task}.0"),
+            &x,
+            ConvShape {
+                bias: true,
+                ..ConvShape::new(ch, ch, 3, 1)
+            },
+            "heads.hidden",
+            hidden_rank,
+            true,
+        );
+        let mut y = head(
+            format!("heads.{task}.1"),
+            &hidden,
+            ConvShape {
+                bias: true,
+                ..ConvShape::new(ch, c_out, 1, 1)
+            },
+            "heads.output",
+            out_rank,
+            false,
+        );
+        if task == "normals" {
+            y = b.push("heads.normals.norm", &[&y], Op::L2Norm);
+        }
+        outputs.push(OutputSpec {
+            name: task.to_string(),
+            node: y,
+        });
+    }
+    let spec = TrainSpec {
+        model: ModelKind::Mtl.as_str().to_string(),
+        input: InputSpec {
+            channels: 3,
+            height: opts.height,
+            width: opts.width_px,
+            normalize: None,
+        },
+        nodes: b.nodes,
+        outputs,
+    };
+    spec.validate()?;
+    Ok(spec)
 }

@@ -121,6 +121,23 @@ pub enum Op<C> {
         in_features: usize,
         out_features: usize,
     },
+    /// Upsampling to an explicit size (TensorRT's ONNX parser has no MaxUnpool, so decoders
+    /// resize). `nearest` is PyTorch's (source index ⌊dst·in/out⌋; ONNX `asymmetric` + `floor`);
+    /// `bilinear` uses half-pixel centres (PyTorch `align_corners=False`).
+    Resize {
+        height: usize,
+        width: usize,
+        mode: ResizeMode,
+    },
+    /// Per-pixel L2 normalisation over channels, `x / max(‖x‖, 1e-12)` (`F.normalize`).
+    L2Norm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    Nearest,
+    Bilinear,
 }
 
 impl<C> Op<C> {
@@ -141,6 +158,16 @@ impl<C> Op<C> {
             Op::GlobalAvgPool => Op::GlobalAvgPool,
             Op::Add => Op::Add,
             Op::Flatten => Op::Flatten,
+            Op::Resize {
+                height,
+                width,
+                mode,
+            } => Op::Resize {
+                height: *height,
+                width: *width,
+                mode: *mode,
+            },
+            Op::L2Norm => Op::L2Norm,
             Op::Linear {
                 in_features,
                 out_features,
@@ -158,6 +185,8 @@ impl<C> Op<C> {
             Op::GlobalAvgPool => "global_avg_pool",
             Op::Add => "add",
             Op::Flatten => "flatten",
+            Op::Resize { .. } => "resize",
+            Op::L2Norm => "l2_norm",
             Op::Linear { .. } => "linear",
         }
     }
@@ -336,6 +365,17 @@ impl<C: ConvLike> Graph<C> {
                     x.clone()
                 }
                 Op::Flatten => vec![x.iter().product()],
+                Op::Resize { height, width, .. } => {
+                    let (ch, _, _) = spatial("resize")?;
+                    if *height == 0 || *width == 0 {
+                        return err(format!("resize `{}`: empty output size", n.name));
+                    }
+                    vec![ch, *height, *width]
+                }
+                Op::L2Norm => {
+                    spatial("l2_norm")?;
+                    x.clone()
+                }
                 Op::Linear {
                     in_features,
                     out_features,

@@ -158,6 +158,29 @@ impl OpModel {
                 Op::GlobalAvgPool => x.f_adaptive_avg_pool2d([1, 1])?,
                 Op::Add => x.f_add(ins[1])?,
                 Op::Flatten => x.f_flatten(1, -1)?,
+                Op::Resize {
+                    height,
+                    width,
+                    mode,
+                } => {
+                    let size = [*height as i64, *width as i64];
+                    match mode {
+                        overparam_fuse::spec::ResizeMode::Nearest => {
+                            x.f_upsample_nearest2d(size, None, None)?
+                        }
+                        overparam_fuse::spec::ResizeMode::Bilinear => {
+                            x.f_upsample_bilinear2d(size, false, None, None)?
+                        }
+                    }
+                }
+                Op::L2Norm => {
+                    let norm = x
+                        .f_square()?
+                        .f_sum_dim_intlist(1, true, Kind::Float)?
+                        .f_sqrt()?
+                        .f_clamp_min(1e-12)?;
+                    x.f_div(&norm)?
+                }
                 Op::Linear { .. } => x.f_linear(
                     self.var(&format!("{}.weight", n.name))?,
                     Some(self.var(&format!("{}.bias", n.name))?),

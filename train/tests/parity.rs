@@ -94,6 +94,22 @@ fn specs() -> Vec<TrainSpec> {
         out.push(grouped_spec(m));
     }
     out.push(shared_heads_example());
+    // The multi-task net: Resize (nearest) and L2Norm against the reference executor.
+    for kind in [MethodKind::Plain, MethodKind::Sfo, MethodKind::Repvgg] {
+        out.push(
+            overparam_fuse::models::mtl_net(&overparam_fuse::models::MtlOptions {
+                width: 0.125,
+                height: 36,
+                width_px: 44,
+                classes: 13,
+                method: MethodConfig {
+                    include_1x1: true,
+                    ..MethodConfig::new(kind)
+                },
+            })
+            .unwrap(),
+        );
+    }
     out
 }
 
