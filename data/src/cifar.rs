@@ -206,6 +206,6 @@ pub fn write_cifar100(path: &Path, images: &[u8], fine: &[u16], coarse: &[u8]) -
     write_atomic(path, &buf)
 }
 
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     overparam_fuse::checkpoint::write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }

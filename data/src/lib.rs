@@ -5,6 +5,9 @@ pub mod cifar;
 pub mod error;
 pub mod loader;
 pub mod metrics;
+pub mod npy;
+pub mod nyuv2;
+pub mod scenes;
 pub mod synth;
 
 pub use error::{Error, Result};
