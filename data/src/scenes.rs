@@ -30,6 +30,10 @@ const WALL: u8 = 11;
 const WINDOW: u8 = 12;
 
 type V3 = [f64; 3];
+/// (class, base colour, width range, height range, depth range) of a furniture kind.
+type Furniture = (u8, V3, (f64, f64), (f64, f64), (f64, f64));
+/// The nearest hit so far: distance, normal, class, colour, texture.
+type Hit = (f64, V3, u8, V3, (usize, f64));
 
 fn dot(a: V3, b: V3) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
@@ -141,7 +145,7 @@ pub fn render(h: usize, w: usize, rng: &mut Rng) -> NyuSample {
     let (left, right) = (-rng.uniform_in(1.6, 2.6), rng.uniform_in(1.6, 2.6));
     let back = rng.uniform_in(4.5, 7.5);
     let mut objects: Vec<Object> = vec![];
-    let furniture: [(u8, V3, (f64, f64), (f64, f64), (f64, f64)); 7] = [
+    let furniture: [Furniture; 7] = [
         (BED, [0.8, 0.75, 0.7], (1.4, 2.0), (0.4, 0.6), (1.8, 2.2)),
         (TABLE, [0.55, 0.35, 0.2], (0.8, 1.4), (0.7, 0.8), (0.6, 0.9)),
         (SOFA, [0.35, 0.4, 0.6], (1.6, 2.2), (0.5, 0.8), (0.7, 0.9)),
@@ -272,7 +276,7 @@ pub fn render(h: usize, w: usize, rng: &mut Rng) -> NyuSample {
                 let n = dot(d, d).sqrt();
                 d.map(|v| v / n)
             };
-            let mut best: Option<(f64, V3, u8, V3, (usize, f64))> = None;
+            let mut best: Option<Hit> = None;
             for (shape, class, colour) in &room {
                 if let Some((t, nrm)) = hit(shape, dir)
                     && best.is_none_or(|b| t < b.0)
@@ -303,16 +307,16 @@ pub fn render(h: usize, w: usize, rng: &mut Rng) -> NyuSample {
             let i = py * w + px;
             let shade = 0.35 + 0.65 * dot(nrm, light).max(0.0);
             let tx = texture(tex.0, tex.1, p);
-            for c in 0..3 {
-                let v = colour[c] * shade * tx + rng.normal() * noise;
+            for (c, &base) in colour.iter().enumerate() {
+                let v = base * shade * tx + rng.normal() * noise;
                 s.image[i * 3 + c] = v.clamp(0.0, 1.0) as f32;
             }
             s.label[i] = class as f32;
             // Depth sensors return nothing through glass.
             if !glass {
                 s.depth[i] = p[2] as f32;
-                for c in 0..3 {
-                    s.normal[i * 3 + c] = nrm[c] as f32;
+                for (dst, &v) in s.normal[i * 3..i * 3 + 3].iter_mut().zip(&nrm) {
+                    *dst = v as f32;
                 }
             }
         }
