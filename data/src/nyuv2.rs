@@ -155,3 +155,129 @@ pub fn write_sample(root: &Path, split: &str, i: usize, s: &NyuSample) -> Result
     }
     Ok(())
 }
+
+/// The MTAN/LibMTL augmentation: a random scale s ∈ {1.0, 1.2, 1.5} — crop an (H/s)×(W/s)
+/// window and resize it back to H×W (image bilinear with aligned corners, maps nearest; depth
+/// divided by s, since the scene appears s times closer) — then a horizontal flip with
+/// probability ½ (which negates the normals' x component).
+pub fn augment(s: &NyuSample, rng: &mut overparam_fuse::Rng) -> NyuSample {
+    let (h, w) = (s.height, s.width);
+    let scale = [1.0f64, 1.2, 1.5][rng.below(3)];
+    let (ch, cw) = (
+        ((h as f64 / scale) as usize).max(1),
+        ((w as f64 / scale) as usize).max(1),
+    );
+    let (top, left) = (rng.below(h - ch + 1), rng.below(w - cw + 1));
+    let flip = rng.below(2) == 1;
+    let mut out = NyuSample {
+        height: h,
+        width: w,
+        image: vec![0.0; h * w * 3],
+        label: vec![0.0; h * w],
+        depth: vec![0.0; h * w],
+        normal: vec![0.0; h * w * 3],
+    };
+    // Nearest source pixel (PyTorch `nearest`: ⌊dst·in/out⌋) inside the crop.
+    let near = |oy: usize, ox: usize| -> usize {
+        let y = top + ((oy * ch) / h).min(ch - 1);
+        let x = left + ((ox * cw) / w).min(cw - 1);
+        y * w + x
+    };
+    for oy in 0..h {
+        for ox in 0..w {
+            let dst = oy * w + if flip { w - 1 - ox } else { ox };
+            let src = near(oy, ox);
+            out.label[dst] = s.label[src];
+            out.depth[dst] = s.depth[src] / scale as f32;
+            for c in 0..3 {
+                let v = s.normal[src * 3 + c];
+                out.normal[dst * 3 + c] = if c == 0 && flip { -v } else { v };
+            }
+            // Bilinear with align_corners=True: corners map to corners.
+            let fy = if h > 1 {
+                oy as f64 * (ch - 1) as f64 / (h - 1) as f64
+            } else {
+                0.0
+            };
+            let fx = if w > 1 {
+                ox as f64 * (cw - 1) as f64 / (w - 1) as f64
+            } else {
+                0.0
+            };
+            let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
+            let (y1, x1) = ((y0 + 1).min(ch - 1), (x0 + 1).min(cw - 1));
+            let (ly, lx) = ((fy - y0 as f64) as f32, (fx - x0 as f64) as f32);
+            let at = |y: usize, x: usize, c: usize| s.image[((top + y) * w + left + x) * 3 + c];
+            for c in 0..3 {
+                let t = at(y0, x0, c) * (1.0 - lx) + at(y0, x1, c) * lx;
+                let b = at(y1, x0, c) * (1.0 - lx) + at(y1, x1, c) * lx;
+                out.image[dst * 3 + c] = t * (1.0 - ly) + b * ly;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(h: usize, w: usize) -> NyuSample {
+        let n = h * w;
+        NyuSample {
+            height: h,
+            width: w,
+            image: (0..n * 3).map(|i| (i % 7) as f32 / 7.0).collect(),
+            label: (0..n).map(|i| (i % 13) as f32).collect(),
+            depth: (0..n).map(|i| 1.0 + i as f32).collect(),
+            normal: (0..n)
+                .flat_map(|i| [0.6, 0.0, if i % 2 == 0 { 0.8 } else { -0.8 }])
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn augmentation_scales_depth_and_flips_normals() {
+        let s = sample(10, 12);
+        let (mut scales, mut flips) = (std::collections::BTreeSet::new(), 0);
+        for seed in 0..60 {
+            let a = augment(&s, &mut overparam_fuse::Rng::new(seed));
+            // Every output depth is an input depth divided by one of the scales.
+            let ratio_ok = a.depth.iter().all(|d| {
+                [1.0f32, 1.2, 1.5].iter().any(|sc| {
+                    let src = d * sc;
+                    (src - src.round()).abs() < 1e-3 && (1.0..=120.0).contains(&src)
+                })
+            });
+            assert!(ratio_ok);
+            let sc = (0..3).find(|&k| {
+                let sc = [1.0f32, 1.2, 1.5][k];
+                a.depth
+                    .iter()
+                    .all(|d| ((d * sc) - (d * sc).round()).abs() < 1e-3)
+            });
+            scales.insert(sc);
+            // Normals: |x| preserved, sign flipped exactly when the image is mirrored.
+            assert!(a.normal.chunks(3).all(|n| (n[0].abs() - 0.6).abs() < 1e-6));
+            if a.normal[0] < 0.0 {
+                flips += 1;
+            }
+            assert!(a.label.iter().all(|l| (0.0..13.0).contains(l)));
+        }
+        assert!(
+            scales.len() >= 2 && flips > 10 && flips < 50,
+            "{scales:?} {flips}"
+        );
+        // Scale 1 without flip is the identity.
+        let mut found_identity = false;
+        for seed in 0..200 {
+            let a = augment(&s, &mut overparam_fuse::Rng::new(seed));
+            if a.depth == s.depth {
+                assert_eq!(a.image, s.image);
+                assert_eq!(a.normal, s.normal);
+                found_identity = true;
+            }
+        }
+        assert!(found_identity);
+    }
+}

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod mtl;
 pub mod optim;
 pub mod trainer;
 
