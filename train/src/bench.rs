@@ -55,8 +55,10 @@ pub fn train_step_time(
     let mut opt = Sgd {
         momentum: 0.9,
         nesterov: false,
+        adam: false,
         params,
         buffers: Default::default(),
+        steps: 0,
     };
     let x = Tensor::f_randn([batch as i64, 3, 32, 32], (Kind::Float, device))?;
     let t = Tensor::f_randint(

@@ -19,6 +19,24 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     #[serde(default)]
     pub routine: Routine,
+    /// Multi-task settings (model.kind = "mtl").
+    #[serde(default)]
+    pub mtl: MtlConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlConfig {
+    #[serde(default = "equal")]
+    pub weighting: crate::mtl::Weighting,
+    /// Single-task baseline of the nine NYUv2 metrics (mIoU, pixel acc, abs err, rel err, mean°,
+    /// median°, and the three threshold fractions) for Δm; absent = no Δm column.
+    #[serde(default)]
+    pub baseline: Option<Vec<f64>>,
+}
+
+fn equal() -> crate::mtl::Weighting {
+    crate::mtl::Weighting::Equal
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,6 +92,11 @@ pub struct DataConfig {
     pub synthetic_test: usize,
     #[serde(default)]
     pub synthetic_seed: u64,
+    /// Synthetic NYUv2 scene size (multi-task runs).
+    #[serde(default = "scene_h")]
+    pub synthetic_height: usize,
+    #[serde(default = "scene_w")]
+    pub synthetic_width: usize,
     /// Random crop (padding 4) and horizontal flip on the training set.
     #[serde(default = "yes")]
     pub augment: bool,
@@ -88,6 +111,12 @@ fn synth_test() -> usize {
 fn yes() -> bool {
     true
 }
+fn scene_h() -> usize {
+    288
+}
+fn scene_w() -> usize {
+    384
+}
 
 impl Default for DataConfig {
     fn default() -> Self {
@@ -96,6 +125,8 @@ impl Default for DataConfig {
             synthetic_train: synth_train(),
             synthetic_test: synth_test(),
             synthetic_seed: 0,
+            synthetic_height: scene_h(),
+            synthetic_width: scene_w(),
             augment: true,
         }
     }
@@ -122,6 +153,17 @@ pub struct OptimConfig {
     /// Linear warm-up from lr/10 over this many epochs.
     #[serde(default)]
     pub warmup_epochs: usize,
+    /// `sgd` (default) or `adam` (the NYUv2 recipe).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Adam,
 }
 
 fn momentum() -> f64 {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod mtl;
+pub mod mtl_trainer;
 pub mod optim;
 pub mod trainer;
 

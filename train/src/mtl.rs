@@ -46,10 +46,11 @@ pub fn normal_loss(pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
 }
 
 /// How the task losses are combined.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Weighting {
     /// Σ L_t.
+    #[default]
     Equal,
     /// Kendall et al.: Σ ½e^{−s_t}·L_t + ½s_t with learned s_t = log σ_t², initialised −0.5 (MTAN).
     Uncertainty,

@@ -1,7 +1,9 @@
-//! SGD with momentum (and Nesterov), written over plain tensors so its state can be saved and a
-//! run resumed bit-identically (tch's optimiser keeps its buffers out of reach). Update rule as
-//! `torch.optim.SGD`: `b ← μ·b + g` (b = g at the first step), `d = g + μ·b` with Nesterov else
-//! `b`, `p ← p − lr·d`, with `g` including `wd·p` where weight decay applies.
+//! SGD with momentum (and Nesterov) and Adam, written over plain tensors so their state can be
+//! saved and a run resumed bit-identically (tch's optimiser keeps its buffers out of reach).
+//! SGD as `torch.optim.SGD`: `b ← μ·b + g` (b = g at the first step), `d = g + μ·b` with
+//! Nesterov else `b`, `p ← p − lr·d`. Adam as `torch.optim.Adam` (coupled L2): `m ← β₁m +
+//! (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `p ← p − lr·m̂/(√v̂ + ε)` with bias-corrected m̂, v̂. In both,
+//! `g` includes `wd·p` where weight decay applies.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +19,21 @@ pub struct Param {
     pub weight_decay: f64,
 }
 
+/// Adam's β₁, β₂ and ε (PyTorch's defaults).
+pub const ADAM: (f64, f64, f64) = (0.9, 0.999, 1e-8);
+
 #[derive(Debug)]
 pub struct Sgd {
     pub momentum: f64,
     pub nesterov: bool,
+    /// Adam instead of SGD.
+    pub adam: bool,
     pub params: Vec<Param>,
-    /// Momentum buffers by parameter name (absent until the first step).
+    /// Momentum buffers by parameter name (SGD), or `m.<name>` / `v.<name>` (Adam); absent
+    /// until the first step.
     pub buffers: BTreeMap<String, Tensor>,
+    /// Steps taken (Adam's bias correction).
+    pub steps: usize,
 }
 
 impl Sgd {
@@ -31,9 +41,50 @@ impl Sgd {
         Self {
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
+            adam: cfg.optimizer == crate::config::OptimizerKind::Adam,
             params,
             buffers: BTreeMap::new(),
+            steps: 0,
         }
+    }
+
+    fn adam_step(&mut self, lr: f64) -> Result<()> {
+        let (b1, b2, eps) = ADAM;
+        self.steps += 1;
+        let (c1, c2) = (
+            1.0 - b1.powi(self.steps as i32),
+            1.0 - b2.powi(self.steps as i32),
+        );
+        for p in &mut self.params {
+            let g = p.tensor.grad();
+            if !g.defined() {
+                continue;
+            }
+            let g = if p.weight_decay > 0.0 {
+                g.f_add(&p.tensor.f_mul_scalar(p.weight_decay)?)?
+            } else {
+                g.f_detach_copy()?
+            };
+            let zeros = || g.f_zeros_like();
+            let m = match self.buffers.remove(&format!("m.{}", p.name)) {
+                Some(m) => m,
+                None => zeros()?,
+            };
+            let v = match self.buffers.remove(&format!("v.{}", p.name)) {
+                Some(v) => v,
+                None => zeros()?,
+            };
+            let m = m.f_mul_scalar(b1)?.f_add(&g.f_mul_scalar(1.0 - b1)?)?;
+            let v = v
+                .f_mul_scalar(b2)?
+                .f_add(&g.f_square()?.f_mul_scalar(1.0 - b2)?)?;
+            let denom = v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(eps)?;
+            let update = m.f_div_scalar(c1)?.f_div(&denom)?.f_mul_scalar(lr)?;
+            let _ = p.tensor.f_sub_(&update)?;
+            self.buffers.insert(format!("m.{}", p.name), m);
+            self.buffers.insert(format!("v.{}", p.name), v);
+        }
+        Ok(())
     }
 
     pub fn zero_grad(&mut self) -> Result<()> {
@@ -48,6 +99,9 @@ impl Sgd {
     }
 
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        if self.adam {
+            return tch::no_grad(|| self.adam_step(lr));
+        }
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
                 let g = p.tensor.grad();
@@ -118,6 +172,7 @@ mod tests {
             label_smoothing: 0.0,
             schedule,
             warmup_epochs: 0,
+            optimizer: Default::default(),
         }
     }
 
@@ -171,5 +226,34 @@ mod tests {
                 "nesterov {nesterov}"
             );
         }
+    }
+
+    /// Two Adam steps on f(p) = ½p² against the hand-computed torch.optim.Adam sequence.
+    #[test]
+    fn matches_torch_adam_update_rule() {
+        let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let mut c = cfg(Schedule::Constant, false);
+        c.optimizer = crate::config::OptimizerKind::Adam;
+        let mut opt = Sgd::new(
+            &c,
+            vec![Param {
+                name: "p".into(),
+                tensor: p.shallow_clone(),
+                weight_decay: 0.0,
+            }],
+        );
+        let (mut want, mut m, mut v) = (1.0f64, 0.0, 0.0);
+        for t in 1..=2 {
+            opt.zero_grad().unwrap();
+            (p.square() * 0.5).sum(tch::Kind::Float).backward();
+            opt.step(0.1).unwrap();
+            let g = want;
+            m = 0.9 * m + 0.1 * g;
+            v = 0.999 * v + 0.001 * g * g;
+            let (mh, vh) = (m / (1.0 - 0.9f64.powi(t)), v / (1.0 - 0.999f64.powi(t)));
+            want -= 0.1 * mh / (vh.sqrt() + 1e-8);
+        }
+        assert!((p.double_value(&[0]) - want).abs() < 1e-6);
+        assert_eq!(opt.steps, 2);
     }
 }

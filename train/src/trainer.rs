@@ -72,7 +72,7 @@ pub struct RunSummary {
     pub max_logit_rel_diff: f64,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io {
         path: path.to_path_buf(),
         source: e,
@@ -171,7 +171,7 @@ fn phases(
 
 /// Optimisers over the model's trainable tensors: one (R1, R3), or two alternating groups
 /// (R2: {U, V and all non-factor tensors} and {M}).
-fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
+pub(crate) fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
     let mut names: Vec<&str> = model.names().collect();
     names.sort_unstable();
     let mut groups: Vec<Vec<Param>> = vec![vec![], vec![]];
@@ -199,7 +199,7 @@ fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
         .collect()
 }
 
-fn batch_tensor(images: &[f32], n: usize, device: Device) -> Result<Tensor> {
+pub(crate) fn batch_tensor(images: &[f32], n: usize, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_from_slice(images)?
         .f_reshape([n as i64, 3, SIDE as i64, SIDE as i64])?
         .f_to_device(device)?)
@@ -238,16 +238,18 @@ pub fn evaluate(
     Ok((loss_sum / set.len().max(1) as f64, topk, logits_all))
 }
 
-struct State {
-    epoch: usize,
-    step: usize,
-    spec: TrainSpec,
-    weights: Weights<f32>,
-    buffers: Vec<BTreeMap<String, FTensor<f32>>>,
-    metrics: Vec<String>,
+pub(crate) struct State {
+    pub(crate) steps: Vec<usize>,
+    pub(crate) extra: Extra,
+    pub(crate) epoch: usize,
+    pub(crate) step: usize,
+    pub(crate) spec: TrainSpec,
+    pub(crate) weights: Weights<f32>,
+    pub(crate) buffers: Vec<BTreeMap<String, FTensor<f32>>>,
+    pub(crate) metrics: Vec<String>,
 }
 
-fn to_f(t: &Tensor) -> Result<FTensor<f32>> {
+pub(crate) fn to_f(t: &Tensor) -> Result<FTensor<f32>> {
     let t = t
         .f_detach()?
         .f_to_device(Device::Cpu)?
@@ -258,7 +260,7 @@ fn to_f(t: &Tensor) -> Result<FTensor<f32>> {
     ))
 }
 
-fn from_f(t: &FTensor<f32>, device: Device) -> Result<Tensor> {
+pub(crate) fn from_f(t: &FTensor<f32>, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_from_slice(&t.data)?
         .f_reshape(t.shape.iter().map(|&d| d as i64).collect::<Vec<_>>())?
         .f_to_device(device)?)
@@ -267,15 +269,20 @@ fn from_f(t: &FTensor<f32>, device: Device) -> Result<Tensor> {
 /// Everything needed to continue a run, in one atomically written file: model tensors, the
 /// spec, optimiser buffers, epoch and step counters, and the metrics so far. (Data order and
 /// augmentation are functions of (seed, epoch), so they need no state.)
-fn save_state(
+/// Extra tensors and metadata a trainer keeps in its state (e.g. loss-weighting state).
+pub(crate) type Extra = (Weights<f32>, BTreeMap<String, String>);
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn save_state(
     path: &Path,
     model: &OpModel,
     opts: &[Sgd],
     epoch: usize,
     step: usize,
     metrics: &[String],
+    extra: &Extra,
 ) -> Result<()> {
-    let mut tensors = Weights::new();
+    let mut tensors = extra.0.clone();
     for (k, v) in model.weights()? {
         tensors.insert(format!("model.{k}"), v);
     }
@@ -294,11 +301,21 @@ fn save_state(
         ),
         ("metrics".to_string(), metrics.join("\n")),
     ]);
+    let mut meta = meta;
+    for (g, o) in opts.iter().enumerate() {
+        meta.insert(format!("opt{g}.steps"), o.steps.to_string());
+    }
+    meta.extend(
+        extra
+            .1
+            .iter()
+            .map(|(k, v)| (format!("extra.{k}"), v.clone())),
+    );
     save_tensors(path, &tensors, &meta)?;
     Ok(())
 }
 
-fn load_state(path: &Path, groups: usize) -> Result<State> {
+pub(crate) fn load_state(path: &Path, groups: usize) -> Result<State> {
     let (tensors, meta) = load_tensors(path)?;
     let bad = |m: &str| Error::Run {
         dir: path.to_path_buf(),
@@ -313,6 +330,7 @@ fn load_state(path: &Path, groups: usize) -> Result<State> {
     let spec: TrainSpec = serde_json::from_str(get("spec")?).map_err(|e| bad(&e.to_string()))?;
     let mut weights = Weights::new();
     let mut buffers = vec![BTreeMap::new(); groups.max(2)];
+    let mut extra_tensors = Weights::new();
     for (k, v) in tensors {
         if let Some(n) = k.strip_prefix("model.") {
             weights.insert(n.to_string(), v);
@@ -322,14 +340,29 @@ fn load_state(path: &Path, groups: usize) -> Result<State> {
                 .get_mut(g)
                 .ok_or_else(|| bad(&k))?
                 .insert(n.to_string(), v);
+        } else {
+            extra_tensors.insert(k, v);
         }
     }
+    let steps = (0..groups.max(2))
+        .map(|g| {
+            meta.get(&format!("opt{g}.steps"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    let extra_meta = meta
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("extra.")?.to_string(), v.clone())))
+        .collect();
     let metrics = get("metrics")?
         .lines()
         .map(String::from)
         .filter(|l| !l.is_empty())
         .collect();
     Ok(State {
+        steps,
+        extra: (extra_tensors, extra_meta),
         epoch: num("epoch")?,
         step: num("step")?,
         spec,
@@ -339,8 +372,8 @@ fn load_state(path: &Path, groups: usize) -> Result<State> {
     })
 }
 
-fn write_metrics(dir: &Path, rows: &[String]) -> Result<()> {
-    let mut text = String::from(EpochMetrics::HEADER);
+pub(crate) fn write_metrics(dir: &Path, header: &str, rows: &[String]) -> Result<()> {
+    let mut text = String::from(header);
     text.push('\n');
     for r in rows {
         text.push_str(r);
@@ -373,6 +406,52 @@ fn function_change(
     let ya = to_f(&tch::no_grad(|| a.forward(&x, false))?[0])?;
     let yb = to_f(&tch::no_grad(|| b.forward(&x, false))?[0])?;
     Ok((ya.max_abs_diff(&yb) / ya.max_abs().max(1e-12)) as f64)
+}
+
+/// Validates the config, sets threads, picks the device, and prepares the run directory: a
+/// new run refuses an existing one; a resumed run needs the same config and a state file.
+/// Returns the device, the run directory and the state path.
+pub(crate) fn prepare_run(cfg: &TrainConfig, resume: bool) -> Result<(Device, PathBuf, PathBuf)> {
+    cfg.validate()?;
+    if let Some(t) = cfg.run.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let device = device(cfg.run.device)?;
+    let dir = cfg.run_dir();
+    let run_err = |m: String| Error::Run {
+        dir: dir.clone(),
+        message: m,
+    };
+    let cfg_path = dir.join(CONFIG_FILE);
+    let state_path = dir.join(STATE_FILE);
+    if resume {
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
+        let old: TrainConfig = toml::from_str(&text)
+            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
+        if &old != cfg {
+            return Err(run_err(format!(
+                "cannot resume: this run was made from a different config (see its {CONFIG_FILE}); \
+                 nothing was changed"
+            )));
+        }
+        if !state_path.exists() {
+            return Err(run_err(format!(
+                "cannot resume: no {STATE_FILE} (the run never finished an epoch)"
+            )));
+        }
+    } else {
+        if cfg_path.exists() || state_path.exists() {
+            return Err(run_err(
+                "already exists: pass --resume to continue it, or choose another run.name".into(),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
+            .map_err(io(&cfg_path))?;
+    }
+
+    Ok((device, dir, state_path))
 }
 
 /// One optimisation step: forward in train mode, cross-entropy (with label smoothing) plus
@@ -425,45 +504,11 @@ pub fn train(
     progress: bool,
     stop_after: Option<usize>,
 ) -> Result<Option<RunSummary>> {
-    cfg.validate()?;
-    if let Some(t) = cfg.run.threads {
-        tch::set_num_threads(t as i32);
-    }
-    let device = device(cfg.run.device)?;
-    let dir = cfg.run_dir();
+    let (device, dir, state_path) = prepare_run(cfg, resume)?;
     let run_err = |m: String| Error::Run {
         dir: dir.clone(),
         message: m,
     };
-    let cfg_path = dir.join(CONFIG_FILE);
-    let state_path = dir.join(STATE_FILE);
-    if resume {
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
-        let old: TrainConfig = toml::from_str(&text)
-            .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
-        if &old != cfg {
-            return Err(run_err(format!(
-                "cannot resume: this run was made from a different config (see its {CONFIG_FILE}); \
-                 nothing was changed"
-            )));
-        }
-        if !state_path.exists() {
-            return Err(run_err(format!(
-                "cannot resume: no {STATE_FILE} (the run never finished an epoch)"
-            )));
-        }
-    } else {
-        if cfg_path.exists() || state_path.exists() {
-            return Err(run_err(
-                "already exists: pass --resume to continue it, or choose another run.name".into(),
-            ));
-        }
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
-            .map_err(io(&cfg_path))?;
-    }
-
     let (train_set, test_set) = load_data(cfg)?;
     let (mean, std) = train_set.channel_stats();
     let norm = Normalize { mean, std };
@@ -497,7 +542,7 @@ pub fn train(
             s.metrics,
             s.spec,
             s.weights,
-            Some(s.buffers),
+            Some((s.buffers, s.steps)),
         )
     } else {
         let spec = phases[0].3.clone();
@@ -518,13 +563,15 @@ pub fn train(
 
     let mut model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &weights)?;
     let mut opts = optimisers(cfg, &model);
-    if let Some(bufs) = buffers {
-        for (o, b) in opts.iter_mut().zip(bufs) {
+    if let Some((bufs, counts)) = buffers {
+        for ((o, b), n) in opts.iter_mut().zip(bufs).zip(counts) {
+            o.steps = n;
             for (k, v) in b {
                 o.buffers.insert(k, from_f(&v, device)?);
             }
         }
     }
+
     let train_arc = Arc::new(train_set);
     let mut last = None;
     let first = epoch;
@@ -631,13 +678,21 @@ pub fn train(
         metrics.push(m.csv());
         epoch += 1;
         // State first, then the user-facing artefacts: resume reads only the state file.
-        save_state(&state_path, &model, &opts, epoch, step, &metrics)?;
+        save_state(
+            &state_path,
+            &model,
+            &opts,
+            epoch,
+            step,
+            &metrics,
+            &Default::default(),
+        )?;
         checkpoint::save(
             &dir.join(MODEL_FILE),
             &AnySpec::Train(spec.clone()),
             &model.weights()?,
         )?;
-        write_metrics(&dir, &metrics)?;
+        write_metrics(&dir, EpochMetrics::HEADER, &metrics)?;
         last = Some(m);
     }
     let last = last.expect("at least one epoch ran");
@@ -784,8 +839,10 @@ mod tests {
                 label_smoothing: 0.1,
                 schedule: Schedule::Constant,
                 warmup_epochs: 0,
+                optimizer: Default::default(),
             },
             routine: Routine::R2 { period: 2 },
+            mtl: Default::default(),
         };
         let spec = phases(
             &cfg,

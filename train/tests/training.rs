@@ -30,6 +30,7 @@ fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig
             synthetic_test: 500,
             synthetic_seed: 1,
             augment: true,
+            ..Default::default()
         },
         optim: OptimConfig {
             epochs,
@@ -41,8 +42,10 @@ fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig
             label_smoothing: 0.0,
             schedule: Schedule::Cosine,
             warmup_epochs: 0,
+            optimizer: Default::default(),
         },
         routine: Routine::R1,
+        mtl: Default::default(),
     }
 }
 

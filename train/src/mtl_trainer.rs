@@ -1,0 +1,470 @@
+//! Multi-task training on NYUv2-layout data (real or synthetic scenes): three losses combined
+//! by a weighting (equal, uncertainty, DWA), routines R1 and R2 (shared vs task-specific
+//! groups), MTAN metrics per epoch, bit-identical resume, and the final fold checked on the
+//! validation set.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use overparam_data::metrics::{Confusion, GeometryErrors, delta_m_nash, delta_p_libmtl};
+use overparam_data::nyuv2::{CLASSES, NyuSample, NyuSplit, augment};
+use overparam_fuse::checkpoint;
+use overparam_fuse::fold::as_train_spec;
+use overparam_fuse::models::{MtlOptions, mtl_net};
+use overparam_fuse::{AnySpec, Rng, Tensor as FTensor, Weights, fold};
+use tch::{Device, Tensor, nn};
+
+use crate::config::{Routine, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::OpModel;
+use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
+use crate::optim::{Param, Sgd, learning_rate};
+use crate::trainer::{
+    DEPLOY_FILE, MODEL_FILE, load_state, prepare_run, save_state, to_f, write_metrics,
+};
+
+pub const HEADER: &str = "epoch,lr,loss_seg,loss_depth,loss_normal,miou,pix_acc,abs_err,rel_err,mean_deg,median_deg,within_11_25,within_22_5,within_30,delta_m_nash,delta_p_libmtl";
+
+/// NYUv2 train and val splits: `data.dir`, or synthetic scenes generated once under
+/// `<run.dir>/_data/`.
+pub fn load_splits(cfg: &TrainConfig) -> Result<(NyuSplit, NyuSplit)> {
+    let d = &cfg.data;
+    let root = match &d.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let root = cfg.run.dir.join("_data").join(format!(
+                "synth-nyuv2-{}-{}-{}x{}-seed{}",
+                d.synthetic_train,
+                d.synthetic_test,
+                d.synthetic_height,
+                d.synthetic_width,
+                d.synthetic_seed
+            ));
+            if !root.join("val/normal").exists() {
+                eprintln!(
+                    "data: generating synthetic NYUv2 scenes into {}",
+                    root.display()
+                );
+                overparam_data::scenes::write_synthetic_nyuv2(
+                    &root,
+                    d.synthetic_train,
+                    d.synthetic_test,
+                    d.synthetic_height,
+                    d.synthetic_width,
+                    d.synthetic_seed,
+                )?;
+            }
+            root
+        }
+    };
+    Ok((
+        NyuSplit::open(&root, "train")?,
+        NyuSplit::open(&root, "val")?,
+    ))
+}
+
+/// One batch as tensors: image [N,3,H,W], label [N,H,W], depth [N,1,H,W], normal [N,3,H,W].
+struct Batch {
+    image: Tensor,
+    label: Tensor,
+    depth: Tensor,
+    normal: Tensor,
+}
+
+fn hwc_to_nchw(
+    data: Vec<f32>,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    device: Device,
+) -> Result<Tensor> {
+    Ok(Tensor::f_from_slice(&data)?
+        .f_reshape([n as i64, h as i64, w as i64, c as i64])?
+        .f_permute([0, 3, 1, 2])?
+        .f_contiguous()?
+        .f_to_device(device)?)
+}
+
+fn make_batch(samples: &[NyuSample], device: Device) -> Result<Batch> {
+    let (n, h, w) = (samples.len(), samples[0].height, samples[0].width);
+    let cat = |f: &dyn Fn(&NyuSample) -> &Vec<f32>| {
+        samples
+            .iter()
+            .flat_map(|s| f(s).iter().copied())
+            .collect::<Vec<f32>>()
+    };
+    Ok(Batch {
+        image: hwc_to_nchw(cat(&|s| &s.image), n, h, w, 3, device)?,
+        label: Tensor::f_from_slice(&cat(&|s| &s.label))?
+            .f_reshape([n as i64, h as i64, w as i64])?
+            .f_to_device(device)?,
+        depth: hwc_to_nchw(cat(&|s| &s.depth), n, h, w, 1, device)?,
+        normal: hwc_to_nchw(cat(&|s| &s.normal), n, h, w, 3, device)?,
+    })
+}
+
+/// Parameter groups for R2: shared (trunk and shared head factors) vs task-specific (each
+/// task's own head tensors, `heads.<task>.*`). Uncertainty log-variances go with the shared.
+fn optimisers(cfg: &TrainConfig, model: &OpModel, extra: Option<&Tensor>) -> Vec<Sgd> {
+    let mut names: Vec<&str> = model.names().collect();
+    names.sort_unstable();
+    let tasks = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| format!("heads.{}.", t.0));
+    let mut groups: Vec<Vec<Param>> = vec![vec![], vec![]];
+    for name in names {
+        let kind = model.kind(name).expect("known");
+        if kind.is_buffer() {
+            continue;
+        }
+        let task_specific = tasks.iter().any(|t| name.starts_with(t.as_str()));
+        let g = matches!(cfg.routine, Routine::R2 { .. }) && task_specific;
+        groups[g as usize].push(Param {
+            name: name.to_string(),
+            tensor: model.var(name).expect("known").shallow_clone(),
+            weight_decay: if kind.takes_weight_decay() {
+                cfg.optim.weight_decay
+            } else {
+                0.0
+            },
+        });
+    }
+    if let Some(t) = extra {
+        groups[0].push(Param {
+            name: "weighting.log_vars".into(),
+            tensor: t.shallow_clone(),
+            weight_decay: 0.0,
+        });
+    }
+    groups
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| Sgd::new(&cfg.optim, g))
+        .collect()
+}
+
+/// The nine MTAN metrics of a model on a split (eval mode, no augmentation).
+pub fn evaluate(
+    model: &OpModel,
+    split: &NyuSplit,
+    batch: usize,
+    device: Device,
+) -> Result<[f64; 9]> {
+    let mut conf = Confusion::new(CLASSES);
+    let mut geo = GeometryErrors::default();
+    for start in (0..split.len()).step_by(batch.max(1)) {
+        let samples: Vec<NyuSample> = (start..(start + batch).min(split.len()))
+            .map(|i| split.get(i))
+            .collect::<Result<_, _>>()?;
+        let b = make_batch(&samples, device)?;
+        let ys = tch::no_grad(|| model.forward(&b.image, false))?;
+        let pred: Vec<usize> = Vec::<i64>::try_from(
+            &ys[0]
+                .f_argmax(1, false)?
+                .f_flatten(0, -1)?
+                .f_to_device(Device::Cpu)?,
+        )?
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+        let label: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| s.label.iter().copied())
+            .collect();
+        conf.add(&pred, &label);
+        let depth_pred = to_f(&ys[1])?.data;
+        let depth_gt: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| s.depth.iter().copied())
+            .collect();
+        // Normals channel-last, as the ground truth.
+        let normal_pred = to_f(&ys[2].f_permute([0, 2, 3, 1])?.f_contiguous()?)?.data;
+        let normal_gt: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| s.normal.iter().copied())
+            .collect();
+        geo.add_batch(&depth_pred, &depth_gt, &normal_pred, &normal_gt);
+    }
+    let g = geo.values();
+    Ok([
+        conf.miou(),
+        conf.pixel_accuracy(),
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5],
+        g[6],
+    ])
+}
+
+#[derive(Clone, Debug)]
+pub struct MtlSummary {
+    pub metrics: [f64; 9],
+    pub untrained: Option<[f64; 9]>,
+    pub max_output_rel_diff: f64,
+}
+
+/// Trains (or resumes) a multi-task run; `stop_after` as in [`crate::trainer::train`].
+pub fn train_mtl(
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: bool,
+    stop_after: Option<usize>,
+) -> Result<Option<MtlSummary>> {
+    if matches!(cfg.routine, Routine::R3 { .. }) {
+        return Err(Error::Config(
+            "routine r3 is not available for the multi-task network yet".into(),
+        ));
+    }
+    let (device, dir, state_path) = prepare_run(cfg, resume)?;
+    let (train, val) = load_splits(cfg)?;
+    let first = train.get(0)?;
+    let spec = mtl_net(&MtlOptions {
+        width: cfg.model.width,
+        height: first.height,
+        width_px: first.width,
+        classes: CLASSES,
+        method: cfg.model.method.clone(),
+    })?;
+    let total = cfg.optim.epochs;
+    let bs = cfg.optim.batch_size;
+    let steps = train.len() / bs;
+    if steps == 0 {
+        return Err(Error::Config(format!(
+            "optim.batch_size {bs} exceeds the {} training scenes",
+            train.len()
+        )));
+    }
+    let vs = nn::VarStore::new(device);
+    let weighter_vs = nn::VarStore::new(device);
+    let mut weighter = Weighter::new(cfg.mtl.weighting, 3, &weighter_vs.root())?;
+    let (mut epoch, mut step, mut metrics, weights, state) = if resume {
+        let s = load_state(&state_path, 2)?;
+        (
+            s.epoch,
+            s.step,
+            s.metrics.clone(),
+            s.weights.clone(),
+            Some(s),
+        )
+    } else {
+        let w = overparam_fuse::init::init_train_weights(
+            &spec,
+            &overparam_fuse::init::InitOptions {
+                seed: cfg.run.seed,
+                random_bn: false,
+            },
+        )?;
+        (0, 0, vec![], w, None)
+    };
+    let model = OpModel::new(&vs.root(), &spec, &weights)?;
+    let untrained = if resume {
+        None
+    } else {
+        Some(evaluate(&model, &val, bs, device)?)
+    };
+    let mut opts = optimisers(cfg, &model, weighter.log_vars.as_ref());
+    if let Some(s) = state {
+        for ((o, b), n) in opts.iter_mut().zip(s.buffers).zip(s.steps) {
+            o.steps = n;
+            for (k, v) in b {
+                o.buffers.insert(k, crate::trainer::from_f(&v, device)?);
+            }
+        }
+        if let (Some(lv), Some(t)) = (&weighter.log_vars, s.extra.0.get("weighting.log_vars")) {
+            let mut lv = lv.shallow_clone();
+            tch::no_grad(|| {
+                lv.f_copy_(&crate::trainer::from_f(t, device)?)
+                    .map_err(Error::from)
+            })?;
+        }
+        if let Some(h) = s.extra.1.get("dwa_history") {
+            weighter.epoch_means =
+                serde_json::from_str(h).map_err(|e| Error::Config(format!("dwa_history: {e}")))?;
+        }
+    }
+    let baseline: Option<[f64; 9]> = match &cfg.mtl.baseline {
+        Some(b) if b.len() == 9 => Some(std::array::from_fn(|i| b[i])),
+        Some(b) => {
+            return Err(Error::Config(format!(
+                "mtl.baseline needs 9 values, got {}",
+                b.len()
+            )));
+        }
+        None => None,
+    };
+    let first_epoch = epoch;
+    let mut last = None;
+    while epoch < total {
+        if stop_after.is_some_and(|n| epoch - first_epoch >= n) {
+            return Ok(None);
+        }
+        let bar = if progress {
+            indicatif::ProgressBar::new(steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let order = overparam_data::loader::epoch_order(train.len(), cfg.run.seed, epoch, true);
+        let mut sums = [0.0f64; 3];
+        let mut lr = 0.0;
+        for b in 0..steps {
+            lr = learning_rate(&cfg.optim, epoch as f64 + b as f64 / steps as f64, total);
+            let samples: Vec<NyuSample> = order[b * bs..(b + 1) * bs]
+                .iter()
+                .map(|&i| {
+                    let s = train.get(i)?;
+                    Ok(if cfg.data.augment {
+                        augment(
+                            &s,
+                            &mut Rng::derive(
+                                cfg.run.seed,
+                                &format!("nyu.augment.epoch{epoch}.{i}"),
+                            ),
+                        )
+                    } else {
+                        s
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let x = make_batch(&samples, device)?;
+            let (ys, frob) = model.forward_with_frobenius(&x.image)?;
+            let losses = [
+                segmentation_loss(&ys[0], &x.label)?,
+                depth_loss(&ys[1], &x.depth)?,
+                normal_loss(&ys[2], &x.normal)?,
+            ];
+            let mut loss = weighter.combine(&losses)?;
+            if let Some(f) = frob
+                && cfg.optim.weight_decay > 0.0
+            {
+                loss = loss.f_add(&f.f_mul_scalar(cfg.optim.weight_decay / 2.0)?)?;
+            }
+            let active = match cfg.routine {
+                Routine::R2 { period } => (step / period) % opts.len(),
+                _ => 0,
+            };
+            for o in &mut opts {
+                o.zero_grad()?;
+            }
+            loss.f_backward()?;
+            opts[active].step(lr)?;
+            for (s, l) in sums.iter_mut().zip(&losses) {
+                let v = l.f_double_value(&[])?;
+                if !v.is_finite() {
+                    return Err(Error::Run {
+                        dir: dir.clone(),
+                        message: format!("a task loss became {v} at epoch {}", epoch + 1),
+                    });
+                }
+                *s += v;
+            }
+            step += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss seg {:.3} depth {:.3} normal {:.3}",
+                sums[0] / (b + 1) as f64,
+                sums[1] / (b + 1) as f64,
+                sums[2] / (b + 1) as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let means: Vec<f64> = sums.iter().map(|s| s / steps as f64).collect();
+        weighter.end_epoch(means.clone());
+        let m = evaluate(&model, &val, bs, device)?;
+        let (dm, dp) = baseline.map_or((f64::NAN, f64::NAN), |b| {
+            (delta_m_nash(&m, &b), delta_p_libmtl(&m, &b))
+        });
+        eprintln!(
+            "epoch {}/{total} loss seg {:.3} depth {:.3} normal {:.3} · mIoU {:.2}% pixacc {:.2}% · depth abs {:.3} rel {:.3} · normals mean {:.1}° median {:.1}°",
+            epoch + 1,
+            means[0],
+            means[1],
+            means[2],
+            100.0 * m[0],
+            100.0 * m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        );
+        let row = std::iter::once(format!("{}", epoch + 1))
+            .chain(std::iter::once(format!("{lr:.6e}")))
+            .chain(means.iter().map(|v| format!("{v:.6}")))
+            .chain(m.iter().map(|v| format!("{v:.6}")))
+            .chain([dm, dp].iter().map(|v| format!("{v:.4}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        metrics.push(row);
+        epoch += 1;
+        let mut extra: crate::trainer::Extra = (Weights::new(), BTreeMap::new());
+        if let Some(lv) = &weighter.log_vars {
+            extra.0.insert("weighting.log_vars".into(), to_f(lv)?);
+        }
+        extra.1.insert(
+            "dwa_history".into(),
+            serde_json::to_string(&weighter.epoch_means).expect("json"),
+        );
+        save_state(&state_path, &model, &opts, epoch, step, &metrics, &extra)?;
+        checkpoint::save(
+            &dir.join(MODEL_FILE),
+            &AnySpec::Train(spec.clone()),
+            &model.weights()?,
+        )?;
+        write_metrics(&dir, HEADER, &metrics)?;
+        last = Some(m);
+    }
+    let metrics = last.ok_or_else(|| Error::Run {
+        dir: dir.clone(),
+        message: "no epoch ran".into(),
+    })?;
+    let rel = finish(&dir, &model, &val, bs, device)?;
+    Ok(Some(MtlSummary {
+        metrics,
+        untrained,
+        max_output_rel_diff: rel,
+    }))
+}
+
+/// Folds the model, checks all three outputs against the train model on validation scenes, and
+/// writes the deploy checkpoint.
+fn finish(dir: &Path, model: &OpModel, val: &NyuSplit, bs: usize, device: Device) -> Result<f64> {
+    let spec = model.spec().clone();
+    let w = model.weights()?;
+    let (deploy, dw) = fold(&spec, &w)?;
+    let dmodel = OpModel::new(
+        &nn::VarStore::new(device).root(),
+        &as_train_spec(&deploy)?,
+        &dw,
+    )?;
+    let samples: Vec<NyuSample> = (0..val.len().min(bs.max(2)))
+        .map(|i| val.get(i))
+        .collect::<Result<_, _>>()?;
+    let b = make_batch(&samples, device)?;
+    let ya = tch::no_grad(|| model.forward(&b.image, false))?;
+    let yb = tch::no_grad(|| dmodel.forward(&b.image, false))?;
+    let mut worst = 0f64;
+    for (a, c) in ya.iter().zip(&yb) {
+        let (fa, fc): (FTensor<f32>, FTensor<f32>) = (to_f(a)?, to_f(c)?);
+        worst = worst.max((fa.max_abs_diff(&fc) / fa.max_abs().max(1e-12)) as f64);
+    }
+    if worst > 1e-4 {
+        return Err(Error::Run {
+            dir: dir.into(),
+            message: format!(
+                "the folded model's outputs differ by {worst:e}; not writing {DEPLOY_FILE}"
+            ),
+        });
+    }
+    checkpoint::save(&dir.join(DEPLOY_FILE), &AnySpec::Deploy(deploy), &dw)?;
+    eprintln!(
+        "fold: deploy model matches all three outputs (max rel diff {worst:.2e}); wrote {}",
+        dir.join(DEPLOY_FILE).display()
+    );
+    Ok(worst)
+}
+
+/// Whether a config trains the multi-task network.
+pub fn is_mtl(cfg: &TrainConfig) -> bool {
+    cfg.model.kind == overparam_fuse::models::ModelKind::Mtl
+}
