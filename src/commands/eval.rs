@@ -7,9 +7,13 @@ use anyhow::Result;
 pub struct Args {
     /// A train or deploy checkpoint made by `overparam train`.
     checkpoint: PathBuf,
-    /// Directory with CIFAR-10/100 binaries (its test split is evaluated).
+    /// CIFAR-10/100 binaries (the test split is evaluated) or, for the multi-task network, an
+    /// NYUv2-layout root (its `val` split).
     #[arg(long)]
     data: PathBuf,
+    /// Multi-task only: write per-image predictions as .npy under this directory.
+    #[arg(long)]
+    dump_predictions: Option<PathBuf>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -24,6 +28,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
         d => anyhow::bail!("unknown device `{d}` (cpu or cuda)"),
     };
     let device = overparam_train::trainer::device(choice)?;
+    let model = match overparam_fuse::checkpoint::load(&a.checkpoint)?.spec {
+        overparam_fuse::AnySpec::Train(s) => s.model,
+        overparam_fuse::AnySpec::Deploy(s) => s.model,
+    };
+    if model == overparam_fuse::models::ModelKind::Mtl.as_str() {
+        let m = overparam_train::mtl_trainer::evaluate_checkpoint(
+            &a.checkpoint,
+            &a.data,
+            device,
+            a.dump_predictions.as_deref(),
+        )?;
+        println!(
+            "{}: mIoU {:.2}%, pixel acc {:.2}%, depth abs {:.4} rel {:.4}, normals mean {:.2}° median {:.2}°, within 11.25/22.5/30°: {:.1}/{:.1}/{:.1}%",
+            a.checkpoint.display(),
+            100.0 * m[0],
+            100.0 * m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            100.0 * m[6],
+            100.0 * m[7],
+            100.0 * m[8]
+        );
+        if let Some(d) = &a.dump_predictions {
+            println!("predictions written under {}", d.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.dump_predictions.is_some() {
+        anyhow::bail!("--dump-predictions is for the multi-task network");
+    }
     let (stage, loss, top) =
         overparam_train::trainer::evaluate_checkpoint(&a.checkpoint, &a.data, device)?;
     println!(

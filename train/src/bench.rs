@@ -29,10 +29,13 @@ pub fn train_step_time(
     steps: usize,
     device: Device,
 ) -> Result<StepStats> {
+    // The multi-task net runs at a 3:4 NYUv2-like size (96×128), classifiers at 32×32.
+    let image_size = if model == ModelKind::Mtl { 96 } else { 32 };
     let spec = build(
         model,
         &ClassifierOptions {
             width,
+            image_size,
             ..ClassifierOptions::new(MethodConfig::new(method))
         },
     )?;
@@ -60,7 +63,11 @@ pub fn train_step_time(
         buffers: Default::default(),
         steps: 0,
     };
-    let x = Tensor::f_randn([batch as i64, 3, 32, 32], (Kind::Float, device))?;
+    let i = &spec.input;
+    let x = Tensor::f_randn(
+        [batch as i64, 3, i.height as i64, i.width as i64],
+        (Kind::Float, device),
+    )?;
     let t = Tensor::f_randint(
         spec.outputs.len().max(100) as i64,
         [batch as i64],

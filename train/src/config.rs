@@ -33,6 +33,9 @@ pub struct MtlConfig {
     /// median°, and the three threshold fractions) for Δm; absent = no Δm column.
     #[serde(default)]
     pub baseline: Option<Vec<f64>>,
+    /// Train only these tasks (`segmentation`, `depth`, `normals`): single-task baselines.
+    #[serde(default)]
+    pub tasks: Option<Vec<String>>,
 }
 
 fn equal() -> crate::mtl::Weighting {
@@ -225,6 +228,15 @@ impl TrainConfig {
             return bad(format!(
                 "run.name `{}` must be a plain directory name",
                 self.run.name
+            ));
+        }
+        if let Some(t) = &self.mtl.tasks
+            && (t.is_empty()
+                || t.iter()
+                    .any(|x| !["segmentation", "depth", "normals"].contains(&x.as_str())))
+        {
+            return bad(format!(
+                "mtl.tasks {t:?}: choose from segmentation, depth, normals"
             ));
         }
         match &self.routine {

@@ -63,6 +63,20 @@ pub fn load_splits(cfg: &TrainConfig) -> Result<(NyuSplit, NyuSplit)> {
     ))
 }
 
+/// The losses of the tasks a run trains (all three unless `mtl.tasks` names a subset, as a
+/// single-task baseline does); the others are multiplied by zero so the graph stays the same.
+fn active_losses(tasks: &Option<Vec<String>>, losses: [Tensor; 3]) -> Result<[Tensor; 3]> {
+    let Some(keep) = tasks else { return Ok(losses) };
+    let names = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| t.0);
+    let mut out = losses;
+    for (l, n) in out.iter_mut().zip(names) {
+        if !keep.iter().any(|k| k == n) {
+            *l = l.f_mul_scalar(0.0)?;
+        }
+    }
+    Ok(out)
+}
+
 /// One batch as tensors: image [N,3,H,W], label [N,H,W], depth [N,1,H,W], normal [N,3,H,W].
 struct Batch {
     image: Tensor,
@@ -334,7 +348,10 @@ pub fn train_mtl(
                 depth_loss(&ys[1], &x.depth)?,
                 normal_loss(&ys[2], &x.normal)?,
             ];
-            let mut loss = weighter.combine(&losses)?;
+            let mut loss = weighter.combine(&active_losses(
+                &cfg.mtl.tasks,
+                losses.each_ref().map(|l| l.shallow_clone()),
+            )?)?;
             if let Some(f) = frob
                 && cfg.optim.weight_decay > 0.0
             {
@@ -462,6 +479,139 @@ fn finish(dir: &Path, model: &OpModel, val: &NyuSplit, bs: usize, device: Device
         dir.join(DEPLOY_FILE).display()
     );
     Ok(worst)
+}
+
+/// Colours of the 13 NYUv2 classes (and black for ignored pixels).
+const PALETTE: [[u8; 3]; 13] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 190],
+    [0, 128, 128],
+    [170, 110, 40],
+    [128, 128, 255],
+];
+
+/// Predictions of the three heads for one batch, channel-last: (class map, depth, normals).
+fn predict(model: &OpModel, image: &Tensor) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let ys = tch::no_grad(|| model.forward(image, false))?;
+    let seg = Vec::<i64>::try_from(
+        &ys[0]
+            .f_argmax(1, false)?
+            .f_flatten(0, -1)?
+            .f_to_device(Device::Cpu)?,
+    )?
+    .into_iter()
+    .map(|v| v as f32)
+    .collect();
+    let depth = to_f(&ys[1])?.data;
+    let normals = to_f(&ys[2].f_permute([0, 2, 3, 1])?.f_contiguous()?)?.data;
+    Ok((seg, depth, normals))
+}
+
+/// One PNG row per sample: input | segmentation truth | prediction | depth truth | prediction |
+/// normals truth | prediction (invalid pixels black).
+pub fn write_panel(
+    path: &Path,
+    s: &NyuSample,
+    seg: &[f32],
+    depth: &[f32],
+    normals: &[f32],
+) -> Result<()> {
+    let (h, w) = (s.height, s.width);
+    let cols = 7;
+    let mut rgb = vec![0u8; h * w * cols * 3];
+    let dmax = s.depth.iter().chain(depth).fold(1e-6f32, |m, v| m.max(*v));
+    let px = |col: usize, y: usize, x: usize| ((y * w * cols) + col * w + x) * 3;
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let put = |rgb: &mut Vec<u8>, col: usize, c: [u8; 3]| {
+                rgb[px(col, y, x)..px(col, y, x) + 3].copy_from_slice(&c)
+            };
+            put(
+                &mut rgb,
+                0,
+                std::array::from_fn(|c| (s.image[i * 3 + c].clamp(0.0, 1.0) * 255.0) as u8),
+            );
+            let class = |v: f32| {
+                if v >= 0.0 {
+                    PALETTE[(v as usize).min(12)]
+                } else {
+                    [0, 0, 0]
+                }
+            };
+            put(&mut rgb, 1, class(s.label[i]));
+            put(&mut rgb, 2, class(seg[i]));
+            let grey = |d: f32| {
+                let g = if d > 0.0 {
+                    (255.0 * (1.0 - d / dmax)).clamp(0.0, 255.0) as u8
+                } else {
+                    0
+                };
+                [g, g, g]
+            };
+            put(&mut rgb, 3, grey(s.depth[i]));
+            put(&mut rgb, 4, grey(depth[i]));
+            let rgb_n = |n: &[f32]| -> [u8; 3] {
+                if n.iter().all(|v| *v == 0.0) {
+                    [0, 0, 0]
+                } else {
+                    std::array::from_fn(|c| ((n[c] * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
+                }
+            };
+            put(&mut rgb, 5, rgb_n(&s.normal[i * 3..i * 3 + 3]));
+            put(&mut rgb, 6, rgb_n(&normals[i * 3..i * 3 + 3]));
+        }
+    }
+    overparam_data::png::write_rgb(path, w * cols, h, &rgb)?;
+    Ok(())
+}
+
+/// Metrics of any checkpoint (train or deploy) of the multi-task network on `root/val`,
+/// optionally writing per-image predictions as `.npy` (`segmentation/<i>.npy` H×W class
+/// indices, `depth/<i>.npy` H×W×1, `normal/<i>.npy` H×W×3) so any tool can recompute metrics.
+pub fn evaluate_checkpoint(
+    path: &Path,
+    root: &Path,
+    device: Device,
+    dump: Option<&Path>,
+) -> Result<[f64; 9]> {
+    let ck = checkpoint::load(path)?;
+    let spec = match &ck.spec {
+        AnySpec::Train(s) => s.clone(),
+        AnySpec::Deploy(d) => as_train_spec(d)?,
+    };
+    let val = NyuSplit::open(root, "val")?;
+    let model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &ck.weights)?;
+    if let Some(out) = dump {
+        for i in 0..val.len() {
+            let s = val.get(i)?;
+            let b = make_batch(std::slice::from_ref(&s), device)?;
+            let (seg, depth, normals) = predict(&model, &b.image)?;
+            let (h, w) = (s.height, s.width);
+            let idx = val.indices[i];
+            for (kind, shape, data) in [
+                ("segmentation", vec![h, w], seg),
+                ("depth", vec![h, w, 1], depth),
+                ("normal", vec![h, w, 3], normals),
+            ] {
+                let d = out.join(kind);
+                std::fs::create_dir_all(&d).map_err(|e| Error::Io {
+                    path: d.clone(),
+                    source: e,
+                })?;
+                overparam_data::npy::write(&d.join(format!("{idx}.npy")), &shape, &data)?;
+            }
+        }
+    }
+    evaluate(&model, &val, 2, device)
 }
 
 /// Whether a config trains the multi-task network.

@@ -48,6 +48,7 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
         mtl: MtlConfig {
             weighting: Weighting::Equal,
             baseline: None,
+            tasks: None,
         },
     }
 }

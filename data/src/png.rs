@@ -1,0 +1,80 @@
+//! A minimal PNG writer (8-bit RGB, stored deflate blocks): enough for diagnostic panels
+//! without an image crate. Decoders accept uncompressed ("stored") deflate streams.
+
+use std::path::Path;
+
+use crate::error::Result;
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn adler32(bytes: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in bytes {
+        a = (a + x as u32) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// PNG bytes of a `w`×`h` RGB image (row-major, 3 bytes per pixel).
+pub fn encode_rgb(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
+    assert_eq!(rgb.len(), w * h * 3);
+    let mut raw = Vec::with_capacity(h * (w * 3 + 1));
+    for row in rgb.chunks(w * 3) {
+        raw.push(0); // filter: none
+        raw.extend_from_slice(row);
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push((i + 1 == blocks.len()) as u8);
+        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
+        z.extend_from_slice(b);
+    }
+    z.extend_from_slice(&adler32(&raw).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
+    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+pub fn write_rgb(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<()> {
+    crate::cifar::write_atomic(path, &encode_rgb(w, h, rgb))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksums_match_known_values() {
+        assert_eq!(super::crc32(b"IEND"), 0xAE42_6082);
+        assert_eq!(super::adler32(b"Wikipedia"), 0x11E6_0398);
+    }
+}
