@@ -474,6 +474,22 @@ fn finish(dir: &Path, model: &OpModel, val: &NyuSplit, bs: usize, device: Device
         });
     }
     checkpoint::save(&dir.join(DEPLOY_FILE), &AnySpec::Deploy(deploy), &dw)?;
+    let panels = dir.join("panels");
+    std::fs::create_dir_all(&panels).map_err(|e| Error::Io {
+        path: panels.clone(),
+        source: e,
+    })?;
+    for (k, s) in samples.iter().enumerate().take(3) {
+        let one = make_batch(std::slice::from_ref(s), device)?;
+        let (seg, depth, normals) = predict(model, &one.image)?;
+        write_panel(
+            &panels.join(format!("val_{}.png", val.indices[k])),
+            s,
+            &seg,
+            &depth,
+            &normals,
+        )?;
+    }
     eprintln!(
         "fold: deploy model matches all three outputs (max rel diff {worst:.2e}); wrote {}",
         dir.join(DEPLOY_FILE).display()

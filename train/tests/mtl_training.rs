@@ -83,6 +83,27 @@ fn all_three_tasks_improve_and_the_fold_matches() {
             .count(),
         9
     );
+    let panel = std::fs::read(run.join("panels/val_0.png")).unwrap();
+    assert_eq!(&panel[..8], b"\x89PNG\r\n\x1a\n");
+    // `eval` on the deploy checkpoint reproduces the run's final metrics and dumps predictions.
+    let data = dir.path().join("_data/synth-nyuv2-24-6-48x64-seed0");
+    let dump = dir.path().join("pred");
+    let e = overparam_train::mtl_trainer::evaluate_checkpoint(
+        &run.join("model.deploy.safetensors"),
+        &data,
+        tch::Device::Cpu,
+        Some(&dump),
+    )
+    .unwrap();
+    // Segmentation metrics do not depend on batching (a confusion matrix over the set); depth
+    // and normal errors are per-batch means (MTAN), and eval batches by 2, training by 4.
+    assert!(
+        (e[0] - m[0]).abs() < 1e-3 && (e[1] - m[1]).abs() < 1e-3,
+        "{e:?} vs {m:?}"
+    );
+    assert!((e[2] - m[2]).abs() < 0.05 * m[2], "{e:?} vs {m:?}");
+    let d = overparam_data::npy::read(&dump.join("depth/0.npy")).unwrap();
+    assert_eq!(d.shape, vec![48, 64, 1]);
 }
 
 #[test]
