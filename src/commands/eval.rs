@@ -40,17 +40,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.dump_predictions.as_deref(),
         )?;
         println!(
-            "{}: mIoU {:.2}%, pixel acc {:.2}%, depth abs {:.4} rel {:.4}, normals mean {:.2}° median {:.2}°, within 11.25/22.5/30°: {:.1}/{:.1}/{:.1}%",
+            "{}: {}",
             a.checkpoint.display(),
-            100.0 * m[0],
-            100.0 * m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5],
-            100.0 * m[6],
-            100.0 * m[7],
-            100.0 * m[8]
+            overparam_train::mtl_trainer::format_metrics(&m)
         );
         if let Some(d) = &a.dump_predictions {
             println!("predictions written under {}", d.display());

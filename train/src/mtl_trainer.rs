@@ -263,14 +263,13 @@ pub fn train_mtl(
             Some(s),
         )
     } else {
-        let w = overparam_fuse::init::init_train_weights(
-            &spec,
-            &overparam_fuse::init::InitOptions {
-                seed: cfg.run.seed,
-                random_bn: false,
-            },
-        )?;
-        (0, 0, vec![], w, None)
+        (
+            0,
+            0,
+            vec![],
+            crate::trainer::fresh_weights(cfg, &spec)?,
+            None,
+        )
     };
     let model = OpModel::new(&vs.root(), &spec, &weights)?;
     let untrained = if resume {
@@ -280,12 +279,7 @@ pub fn train_mtl(
     };
     let mut opts = optimisers(cfg, &model, weighter.log_vars.as_ref());
     if let Some(s) = state {
-        for ((o, b), n) in opts.iter_mut().zip(s.buffers).zip(s.steps) {
-            o.steps = n;
-            for (k, v) in b {
-                o.buffers.insert(k, crate::trainer::from_f(&v, device)?);
-            }
-        }
+        crate::trainer::restore_optimisers(&mut opts, s.buffers, s.steps, device)?;
         if let (Some(lv), Some(t)) = (&weighter.log_vars, s.extra.0.get("weighting.log_vars")) {
             let mut lv = lv.shallow_clone();
             tch::no_grad(|| {
@@ -628,6 +622,22 @@ pub fn evaluate_checkpoint(
         }
     }
     evaluate(&model, &val, 2, device)
+}
+
+/// The nine metrics in one line, as the CLI prints them.
+pub fn format_metrics(m: &[f64; 9]) -> String {
+    format!(
+        "mIoU {:.2}%, pixel acc {:.2}%, depth abs {:.4} rel {:.4}, normals mean {:.2}° median {:.2}°, within 11.25/22.5/30°: {:.1}/{:.1}/{:.1}%",
+        100.0 * m[0],
+        100.0 * m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5],
+        100.0 * m[6],
+        100.0 * m[7],
+        100.0 * m[8]
+    )
 }
 
 /// Whether a config trains the multi-task network.

@@ -454,6 +454,31 @@ pub(crate) fn prepare_run(cfg: &TrainConfig, resume: bool) -> Result<(Device, Pa
     Ok((device, dir, state_path))
 }
 
+/// Initial weights of a new run (seeded by `run.seed`, fresh BatchNorm).
+pub(crate) fn fresh_weights(cfg: &TrainConfig, spec: &TrainSpec) -> Result<Weights<f32>> {
+    let opts = overparam_fuse::init::InitOptions {
+        seed: cfg.run.seed,
+        random_bn: false,
+    };
+    Ok(overparam_fuse::init::init_train_weights(spec, &opts)?)
+}
+
+/// Restores optimiser buffers and step counts saved by [`save_state`].
+pub(crate) fn restore_optimisers(
+    opts: &mut [Sgd],
+    buffers: Vec<BTreeMap<String, FTensor<f32>>>,
+    steps: Vec<usize>,
+    device: Device,
+) -> Result<()> {
+    for ((o, b), n) in opts.iter_mut().zip(buffers).zip(steps) {
+        o.steps = n;
+        for (k, v) in b {
+            o.buffers.insert(k, from_f(&v, device)?);
+        }
+    }
+    Ok(())
+}
+
 /// One optimisation step: forward in train mode, cross-entropy (with label smoothing) plus
 /// Frobenius decay on composed kernels, backward, and a step of the active optimiser (R2
 /// alternates groups every `period` steps; the other group is not touched). Returns the
@@ -546,13 +571,7 @@ pub fn train(
         )
     } else {
         let spec = phases[0].3.clone();
-        let w = overparam_fuse::init::init_train_weights(
-            &spec,
-            &overparam_fuse::init::InitOptions {
-                seed: cfg.run.seed,
-                random_bn: false,
-            },
-        )?;
+        let w = fresh_weights(cfg, &spec)?;
         (0, 0, vec![], spec, w, None)
     };
     if epoch >= total {
@@ -564,12 +583,7 @@ pub fn train(
     let mut model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &weights)?;
     let mut opts = optimisers(cfg, &model);
     if let Some((bufs, counts)) = buffers {
-        for ((o, b), n) in opts.iter_mut().zip(bufs).zip(counts) {
-            o.steps = n;
-            for (k, v) in b {
-                o.buffers.insert(k, from_f(&v, device)?);
-            }
-        }
+        restore_optimisers(&mut opts, bufs, counts, device)?;
     }
 
     let train_arc = Arc::new(train_set);
