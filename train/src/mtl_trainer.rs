@@ -644,3 +644,32 @@ pub fn format_metrics(m: &[f64; 9]) -> String {
 pub fn is_mtl(cfg: &TrainConfig) -> bool {
     cfg.model.kind == overparam_fuse::models::ModelKind::Mtl
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_task_runs_train_only_their_task() {
+        let l = || {
+            [
+                Tensor::from(1.0f32),
+                Tensor::from(2.0f32),
+                Tensor::from(3.0f32),
+            ]
+        };
+        let all = active_losses(&None, l()).unwrap();
+        assert_eq!(
+            all.iter().map(|t| t.double_value(&[])).collect::<Vec<_>>(),
+            [1.0, 2.0, 3.0]
+        );
+        let depth = active_losses(&Some(vec!["depth".into()]), l()).unwrap();
+        assert_eq!(
+            depth
+                .iter()
+                .map(|t| t.double_value(&[]))
+                .collect::<Vec<_>>(),
+            [0.0, 2.0, 0.0]
+        );
+    }
+}
