@@ -875,6 +875,7 @@ mod tests {
         assert_eq!(opts.len(), 2);
         let group_b: Vec<String> = opts[1].params.iter().map(|p| p.name.clone()).collect();
         assert!(!group_b.is_empty() && group_b.iter().all(|n| n.ends_with(".M")));
+        tch::manual_seed(0);
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let t = Tensor::from_slice(&[1i64, 2, 3, 4]);
         let snap = |names: &[String]| -> Vec<Vec<f32>> {
