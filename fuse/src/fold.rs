@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::layout::{factor_names, train_layout};
 use crate::method::{Method, has_identity};
-use crate::spec::{ConvShape, DeployConv, DeploySpec, Node, Op, TrainConv, TrainSpec};
+use crate::spec::{ConvShape, DeployConv, DeploySpec, Op, TrainConv, TrainSpec};
 use crate::tensor::{Real, Tensor};
 
 /// Named tensors, as in a checkpoint.
@@ -286,30 +286,14 @@ pub fn fold_conv<F: Real>(
 /// The deploy graph of a train graph: the same nodes, every conv plain with bias.
 pub fn deploy_spec(spec: &TrainSpec) -> Result<DeploySpec> {
     spec.validate()?;
-    let nodes = spec
-        .nodes
-        .iter()
-        .map(|n| {
-            Ok(Node {
-                name: n.name.clone(),
-                inputs: n.inputs.clone(),
-                op: n.op.try_map_conv(|c| {
-                    Ok(DeployConv {
-                        shape: ConvShape {
-                            bias: true,
-                            ..c.shape.clone()
-                        },
-                    })
-                })?,
-            })
+    let deploy = spec.try_map_convs(|c| {
+        Ok(DeployConv {
+            shape: ConvShape {
+                bias: true,
+                ..c.shape.clone()
+            },
         })
-        .collect::<Result<_>>()?;
-    let deploy = DeploySpec {
-        model: spec.model.clone(),
-        input: spec.input.clone(),
-        nodes,
-        outputs: spec.outputs.clone(),
-    };
+    })?;
     deploy.validate()?;
     Ok(deploy)
 }
@@ -342,27 +326,11 @@ pub fn fold<F: Real>(spec: &TrainSpec, w: &Weights<F>) -> Result<(DeploySpec, We
 /// A deploy graph as a train graph of plain convs with bias and no BN: the same function, so
 /// a deploy checkpoint runs wherever a train spec does (the tch model, the executor).
 pub fn as_train_spec(deploy: &DeploySpec) -> Result<TrainSpec> {
-    let nodes = deploy
-        .nodes
-        .iter()
-        .map(|n| {
-            Ok(Node {
-                name: n.name.clone(),
-                inputs: n.inputs.clone(),
-                op: n.op.try_map_conv(|c| {
-                    Ok(TrainConv {
-                        shape: c.shape.clone(),
-                        bn: None,
-                        method: Method::Plain,
-                    })
-                })?,
-            })
+    deploy.try_map_convs(|c| {
+        Ok(TrainConv {
+            shape: c.shape.clone(),
+            bn: None,
+            method: Method::Plain,
         })
-        .collect::<Result<_>>()?;
-    Ok(TrainSpec {
-        model: deploy.model.clone(),
-        input: deploy.input.clone(),
-        nodes,
-        outputs: deploy.outputs.clone(),
     })
 }

@@ -269,6 +269,29 @@ pub struct NodeCost {
     pub macs: usize,
 }
 
+impl<C> Graph<C> {
+    /// The same graph with every conv config replaced (train ↔ deploy).
+    pub fn try_map_convs<D>(&self, mut f: impl FnMut(&C) -> Result<D>) -> Result<Graph<D>> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok(Node {
+                    name: n.name.clone(),
+                    inputs: n.inputs.clone(),
+                    op: n.op.try_map_conv(&mut f)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Graph {
+            model: self.model.clone(),
+            input: self.input.clone(),
+            nodes,
+            outputs: self.outputs.clone(),
+        })
+    }
+}
+
 impl<C: ConvLike> Graph<C> {
     pub fn node(&self, name: &str) -> Option<&Node<C>> {
         self.nodes.iter().find(|n| n.name == name)
