@@ -35,10 +35,7 @@ fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
 
 fn bench(c: &mut Criterion) {
     tch::set_num_threads(THREADS as i32);
-    let dir = tempfile::tempdir().unwrap();
-    overparam_data::synth::write_synthetic_cifar100(dir.path(), 256, 1, 0).unwrap();
-    let calib_set =
-        overparam_data::cifar::load(dir.path(), overparam_data::cifar::Split::Train).unwrap();
+    let calib_set = overparam_data::synth::image_set(256, 0, "train");
     let norm = Normalize {
         mean: [0.5; 3],
         std: [0.25; 3],

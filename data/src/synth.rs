@@ -183,6 +183,16 @@ pub fn generate(n: usize, seed: u64, split: &str) -> (Vec<u8>, Vec<u16>) {
     (images, labels)
 }
 
+/// A split held in memory (the same images [`write_synthetic_cifar100`] writes).
+pub fn image_set(n: usize, seed: u64, split: &str) -> crate::cifar::ImageSet {
+    let (images, labels) = generate(n, seed, split);
+    crate::cifar::ImageSet {
+        images,
+        labels,
+        num_classes: CLASSES,
+    }
+}
+
 /// Writes `train.bin` and `test.bin` in the CIFAR-100 binary layout.
 pub fn write_synthetic_cifar100(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;

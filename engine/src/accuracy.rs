@@ -104,76 +104,77 @@ pub struct Sensitivity {
     pub drop: f64,
 }
 
-fn int8_model(
-    spec: &DeploySpec,
-    w: &Weights<f32>,
-    plan: QuantPlan,
-    batch: usize,
-) -> Result<Vec<u8>> {
-    let mut o = ExportOptions::new(Precision::Int8);
-    o.batch = batch;
-    o.quant = Some(plan);
-    Ok(to_bytes(&export(spec, w, &o)?))
+/// What the INT8 accuracy tools hold fixed: the model, its calibration, and the data.
+pub struct Int8Study<'a> {
+    pub spec: &'a DeploySpec,
+    pub weights: &'a Weights<f32>,
+    pub hists: &'a BTreeMap<String, Histogram>,
+    pub calibrator: Calibrator,
+    pub encoding: ActivationEncoding,
+    pub set: &'a ImageSet,
+    pub norm: &'a Normalize,
+    pub batch: usize,
+    /// The FP32 model's top-1 error on `set`, the reference for every drop.
+    pub fp32_top1_err: f64,
 }
 
-/// Quantises one layer at a time and measures the accuracy drop against FP32, worst first.
-#[allow(clippy::too_many_arguments)]
-pub fn sensitivity(
-    spec: &DeploySpec,
-    w: &Weights<f32>,
-    hists: &BTreeMap<String, Histogram>,
-    c: Calibrator,
-    enc: ActivationEncoding,
-    set: &ImageSet,
-    norm: &Normalize,
-    batch: usize,
-    fp32_top1_err: f64,
-) -> Result<Vec<Sensitivity>> {
-    let mut out = vec![];
-    for (layer, _) in quantizable_layers(spec) {
-        let mut p = plan(hists, c, enc);
-        p.layers = Some(BTreeSet::from([layer.clone()]));
-        let e = evaluate(&int8_model(spec, w, p, batch)?, set, norm)?.top1_error();
-        out.push(Sensitivity {
-            layer,
-            top1_err: e,
-            drop: e - fp32_top1_err,
-        });
+impl Int8Study<'_> {
+    /// The plan quantising exactly `layers`.
+    fn plan(&self, layers: BTreeSet<String>) -> QuantPlan {
+        let mut p = plan(self.hists, self.calibrator, self.encoding);
+        p.layers = Some(layers);
+        p
     }
-    out.sort_by(|a, b| b.drop.total_cmp(&a.drop));
-    Ok(out)
-}
 
-/// Keeps the most sensitive layers in FP32, one more at a time, until the INT8 model is within
-/// `budget` top-1 points of FP32. Returns the plan, its error and the layers kept in FP32.
-#[allow(clippy::too_many_arguments)]
-pub fn partial_int8(
-    spec: &DeploySpec,
-    w: &Weights<f32>,
-    hists: &BTreeMap<String, Histogram>,
-    c: Calibrator,
-    enc: ActivationEncoding,
-    ranked: &[Sensitivity],
-    set: &ImageSet,
-    norm: &Normalize,
-    batch: usize,
-    fp32_top1_err: f64,
-    budget: f64,
-) -> Result<(QuantPlan, f64, Vec<String>)> {
-    let all: Vec<String> = quantizable_layers(spec)
-        .into_iter()
-        .map(|(l, _)| l)
-        .collect();
-    for k in 0..=ranked.len() {
-        let kept: Vec<String> = ranked[..k].iter().map(|s| s.layer.clone()).collect();
-        let mut p = plan(hists, c, enc);
-        p.layers = Some(all.iter().filter(|l| !kept.contains(l)).cloned().collect());
-        let e = evaluate(&int8_model(spec, w, p.clone(), batch)?, set, norm)?.top1_error();
-        if e - fp32_top1_err <= budget {
-            return Ok((p, e, kept));
+    /// Top-1 error of the INT8 export under `p`.
+    fn top1_err(&self, p: QuantPlan) -> Result<f64> {
+        let mut o = ExportOptions::new(Precision::Int8);
+        o.batch = self.batch;
+        o.quant = Some(p);
+        Ok(evaluate(
+            &to_bytes(&export(self.spec, self.weights, &o)?),
+            self.set,
+            self.norm,
+        )?
+        .top1_error())
+    }
+
+    /// Quantises one layer at a time and measures the accuracy drop against FP32, worst first.
+    pub fn sensitivity(&self) -> Result<Vec<Sensitivity>> {
+        let mut out = vec![];
+        for (layer, _) in quantizable_layers(self.spec) {
+            let e = self.top1_err(self.plan(BTreeSet::from([layer.clone()])))?;
+            out.push(Sensitivity {
+                layer,
+                top1_err: e,
+                drop: e - self.fp32_top1_err,
+            });
         }
+        out.sort_by(|a, b| b.drop.total_cmp(&a.drop));
+        Ok(out)
     }
-    Err(Error::Export(
-        "no partial INT8 model meets the budget".into(),
-    ))
+
+    /// Keeps the most sensitive layers in FP32, one more at a time, until the INT8 model is
+    /// within `budget` top-1 points of FP32. Returns the plan, its error and the layers kept.
+    pub fn partial_int8(
+        &self,
+        ranked: &[Sensitivity],
+        budget: f64,
+    ) -> Result<(QuantPlan, f64, Vec<String>)> {
+        let all: Vec<String> = quantizable_layers(self.spec)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        for k in 0..=ranked.len() {
+            let kept: Vec<String> = ranked[..k].iter().map(|s| s.layer.clone()).collect();
+            let p = self.plan(all.iter().filter(|l| !kept.contains(l)).cloned().collect());
+            let e = self.top1_err(p.clone())?;
+            if e - self.fp32_top1_err <= budget {
+                return Ok((p, e, kept));
+            }
+        }
+        Err(Error::Export(
+            "no partial INT8 model meets the budget".into(),
+        ))
+    }
 }

@@ -34,9 +34,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn synthetic_set() -> overparam_data::cifar::ImageSet {
-    let dir = tempfile::tempdir().unwrap();
-    overparam_data::synth::write_synthetic_cifar100(dir.path(), 64, 8, 0).unwrap();
-    overparam_data::cifar::load(dir.path(), overparam_data::cifar::Split::Train).unwrap()
+    overparam_data::synth::image_set(64, 0, "train")
 }
 
 /// Runs `onnx.checker.check_model(full_check=True)` on every file (one Python start-up).

@@ -102,7 +102,7 @@ impl Builder<'_> {
         });
         name.to_string()
     }
-    /// A bias-free conv followed by a BN named `bn`.
+    /// A conv (with or without its own bias) followed by a BN named `bn`.
     fn conv_bn(&mut self, name: &str, input: &str, shape: ConvShape, bn: &str) -> String {
         let method = self.method.for_conv(&shape);
         self.push(

@@ -2,9 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use overparam_engine::accuracy::{
-    evaluate, normalization, partial_int8, sensitivity, weight_ranges,
-};
+use overparam_engine::accuracy::{Int8Study, evaluate, normalization, weight_ranges};
 use overparam_engine::calib::{Calibrator, calibrate};
 use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
 use overparam_engine::trt::{BuildOptions, build, find_trtexec};
@@ -151,16 +149,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 );
             }
             if scan {
-                let s = sensitivity(
-                    &spec, &w, &hists, calibrator, enc, &test, &norm, batch, fp32,
-                )?;
+                let study = Int8Study {
+                    spec: &spec,
+                    weights: &w,
+                    hists: &hists,
+                    calibrator,
+                    encoding: enc,
+                    set: &test,
+                    norm: &norm,
+                    batch,
+                    fp32_top1_err: fp32,
+                };
+                let s = study.sensitivity()?;
                 println!("INT8 sensitivity (only this layer quantised), worst first:");
                 for x in s.iter().take(8) {
                     println!("  {:<24} {:>+7.2} points", x.layer, x.drop);
                 }
-                let (_, err, kept) = partial_int8(
-                    &spec, &w, &hists, calibrator, enc, &s, &test, &norm, batch, fp32, budget,
-                )?;
+                let (_, err, kept) = study.partial_int8(&s, budget)?;
                 println!(
                     "partial INT8 within {budget} points: top-1 err {err:.2}% ({:+.2}) with {} layer(s) kept in FP32: {}",
                     err - fp32,

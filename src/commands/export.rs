@@ -64,11 +64,7 @@ pub fn calibration_set(dir: Option<&Path>) -> Result<overparam_data::cifar::Imag
             eprintln!(
                 "calibration: no --calib given; using 1000 synthetic CIFAR-100 images (fine for checking an export, not for accuracy claims)"
             );
-            let tmp = std::env::temp_dir().join(format!("overparam-calib-{}", std::process::id()));
-            overparam_data::synth::write_synthetic_cifar100(&tmp, 1000, 1, 12345)?;
-            let set = load(&tmp, Split::Train);
-            let _ = std::fs::remove_dir_all(&tmp);
-            set?
+            overparam_data::synth::image_set(1000, 12345, "train")
         }
     })
 }

@@ -18,7 +18,7 @@ use crate::config::{Routine, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
-use crate::optim::{Param, Sgd, learning_rate};
+use crate::optim::{Sgd, learning_rate};
 use crate::trainer::{
     DEPLOY_FILE, MODEL_FILE, load_state, prepare_run, save_state, to_f, write_metrics,
 };
@@ -120,40 +120,18 @@ fn make_batch(samples: &[NyuSample], device: Device) -> Result<Batch> {
 
 /// Parameter groups for R2: shared (trunk and shared head factors) vs task-specific (each
 /// task's own head tensors, `heads.<task>.*`). Uncertainty log-variances go with the shared.
-fn optimisers(cfg: &TrainConfig, model: &OpModel, extra: Option<&Tensor>) -> Vec<Sgd> {
-    let mut names: Vec<&str> = model.names().collect();
-    names.sort_unstable();
+fn optimisers(cfg: &TrainConfig, model: &OpModel, log_vars: Option<&Tensor>) -> Vec<Sgd> {
     let tasks = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| format!("heads.{}.", t.0));
-    let mut groups: Vec<Vec<Param>> = vec![vec![], vec![]];
-    for name in names {
-        let kind = model.kind(name).expect("known");
-        if kind.is_buffer() {
-            continue;
-        }
-        let task_specific = tasks.iter().any(|t| name.starts_with(t.as_str()));
-        let g = matches!(cfg.routine, Routine::R2 { .. }) && task_specific;
-        groups[g as usize].push(Param {
-            name: name.to_string(),
-            tensor: model.var(name).expect("known").shallow_clone(),
-            weight_decay: if kind.takes_weight_decay() {
-                cfg.optim.weight_decay
-            } else {
-                0.0
-            },
-        });
-    }
-    if let Some(t) = extra {
-        groups[0].push(Param {
-            name: "weighting.log_vars".into(),
-            tensor: t.shallow_clone(),
-            weight_decay: 0.0,
-        });
-    }
-    groups
+    let extra: Vec<(&str, &Tensor)> = log_vars
+        .map(|t| ("weighting.log_vars", t))
         .into_iter()
-        .filter(|g| !g.is_empty())
-        .map(|g| Sgd::new(&cfg.optim, g))
-        .collect()
+        .collect();
+    crate::trainer::grouped_optimisers(
+        cfg,
+        model,
+        |name, _| tasks.iter().any(|t| name.starts_with(t.as_str())),
+        &extra,
+    )
 }
 
 /// The nine MTAN metrics of a model on a split (eval mode, no augmentation).

@@ -172,8 +172,21 @@ fn phases(
 /// Optimisers over the model's trainable tensors: one (R1, R3), or two alternating groups
 /// (R2: {U, V and all non-factor tensors} and {M}).
 pub(crate) fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
+    grouped_optimisers(cfg, model, |_, kind| kind == ParamKind::FactorM, &[])
+}
+
+/// Optimisers over a model's trainable tensors (weight decay only where the kind takes it):
+/// one, or for R2 two groups, the second holding the tensors `in_second_group` picks. `extra`
+/// tensors (e.g. loss-weighting parameters) join the first group without weight decay.
+pub(crate) fn grouped_optimisers(
+    cfg: &TrainConfig,
+    model: &OpModel,
+    in_second_group: impl Fn(&str, ParamKind) -> bool,
+    extra: &[(&str, &Tensor)],
+) -> Vec<Sgd> {
     let mut names: Vec<&str> = model.names().collect();
     names.sort_unstable();
+    let r2 = matches!(cfg.routine, Routine::R2 { .. });
     let mut groups: Vec<Vec<Param>> = vec![vec![], vec![]];
     for name in names {
         let kind = model.kind(name).expect("known tensor");
@@ -189,8 +202,14 @@ pub(crate) fn optimisers(cfg: &TrainConfig, model: &OpModel) -> Vec<Sgd> {
                 0.0
             },
         };
-        let g = matches!(cfg.routine, Routine::R2 { .. }) && kind == ParamKind::FactorM;
-        groups[g as usize].push(p);
+        groups[(r2 && in_second_group(name, kind)) as usize].push(p);
+    }
+    for (name, t) in extra {
+        groups[0].push(Param {
+            name: name.to_string(),
+            tensor: t.shallow_clone(),
+            weight_decay: 0.0,
+        });
     }
     groups
         .into_iter()
@@ -208,7 +227,7 @@ pub(crate) fn batch_tensor(images: &[f32], n: usize, device: Device) -> Result<T
 /// Logits of a whole set in eval mode (no augmentation), with loss and top-k.
 pub fn evaluate(
     model: &OpModel,
-    set: &ImageSet,
+    set: &Arc<ImageSet>,
     norm: &Normalize,
     device: Device,
 ) -> Result<(f64, TopK, Vec<f32>)> {
@@ -224,8 +243,7 @@ pub fn evaluate(
     let mut topk = TopK::default();
     let mut loss_sum = 0.0;
     let mut logits_all = Vec::with_capacity(set.len() * classes);
-    // Evaluation reads the set once; a copy behind an Arc keeps the loader thread independent.
-    for b in Loader::spawn(Arc::new(set.clone()), cfg, 0, 0) {
+    for b in Loader::spawn(set.clone(), cfg, 0, 0) {
         let x = batch_tensor(&b.images, b.size, device)?;
         let y = tch::no_grad(|| model.forward(&x, false))?.remove(0);
         let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
@@ -535,6 +553,7 @@ pub fn train(
         message: m,
     };
     let (train_set, test_set) = load_data(cfg)?;
+    let test_set = Arc::new(test_set);
     let (mean, std) = train_set.channel_stats();
     let norm = Normalize { mean, std };
     let phases = phases(cfg, train_set.num_classes, &norm)?;
@@ -718,7 +737,7 @@ pub fn train(
 fn finish(
     dir: &Path,
     model: &OpModel,
-    test: &ImageSet,
+    test: &Arc<ImageSet>,
     norm: &Normalize,
     device: Device,
     last: EpochMetrics,
@@ -804,7 +823,7 @@ pub fn evaluate_checkpoint(
         mean: [n.mean[0], n.mean[1], n.mean[2]],
         std: [n.std[0], n.std[1], n.std[2]],
     };
-    let test = cifar::load(data, Split::Test)?;
+    let test = Arc::new(cifar::load(data, Split::Test)?);
     let vs = nn::VarStore::new(device);
     let model = OpModel::new(&vs.root(), &spec, &ck.weights)?;
     let classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
