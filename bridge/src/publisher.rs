@@ -1,0 +1,309 @@
+//! Publishing one frame's outputs: a topic per task, native or ROS 2, with per-topic QoS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use zenoh::Wait;
+use zenoh::bytes::Encoding;
+use zenoh::pubsub::Publisher;
+use zenoh::qos::{CongestionControl, Priority, Reliability};
+
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::ros2::{self, Ros2Names};
+use crate::session::now_ns;
+use crate::wire::{self, Stamps, Task, TensorData, TensorMsg};
+
+/// Delivery settings of one topic. Perception outputs default to reliable + Block: with zenoh's
+/// default Drop, large messages are lost under load without anyone being told
+/// (`../shared/reference/needs.md` items 8 and 14).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TopicQos {
+    pub reliable: bool,
+    pub block: bool,
+    pub priority: Priority,
+    pub express: bool,
+}
+
+impl Default for TopicQos {
+    fn default() -> Self {
+        TopicQos {
+            reliable: true,
+            block: true,
+            priority: Priority::DataHigh,
+            express: false,
+        }
+    }
+}
+
+pub fn parse_priority(s: &str) -> Result<Priority> {
+    Ok(match s.replace('_', "-").as_str() {
+        "realtime" | "real-time" => Priority::RealTime,
+        "interactive-high" => Priority::InteractiveHigh,
+        "interactive-low" => Priority::InteractiveLow,
+        "data-high" => Priority::DataHigh,
+        "data" => Priority::Data,
+        "data-low" => Priority::DataLow,
+        "background" => Priority::Background,
+        _ => {
+            return Err(Error::Malformed(format!(
+                "priority {s:?}: one of realtime, interactive-high, interactive-low, data-high, data, data-low, background"
+            )));
+        }
+    })
+}
+
+impl TopicQos {
+    /// Applies `reliable|best-effort|block|drop|express|priority=P` items, comma-separated.
+    pub fn apply(mut self, items: &str) -> Result<Self> {
+        for it in items.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match it {
+                "reliable" => self.reliable = true,
+                "best-effort" => self.reliable = false,
+                "block" => self.block = true,
+                "drop" => self.block = false,
+                "express" => self.express = true,
+                "no-express" => self.express = false,
+                _ => match it.strip_prefix("priority=") {
+                    Some(p) => self.priority = parse_priority(p)?,
+                    None => {
+                        return Err(Error::Malformed(format!(
+                            "QoS item {it:?}: use reliable, best-effort, block, drop, express or priority=P"
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PublishConfig {
+    /// Native key prefix: topics are `<prefix>/<camera>/<task>`.
+    pub prefix: String,
+    pub camera: String,
+    /// ROS 2 (rmw_zenoh) mode instead of the native format.
+    pub ros2: Option<Ros2Names>,
+    pub qos: BTreeMap<Task, TopicQos>,
+    /// Publish a small JSON status message per frame on `<prefix>/<camera>/status`.
+    pub status: bool,
+}
+
+impl PublishConfig {
+    pub fn native(prefix: &str, camera: &str) -> Self {
+        PublishConfig {
+            prefix: prefix.trim_matches('/').to_string(),
+            camera: camera.to_string(),
+            ros2: None,
+            qos: Task::OUTPUTS
+                .iter()
+                .map(|&t| (t, TopicQos::default()))
+                .collect(),
+            status: true,
+        }
+    }
+    pub fn key(&self, task: Task) -> String {
+        match &self.ros2 {
+            Some(n) => n.data_key(&self.camera, task),
+            None => format!("{}/{}/{}", self.prefix, self.camera, task.name()),
+        }
+    }
+    pub fn status_key(&self) -> String {
+        format!("{}/{}/status", self.prefix, self.camera)
+    }
+}
+
+/// One frame's outputs, channels last: segmentation H×W u8, depth H×W f32, normals H×W×3 f32.
+#[derive(Clone, Debug)]
+pub struct FrameOutputs {
+    pub frame_id: u64,
+    pub stamps: Stamps,
+    pub tensors: Vec<(Task, Vec<usize>, TensorData)>,
+}
+
+struct Topic {
+    task: Task,
+    publisher: Publisher<'static>,
+    gid: [u8; 16],
+}
+
+pub struct PerceptionPublisher {
+    cfg: PublishConfig,
+    topics: Vec<Topic>,
+    status: Option<Publisher<'static>>,
+    _tokens: Vec<zenoh::liveliness::LivelinessToken>,
+    stream_id: u64,
+    counters: Arc<Counters>,
+}
+
+impl PerceptionPublisher {
+    pub fn new(session: &zenoh::Session, cfg: PublishConfig) -> Result<Self> {
+        let zid = session.zid().to_string();
+        let mut topics = vec![];
+        let mut tokens = vec![];
+        let node_id = 0;
+        if let Some(n) = &cfg.ros2 {
+            tokens.push(
+                session
+                    .liveliness()
+                    .declare_token(n.node_token(&zid, node_id))
+                    .wait()?,
+            );
+        }
+        for (i, (&task, qos)) in cfg.qos.iter().enumerate() {
+            let key = cfg.key(task);
+            let encoding = if cfg.ros2.is_some() {
+                ros2::ZENOH_ENCODING
+            } else {
+                wire::ZENOH_ENCODING
+            };
+            let publisher = session
+                .declare_publisher(key.clone())
+                .encoding(Encoding::from(encoding))
+                .congestion_control(if qos.block {
+                    CongestionControl::Block
+                } else {
+                    CongestionControl::Drop
+                })
+                .reliability(if qos.reliable {
+                    Reliability::Reliable
+                } else {
+                    Reliability::BestEffort
+                })
+                .priority(qos.priority)
+                .express(qos.express)
+                .wait()?;
+            if let Some(n) = &cfg.ros2 {
+                let token = n.publisher_token(
+                    &zid,
+                    node_id,
+                    i as u32 + 1,
+                    &cfg.camera,
+                    task,
+                    &ros2::qos_string(qos.reliable, 10),
+                );
+                tokens.push(session.liveliness().declare_token(token).wait()?);
+            }
+            topics.push(Topic {
+                task,
+                publisher,
+                gid: ros2::gid(&zid, &key),
+            });
+        }
+        let status = if cfg.status {
+            Some(
+                session
+                    .declare_publisher(cfg.status_key())
+                    .encoding(Encoding::APPLICATION_JSON)
+                    .congestion_control(CongestionControl::Drop)
+                    .priority(Priority::Data)
+                    .wait()?,
+            )
+        } else {
+            None
+        };
+        // A new stream id per start lets listeners tell a restarted publisher from lost frames.
+        let stream_id = {
+            use std::hash::{BuildHasher, RandomState};
+            RandomState::new().hash_one((now_ns(), std::process::id()))
+        };
+        Ok(PerceptionPublisher {
+            cfg,
+            topics,
+            status,
+            _tokens: tokens,
+            stream_id,
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|t| t.publisher.key_expr().to_string())
+            .collect()
+    }
+
+    /// Whether every output topic has at least one matching subscriber now.
+    pub fn all_matched(&self) -> Result<bool> {
+        for t in &self.topics {
+            if !t.publisher.matching_status().wait()?.matching() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits until every output topic has a subscriber, up to `timeout`.
+    pub fn wait_for_subscribers(&self, timeout: std::time::Duration) -> Result<bool> {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < timeout {
+            if self.all_matched()? {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.all_matched()
+    }
+
+    /// Publishes every output of a frame on its topic (only the tasks configured).
+    pub fn publish(&self, frame: &FrameOutputs) -> Result<()> {
+        for topic in &self.topics {
+            let Some((_, shape, data)) = frame.tensors.iter().find(|(t, ..)| *t == topic.task)
+            else {
+                return Err(Error::Malformed(format!(
+                    "frame {} has no {} output",
+                    frame.frame_id,
+                    topic.task.name()
+                )));
+            };
+            let publish_ns = now_ns();
+            let msg = TensorMsg {
+                stream_id: self.stream_id,
+                frame_id: frame.frame_id,
+                task: topic.task,
+                stamps: Stamps {
+                    publish_ns,
+                    ..frame.stamps
+                },
+                shape: shape.clone(),
+                data: data.clone(),
+            };
+            let matched = topic.publisher.matching_status().wait()?.matching();
+            let (bytes, attachment) = match &self.cfg.ros2 {
+                Some(_) => (
+                    ros2::encode_image(&msg, &self.cfg.camera)?,
+                    Some(ros2::attachment(frame.frame_id as i64, publish_ns, &topic.gid).to_vec()),
+                ),
+                None => (wire::encode(&msg)?, None),
+            };
+            let n = bytes.len() as u64;
+            let put = topic.publisher.put(bytes);
+            match attachment {
+                Some(a) => put.attachment(a).wait()?,
+                None => put.wait()?,
+            }
+            Counters::add(&self.counters.sent, 1);
+            Counters::add(&self.counters.bytes_sent, n);
+            if !matched {
+                Counters::add(&self.counters.sent_unmatched, 1);
+            }
+        }
+        if let Some(s) = &self.status {
+            let status = serde_json::json!({
+                "stream_id": self.stream_id,
+                "frame_id": frame.frame_id,
+                "capture_ns": frame.stamps.capture_ns,
+                "inference_ms": (frame.stamps.infer_end_ns - frame.stamps.infer_start_ns) as f64 / 1e6,
+                "counters": self.counters.snapshot(),
+            });
+            s.put(status.to_string()).wait()?;
+        }
+        Ok(())
+    }
+}

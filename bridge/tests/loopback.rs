@@ -1,0 +1,197 @@
+//! Loopback round trips (explicit endpoints, multicast off, every wait bounded).
+
+use std::time::{Duration, Instant};
+
+use overparam_bridge::listener::{Event, ListenConfig, Listener};
+use overparam_bridge::publisher::{FrameOutputs, PerceptionPublisher, PublishConfig};
+use overparam_bridge::ros2::Ros2Names;
+use overparam_bridge::session::{ZenohOptions, free_port, now_ns};
+use overparam_bridge::wire::{Stamps, Task, TensorData};
+use zenoh::Wait;
+
+const H: usize = 288;
+const W: usize = 384;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn frame(id: u64) -> FrameOutputs {
+    let mut rng = overparam_fuse::Rng::new(id + 1);
+    let seg: Vec<u8> = (0..H * W).map(|_| (rng.next_u64() % 13) as u8).collect();
+    let depth: Vec<f32> = (0..H * W).map(|_| rng.uniform() as f32 * 10.0).collect();
+    let normals: Vec<f32> = (0..H * W * 3)
+        .map(|_| rng.uniform() as f32 * 2.0 - 1.0)
+        .collect();
+    let t = now_ns();
+    FrameOutputs {
+        frame_id: id,
+        stamps: Stamps {
+            capture_ns: t,
+            infer_start_ns: t,
+            infer_end_ns: t,
+            publish_ns: 0,
+        },
+        tensors: vec![
+            (Task::Segmentation, vec![H, W], TensorData::U8(seg)),
+            (Task::Depth, vec![H, W], TensorData::F32(depth)),
+            (Task::Normals, vec![H, W, 3], TensorData::F32(normals)),
+        ],
+    }
+}
+
+/// Receives until `n` messages arrived or the deadline passed.
+fn collect(l: &mut Listener, n: usize) -> Vec<(String, overparam_bridge::wire::TensorMsg)> {
+    let t0 = Instant::now();
+    let mut got = vec![];
+    while got.len() < n && t0.elapsed() < WAIT {
+        if let Some(Event::Message { key, msg }) = l.recv(Duration::from_millis(200)).unwrap() {
+            got.push((key, msg));
+        }
+    }
+    got
+}
+
+fn pair() -> (zenoh::Session, zenoh::Session) {
+    let port = free_port().unwrap();
+    let sub = ZenohOptions::loopback(Some(port), None).open().unwrap();
+    let publ = ZenohOptions::loopback(None, Some(port)).open().unwrap();
+    (sub, publ)
+}
+
+#[test]
+fn native_round_trip_at_288x384_is_exact() {
+    let (s_sub, s_pub) = pair();
+    let mut l = Listener::new(&s_sub, ListenConfig::native("op")).unwrap();
+    let mut cfg = PublishConfig::native("op", "cam0");
+    cfg.status = false;
+    let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+    assert!(p.wait_for_subscribers(WAIT).unwrap());
+    let frames: Vec<FrameOutputs> = (0..3).map(frame).collect();
+    for f in &frames {
+        p.publish(f).unwrap();
+    }
+    let got = collect(&mut l, 9);
+    assert_eq!(got.len(), 9);
+    for (key, m) in got {
+        let f = &frames[m.frame_id as usize];
+        let (task, shape, data) = f.tensors.iter().find(|(t, ..)| *t == m.task).unwrap();
+        assert_eq!(key, format!("op/cam0/{}", task.name()));
+        assert_eq!(&m.shape, shape);
+        assert_eq!(&m.data, data);
+        assert_eq!(m.stamps.capture_ns, f.stamps.capture_ns);
+        assert!(m.stamps.publish_ns >= m.stamps.capture_ns);
+    }
+    let c = l.counters();
+    assert_eq!((c.received, c.dropped, c.decode_errors), (9, 0, 0));
+    assert_eq!(p.counters().snapshot().sent, 9);
+    assert_eq!(p.counters().snapshot().sent_unmatched, 0);
+}
+
+#[test]
+fn ros2_round_trip_at_288x384_is_exact() {
+    let (s_sub, s_pub) = pair();
+    let names = Ros2Names::new(3, "/perception", "overparam");
+    let mut l = Listener::new(&s_sub, ListenConfig::ros2(&names)).unwrap();
+    let mut cfg = PublishConfig::native("op", "cam0");
+    cfg.ros2 = Some(names.clone());
+    cfg.status = false;
+    let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+    // The node and publisher liveliness tokens are visible to other sessions.
+    let t0 = Instant::now();
+    let tokens = loop {
+        let replies = s_sub
+            .liveliness()
+            .get("@ros2_lv/3/**")
+            .timeout(Duration::from_secs(2))
+            .wait()
+            .unwrap();
+        let mut keys = vec![];
+        while let Ok(r) = replies.recv() {
+            if let Ok(s) = r.result() {
+                keys.push(s.key_expr().to_string());
+            }
+        }
+        if keys.len() >= 4 || t0.elapsed() > WAIT {
+            break keys;
+        }
+    };
+    assert_eq!(tokens.len(), 4, "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .any(|k| k.contains("/NN/%/%perception/overparam"))
+    );
+    assert!(p.wait_for_subscribers(WAIT).unwrap());
+    let frames: Vec<FrameOutputs> = (0..2).map(frame).collect();
+    for f in &frames {
+        p.publish(f).unwrap();
+    }
+    let got = collect(&mut l, 6);
+    assert_eq!(got.len(), 6);
+    for (key, m) in got {
+        assert!(key.starts_with("3/perception/cam0/"), "{key}");
+        assert!(key.ends_with(overparam_bridge::ros2::IMAGE_TYPE_HASH));
+        let f = &frames[m.frame_id as usize];
+        let (_, shape, data) = f.tensors.iter().find(|(t, ..)| *t == m.task).unwrap();
+        assert_eq!(&m.shape, shape);
+        assert_eq!(&m.data, data);
+        assert_eq!(m.stamps.capture_ns, f.stamps.capture_ns);
+    }
+    assert_eq!(l.counters().decode_errors, 0);
+}
+
+#[test]
+fn garbage_truncated_and_wrong_version_are_counted() {
+    let (s_sub, s_pub) = pair();
+    let mut l = Listener::new(&s_sub, ListenConfig::native("op")).unwrap();
+    let mut cfg = PublishConfig::native("op", "cam0");
+    cfg.status = false;
+    let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+    assert!(p.wait_for_subscribers(WAIT).unwrap());
+    let good = {
+        let f = frame(0);
+        let (task, shape, data) = f.tensors[1].clone();
+        overparam_bridge::wire::encode(&overparam_bridge::wire::TensorMsg {
+            stream_id: 1,
+            frame_id: 0,
+            task,
+            stamps: f.stamps,
+            shape,
+            data,
+        })
+        .unwrap()
+    };
+    let mut wrong_version = good.clone();
+    wrong_version[4] = 9;
+    let bad: Vec<Vec<u8>> = vec![
+        b"hello".to_vec(),
+        vec![],
+        good[..good.len() / 2].to_vec(),
+        wrong_version,
+    ];
+    let raw = s_pub
+        .declare_publisher("op/cam0/depth")
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()
+        .unwrap();
+    for b in &bad {
+        raw.put(b.clone()).wait().unwrap();
+    }
+    raw.put(good).wait().unwrap();
+    let t0 = Instant::now();
+    let mut invalid = vec![];
+    let mut ok = 0;
+    while invalid.len() + ok < bad.len() + 1 && t0.elapsed() < WAIT {
+        match l.recv(Duration::from_millis(200)).unwrap() {
+            Some(Event::Invalid { error, .. }) => invalid.push(error.to_string()),
+            Some(Event::Message { .. }) => ok += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(invalid.len(), 4, "{invalid:?}");
+    assert!(
+        invalid.iter().any(|e| e.contains("version 9")),
+        "{invalid:?}"
+    );
+    assert_eq!(l.counters().decode_errors, 4);
+    assert_eq!(l.counters().received, 1);
+}
