@@ -21,6 +21,10 @@ fi
 if ! .venv/bin/python -c "import onnxruntime, onnx, safetensors, numpy, sys; sys.exit(onnxruntime.__version__ != '1.31.1' or onnx.__version__ != '1.23.2')" >/dev/null 2>&1; then
   .venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors onnxruntime==1.31.1 onnx==1.23.2
 fi
+# rosbags: the golden reference for ROS 2 CDR bytes and RIHS01 type hashes in the bridge tests.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('rosbags') != '0.11.9')" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check rosbags==0.11.9
+fi
 site=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 ln -sfn "$site/torch" .venv/libtorch
 ln -sfn "$site/onnx/onnx.proto" .venv/onnx.proto
