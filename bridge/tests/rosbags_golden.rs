@@ -76,6 +76,9 @@ fn cdr_bytes_and_type_hash_equal_rosbags() {
         let (theirs, hash) = golden(&img);
         assert_eq!(hash, IMAGE_TYPE_HASH);
         assert_eq!(ours.len(), theirs.len(), "{task:?} {h}x{w} {frame}");
-        assert!(ours == theirs, "CDR bytes differ for {task:?} {h}x{w} {frame}");
+        assert!(
+            ours == theirs,
+            "CDR bytes differ for {task:?} {h}x{w} {frame}"
+        );
     }
 }
