@@ -32,6 +32,8 @@ enum Command {
     Engine(commands::engine::Args),
     /// Latency of an ONNX model or TensorRT plan (`bench MODEL`), or `bench train`.
     Bench(commands::bench::Args),
+    /// Publish a model's outputs over zenoh (native or ROS 2), or listen to them.
+    Bridge(commands::bridge::Args),
     /// Generate datasets (synthetic data in the real formats).
     Data(commands::data::Args),
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Data(a) => commands::data::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Bridge(a) => commands::bridge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Engine(a) => commands::engine::run(a),
         Command::Train(a) => commands::train::run(a),

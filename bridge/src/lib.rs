@@ -10,7 +10,9 @@ pub mod error;
 pub mod listener;
 pub mod publisher;
 pub mod ros2;
+pub mod run;
 pub mod session;
+pub mod source;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -197,13 +197,12 @@ impl Listener {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.bytes_received, bytes.len() as u64);
         match st.last {
-            Some((stream, frame)) if stream == msg.stream_id => {
-                if msg.frame_id > frame + 1 {
-                    let gap = msg.frame_id - frame - 1;
-                    st.dropped += gap;
-                    Counters::add(&self.counters.dropped, gap);
-                }
+            Some((stream, frame)) if stream == msg.stream_id && msg.frame_id > frame + 1 => {
+                let gap = msg.frame_id - frame - 1;
+                st.dropped += gap;
+                Counters::add(&self.counters.dropped, gap);
             }
+            Some((stream, _)) if stream == msg.stream_id => {}
             Some(_) => {
                 st.restarts += 1;
                 Counters::add(&self.counters.stream_restarts, 1);

@@ -70,6 +70,51 @@ pub fn write_rgb(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<()> {
     crate::cifar::write_atomic(path, &encode_rgb(w, h, rgb))
 }
 
+/// 13 distinct class colours (NYUv2's 13 classes); index ≥ 13 wraps.
+pub const PALETTE: [[u8; 3]; 13] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 190],
+    [0, 128, 128],
+    [170, 110, 40],
+    [128, 128, 255],
+];
+
+/// A class index as a colour; negative (ignored) is black.
+pub fn class_colour(v: f32) -> [u8; 3] {
+    if v >= 0.0 {
+        PALETTE[(v as usize) % PALETTE.len()]
+    } else {
+        [0, 0, 0]
+    }
+}
+
+/// Depth as grey, near bright; 0 (invalid) black.
+pub fn depth_grey(d: f32, dmax: f32) -> [u8; 3] {
+    let g = if d > 0.0 {
+        (255.0 * (1.0 - d / dmax)).clamp(0.0, 255.0) as u8
+    } else {
+        0
+    };
+    [g, g, g]
+}
+
+/// A unit normal as RGB (n·0.5 + 0.5); all-zero (invalid) black.
+pub fn normal_colour(n: &[f32]) -> [u8; 3] {
+    if n.iter().all(|v| *v == 0.0) {
+        [0, 0, 0]
+    } else {
+        std::array::from_fn(|c| ((n[c] * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

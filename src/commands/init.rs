@@ -10,7 +10,8 @@ use overparam_fuse::{AnySpec, MethodConfig, MethodKind};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model builder: resnet18_cifar, resnet50_cifar or vgg_small.
+    /// Model builder: resnet18_cifar, resnet50_cifar, vgg_small or mtl (the NYUv2 multi-task
+    /// encoder-decoder at image_size × image_size·4/3).
     #[arg(long)]
     model: ModelKind,
     /// Overparameterisation method: plain, repvgg, qarepvgg, fnl or sfo.

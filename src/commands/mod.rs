@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bridge;
 pub mod data;
 pub mod doctor;
 pub mod engine;

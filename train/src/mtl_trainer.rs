@@ -469,23 +469,6 @@ fn finish(dir: &Path, model: &OpModel, val: &NyuSplit, bs: usize, device: Device
     Ok(worst)
 }
 
-/// Colours of the 13 NYUv2 classes (and black for ignored pixels).
-const PALETTE: [[u8; 3]; 13] = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [255, 225, 25],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 190],
-    [0, 128, 128],
-    [170, 110, 40],
-    [128, 128, 255],
-];
-
 /// Predictions of the three heads for one batch, channel-last: (class map, depth, normals).
 fn predict(model: &OpModel, image: &Tensor) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let ys = tch::no_grad(|| model.forward(image, false))?;
@@ -528,32 +511,13 @@ pub fn write_panel(
                 0,
                 std::array::from_fn(|c| (s.image[i * 3 + c].clamp(0.0, 1.0) * 255.0) as u8),
             );
-            let class = |v: f32| {
-                if v >= 0.0 {
-                    PALETTE[(v as usize).min(12)]
-                } else {
-                    [0, 0, 0]
-                }
-            };
+            let class = overparam_data::png::class_colour;
             put(&mut rgb, 1, class(s.label[i]));
             put(&mut rgb, 2, class(seg[i]));
-            let grey = |d: f32| {
-                let g = if d > 0.0 {
-                    (255.0 * (1.0 - d / dmax)).clamp(0.0, 255.0) as u8
-                } else {
-                    0
-                };
-                [g, g, g]
-            };
+            let grey = |d: f32| overparam_data::png::depth_grey(d, dmax);
             put(&mut rgb, 3, grey(s.depth[i]));
             put(&mut rgb, 4, grey(depth[i]));
-            let rgb_n = |n: &[f32]| -> [u8; 3] {
-                if n.iter().all(|v| *v == 0.0) {
-                    [0, 0, 0]
-                } else {
-                    std::array::from_fn(|c| ((n[c] * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
-                }
-            };
+            let rgb_n = overparam_data::png::normal_colour;
             put(&mut rgb, 5, rgb_n(&s.normal[i * 3..i * 3 + 3]));
             put(&mut rgb, 6, rgb_n(&normals[i * 3..i * 3 + 3]));
         }

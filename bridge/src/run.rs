@@ -1,0 +1,246 @@
+//! Frames in, model outputs out, published: the loop behind `overparam bridge run`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+use overparam_engine::runtime::{CpuRuntime, Output};
+use overparam_fuse::AnySpec;
+
+use crate::error::{Error, Result};
+use crate::publisher::{FrameOutputs, PerceptionPublisher};
+use crate::session::now_ns;
+use crate::source::{Frame, FrameSource};
+use crate::wire::{Stamps, Task, TensorData};
+
+/// A deploy model on the CPU runtime (ONNX Runtime).
+pub struct Model {
+    rt: CpuRuntime,
+    /// Input (H, W).
+    pub size: (usize, usize),
+    pub tasks: Vec<Task>,
+}
+
+impl Model {
+    /// Loads an ONNX file, or a deploy checkpoint (exported to FP32 ONNX in memory).
+    pub fn load(path: &Path, threads: Option<usize>) -> Result<Self> {
+        let bytes = if path.extension().and_then(|e| e.to_str()) == Some("onnx") {
+            std::fs::read(path).map_err(|e| Error::File {
+                path: path.into(),
+                message: e.to_string(),
+            })?
+        } else {
+            let ck = overparam_fuse::checkpoint::load(path)?;
+            let AnySpec::Deploy(spec) = ck.spec else {
+                return Err(Error::File {
+                    path: path.into(),
+                    message: "a train-time checkpoint; fold it first (overparam fuse)".into(),
+                });
+            };
+            to_bytes(&export(
+                &spec,
+                &ck.weights,
+                &ExportOptions::new(Precision::Fp32),
+            )?)
+        };
+        Self::from_onnx(&bytes, threads)
+    }
+
+    pub fn from_onnx(bytes: &[u8], threads: Option<usize>) -> Result<Self> {
+        let mut rt = CpuRuntime::new(bytes, threads)?;
+        let s = rt.input_shape().to_vec();
+        if s.len() != 4 || s[0] != 1 || s[1] != 3 {
+            return Err(Error::Source(format!(
+                "the bridge runs image models with input 1×3×H×W, this one takes {s:?}"
+            )));
+        }
+        let size = (s[2], s[3]);
+        let probe = rt.run(&vec![0.0; 3 * size.0 * size.1])?;
+        let tasks = outputs_to_tensors(probe)?
+            .into_iter()
+            .map(|(t, ..)| t)
+            .collect();
+        Ok(Model { rt, size, tasks })
+    }
+
+    /// Runs one frame (already at the model's size).
+    pub fn infer(&mut self, f: &Frame) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
+        let (h, w) = self.size;
+        if (f.height, f.width) != (h, w) {
+            return Err(Error::Source(format!(
+                "frame {}×{}, the model takes {h}×{w}",
+                f.height, f.width
+            )));
+        }
+        // HWC → CHW.
+        let mut x = vec![0f32; 3 * h * w];
+        for i in 0..h * w {
+            for c in 0..3 {
+                x[c * h * w + i] = f.rgb[i * 3 + c];
+            }
+        }
+        outputs_to_tensors(self.rt.run(&x)?)
+    }
+}
+
+/// Named NCHW outputs (batch 1) → published tensors: the class map as u8 (argmax), depth H×W,
+/// normals H×W×3. Outputs with other names are ignored; none of the three is an error.
+pub fn outputs_to_tensors(outs: Vec<Output>) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
+    let mut r = vec![];
+    for (name, shape, data) in outs {
+        let Some(task) = Task::from_name(&name) else {
+            continue;
+        };
+        let [1, c, h, w] = shape[..] else {
+            return Err(Error::Source(format!(
+                "output {name} has shape {shape:?}, want 1×C×H×W"
+            )));
+        };
+        let hw = h * w;
+        match task {
+            Task::Segmentation => {
+                if c > 256 {
+                    return Err(Error::Source(format!(
+                        "{c} classes do not fit a u8 class map"
+                    )));
+                }
+                let map = (0..hw)
+                    .map(|i| {
+                        let mut best = 0;
+                        for k in 1..c {
+                            if data[k * hw + i] > data[best * hw + i] {
+                                best = k;
+                            }
+                        }
+                        best as u8
+                    })
+                    .collect();
+                r.push((task, vec![h, w], TensorData::U8(map)));
+            }
+            Task::Depth if c == 1 => r.push((task, vec![h, w], TensorData::F32(data))),
+            Task::Normals if c == 3 => {
+                let hwc = (0..hw * 3).map(|j| data[(j % 3) * hw + j / 3]).collect();
+                r.push((task, vec![h, w, 3], TensorData::F32(hwc)));
+            }
+            _ => {
+                return Err(Error::Source(format!("output {name} has {c} channels")));
+            }
+        }
+    }
+    if r.is_empty() {
+        return Err(Error::Source(
+            "the model has none of the outputs segmentation, depth, normals".into(),
+        ));
+    }
+    Ok(r)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop after this many frames (a finite source also stops at its end).
+    pub frames: Option<u64>,
+    /// Pace the loop to this rate; `None` runs as fast as inference allows.
+    pub fps: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub frames: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub inference_ms_p50: f64,
+    pub inference_ms_p99: f64,
+    pub counters: crate::counters::CounterSnapshot,
+}
+
+/// The loop: next frame → inference → publish, paced to `fps`. `on_frame` sees each frame id
+/// (progress bars).
+pub fn run(
+    model: &mut Model,
+    source: &mut dyn FrameSource,
+    publisher: &PerceptionPublisher,
+    opts: &RunOptions,
+    mut on_frame: impl FnMut(u64),
+) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let period = opts.fps.map(|f| Duration::from_secs_f64(1.0 / f.max(1e-3)));
+    let mut infer_ms = vec![];
+    let mut id = 0u64;
+    while opts.frames.is_none_or(|n| id < n) {
+        let Some(frame) = source.next_frame()? else {
+            break;
+        };
+        let infer_start_ns = now_ns();
+        let tensors = model.infer(&frame)?;
+        let infer_end_ns = now_ns();
+        infer_ms.push((infer_end_ns - infer_start_ns) as f64 / 1e6);
+        publisher.publish(&FrameOutputs {
+            frame_id: id,
+            stamps: Stamps {
+                capture_ns: frame.capture_ns,
+                infer_start_ns,
+                infer_end_ns,
+                publish_ns: 0,
+            },
+            tensors,
+        })?;
+        on_frame(id);
+        id += 1;
+        if let Some(p) = period {
+            let due = p * id as u32;
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        frames: id,
+        seconds,
+        fps: id as f64 / seconds.max(1e-9),
+        inference_ms_p50: crate::listener::percentile(&infer_ms, 50.0),
+        inference_ms_p99: crate::listener::percentile(&infer_ms, 99.0),
+        counters: publisher.counters().snapshot(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_become_channel_last_tensors() {
+        // 2 classes over 1×2 pixels; depth; normals with distinct channel values.
+        let outs = vec![
+            (
+                "segmentation".to_string(),
+                vec![1, 2, 1, 2],
+                vec![0.0, 5.0, 1.0, 2.0],
+            ),
+            ("depth".to_string(), vec![1, 1, 1, 2], vec![3.0, 4.0]),
+            (
+                "normals".to_string(),
+                vec![1, 3, 1, 2],
+                vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            ),
+        ];
+        let t = outputs_to_tensors(outs).unwrap();
+        assert_eq!(
+            t[0],
+            (Task::Segmentation, vec![1, 2], TensorData::U8(vec![1, 0]))
+        );
+        assert_eq!(
+            t[1],
+            (Task::Depth, vec![1, 2], TensorData::F32(vec![3.0, 4.0]))
+        );
+        assert_eq!(
+            t[2],
+            (
+                Task::Normals,
+                vec![1, 2, 3],
+                TensorData::F32(vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0])
+            )
+        );
+        assert!(outputs_to_tensors(vec![("logits".into(), vec![1, 10], vec![0.0; 10])]).is_err());
+    }
+}

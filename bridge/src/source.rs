@@ -1,0 +1,358 @@
+//! Camera frames in: synthetic scenes, an NYUv2-layout directory, a directory of PNG/JPEG
+//! images, or camera frames arriving over zenoh. Every frame comes out as H×W×3 f32 in [0, 1]
+//! at the model's input size (resized bilinearly when it differs).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zenoh::Wait;
+use zenoh::handlers::FifoChannelHandler;
+use zenoh::pubsub::Subscriber;
+use zenoh::sample::Sample;
+
+use crate::error::{Error, Result};
+use crate::session::now_ns;
+use crate::wire::{self, Task, TensorData};
+
+/// One camera frame, channels last, values in [0, 1].
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub height: usize,
+    pub width: usize,
+    pub rgb: Vec<f32>,
+    pub capture_ns: i64,
+}
+
+/// Where frames come from (`--source`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSpec {
+    /// Ray-cast indoor scenes, seeded.
+    Synthetic { seed: u64 },
+    /// The `val` split of an NYUv2 (MTAN layout) directory.
+    Nyuv2(PathBuf),
+    /// PNG and JPEG files of a directory, in name order.
+    Images(PathBuf),
+    /// Camera frames in the native format (task `image`, u8 or f32 H×W×3) on a zenoh key.
+    Zenoh(String),
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+        Ok(match kind {
+            "synthetic" => SourceSpec::Synthetic {
+                seed: if arg.is_empty() {
+                    0
+                } else {
+                    arg.parse().map_err(|_| {
+                        Error::Source(format!("synthetic:{arg}: seed must be an integer"))
+                    })?
+                },
+            },
+            "nyuv2" if !arg.is_empty() => SourceSpec::Nyuv2(arg.into()),
+            "images" if !arg.is_empty() => SourceSpec::Images(arg.into()),
+            "zenoh" if !arg.is_empty() => SourceSpec::Zenoh(arg.into()),
+            _ => {
+                return Err(Error::Source(format!(
+                    "{s:?}: use synthetic[:SEED], nyuv2:DIR, images:DIR or zenoh:KEY"
+                )));
+            }
+        })
+    }
+}
+
+pub trait FrameSource {
+    /// The next frame, or `None` when a finite source is exhausted.
+    fn next_frame(&mut self) -> Result<Option<Frame>>;
+}
+
+/// Bilinear resize (half-pixel centres, as PyTorch's align_corners=False) of H×W×C.
+pub fn resize(src: &[f32], h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
+    if (h, w) == (oh, ow) {
+        return src.to_vec();
+    }
+    let mut out = vec![0f32; oh * ow * c];
+    let coord = |o: usize, n_in: usize, n_out: usize| {
+        let x = ((o as f32 + 0.5) * n_in as f32 / n_out as f32 - 0.5).max(0.0);
+        let i0 = (x as usize).min(n_in - 1);
+        let i1 = (i0 + 1).min(n_in - 1);
+        (i0, i1, x - i0 as f32)
+    };
+    for y in 0..oh {
+        let (y0, y1, fy) = coord(y, h, oh);
+        for x in 0..ow {
+            let (x0, x1, fx) = coord(x, w, ow);
+            for k in 0..c {
+                let p = |yy: usize, xx: usize| src[(yy * w + xx) * c + k];
+                let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
+                let bot = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
+                out[(y * ow + x) * c + k] = top * (1.0 - fy) + bot * fy;
+            }
+        }
+    }
+    out
+}
+
+fn frame(rgb: Vec<f32>, h: usize, w: usize, size: (usize, usize)) -> Frame {
+    let rgb = resize(&rgb, h, w, 3, size.0, size.1);
+    Frame {
+        height: size.0,
+        width: size.1,
+        rgb,
+        capture_ns: now_ns(),
+    }
+}
+
+struct Synthetic {
+    rng: overparam_fuse::Rng,
+    size: (usize, usize),
+}
+
+impl FrameSource for Synthetic {
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let s = overparam_data::scenes::render(self.size.0, self.size.1, &mut self.rng);
+        Ok(Some(frame(s.image, s.height, s.width, self.size)))
+    }
+}
+
+struct Nyu {
+    split: overparam_data::nyuv2::NyuSplit,
+    next: usize,
+    size: (usize, usize),
+}
+
+impl FrameSource for Nyu {
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if self.next >= self.split.len() {
+            return Ok(None);
+        }
+        let s = self.split.get(self.next)?;
+        self.next += 1;
+        Ok(Some(frame(s.image, s.height, s.width, self.size)))
+    }
+}
+
+struct Images {
+    files: Vec<PathBuf>,
+    next: usize,
+    size: (usize, usize),
+}
+
+/// Decodes a PNG or JPEG file to H×W×3 f32 in [0, 1].
+pub fn read_image(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let bad = |m: String| Error::File {
+        path: path.into(),
+        message: m,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ext == "png" {
+        let mut dec = png::Decoder::new(std::io::Cursor::new(&bytes));
+        dec.set_transformations(png::Transformations::normalize_to_color8());
+        let mut r = dec.read_info().map_err(|e| bad(format!("PNG: {e}")))?;
+        let info = r.info();
+        let (w, h) = (info.width as usize, info.height as usize);
+        if w == 0 || h == 0 || (w as u64) * (h as u64) > 1 << 26 {
+            return Err(bad(format!("PNG of {w}×{h} pixels refused")));
+        }
+        let mut buf = vec![0u8; r.output_buffer_size()];
+        let f = r
+            .next_frame(&mut buf)
+            .map_err(|e| bad(format!("PNG: {e}")))?;
+        let ch = f.color_type.samples();
+        let px = &buf[..f.buffer_size()];
+        let rgb = (0..h * w)
+            .flat_map(|i| {
+                let p = &px[i * ch..(i + 1) * ch];
+                let g = |k: usize| p[if ch >= 3 { k } else { 0 }] as f32 / 255.0;
+                [g(0), g(1), g(2)]
+            })
+            .collect();
+        Ok((h, w, rgb))
+    } else {
+        let mut dec = jpeg_decoder::Decoder::new(std::io::Cursor::new(&bytes));
+        let px = dec.decode().map_err(|e| bad(format!("JPEG: {e}")))?;
+        let info = dec
+            .info()
+            .ok_or_else(|| bad("JPEG without a frame header".into()))?;
+        let (w, h) = (info.width as usize, info.height as usize);
+        let rgb = match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => px.iter().map(|&v| v as f32 / 255.0).collect(),
+            jpeg_decoder::PixelFormat::L8 => {
+                px.iter().flat_map(|&v| [v as f32 / 255.0; 3]).collect()
+            }
+            f => return Err(bad(format!("JPEG pixel format {f:?} is not supported"))),
+        };
+        Ok((h, w, rgb))
+    }
+}
+
+impl FrameSource for Images {
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let Some(p) = self.files.get(self.next) else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let (h, w, rgb) = read_image(p)?;
+        Ok(Some(frame(rgb, h, w, self.size)))
+    }
+}
+
+struct ZenohFrames {
+    sub: Subscriber<FifoChannelHandler<Sample>>,
+    size: (usize, usize),
+    timeout: Duration,
+}
+
+impl FrameSource for ZenohFrames {
+    /// Waits for the next valid camera frame; `None` after `timeout` without one. Invalid
+    /// samples are reported on stderr and skipped.
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let Some(s) = self.sub.recv_timeout(self.timeout)? else {
+                return Ok(None);
+            };
+            let m = match wire::decode(&s.payload().to_bytes()) {
+                Ok(m) if m.task == Task::Camera && m.shape.len() == 3 && m.shape[2] == 3 => m,
+                Ok(m) => {
+                    eprintln!(
+                        "source {}: skipped a {} message of shape {:?} (want image H×W×3)",
+                        s.key_expr(),
+                        m.task.name(),
+                        m.shape
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("source {}: skipped an invalid frame: {e}", s.key_expr());
+                    continue;
+                }
+            };
+            let rgb = match m.data {
+                TensorData::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
+                TensorData::F32(v) => v,
+            };
+            let mut f = frame(rgb, m.shape[0], m.shape[1], self.size);
+            if m.stamps.capture_ns > 0 {
+                f.capture_ns = m.stamps.capture_ns;
+            }
+            return Ok(Some(f));
+        }
+    }
+}
+
+/// Opens a source producing frames of `size` (H, W).
+pub fn open(
+    spec: &SourceSpec,
+    size: (usize, usize),
+    session: Option<&zenoh::Session>,
+) -> Result<Box<dyn FrameSource>> {
+    Ok(match spec {
+        SourceSpec::Synthetic { seed } => Box::new(Synthetic {
+            rng: overparam_fuse::Rng::new(*seed),
+            size,
+        }),
+        SourceSpec::Nyuv2(dir) => Box::new(Nyu {
+            split: overparam_data::nyuv2::NyuSplit::open(dir, "val")?,
+            next: 0,
+            size,
+        }),
+        SourceSpec::Images(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::File {
+                    path: dir.clone(),
+                    message: e.to_string(),
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension()
+                            .and_then(|e| e.to_str())
+                            .map(|e| e.to_ascii_lowercase())
+                            .as_deref(),
+                        Some("png" | "jpg" | "jpeg")
+                    )
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::File {
+                    path: dir.clone(),
+                    message: "no .png, .jpg or .jpeg files".into(),
+                });
+            }
+            Box::new(Images {
+                files,
+                next: 0,
+                size,
+            })
+        }
+        SourceSpec::Zenoh(key) => {
+            let s = session.ok_or_else(|| Error::Source("zenoh:KEY needs a session".into()))?;
+            Box::new(ZenohFrames {
+                sub: s
+                    .declare_subscriber(key.clone())
+                    .with(zenoh::handlers::FifoChannel::new(8))
+                    .wait()?,
+                size,
+                timeout: Duration::from_secs(10),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_source_specs() {
+        assert_eq!(
+            "synthetic".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Synthetic { seed: 0 }
+        );
+        assert_eq!(
+            "synthetic:7".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Synthetic { seed: 7 }
+        );
+        assert_eq!(
+            "images:/x".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Images("/x".into())
+        );
+        assert!("nyuv2:".parse::<SourceSpec>().is_err());
+        assert!("webcam".parse::<SourceSpec>().is_err());
+    }
+
+    #[test]
+    fn resize_keeps_constants_and_matches_a_hand_example() {
+        let c = vec![0.25f32; 4 * 6 * 3];
+        assert!(
+            resize(&c, 4, 6, 3, 7, 5)
+                .iter()
+                .all(|&v| (v - 0.25).abs() < 1e-6)
+        );
+        // 1×2 → 1×4, half-pixel: [a, .75a+.25b, .25a+.75b, b].
+        let r = resize(&[0.0, 1.0], 1, 2, 1, 1, 4);
+        assert_eq!(r, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn png_images_decode_as_written() {
+        let d = tempfile::tempdir().unwrap();
+        let rgb: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 10) as u8).collect();
+        overparam_data::png::write_rgb(&d.path().join("a.png"), 3, 2, &rgb).unwrap();
+        let (h, w, px) = read_image(&d.path().join("a.png")).unwrap();
+        assert_eq!((h, w), (2, 3));
+        for (a, b) in px.iter().zip(&rgb) {
+            assert!((a - *b as f32 / 255.0).abs() < 1e-6);
+        }
+        std::fs::write(d.path().join("b.png"), b"\x89PNG garbage").unwrap();
+        let e = read_image(&d.path().join("b.png")).unwrap_err().to_string();
+        assert!(e.contains("b.png"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! `overparam bridge run` → `overparam bridge listen` across two processes on loopback, native
+//! and ROS 2, from synthetic scenes and from a directory of PNGs.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_overparam"))
+}
+
+fn ok(o: &Output) -> String {
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{t}");
+    t
+}
+
+fn deploy_mtl(dir: &Path) -> std::path::PathBuf {
+    let op = dir.join("m.op.safetensors");
+    let d = dir.join("m.deploy.safetensors");
+    ok(&bin()
+        .args([
+            "init", "--model", "mtl", "--method", "sfo", "--width", "0.125",
+        ])
+        .args([
+            "--image-size",
+            "48",
+            "--random-bn",
+            "-o",
+            op.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap());
+    ok(&bin()
+        .args(["fuse", op.to_str().unwrap(), "-o", d.to_str().unwrap()])
+        .output()
+        .unwrap());
+    d
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a listener expecting `messages`, runs the bridge, and returns the listener's JSON.
+fn round_trip(model: &Path, source: &str, frames: u64, extra: &[&str]) -> serde_json::Value {
+    let p = port();
+    let ep = format!("tcp/127.0.0.1:{p}");
+    let listener = bin()
+        .args([
+            "bridge",
+            "listen",
+            "--listen",
+            &ep,
+            "--no-multicast-scouting",
+            "--json",
+        ])
+        .args(["--duration", "60", "--messages", &(3 * frames).to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = bin()
+        .args([
+            "bridge",
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--source",
+            source,
+        ])
+        .args([
+            "--frames",
+            &frames.to_string(),
+            "--connect",
+            &ep,
+            "--no-multicast-scouting",
+        ])
+        .args(["--wait-subscribers", "20"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let t = ok(&run);
+    assert!(t.contains(&format!("published {frames} frames")), "{t}");
+    assert!(t.contains("(0 with no subscriber)"), "{t}");
+    let out = listener.wait_with_output().unwrap();
+    let text = ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn native_and_ros2_across_processes() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    for extra in [vec![], vec!["--ros2", "--domain-id", "9"]] {
+        let j = round_trip(&m, "synthetic:3", 25, &extra);
+        let c = &j["counters"];
+        assert_eq!(c["received"], 75, "{j}");
+        assert_eq!(c["dropped"], 0);
+        assert_eq!(c["decode_errors"], 0);
+        let topics = j["topics"].as_array().unwrap();
+        assert_eq!(topics.len(), 3);
+        for t in topics {
+            assert_eq!(t["received"], 25);
+            assert!(t["end_to_end_ms_p50"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn png_directory_source_and_a_bad_source() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    // Sizes differ from the model's 48×64: frames are resized.
+    for (i, (w, h)) in [(80, 60), (64, 48), (33, 21)].into_iter().enumerate() {
+        let rgb: Vec<u8> = (0..w * h * 3).map(|k| (k * 7 + i) as u8).collect();
+        overparam_data::png::write_rgb(&imgs.join(format!("{i}.png")), w, h, &rgb).unwrap();
+    }
+    let j = round_trip(&m, &format!("images:{}", imgs.display()), 3, &[]);
+    assert_eq!(j["counters"]["received"], 9, "{j}");
+
+    let o = bin()
+        .args([
+            "bridge",
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--source",
+            "webcam:0",
+        ])
+        .args(["--frames", "1", "--no-multicast-scouting"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("synthetic[:SEED]"));
+}
