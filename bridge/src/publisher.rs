@@ -262,25 +262,28 @@ impl PerceptionPublisher {
                     topic.task.name()
                 )));
             };
-            let publish_ns = now_ns();
-            let msg = TensorMsg {
+            let head = TensorMsg {
                 stream_id: self.stream_id,
                 frame_id: frame.frame_id,
                 task: topic.task,
-                stamps: Stamps {
-                    publish_ns,
-                    ..frame.stamps
-                },
-                shape: shape.clone(),
-                data: data.clone(),
+                stamps: frame.stamps,
+                shape: vec![],
+                data: TensorData::U8(vec![]),
             };
             let matched = topic.publisher.matching_status().wait()?.matching();
             let (bytes, attachment) = match &self.cfg.ros2 {
-                Some(_) => (
-                    ros2::encode_image(&msg, &self.cfg.camera)?,
-                    Some(ros2::attachment(frame.frame_id as i64, publish_ns, &topic.gid).to_vec()),
-                ),
-                None => (wire::encode(&msg)?, None),
+                Some(_) => {
+                    let b = ros2::encode_image_parts(&head, shape, data, &self.cfg.camera)?;
+                    let a = ros2::attachment(frame.frame_id as i64, now_ns(), &topic.gid);
+                    (b, Some(a.to_vec()))
+                }
+                None => {
+                    let mut b = wire::encode_parts(&head, shape, data)?;
+                    // Stamped last, so publish → receive measures the transport alone.
+                    b[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
+                        .copy_from_slice(&now_ns().to_le_bytes());
+                    (b, None)
+                }
             };
             let n = bytes.len() as u64;
             let put = topic.publisher.put(bytes);

@@ -71,8 +71,18 @@ pub fn image_encoding(task: Task) -> (&'static str, usize, usize) {
 
 /// The CDR payload (with its encapsulation header) of one output as an Image.
 pub fn encode_image(msg: &TensorMsg, frame_id: &str) -> Result<Vec<u8>> {
+    encode_image_parts(msg, &msg.shape, &msg.data, frame_id)
+}
+
+/// [`encode_image`] with the tensor borrowed separately (`msg`'s own shape and data ignored).
+pub fn encode_image_parts(
+    msg: &TensorMsg,
+    shape: &[usize],
+    data: &TensorData,
+    frame_id: &str,
+) -> Result<Vec<u8>> {
     let (enc, ch, bpc) = image_encoding(msg.task);
-    let (h, w) = match msg.shape.as_slice() {
+    let (h, w) = match shape {
         [h, w] if ch == 1 => (*h, *w),
         [h, w, c] if *c == ch => (*h, *w),
         s => {
@@ -87,7 +97,7 @@ pub fn encode_image(msg: &TensorMsg, frame_id: &str) -> Result<Vec<u8>> {
             )));
         }
     };
-    let data = match (&msg.data, bpc) {
+    let data = match (data, bpc) {
         (TensorData::U8(v), 1) => v.clone(),
         (TensorData::F32(v), 4) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         _ => {

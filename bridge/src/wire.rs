@@ -146,50 +146,54 @@ pub struct TensorMsg {
 
 /// Writes header + payload into one buffer.
 pub fn encode(msg: &TensorMsg) -> Result<Vec<u8>> {
-    let n: usize = msg.shape.iter().product();
-    if msg.shape.is_empty() || msg.shape.len() > 4 || n != msg.data.len() {
+    encode_parts(msg, &msg.shape, &msg.data)
+}
+
+/// Offset of the publish timestamp, which a publisher patches in just before the put.
+pub const PUBLISH_NS_OFFSET: usize = 48;
+
+/// [`encode`] with the tensor borrowed separately (`head`'s own shape and data are ignored),
+/// so a publisher does not copy its outputs into a message first.
+pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
+    let n: usize = shape.iter().product();
+    if shape.is_empty() || shape.len() > 4 || n != data.len() {
         return Err(Error::Malformed(format!(
-            "shape {:?} does not describe {} elements (1–4 dimensions)",
-            msg.shape,
-            msg.data.len()
+            "shape {shape:?} does not describe {} elements (1–4 dimensions)",
+            data.len()
         )));
     }
-    if msg.shape.iter().any(|&d| d == 0 || d > u32::MAX as usize) || n as u64 > MAX_ELEMENTS {
-        return Err(Error::Malformed(format!(
-            "shape {:?} out of range",
-            msg.shape
-        )));
+    if shape.iter().any(|&d| d == 0 || d > u32::MAX as usize) || n as u64 > MAX_ELEMENTS {
+        return Err(Error::Malformed(format!("shape {shape:?} out of range")));
     }
-    let payload = n * msg.data.dtype().size();
+    let payload = n * data.dtype().size();
     let mut out = Vec::with_capacity(HEADER_LEN + payload);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-    out.extend_from_slice(&msg.stream_id.to_le_bytes());
-    out.extend_from_slice(&msg.frame_id.to_le_bytes());
+    out.extend_from_slice(&head.stream_id.to_le_bytes());
+    out.extend_from_slice(&head.frame_id.to_le_bytes());
     for t in [
-        msg.stamps.capture_ns,
-        msg.stamps.infer_start_ns,
-        msg.stamps.infer_end_ns,
-        msg.stamps.publish_ns,
+        head.stamps.capture_ns,
+        head.stamps.infer_start_ns,
+        head.stamps.infer_end_ns,
+        head.stamps.publish_ns,
     ] {
         out.extend_from_slice(&t.to_le_bytes());
     }
-    out.extend_from_slice(&[
-        msg.data.dtype().code(),
-        0,
-        msg.shape.len() as u8,
-        msg.task.code(),
-    ]);
+    out.extend_from_slice(&[data.dtype().code(), 0, shape.len() as u8, head.task.code()]);
     for i in 0..4 {
-        let d = msg.shape.get(i).copied().unwrap_or(0) as u32;
+        let d = shape.get(i).copied().unwrap_or(0) as u32;
         out.extend_from_slice(&d.to_le_bytes());
     }
     out.extend_from_slice(&(payload as u64).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     debug_assert_eq!(out.len(), HEADER_LEN);
-    match &msg.data {
+    match data {
         TensorData::U8(v) => out.extend_from_slice(v),
+        // A memcpy on little-endian hosts (every Jetson/Drive and x86 target).
+        #[cfg(target_endian = "little")]
+        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        #[cfg(not(target_endian = "little"))]
         TensorData::F32(v) => {
             for x in v {
                 out.extend_from_slice(&x.to_le_bytes());
@@ -299,11 +303,16 @@ pub fn decode(b: &[u8]) -> Result<TensorMsg> {
     }
     let data = match dtype {
         DType::U8 => TensorData::U8(body.to_vec()),
-        DType::F32 => TensorData::F32(
-            body.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        ),
+        DType::F32 => {
+            let mut v = vec![0f32; body.len() / 4];
+            // The body need not be 4-byte aligned: copy its bytes into the f32 buffer.
+            bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(body);
+            if cfg!(target_endian = "big") {
+                v.iter_mut()
+                    .for_each(|x| *x = f32::from_bits(x.to_bits().swap_bytes()));
+            }
+            TensorData::F32(v)
+        }
     };
     let t = |o: usize| u64_at(b, o) as i64;
     Ok(TensorMsg {
