@@ -105,6 +105,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             use overparam_data::cifar::{Split, load};
             let (spec, w) = super::export::load_deploy(&deploy)?;
             let enc = super::export::encoding(&encoding)?;
+            if spec.model == overparam_fuse::models::ModelKind::Mtl.as_str() {
+                return dense_accuracy(&deploy, &spec, &w, &data, calibrator, enc, calib_images);
+            }
             let norm = normalization(&spec)?;
             let test = load(&data, Split::Test)?;
             let train = load(&data, Split::Train)?;
@@ -180,4 +183,50 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `engine accuracy` for the multi-task network: the nine NYUv2 metrics per precision on the
+/// `val` split, INT8 calibrated on `train`.
+fn dense_accuracy(
+    deploy: &std::path::Path,
+    spec: &overparam_fuse::DeploySpec,
+    w: &overparam_fuse::Weights,
+    data: &std::path::Path,
+    calibrator: Calibrator,
+    enc: overparam_engine::export::ActivationEncoding,
+    calib_images: usize,
+) -> Result<ExitCode> {
+    use overparam_data::nyuv2::NyuSplit;
+    use overparam_engine::dense::{METRICS, precision_table};
+    let train = NyuSplit::open(data, "train")?;
+    let val = NyuSplit::open(data, "val")?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (rows, _, _) = precision_table(
+        spec,
+        w,
+        &train,
+        &val,
+        calib_images,
+        calibrator,
+        enc,
+        progress,
+    )?;
+    println!(
+        "{} on {} val scenes ({calibrator:?} calibration on up to {calib_images} train scenes):",
+        deploy.display(),
+        val.len()
+    );
+    print!("  {:<18}", "metric");
+    for r in &rows {
+        print!(" {:>10}", r.precision.as_str());
+    }
+    println!(" {:>12}", "int8 − fp32");
+    for (k, name) in METRICS.iter().enumerate() {
+        print!("  {name:<18}");
+        for r in &rows {
+            print!(" {:>10.3}", r.metrics[k]);
+        }
+        println!(" {:>+12.3}", rows[2].metrics[k] - rows[0].metrics[k]);
+    }
+    Ok(ExitCode::SUCCESS)
 }

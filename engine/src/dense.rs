@@ -1,0 +1,174 @@
+//! Accuracy per precision for the multi-task (dense prediction) network on an NYUv2-layout
+//! split: the nine MTAN metrics through the CPU runtime, and INT8 calibration on its images.
+
+use std::collections::BTreeMap;
+
+use overparam_data::metrics::{Confusion, GeometryErrors};
+use overparam_data::nyuv2::{CLASSES, NyuSample, NyuSplit};
+use overparam_fuse::Weights;
+use overparam_fuse::spec::DeploySpec;
+
+use crate::calib::{Calibrator, Histogram, collect, plan};
+use crate::error::{Error, Result};
+use crate::export::{ActivationEncoding, ExportOptions, Precision, QuantPlan, export, to_bytes};
+use crate::runtime::CpuRuntime;
+
+/// Names of the nine metrics, in the order of [`evaluate`]'s result (MTAN's table; fractions,
+/// not percent; whether higher is better: `overparam_data::metrics::NYU_HIGHER_IS_BETTER`).
+pub const METRICS: [&str; 9] = [
+    "mIoU",
+    "pixel acc",
+    "depth abs err",
+    "depth rel err",
+    "normals mean °",
+    "normals median °",
+    "within 11.25°",
+    "within 22.5°",
+    "within 30°",
+];
+
+/// One sample as the network's NCHW input (batch 1).
+pub fn input(s: &NyuSample) -> Vec<f32> {
+    let hw = s.height * s.width;
+    let mut x = vec![0f32; 3 * hw];
+    for i in 0..hw {
+        for c in 0..3 {
+            x[c * hw + i] = s.image[i * 3 + c];
+        }
+    }
+    x
+}
+
+/// The nine metrics of a multi-task ONNX model (batch 1) over `split`. Depth and normal errors
+/// are averaged per sample (MTAN averages per batch, so its numbers at batch > 1 differ slightly).
+pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
+    let mut rt = CpuRuntime::new(model, None)?;
+    let mut conf = Confusion::new(CLASSES);
+    let mut geo = GeometryErrors::default();
+    for i in 0..split.len() {
+        let s = split.get(i)?;
+        let outs = rt.run(&input(&s))?;
+        let get = |name: &str| {
+            outs.iter()
+                .find(|o| o.0 == name)
+                .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))
+        };
+        let hw = s.height * s.width;
+        let (_, shape, seg) = get("segmentation")?;
+        if shape[2] * shape[3] != hw {
+            return Err(Error::Runtime(format!(
+                "model output {shape:?} does not match the data's {}×{}",
+                s.height, s.width
+            )));
+        }
+        let c = shape[1];
+        let pred: Vec<usize> = (0..hw)
+            .map(|p| {
+                (0..c)
+                    .max_by(|&a, &b| seg[a * hw + p].total_cmp(&seg[b * hw + p]))
+                    .unwrap_or(0)
+            })
+            .collect();
+        conf.add(&pred, &s.label);
+        let depth = &get("depth")?.2;
+        let n = &get("normals")?.2;
+        let normals: Vec<f32> = (0..hw * 3).map(|j| n[(j % 3) * hw + j / 3]).collect();
+        geo.add_batch(depth, &s.depth, &normals, &s.normal);
+    }
+    let g = geo.values();
+    Ok([
+        conf.miou(),
+        conf.pixel_accuracy(),
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5],
+        g[6],
+    ])
+}
+
+/// A seeded calibration set of up to `images` samples of `split` as batch-1 inputs.
+pub fn calibration_inputs(split: &NyuSplit, images: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
+    let mut idx: Vec<usize> = (0..split.len()).collect();
+    let mut rng = overparam_fuse::Rng::new(seed);
+    for i in (1..idx.len()).rev() {
+        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    idx.truncate(images);
+    idx.iter().map(|&i| Ok(input(&split.get(i)?))).collect()
+}
+
+/// Histograms and the calibrator's INT8 plan from `images` samples of `split`.
+pub fn calibrate(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    split: &NyuSplit,
+    images: usize,
+    c: Calibrator,
+    encoding: ActivationEncoding,
+    progress: bool,
+) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
+    let batches = calibration_inputs(split, images, 0)?;
+    let hists = collect(spec, w, &batches, progress)?;
+    Ok((plan(&hists, c, encoding), hists, batches.len()))
+}
+
+/// One row of an accuracy-per-precision table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrecisionRow {
+    pub precision: Precision,
+    pub metrics: [f64; 9],
+    pub onnx_bytes: usize,
+}
+
+/// FP32, FP16 and INT8 exports of one deploy model, evaluated on `eval`; INT8 calibrated on
+/// `calib`. Returns the rows and the ONNX bytes of each precision (for writing out).
+#[allow(clippy::too_many_arguments)]
+pub fn precision_table(
+    spec: &DeploySpec,
+    w: &Weights<f32>,
+    calib: &NyuSplit,
+    eval: &NyuSplit,
+    calib_images: usize,
+    c: Calibrator,
+    encoding: ActivationEncoding,
+    progress: bool,
+) -> Result<(Vec<PrecisionRow>, Vec<(Precision, Vec<u8>)>, QuantPlan)> {
+    let (p, _, _) = calibrate(spec, w, calib, calib_images, c, encoding, progress)?;
+    let mut rows = vec![];
+    let mut models = vec![];
+    for prec in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+        let mut o = ExportOptions::new(prec);
+        if prec == Precision::Int8 {
+            o.quant = Some(p.clone());
+        }
+        let bytes = to_bytes(&export(spec, w, &o)?);
+        rows.push(PrecisionRow {
+            precision: prec,
+            metrics: evaluate(&bytes, eval)?,
+            onnx_bytes: bytes.len(),
+        });
+        models.push((prec, bytes));
+    }
+    Ok((rows, models, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_is_channel_first() {
+        let s = NyuSample {
+            height: 1,
+            width: 2,
+            image: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            label: vec![0.0; 2],
+            depth: vec![1.0; 2],
+            normal: vec![0.0; 6],
+        };
+        assert_eq!(input(&s), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}
