@@ -34,6 +34,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Publish a model's outputs over zenoh (native or ROS 2), or listen to them.
     Bridge(commands::bridge::Args),
+    /// A grid of method × routine × seed, resumable and shardable, with a summary and plots.
+    Experiment(commands::experiment::Args),
     /// Generate datasets (synthetic data in the real formats).
     Data(commands::data::Args),
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Data(a) => commands::data::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Experiment(a) => commands::experiment::run(a),
         Command::Bridge(a) => commands::bridge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Engine(a) => commands::engine::run(a),

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod metrics;
 pub mod npy;
 pub mod nyuv2;
+pub mod plot;
 pub mod png;
 pub mod scenes;
 pub mod synth;

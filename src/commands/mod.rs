@@ -4,6 +4,7 @@ pub mod data;
 pub mod doctor;
 pub mod engine;
 pub mod eval;
+pub mod experiment;
 pub mod export;
 pub mod fuse;
 pub mod init;

@@ -1,0 +1,706 @@
+//! `overparam experiment`: a grid of method × routine × seed on one task, each cell a normal
+//! run directory; resumable, shardable across machines (`--shard I/N`, `--emit-slurm`), and
+//! summarised as results.csv, results.md and plots.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<ExperimentCommand>,
+    /// Experiment file (TOML); see configs/experiments/.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run only every N-th cell starting at I (0-based), e.g. `--shard 2/8`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Write a Slurm job-array script running N shards (`--shards`) to this file and exit.
+    #[arg(long, value_name = "FILE")]
+    emit_slurm: Option<PathBuf>,
+    /// Shards for --emit-slurm (default: one per cell).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// List the cells and their state, run nothing.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum ExperimentCommand {
+    /// Merge the finished cells of an experiment directory into results.csv, results.md and
+    /// plots (whatever has finished so far, from any machine).
+    Summarize { dir: PathBuf },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct ExperimentFile {
+    experiment: Experiment,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Experiment {
+    name: String,
+    /// Base training config, relative to the experiment file.
+    base: PathBuf,
+    seeds: Vec<u64>,
+    /// Overrides for every cell (`key=value`, as `train --set`).
+    #[serde(default)]
+    set: Vec<String>,
+    /// Where cells go (default `runs/<name>`), relative to the working directory.
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    /// Measure each cell's INT8 drop through the CPU runtime.
+    #[serde(default = "yes")]
+    int8: bool,
+    #[serde(default = "calib_default")]
+    calib_images: usize,
+    cells: Vec<CellSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn calib_default() -> usize {
+    256
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct CellSpec {
+    /// Method and routine, e.g. `sfo-r2`; the row of the results table.
+    label: String,
+    /// A different base config for this cell (single-task baselines).
+    #[serde(default)]
+    base: Option<PathBuf>,
+    #[serde(default)]
+    set: Vec<String>,
+    /// A single-task baseline for Δm of this task (multi-task grids).
+    #[serde(default)]
+    baseline_for: Option<String>,
+}
+
+/// What a finished cell records in `<cell>/cell.json`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct CellResult {
+    label: String,
+    seed: u64,
+    task: String,
+    /// Metric name → value (classification: top-1/top-5 error in %; multi-task: the nine
+    /// NYUv2 metrics).
+    metrics: BTreeMap<String, f64>,
+    baseline_for: Option<String>,
+    train_seconds: f64,
+    /// The training ran in more than one invocation (seconds are partial).
+    resumed: bool,
+    images_per_s: Option<f64>,
+    train_params: usize,
+    deploy_params: usize,
+    deploy_macs: usize,
+    /// Metric name → INT8 minus FP32 ONNX (through ONNX Runtime).
+    int8_drop: BTreeMap<String, f64>,
+}
+
+const CELL_FILE: &str = "cell.json";
+
+struct Cell {
+    spec: CellSpec,
+    seed: u64,
+    name: String,
+}
+
+fn load(path: &Path) -> Result<Experiment> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let f: ExperimentFile = toml::from_str(&text)
+        .with_context(|| format!("{}: not an experiment file", path.display()))?;
+    let e = f.experiment;
+    if e.seeds.is_empty() || e.cells.is_empty() {
+        bail!(
+            "{}: experiment.seeds and experiment.cells must not be empty",
+            path.display()
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &e.cells {
+        if c.label.is_empty() || c.label.contains(['/', '\\']) || !seen.insert(&c.label) {
+            bail!(
+                "{}: cell label `{}` is empty, has a slash or repeats",
+                path.display(),
+                c.label
+            );
+        }
+    }
+    Ok(e)
+}
+
+fn cells(e: &Experiment) -> Vec<Cell> {
+    // Seed-major: a partial grid already has one seed of every method.
+    e.seeds
+        .iter()
+        .flat_map(|&seed| {
+            e.cells.iter().map(move |c| Cell {
+                spec: c.clone(),
+                seed,
+                name: format!("{}-s{seed}", c.label),
+            })
+        })
+        .collect()
+}
+
+fn exp_dir(e: &Experiment) -> PathBuf {
+    e.dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&e.name))
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').context("--shard wants I/N")?;
+    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
+    if n == 0 || i >= n {
+        bail!("--shard {s}: need 0 ≤ I < N");
+    }
+    Ok((i, n))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(ExperimentCommand::Summarize { dir }) = a.command {
+        summarize(&dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = a
+        .config
+        .context("--config FILE (or `experiment summarize DIR`)")?;
+    let e = load(&path)?;
+    let all = cells(&e);
+    let dir = exp_dir(&e);
+    if let Some(out) = &a.emit_slurm {
+        let n = a.shards.unwrap_or(all.len()).clamp(1, all.len());
+        write_slurm(out, &path, n)?;
+        println!(
+            "wrote {} ({n} array tasks over {} cells)",
+            out.display(),
+            all.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (si, sn) = a
+        .shard
+        .as_deref()
+        .map(parse_shard)
+        .transpose()?
+        .unwrap_or((0, 1));
+    if a.list {
+        for (k, c) in all.iter().enumerate().filter(|(k, _)| k % sn == si) {
+            let d = dir.join(&c.name);
+            let state = if d.join(CELL_FILE).exists() {
+                "done"
+            } else if d.join("train_state.safetensors").exists() {
+                "partial"
+            } else {
+                "todo"
+            };
+            println!("{k:>3} {:<24} {state}", c.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mine: Vec<&Cell> = all
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % sn == si)
+        .map(|(_, c)| c)
+        .collect();
+    eprintln!(
+        "experiment {}: {} cells ({} in shard {si}/{sn}) under {}",
+        e.name,
+        all.len(),
+        mine.len(),
+        dir.display()
+    );
+    for (k, c) in mine.iter().enumerate() {
+        let cdir = dir.join(&c.name);
+        if cdir.join(CELL_FILE).exists() {
+            println!("[{}/{}] {}: done, skipped", k + 1, mine.len(), c.name);
+            continue;
+        }
+        eprintln!("[{}/{}] {}: training", k + 1, mine.len(), c.name);
+        let r = run_cell(&e, &path, &dir, c)?;
+        println!(
+            "[{}/{}] {}: {} in {:.0} s",
+            k + 1,
+            mine.len(),
+            c.name,
+            r.metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.train_seconds
+        );
+    }
+    summarize(&dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_slurm(out: &Path, config: &Path, shards: usize) -> Result<()> {
+    let script = format!(
+        "#!/bin/bash\n\
+         # Runs `overparam experiment` as a Slurm job array: task I runs every {shards}-th cell\n\
+         # starting at I. Cells are resumable, so a requeued task continues where it stopped.\n\
+         # The run directory must be on a filesystem every node shares. Afterwards:\n\
+         #   overparam experiment summarize runs/<name>\n\
+         #SBATCH --job-name=overparam-experiment\n\
+         #SBATCH --array=0-{last}\n\
+         #SBATCH --gres=gpu:1\n\
+         #SBATCH --cpus-per-task=8\n\
+         #SBATCH --time=48:00:00\n\
+         #SBATCH --requeue\n\
+         #SBATCH --output=slurm-%A_%a.out\n\
+         set -euo pipefail\n\
+         cd \"${{SLURM_SUBMIT_DIR}}\"\n\
+         exec target/release/overparam experiment --config {config} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\"\n",
+        last = shards - 1,
+        config = config.display()
+    );
+    overparam_fuse::checkpoint::write_file_atomic(out, script.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn run_cell(e: &Experiment, path: &Path, dir: &Path, c: &Cell) -> Result<CellResult> {
+    use overparam_train::config::TrainConfig;
+    let root = path.parent().unwrap_or(Path::new("."));
+    let base = root.join(c.spec.base.as_ref().unwrap_or(&e.base));
+    let mut overrides = e.set.clone();
+    overrides.extend(c.spec.set.iter().cloned());
+    overrides.push(format!("run.seed={}", c.seed));
+    overrides.push(format!("run.name=\"{}\"", c.name));
+    overrides.push(format!("run.dir=\"{}\"", dir.display()));
+    let cfg = TrainConfig::load(&base, &overrides)
+        .with_context(|| format!("cell {} from {}", c.name, base.display()))?;
+    let cdir = cfg.run_dir();
+    let resume = cdir.join("train_state.safetensors").exists();
+    if !resume && cdir.exists() {
+        // Killed before its first epoch finished: nothing worth keeping.
+        std::fs::remove_dir_all(&cdir).with_context(|| format!("clearing {}", cdir.display()))?;
+    }
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t0 = std::time::Instant::now();
+    let mtl = overparam_train::mtl_trainer::is_mtl(&cfg);
+    let mut metrics = BTreeMap::new();
+    let mut images_per_s = None;
+    if mtl {
+        let s = overparam_train::mtl_trainer::train_mtl(&cfg, resume, progress, None)?
+            .context("training stopped early")?;
+        for (k, v) in overparam_engine::dense::METRICS.iter().zip(s.metrics) {
+            metrics.insert(k.to_string(), v);
+        }
+    } else {
+        let s = overparam_train::trainer::train(&cfg, resume, progress, None)?
+            .context("training stopped early")?;
+        metrics.insert("top-1 err %".into(), s.last.test_top1_err);
+        metrics.insert("top-5 err %".into(), s.last.test_top5_err);
+        images_per_s = Some(mean_images_per_s(&cdir.join("metrics.csv"))?);
+    }
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let op = overparam_fuse::checkpoint::load(&cdir.join("model.op.safetensors"))?;
+    let dep = overparam_fuse::checkpoint::load(&cdir.join("model.deploy.safetensors"))?;
+    let si = overparam_fuse::inspect::summarize(&op.spec)?;
+    let sd = overparam_fuse::inspect::summarize(&dep.spec)?;
+    let int8_drop = if e.int8 {
+        eprintln!("{}: INT8 drop through ONNX Runtime…", c.name);
+        int8_drop(&cfg, &dep, e.calib_images, mtl)?
+    } else {
+        BTreeMap::new()
+    };
+    let r = CellResult {
+        label: c.spec.label.clone(),
+        seed: c.seed,
+        task: if mtl { "nyuv2" } else { "classification" }.into(),
+        metrics,
+        baseline_for: c.spec.baseline_for.clone(),
+        train_seconds,
+        resumed: resume,
+        images_per_s,
+        train_params: si.total_params,
+        deploy_params: sd.total_params,
+        deploy_macs: sd.total_macs,
+        int8_drop,
+    };
+    overparam_fuse::checkpoint::write_file_atomic(
+        &cdir.join(CELL_FILE),
+        serde_json::to_string_pretty(&r)?.as_bytes(),
+    )?;
+    Ok(r)
+}
+
+#[cfg(not(feature = "train"))]
+fn run_cell(_: &Experiment, _: &Path, _: &Path, _: &Cell) -> Result<CellResult> {
+    bail!(
+        "running cells needs the `train` feature (libtorch); `experiment summarize` works without it"
+    )
+}
+
+fn mean_images_per_s(csv: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("{}", csv.display()))?;
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = head
+        .iter()
+        .position(|h| *h == "images_per_s")
+        .with_context(|| format!("{}: no images_per_s column", csv.display()))?;
+    let v: Vec<f64> = lines
+        .filter_map(|l| l.split(',').nth(col)?.parse().ok())
+        .collect();
+    Ok(v.iter().sum::<f64>() / v.len().max(1) as f64)
+}
+
+/// INT8 (entropy calibration, TensorRT's symmetric encoding) minus FP32 ONNX, per metric.
+#[cfg(feature = "train")]
+fn int8_drop(
+    cfg: &overparam_train::config::TrainConfig,
+    dep: &overparam_fuse::checkpoint::Checkpoint,
+    calib_images: usize,
+    mtl: bool,
+) -> Result<BTreeMap<String, f64>> {
+    use overparam_engine::calib::Calibrator;
+    use overparam_engine::export::{
+        ActivationEncoding, ExportOptions, Precision, export, to_bytes,
+    };
+    let overparam_fuse::AnySpec::Deploy(spec) = &dep.spec else {
+        bail!("model.deploy.safetensors holds a train spec");
+    };
+    let w = &dep.weights;
+    let enc = ActivationEncoding::SignedSymmetric;
+    let mut out = BTreeMap::new();
+    if mtl {
+        let (train, val) = overparam_train::mtl_trainer::load_splits(cfg)?;
+        let (p, _, _) = overparam_engine::dense::calibrate(
+            spec,
+            w,
+            &train,
+            calib_images,
+            Calibrator::Entropy,
+            enc,
+            false,
+        )?;
+        let fp32 = overparam_engine::dense::evaluate(
+            &to_bytes(&export(spec, w, &ExportOptions::new(Precision::Fp32))?),
+            &val,
+        )?;
+        let mut o = ExportOptions::new(Precision::Int8);
+        o.quant = Some(p);
+        let int8 = overparam_engine::dense::evaluate(&to_bytes(&export(spec, w, &o)?), &val)?;
+        for (k, name) in overparam_engine::dense::METRICS.iter().enumerate() {
+            out.insert(name.to_string(), int8[k] - fp32[k]);
+        }
+    } else {
+        let (train, test) = overparam_train::trainer::load_data(cfg)?;
+        let norm = overparam_engine::accuracy::normalization(spec)?;
+        let batch = 50;
+        let model = |p: Precision, q| -> Result<Vec<u8>> {
+            let mut o = ExportOptions::new(p);
+            o.batch = batch;
+            o.quant = q;
+            Ok(to_bytes(&export(spec, w, &o)?))
+        };
+        let fp32 =
+            overparam_engine::accuracy::evaluate(&model(Precision::Fp32, None)?, &test, &norm)?;
+        let (p, _, _) = overparam_engine::calib::calibrate(
+            spec,
+            w,
+            &train,
+            &norm,
+            calib_images,
+            batch,
+            Calibrator::Entropy,
+            enc,
+        )?;
+        let int8 =
+            overparam_engine::accuracy::evaluate(&model(Precision::Int8, Some(p))?, &test, &norm)?;
+        out.insert("top-1 err %".into(), int8.top1_error() - fp32.top1_error());
+        out.insert("top-5 err %".into(), int8.top5_error() - fp32.top5_error());
+    }
+    Ok(out)
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+/// Reads every `*/cell.json` under `dir`; writes results.csv, results.md and plots.
+pub fn summarize(dir: &Path) -> Result<()> {
+    let mut rows: Vec<CellResult> = vec![];
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join(CELL_FILE)))
+        .filter(|p| p.exists())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let text = std::fs::read_to_string(&p)?;
+        rows.push(serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?);
+    }
+    if rows.is_empty() {
+        bail!("{}: no finished cells (no */{CELL_FILE})", dir.display());
+    }
+    // Label order as first seen (cells are seed-major), metric names from the first row.
+    let mut labels: Vec<String> = vec![];
+    for r in &rows {
+        if !labels.contains(&r.label) {
+            labels.push(r.label.clone());
+        }
+    }
+    let mtl = rows[0].task == "nyuv2";
+    let metric_names: Vec<String> = rows[0].metrics.keys().cloned().collect();
+    // Δm against the single-task baselines (mean over their seeds), where all three exist.
+    let baseline = if mtl { baseline(&rows) } else { None };
+    let dm = |r: &CellResult| -> Option<f64> {
+        let b = baseline.as_ref()?;
+        if r.baseline_for.is_some() {
+            return None;
+        }
+        let m: [f64; 9] = std::array::from_fn(|k| r.metrics[overparam_engine::dense::METRICS[k]]);
+        Some(overparam_data::metrics::delta_m_nash(&m, b))
+    };
+
+    // results.csv: one row per cell.
+    let mut csv = String::from("label,seed");
+    for m in &metric_names {
+        csv += &format!(",{m}");
+    }
+    if mtl {
+        csv += ",delta_m_pct";
+    }
+    for m in &metric_names {
+        csv += &format!(",int8_drop {m}");
+    }
+    csv += ",train_seconds,resumed,images_per_s,train_params,deploy_params,deploy_macs\n";
+    for r in &rows {
+        csv += &format!("{},{}", r.label, r.seed);
+        for m in &metric_names {
+            csv += &format!(",{}", r.metrics.get(m).copied().unwrap_or(f64::NAN));
+        }
+        if mtl {
+            csv += &format!(",{}", dm(r).unwrap_or(f64::NAN));
+        }
+        for m in &metric_names {
+            csv += &format!(",{}", r.int8_drop.get(m).copied().unwrap_or(f64::NAN));
+        }
+        csv += &format!(
+            ",{:.1},{},{},{},{},{}\n",
+            r.train_seconds,
+            r.resumed,
+            r.images_per_s
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_default(),
+            r.train_params,
+            r.deploy_params,
+            r.deploy_macs
+        );
+    }
+    overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.csv"), csv.as_bytes())?;
+
+    // results.md: mean ± std over seeds per label.
+    let group = |l: &str| rows.iter().filter(|r| r.label == l).collect::<Vec<_>>();
+    let show: Vec<&String> = if mtl {
+        metric_names
+            .iter()
+            .filter(|m| {
+                [
+                    "mIoU",
+                    "pixel acc",
+                    "depth abs err",
+                    "depth rel err",
+                    "normals mean °",
+                    "normals median °",
+                ]
+                .contains(&m.as_str())
+            })
+            .collect()
+    } else {
+        metric_names.iter().collect()
+    };
+    let mut md = format!(
+        "# {}\n\nMean ± standard deviation over seeds (n = seeds finished). {}\n\n| method | n |",
+        dir.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("experiment"),
+        if mtl {
+            "Metrics are fractions as MTAN reports them; Δm% (Nash-MTL convention: mean relative change over the nine metrics against the single-task baselines, **lower is better**)."
+        } else {
+            "Errors in % on the test split."
+        }
+    );
+    for m in &show {
+        md += &format!(" {m} |");
+    }
+    if mtl {
+        md += " Δm % |";
+    }
+    let drop_key = if mtl { "mIoU" } else { "top-1 err %" };
+    md += &format!(" INT8 Δ {drop_key} | train s | train params | deploy params |\n|---|---|");
+    for _ in 0..show.len() + if mtl { 1 } else { 0 } {
+        md += "---|";
+    }
+    md += "---|---|---|---|\n";
+    let mut bars_metric = vec![];
+    let mut bars_cost = vec![];
+    let mut bars_int8 = vec![];
+    let primary = if mtl {
+        "Δm %".to_string()
+    } else {
+        "top-1 err %".to_string()
+    };
+    for l in &labels {
+        let g = group(l);
+        md += &format!("| {l} | {} |", g.len());
+        for m in &show {
+            let v: Vec<f64> = g
+                .iter()
+                .filter_map(|r| r.metrics.get(*m).copied())
+                .collect();
+            let (a, s) = mean_std(&v);
+            md += &format!(" {} |", pm(a, s, if mtl { 4 } else { 2 }));
+        }
+        let d: Vec<f64> = g.iter().filter_map(|r| dm(r)).collect();
+        if mtl {
+            if d.is_empty() {
+                md += " (baseline) |";
+            } else {
+                let (a, s) = mean_std(&d);
+                md += &format!(" {} |", pm(a, s, 2));
+            }
+        }
+        let i8: Vec<f64> = g
+            .iter()
+            .filter_map(|r| r.int8_drop.get(drop_key).copied())
+            .collect();
+        let (ia, is) = mean_std(&i8);
+        md += &format!(
+            " {} |",
+            if i8.is_empty() {
+                "–".into()
+            } else {
+                pm(ia, is, if mtl { 4 } else { 2 })
+            }
+        );
+        let t: Vec<f64> = g.iter().map(|r| r.train_seconds).collect();
+        let (ta, ts) = mean_std(&t);
+        md += &format!(
+            " {} | {} | {} |\n",
+            pm(ta, ts, 0),
+            super::si(g[0].train_params),
+            super::si(g[0].deploy_params)
+        );
+        let pv = if mtl {
+            d.clone()
+        } else {
+            g.iter()
+                .filter_map(|r| r.metrics.get("top-1 err %").copied())
+                .collect()
+        };
+        if !pv.is_empty() {
+            let (a, s) = mean_std(&pv);
+            bars_metric.push(overparam_data::plot::Bar {
+                label: l.clone(),
+                value: a,
+                err: s,
+            });
+        }
+        bars_cost.push(overparam_data::plot::Bar {
+            label: l.clone(),
+            value: ta,
+            err: ts,
+        });
+        if !i8.is_empty() {
+            bars_int8.push(overparam_data::plot::Bar {
+                label: l.clone(),
+                value: ia,
+                err: is,
+            });
+        }
+    }
+    if let Some(b) = &baseline {
+        md += &format!(
+            "\nSingle-task baseline used for Δm (mean over seeds): {}\n",
+            overparam_engine::dense::METRICS
+                .iter()
+                .zip(b)
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    md += &format!(
+        "\nPlots: [{primary} per method](plot_metric.png), [training time per method](plot_train_time.png), [INT8 drop per method](plot_int8.png). Per-cell numbers: [results.csv](results.csv).\n"
+    );
+    overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.md"), md.as_bytes())?;
+    use overparam_data::plot::bar_chart;
+    if !bars_metric.is_empty() {
+        bar_chart(
+            &format!("{primary} (mean ± std over seeds)"),
+            if mtl {
+                "delta m %, lower is better"
+            } else {
+                "top-1 error %, lower is better"
+            },
+            &bars_metric,
+        )
+        .save(&dir.join("plot_metric.png"))?;
+    }
+    bar_chart("training time per run", "seconds", &bars_cost)
+        .save(&dir.join("plot_train_time.png"))?;
+    if !bars_int8.is_empty() {
+        bar_chart(
+            &format!("INT8 minus FP32: {drop_key}"),
+            "change (onnx runtime, entropy calibration)",
+            &bars_int8,
+        )
+        .save(&dir.join("plot_int8.png"))?;
+    }
+    println!("{md}");
+    eprintln!("wrote {}/results.csv, results.md and plots", dir.display());
+    Ok(())
+}
+
+fn pm(a: f64, s: f64, d: usize) -> String {
+    format!("{a:.d$} ± {s:.d$}")
+}
+
+/// The nine-metric single-task baseline: segmentation metrics from the `segmentation`
+/// baseline cells, depth from `depth`, normals from `normals` (means over seeds).
+fn baseline(rows: &[CellResult]) -> Option<[f64; 9]> {
+    let names = overparam_engine::dense::METRICS;
+    let mut b = [f64::NAN; 9];
+    for (task, range) in [("segmentation", 0..2), ("depth", 2..4), ("normals", 4..9)] {
+        let g: Vec<&CellResult> = rows
+            .iter()
+            .filter(|r| r.baseline_for.as_deref() == Some(task))
+            .collect();
+        if g.is_empty() {
+            return None;
+        }
+        for k in range {
+            let v: Vec<f64> = g
+                .iter()
+                .filter_map(|r| r.metrics.get(names[k]).copied())
+                .collect();
+            b[k] = mean_std(&v).0;
+        }
+    }
+    Some(b)
+}
