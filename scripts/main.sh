@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
-# The main job (for now): build an overparameterised ResNet-50 for CIFAR with SFO, fold it to
-# the plain network, verify the fold numerically, and compare the two checkpoints.
-# Set-up included and idempotent. METHOD=repvgg|qarepvgg|fnl|sfo|plain picks another method.
+# The main job: on a fresh clone with no dataset, generate synthetic NYUv2-layout scenes, train
+# the multi-task network with SFO (routine R1), fold and verify it, export FP32/FP16/INT8 ONNX
+# with calibration, measure accuracy per precision and latency against a budget, publish a few
+# hundred frames over zenoh to an in-process listener, and write runs/demo/report.md with plots.
+# Set-up included and idempotent; extra arguments go to `overparam pipeline` (see --help),
+# e.g. `scripts/main.sh --data /path/to/nyuv2` for real NYUv2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --quiet
-bin=target/release/overparam
-method=${METHOD:-sfo}
-run=runs/demo-$method
-mkdir -p "$run"
-echo "== init: resnet50_cifar with $method (random BN statistics, so the BN folds are exercised)"
-"$bin" init --model resnet50_cifar --method "$method" --random-bn -o "$run/model.op.safetensors"
-echo "== fuse: fold to the plain network and verify against the train model in eval mode"
-"$bin" fuse "$run/model.op.safetensors" -o "$run/model.deploy.safetensors"
-echo "== inspect"
-printf 'train-time  '; "$bin" inspect "$run/model.op.safetensors" | tail -n 1
-printf 'deployed    '; "$bin" inspect "$run/model.deploy.safetensors" | tail -n 1
-echo "per-layer table: $bin inspect $run/model.deploy.safetensors"
+exec target/release/overparam pipeline "$@"

@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: train → fold → verify → export FP32/FP16/INT8 → accuracy → latency →
+    /// publish over zenoh → runs/<name>/report.md (default: multi-task SFO on synthetic scenes).
+    Pipeline(commands::pipeline::Args),
     /// Build a model spec with a method and write its freshly initialised train checkpoint.
     Init(commands::init::Args),
     /// Fold a train checkpoint into a plain deploy checkpoint and verify it numerically.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),
+        Command::Pipeline(a) => commands::pipeline::run(a),
         Command::Fuse(a) => commands::fuse::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Doctor(a) => commands::doctor::run(a),

@@ -92,14 +92,14 @@ fn glyph(c: char) -> [u8; 5] {
         '°' => [0x00, 0x06, 0x09, 0x06, 0x00],
         '±' => [0x44, 0x44, 0x5F, 0x44, 0x44],
         'Δ' => [0x60, 0x58, 0x46, 0x58, 0x60],
-        '×' => GLYPHS[('X' as u8 - 32) as usize],
-        '−' | '–' => GLYPHS[('-' as u8 - 32) as usize],
+        '×' => GLYPHS[(b'X' - 32) as usize],
+        '−' | '–' => GLYPHS[(b'-' - 32) as usize],
         _ => {
             let u = c.to_ascii_uppercase();
             if (' '..='_').contains(&u) {
                 GLYPHS[(u as u8 - 32) as usize]
             } else {
-                GLYPHS[('?' as u8 - 32) as usize]
+                GLYPHS[(b'?' - 32) as usize]
             }
         }
     }
@@ -366,7 +366,17 @@ pub fn histogram(
     bins: usize,
     marks: &[(&str, f64)],
 ) -> Canvas {
-    let (lo, hi) = range(values.iter().copied().chain(marks.iter().map(|m| m.1)));
+    // Marks far beyond the data (a generous budget) would squash it: they are listed in the
+    // corner instead of drawn.
+    let (dlo, dhi) = range(values.iter().copied());
+    let span = (dhi - dlo).max(dhi.abs() * 0.1).max(1e-9);
+    let on_scale = |v: f64| v >= dlo - span && v <= dhi + span;
+    let (lo, hi) = range(
+        values
+            .iter()
+            .copied()
+            .chain(marks.iter().map(|m| m.1).filter(|v| on_scale(*v))),
+    );
     let (lo, hi) = if hi > lo {
         (lo, hi)
     } else {
@@ -401,12 +411,19 @@ pub fn histogram(
     f.c.text((l + r) / 2 - xw / 2, b + 24, x_label, [90, 90, 90], 1);
     for (k, (label, v)) in marks.iter().enumerate() {
         let col = COLOURS[(k + 1) % COLOURS.len()];
-        let x = xpix(&f, *v);
+        let s = format!("{label} {}", fmt(*v));
         let t = f.top;
+        if !on_scale(*v) {
+            let w = Canvas::text_width(&s, 1);
+            f.c.text(r - w - 4, t + 4 + 10 * k as i64, &s, col, 1);
+            continue;
+        }
+        let x = xpix(&f, *v);
         f.c.line(x, t, x, b, col);
         f.c.line(x + 1, t, x + 1, b, col);
-        let s = format!("{label} {}", fmt(*v));
-        f.c.text(x + 4, t + 4 + 10 * k as i64, &s, col, 1);
+        let w = Canvas::text_width(&s, 1);
+        let tx = if x + 4 + w > r { x - 4 - w } else { x + 4 };
+        f.c.text(tx, t + 4 + 10 * k as i64, &s, col, 1);
     }
     f.c
 }

@@ -115,6 +115,9 @@ pub fn calibrate(
     Ok((plan(&hists, c, encoding), hists, batches.len()))
 }
 
+/// An exported model per precision.
+pub type Models = Vec<(Precision, Vec<u8>)>;
+
 /// One row of an accuracy-per-precision table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PrecisionRow {
@@ -135,7 +138,7 @@ pub fn precision_table(
     c: Calibrator,
     encoding: ActivationEncoding,
     progress: bool,
-) -> Result<(Vec<PrecisionRow>, Vec<(Precision, Vec<u8>)>, QuantPlan)> {
+) -> Result<(Vec<PrecisionRow>, Models, QuantPlan)> {
     let (p, _, _) = calibrate(spec, w, calib, calib_images, c, encoding, progress)?;
     let mut rows = vec![];
     let mut models = vec![];

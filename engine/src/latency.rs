@@ -29,6 +29,9 @@ pub struct LatencyReport {
     pub d2h_ms: Option<f64>,
     pub budget_ms: Option<f64>,
     pub within_budget: Option<bool>,
+    /// Every timed iteration (ms, sorted), for histograms.
+    #[serde(skip)]
+    pub samples_ms: Vec<f64>,
 }
 
 /// The p-th percentile (nearest rank) of sorted samples.
@@ -82,6 +85,7 @@ impl LatencyReport {
             budget_ms,
             // The budget is judged on the 99th percentile: a perception deadline is per frame.
             within_budget: budget_ms.map(|b| p99 <= b),
+            samples_ms: ms,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod fuse;
 pub mod init;
 pub mod inspect;
+pub mod pipeline;
 pub mod train;
 
 /// Human-readable counts: 23.71M, 1.30G.

@@ -1,0 +1,140 @@
+//! `overparam pipeline` end to end at a tiny size: the report says the fold verified, lists the
+//! three precisions' accuracy and the latency percentiles, and counts every frame received
+//! over zenoh; the classification variant runs the stages that apply.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_overparam"))
+}
+
+#[test]
+fn multi_task_pipeline_reports_every_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args([
+            "pipeline",
+            "--frames",
+            "40",
+            "--iters",
+            "10",
+            "--calib-images",
+            "4",
+        ])
+        .args(["--set", &format!("run.dir=\"{}\"", d.path().display())])
+        .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
+        .args([
+            "--set",
+            "data.synthetic_train=8",
+            "--set",
+            "data.synthetic_test=4",
+        ])
+        .args([
+            "--set",
+            "data.synthetic_height=48",
+            "--set",
+            "data.synthetic_width=64",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    for k in 1..=8 {
+        assert!(
+            text.contains(&format!("== [{k}/8]")),
+            "stage {k} missing: {text}"
+        );
+    }
+    let run = d.path().join("demo");
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("**Fold verified: yes**"), "{md}");
+    assert!(
+        md.contains("| mIoU |") && md.contains("| fp32 | fp16 | int8 |"),
+        "{md}"
+    );
+    for p in ["| fp32 |", "| fp16 |", "| int8 |"] {
+        assert!(md.contains(p), "latency row {p} missing: {md}");
+    }
+    assert!(md.contains("p99 ms"), "{md}");
+    assert!(md.contains("**Received 120 of 120 messages**"), "{md}");
+    for f in [
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.int8.onnx",
+        "calib.json",
+        "training_curves.png",
+        "training_metrics.png",
+        "latency_hist.png",
+        "model.deploy.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // A second run reuses the trained model instead of refusing the existing run directory.
+    let again = bin()
+        .args([
+            "pipeline",
+            "--frames",
+            "5",
+            "--iters",
+            "5",
+            "--calib-images",
+            "4",
+        ])
+        .args(["--set", &format!("run.dir=\"{}\"", d.path().display())])
+        .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
+        .args([
+            "--set",
+            "data.synthetic_train=8",
+            "--set",
+            "data.synthetic_test=4",
+        ])
+        .args([
+            "--set",
+            "data.synthetic_height=48",
+            "--set",
+            "data.synthetic_width=64",
+        ])
+        .output()
+        .unwrap();
+    let t2 = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(again.status.success(), "{t2}");
+    assert!(t2.contains("reusing the trained model"), "{t2}");
+}
+
+#[test]
+fn classification_pipeline_skips_the_bridge() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/proxy_cifar_sfo_r1.toml"
+    );
+    let o = bin()
+        .args([
+            "pipeline",
+            "--config",
+            cfg,
+            "--iters",
+            "5",
+            "--calib-images",
+            "32",
+        ])
+        .args(["--set", &format!("run.dir=\"{}\"", d.path().display())])
+        .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
+        .args([
+            "--set",
+            "data.synthetic_train=256",
+            "--set",
+            "data.synthetic_test=100",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    let md = std::fs::read_to_string(d.path().join("proxy-cifar-sfo-r1/report.md")).unwrap();
+    assert!(md.contains("**Fold verified: yes**"), "{md}");
+    assert!(md.contains("| precision | top-1 err % |"), "{md}");
+    assert!(
+        md.contains("Skipped: a classifier has no dense outputs"),
+        "{md}"
+    );
+}
