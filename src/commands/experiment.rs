@@ -1,6 +1,8 @@
 //! `overparam experiment`: a grid of method × routine × seed on one task, each cell a normal
 //! run directory; resumable, shardable across machines (`--shard I/N`, `--emit-slurm`), and
 //! summarised as results.csv, results.md and plots.
+// Deploy-only builds (no `train` feature) compile the training paths out.
+#![cfg_attr(not(feature = "train"), allow(unused_imports, dead_code))]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! `overparam pipeline`: the main job end to end — data, training, fold and verification,
 //! FP32/FP16/INT8 export with calibration, accuracy per precision, latency against a budget,
 //! publishing over zenoh to an in-process listener — and `runs/<name>/report.md` with plots.
+// Deploy-only builds (no `train` feature) compile the training paths out.
+#![cfg_attr(not(feature = "train"), allow(unused_imports, dead_code))]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
