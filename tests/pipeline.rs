@@ -8,20 +8,19 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_overparam"))
 }
 
-#[test]
-fn multi_task_pipeline_reports_every_stage() {
-    let d = tempfile::tempdir().unwrap();
-    let o = bin()
+/// A multi-task pipeline small enough for the test suite, into `dir`.
+fn tiny_pipeline(dir: &std::path::Path, frames: &str) -> std::process::Output {
+    bin()
         .args([
             "pipeline",
             "--frames",
-            "40",
+            frames,
             "--iters",
             "10",
             "--calib-images",
             "4",
         ])
-        .args(["--set", &format!("run.dir=\"{}\"", d.path().display())])
+        .args(["--set", &format!("run.dir=\"{}\"", dir.display())])
         .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
         .args([
             "--set",
@@ -36,7 +35,13 @@ fn multi_task_pipeline_reports_every_stage() {
             "data.synthetic_width=64",
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn multi_task_pipeline_reports_every_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let o = tiny_pipeline(d.path(), "40");
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{text}");
     for k in 1..=8 {
@@ -70,32 +75,7 @@ fn multi_task_pipeline_reports_every_stage() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     // A second run reuses the trained model instead of refusing the existing run directory.
-    let again = bin()
-        .args([
-            "pipeline",
-            "--frames",
-            "5",
-            "--iters",
-            "5",
-            "--calib-images",
-            "4",
-        ])
-        .args(["--set", &format!("run.dir=\"{}\"", d.path().display())])
-        .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
-        .args([
-            "--set",
-            "data.synthetic_train=8",
-            "--set",
-            "data.synthetic_test=4",
-        ])
-        .args([
-            "--set",
-            "data.synthetic_height=48",
-            "--set",
-            "data.synthetic_width=64",
-        ])
-        .output()
-        .unwrap();
+    let again = tiny_pipeline(d.path(), "5");
     let t2 = String::from_utf8_lossy(&again.stderr).to_string();
     assert!(again.status.success(), "{t2}");
     assert!(t2.contains("reusing the trained model"), "{t2}");

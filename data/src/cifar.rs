@@ -81,6 +81,11 @@ impl ImageSet {
 /// Reads one CIFAR binary file, validating its length and every label.
 pub fn read_file(path: &Path, kind: CifarKind) -> Result<ImageSet> {
     let buf = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(path, &buf, kind)
+}
+
+/// Validates and decodes the records of one CIFAR binary file (`path` names it in errors).
+pub fn parse(path: &Path, buf: &[u8], kind: CifarKind) -> Result<ImageSet> {
     let rec = kind.record_len();
     if buf.is_empty() {
         return Err(Error::Format {

@@ -157,6 +157,22 @@ impl GeometryErrors {
     }
 }
 
+/// The nine NYUv2 metrics (order of [`NYU_HIGHER_IS_BETTER`]) from the accumulators.
+pub fn nyu_metrics(conf: &Confusion, geo: &GeometryErrors) -> [f64; 9] {
+    let g = geo.values();
+    [
+        conf.miou(),
+        conf.pixel_accuracy(),
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5],
+        g[6],
+    ]
+}
+
 /// The nine NYUv2 metrics in the usual order: mIoU, pixel acc, abs err, rel err, mean°,
 /// median°, <11.25°, <22.5°, <30° (fractions, not percent), and whether higher is better.
 pub const NYU_HIGHER_IS_BETTER: [bool; 9] =

@@ -1,5 +1,5 @@
-//! A minimal PNG writer (8-bit RGB, stored deflate blocks): enough for diagnostic panels
-//! without an image crate. Decoders accept uncompressed ("stored") deflate streams.
+//! A minimal PNG writer (8-bit RGB, deflate by miniz_oxide): enough for diagnostic panels and
+//! charts without an image crate.
 
 use std::path::Path;
 
@@ -20,15 +20,6 @@ fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
-fn adler32(bytes: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in bytes {
-        a = (a + x as u32) % 65521;
-        b = (b + a) % 65521;
-    }
-    (b << 16) | a
-}
-
 fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());
     let start = out.len();
@@ -46,15 +37,8 @@ pub fn encode_rgb(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
         raw.push(0); // filter: none
         raw.extend_from_slice(row);
     }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
-    for (i, b) in blocks.iter().enumerate() {
-        z.push((i + 1 == blocks.len()) as u8);
-        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
-        z.extend_from_slice(b);
-    }
-    z.extend_from_slice(&adler32(&raw).to_be_bytes());
+    // zlib stream (header, deflate, Adler-32); level 6 shrinks charts ~50×.
+    let z = miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6);
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::with_capacity(13);
     ihdr.extend_from_slice(&(w as u32).to_be_bytes());
@@ -120,6 +104,5 @@ mod tests {
     #[test]
     fn checksums_match_known_values() {
         assert_eq!(super::crc32(b"IEND"), 0xAE42_6082);
-        assert_eq!(super::adler32(b"Wikipedia"), 0x11E6_0398);
     }
 }

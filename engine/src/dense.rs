@@ -75,18 +75,7 @@ pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
         let normals: Vec<f32> = (0..hw * 3).map(|j| n[(j % 3) * hw + j / 3]).collect();
         geo.add_batch(depth, &s.depth, &normals, &s.normal);
     }
-    let g = geo.values();
-    Ok([
-        conf.miou(),
-        conf.pixel_accuracy(),
-        g[0],
-        g[1],
-        g[2],
-        g[3],
-        g[4],
-        g[5],
-        g[6],
-    ])
+    Ok(overparam_data::metrics::nyu_metrics(&conf, &geo))
 }
 
 /// A seeded calibration set of up to `images` samples of `split` as batch-1 inputs.

@@ -130,6 +130,10 @@ enum BridgeCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Append one line per valid message, `<key> <stream id> <frame id>`, flushed as it
+        /// arrives (survives a kill; used by the fault tests).
+        #[arg(long)]
+        record: Option<PathBuf>,
         #[command(flatten)]
         ros: Ros2Args,
         #[command(flatten)]
@@ -227,6 +231,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             dump,
             dump_every,
             json,
+            record,
             ros,
             zenoh,
         } => {
@@ -244,6 +249,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if let Some(d) = &dump {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
             }
+            let mut rec = match &record {
+                Some(p) => Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .with_context(|| format!("opening {}", p.display()))?,
+                ),
+                None => None,
+            };
             let t0 = Instant::now();
             let mut last_print = Instant::now();
             let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
@@ -257,6 +272,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 match l.recv(Duration::from_millis(100))? {
                     Some(Event::Message { key, msg }) => {
                         valid += 1;
+                        if let Some(f) = rec.as_mut() {
+                            use std::io::Write;
+                            // One write per line, so a kill never leaves half a line.
+                            let line = format!("{key} {} {}\n", msg.stream_id, msg.frame_id);
+                            f.write_all(line.as_bytes())?;
+                        }
                         let n = per_key.entry(key.clone()).or_default();
                         if let Some(d) = &dump
                             && (*n).is_multiple_of(dump_every.max(1))

@@ -110,6 +110,7 @@ struct CellResult {
 }
 
 const CELL_FILE: &str = "cell.json";
+const GRID_FILE: &str = "experiment.json";
 
 struct Cell {
     spec: CellSpec,
@@ -212,6 +213,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The grid as run: `summarize` takes the row order from it.
+    overparam_fuse::checkpoint::write_file_atomic(
+        &dir.join(GRID_FILE),
+        serde_json::to_string_pretty(&e)?.as_bytes(),
+    )?;
     let mine: Vec<&Cell> = all
         .iter()
         .enumerate()
@@ -225,6 +231,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         mine.len(),
         dir.display()
     );
+    let mut failed = vec![];
     for (k, c) in mine.iter().enumerate() {
         let cdir = dir.join(&c.name);
         if cdir.join(CELL_FILE).exists() {
@@ -232,7 +239,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             continue;
         }
         eprintln!("[{}/{}] {}: training", k + 1, mine.len(), c.name);
-        let r = run_cell(&e, &path, &dir, c)?;
+        // A failing cell is reported and left for the next run; the grid goes on.
+        let r = match run_cell(&e, &path, &dir, c) {
+            Ok(r) => r,
+            Err(err) => {
+                eprintln!("[{}/{}] {}: FAILED: {err:#}", k + 1, mine.len(), c.name);
+                failed.push(format!("{}: {err:#}", c.name));
+                continue;
+            }
+        };
         println!(
             "[{}/{}] {}: {} in {:.0} s",
             k + 1,
@@ -247,6 +262,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     summarize(&dir)?;
+    if !failed.is_empty() {
+        eprintln!(
+            "{} cell(s) failed (rerun the same command to retry them):\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -459,8 +482,19 @@ pub fn summarize(dir: &Path) -> Result<()> {
     if rows.is_empty() {
         bail!("{}: no finished cells (no */{CELL_FILE})", dir.display());
     }
-    // Label order as first seen (cells are seed-major), metric names from the first row.
-    let mut labels: Vec<String> = vec![];
+    // Rows in the grid's cell order (then any other labels found), metric names from the
+    // first row.
+    let mut labels: Vec<String> = std::fs::read_to_string(dir.join(GRID_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Experiment>(&t).ok())
+        .map(|e| {
+            e.cells
+                .into_iter()
+                .map(|c| c.label)
+                .filter(|l| rows.iter().any(|r| &r.label == l))
+                .collect()
+        })
+        .unwrap_or_default();
     for r in &rows {
         if !labels.contains(&r.label) {
             labels.push(r.label.clone());
@@ -494,13 +528,13 @@ pub fn summarize(dir: &Path) -> Result<()> {
     for r in &rows {
         csv += &format!("{},{}", r.label, r.seed);
         for m in &metric_names {
-            csv += &format!(",{}", r.metrics.get(m).copied().unwrap_or(f64::NAN));
+            csv += &format!(",{:.6}", r.metrics.get(m).copied().unwrap_or(f64::NAN));
         }
         if mtl {
-            csv += &format!(",{}", dm(r).unwrap_or(f64::NAN));
+            csv += &format!(",{:.6}", dm(r).unwrap_or(f64::NAN));
         }
         for m in &metric_names {
-            csv += &format!(",{}", r.int8_drop.get(m).copied().unwrap_or(f64::NAN));
+            csv += &format!(",{:.6}", r.int8_drop.get(m).copied().unwrap_or(f64::NAN));
         }
         csv += &format!(
             ",{:.1},{},{},{},{},{}\n",
@@ -518,20 +552,11 @@ pub fn summarize(dir: &Path) -> Result<()> {
 
     // results.md: mean ± std over seeds per label.
     let group = |l: &str| rows.iter().filter(|r| r.label == l).collect::<Vec<_>>();
+    // Multi-task tables show the six headline metrics (the first six; all nine are in the CSV).
     let show: Vec<&String> = if mtl {
-        metric_names
+        overparam_engine::dense::METRICS[..6]
             .iter()
-            .filter(|m| {
-                [
-                    "mIoU",
-                    "pixel acc",
-                    "depth abs err",
-                    "depth rel err",
-                    "normals mean °",
-                    "normals median °",
-                ]
-                .contains(&m.as_str())
-            })
+            .filter_map(|m| metric_names.iter().find(|n| n == m))
             .collect()
     } else {
         metric_names.iter().collect()

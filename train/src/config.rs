@@ -267,8 +267,13 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// [`TrainConfig::load`] on text already read (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }

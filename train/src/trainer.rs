@@ -728,7 +728,24 @@ pub fn train(
         write_metrics(&dir, EpochMetrics::HEADER, &metrics)?;
         last = Some(m);
     }
-    let last = last.expect("at least one epoch ran");
+    // Resuming a run whose epochs had all finished (killed while folding): evaluate again.
+    let last = match last {
+        Some(m) => m,
+        None => {
+            let (test_loss, top, _) = evaluate(&model, &test_set, &norm, device)?;
+            EpochMetrics {
+                epoch: total,
+                phase: "resumed".into(),
+                lr: 0.0,
+                train_loss: f64::NAN,
+                train_top1_err: f64::NAN,
+                test_loss,
+                test_top1_err: top.top1_error(),
+                test_top5_err: top.top5_error(),
+                images_per_s: f64::NAN,
+            }
+        }
+    };
     finish(&dir, &model, &test_set, &norm, device, last).map(Some)
 }
 
