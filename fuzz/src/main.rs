@@ -85,7 +85,7 @@ fn kind(r: &targets::Outcome) -> String {
         Err(m) => {
             let mut s = String::new();
             let mut quoted = false;
-            for c in m.chars().take(120) {
+            for c in m.chars().take(48) {
                 if c == '`' || c == '"' {
                     quoted = !quoted;
                     s.push('"');
@@ -112,6 +112,8 @@ struct Report {
     kinds: usize,
     crashes: BTreeMap<String, PathBuf>,
     slow: usize,
+    /// Mutated inputs the parser accepted (and whose round trip was then checked).
+    accepted: u64,
 }
 
 fn save(dir: &Path, prefix: &str, input: &[u8]) -> PathBuf {
@@ -123,18 +125,22 @@ fn save(dir: &Path, prefix: &str, input: &[u8]) -> PathBuf {
 
 fn fuzz(t: &targets::Target, o: &Opts) -> Report {
     let mut corpus: Vec<Vec<u8>> = (t.seeds)();
-    if let Some(dir) = &o.corpus {
-        if let Ok(rd) = std::fs::read_dir(dir.join(t.name)) {
-            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            files.sort();
-            corpus.extend(files.iter().filter_map(|p| std::fs::read(p).ok()));
-        }
+    if let Some(rd) = o
+        .corpus
+        .as_ref()
+        .and_then(|d| std::fs::read_dir(d.join(t.name)).ok())
+    {
+        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        corpus.extend(files.iter().filter_map(|p| std::fs::read(p).ok()));
     }
+
     let mut kinds: BTreeSet<String> = corpus.iter().map(|c| kind(&(t.run)(c))).collect();
     let mut rng = Rng::new(o.seed ^ fnv(t.name.as_bytes()));
     let art = o.artifacts.join(t.name);
     let mut crashes = BTreeMap::new();
     let mut slow = 0;
+    let mut accepted = 0u64;
     // The watchdog: an execution still running after 10 s is a hang; save it and abort.
     let current: Arc<Mutex<Vec<u8>>> = Arc::default();
     let started = Arc::new(AtomicU64::new(0));
@@ -180,6 +186,7 @@ fn fuzz(t: &targets::Target, o: &Opts) -> Report {
         }
         match r {
             Ok(outcome) => {
+                accepted += outcome.is_ok() as u64;
                 let k = kind(&outcome);
                 if corpus.len() < 512 && kinds.insert(k) {
                     corpus.push(input);
@@ -193,14 +200,19 @@ fn fuzz(t: &targets::Target, o: &Opts) -> Report {
                     .unwrap_or_else(|| "panic".into());
                 let where_ = LAST_PANIC.lock().map(|g| g.clone()).unwrap_or_default();
                 let key = format!("{where_}: {}", msg.chars().take(160).collect::<String>());
-                if !crashes.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = crashes.entry(key) {
                     let path = save(&art, "crash", &input);
-                    eprintln!("{}: CRASH {key}\n  input: {}", t.name, path.display());
-                    crashes.insert(key, path);
+                    eprintln!(
+                        "{}: CRASH {}\n  input: {}",
+                        t.name,
+                        slot.key(),
+                        path.display()
+                    );
+                    slot.insert(path);
                 }
             }
         }
-        if execs % bar_every == 0 {
+        if execs.is_multiple_of(bar_every) {
             eprint!(
                 "\r{}: {execs} execs, {} kinds, {} crashes   ",
                 t.name,
@@ -219,6 +231,7 @@ fn fuzz(t: &targets::Target, o: &Opts) -> Report {
         kinds: kinds.len(),
         crashes,
         slow,
+        accepted,
     }
 }
 
@@ -264,17 +277,18 @@ fn main() {
     }));
     let reports: Vec<Report> = chosen.iter().map(|t| fuzz(t, &o)).collect();
     println!(
-        "| target | executions | seconds | exec/s | corpus | outcome kinds | crashes | slow (>1 s) |"
+        "| target | executions | seconds | exec/s | accepted | corpus | outcome kinds | crashes | slow (>1 s) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut bad = false;
     for r in &reports {
         println!(
-            "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
             r.name,
             r.execs,
             r.seconds,
             r.execs as f64 / r.seconds.max(1e-9),
+            r.accepted,
             r.corpus,
             r.kinds,
             r.crashes.len(),

@@ -85,7 +85,7 @@ pub fn mutate(input: &[u8], other: &[u8], rng: &mut Rng, bias: usize, text: bool
             5 if b.len() >= 8 => {
                 let i = offset(rng, b.len() - 7, bias);
                 let v = INTERESTING_U64[below(rng, INTERESTING_U64.len())];
-                let v = if rng.next_u64() % 2 == 0 {
+                let v = if rng.next_u64().is_multiple_of(2) {
                     v
                 } else {
                     v.wrapping_neg()

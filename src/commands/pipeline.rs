@@ -376,7 +376,7 @@ fn classification_accuracy(
     enc: ActivationEncoding,
     md: &mut String,
 ) -> Result<(
-    Vec<(Precision, Vec<u8>)>,
+    overparam_engine::dense::Models,
     overparam_engine::export::QuantPlan,
 )> {
     let (train, test) = overparam_train::trainer::load_data(cfg)?;
