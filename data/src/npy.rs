@@ -174,4 +174,32 @@ mod tests {
         huge = s.into_bytes();
         assert!(parse(p, &huge).is_err());
     }
+
+    /// Absurd shapes in a header (2^40 elements, a negative dimension, an overflowing
+    /// product) are refused by the byte count before anything is allocated.
+    #[test]
+    fn absurd_shapes_are_refused_before_allocation() {
+        let with_shape = |shape: &str| {
+            let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            while (10 + h.len() + 1) % 64 != 0 {
+                h.push(' ');
+            }
+            h.push('\n');
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.extend_from_slice(&[0u8; 16]);
+            b
+        };
+        let p = std::path::Path::new("x.npy");
+        for shape in [
+            "(1099511627776,)",
+            "(-1, 4)",
+            "(4294967296, 4294967296, 16)",
+        ] {
+            let e = parse(p, &with_shape(shape)).unwrap_err().to_string();
+            assert!(e.contains("x.npy"), "{shape}: {e}");
+        }
+        assert_eq!(parse(p, &with_shape("(2, 2)")).unwrap().shape, vec![2, 2]);
+    }
 }
