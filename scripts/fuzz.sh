@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 target=${1:-all}
 runs=${2:-1000000}
-cargo build --release --quiet -p overparam-fuzz
+cargo build --profile fuzz --quiet -p overparam-fuzz
 args=("$target" --runs "$runs" --corpus fuzz/corpus --artifacts fuzz/artifacts)
 if [[ -n "${FUZZ_SECONDS:-}" ]]; then args+=(--seconds "$FUZZ_SECONDS" --runs 18446744073709551615); fi
-exec target/release/overparam-fuzz "${args[@]}"
+exec target/fuzz/overparam-fuzz "${args[@]}"

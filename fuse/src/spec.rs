@@ -53,6 +53,17 @@ impl ConvShape {
         if self.in_channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
             return bad("channels, kernel and stride must be positive".into());
         }
+        // Bounds first: every later size computation then fits in usize.
+        if self.in_channels > MAX_DIM
+            || self.out_channels > MAX_DIM
+            || self.kernel > MAX_WINDOW
+            || self.stride > MAX_WINDOW
+            || self.padding > MAX_WINDOW
+        {
+            return bad(format!(
+                "channels must be ≤ {MAX_DIM} and kernel, stride, padding ≤ {MAX_WINDOW}"
+            ));
+        }
         if self.groups == 0
             || !self.in_channels.is_multiple_of(self.groups)
             || !self.out_channels.is_multiple_of(self.groups)
@@ -227,6 +238,12 @@ pub struct OutputSpec {
 
 /// The name by which nodes refer to the network input.
 pub const INPUT: &str = "input";
+/// Largest channel count, height or width a spec may declare (specs come from files).
+pub const MAX_DIM: usize = 1 << 16;
+/// Largest kernel, stride or padding.
+pub const MAX_WINDOW: usize = 1 << 10;
+/// Largest flattened feature count (linear layers).
+pub const MAX_FEATURES: usize = 1 << 24;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph<C> {
@@ -301,10 +318,17 @@ impl<C: ConvLike> Graph<C> {
     pub fn infer_shapes(&self) -> Result<HashMap<String, ActShape>> {
         let err = |m: String| Err(Error::Spec(m));
         let mut shapes: HashMap<String, ActShape> = HashMap::new();
-        shapes.insert(
-            INPUT.to_string(),
-            vec![self.input.channels, self.input.height, self.input.width],
-        );
+        let i = &self.input;
+        if [i.channels, i.height, i.width]
+            .iter()
+            .any(|&d| d == 0 || d > MAX_DIM)
+        {
+            return err(format!(
+                "input {}×{}×{}: every dimension must be in 1..={MAX_DIM}",
+                i.channels, i.height, i.width
+            ));
+        }
+        shapes.insert(INPUT.to_string(), vec![i.channels, i.height, i.width]);
         for n in &self.nodes {
             if shapes.contains_key(&n.name) {
                 return err(format!("node name `{}` is used twice", n.name));
@@ -368,7 +392,11 @@ impl<C: ConvLike> Graph<C> {
                     padding,
                 } => {
                     let (ch, h, w) = spatial("max_pool")?;
-                    if *kernel == 0 || *stride == 0 || h + 2 * padding < *kernel {
+                    if *kernel == 0
+                        || *stride == 0
+                        || [*kernel, *stride, *padding].iter().any(|&v| v > MAX_WINDOW)
+                        || h + 2 * padding < *kernel
+                    {
                         return err(format!("max_pool `{}`: bad window", n.name));
                     }
                     let f = |v: usize| (v + 2 * padding - kernel) / stride + 1;
@@ -387,11 +415,23 @@ impl<C: ConvLike> Graph<C> {
                     }
                     x.clone()
                 }
-                Op::Flatten => vec![x.iter().product()],
+                Op::Flatten => {
+                    let f: usize = x.iter().product();
+                    if f > MAX_FEATURES {
+                        return err(format!(
+                            "flatten `{}`: {f} features (more than {MAX_FEATURES})",
+                            n.name
+                        ));
+                    }
+                    vec![f]
+                }
                 Op::Resize { height, width, .. } => {
                     let (ch, _, _) = spatial("resize")?;
-                    if *height == 0 || *width == 0 {
-                        return err(format!("resize `{}`: empty output size", n.name));
+                    if *height == 0 || *width == 0 || *height > MAX_DIM || *width > MAX_DIM {
+                        return err(format!(
+                            "resize `{}`: output size must be in 1..={MAX_DIM}",
+                            n.name
+                        ));
                     }
                     vec![ch, *height, *width]
                 }
@@ -403,6 +443,12 @@ impl<C: ConvLike> Graph<C> {
                     in_features,
                     out_features,
                 } => {
+                    if *out_features == 0 || *out_features > MAX_FEATURES {
+                        return err(format!(
+                            "linear `{}`: out_features must be in 1..={MAX_FEATURES}",
+                            n.name
+                        ));
+                    }
                     if x.len() != 1 || x[0] != *in_features {
                         return err(format!(
                             "linear `{}` expects [{in_features}], got {x:?}",
@@ -437,12 +483,15 @@ impl<C: ConvLike> Graph<C> {
                 Op::Conv(c) => {
                     let s = c.conv_shape();
                     let o = &shapes[&n.name];
-                    s.out_channels * (s.in_channels / s.groups) * s.kernel * s.kernel * o[1] * o[2]
+                    // Saturating: a report figure, and declared sizes are bounded, not small.
+                    [s.in_channels / s.groups, s.kernel, s.kernel, o[1], o[2]]
+                        .iter()
+                        .fold(s.out_channels, |a, &b| a.saturating_mul(b))
                 }
                 Op::Linear {
                     in_features,
                     out_features,
-                } => in_features * out_features,
+                } => in_features.saturating_mul(*out_features),
                 _ => 0,
             };
             out.insert(n.name.clone(), macs);
