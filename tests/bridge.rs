@@ -42,11 +42,7 @@ fn deploy_mtl(dir: &Path) -> std::path::PathBuf {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    overparam_bridge::session::free_port().unwrap()
 }
 
 /// Starts a listener expecting `messages`, runs the bridge, and returns the listener's JSON.

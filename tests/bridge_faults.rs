@@ -43,11 +43,7 @@ fn deploy_mtl(dir: &Path) -> PathBuf {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    overparam_bridge::session::free_port().unwrap()
 }
 
 fn publisher(model: &Path, port: u16, qos: &str, frames: Option<u64>) -> Child {

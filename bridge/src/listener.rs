@@ -71,15 +71,11 @@ fn push_ring(v: &mut Vec<f64>, seen: u64, x: f64) {
     }
 }
 
-/// Percentile by nearest rank over a copy.
+/// Percentile by nearest rank of unsorted samples (sorts a copy; NaN when empty).
 pub fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let i = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s[i.clamp(1, s.len()) - 1]
+    s.sort_by(f64::total_cmp);
+    overparam_engine::latency::percentile(&s, p)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
