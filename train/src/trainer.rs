@@ -593,11 +593,6 @@ pub fn train(
         let w = fresh_weights(cfg, &spec)?;
         (0, 0, vec![], spec, w, None)
     };
-    if epoch >= total {
-        return Err(run_err(format!(
-            "already finished ({epoch} of {total} epochs)"
-        )));
-    }
 
     let mut model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &weights)?;
     let mut opts = optimisers(cfg, &model);

@@ -115,6 +115,27 @@ fn resume_is_bit_identical() {
         };
         assert_eq!(strip(&ma), strip(&mb), "metrics (throughput aside)");
     }
+    // A run killed after its last epoch but before the fold resumes into the fold only.
+    let mut done = cfg(dir.path(), "killed-while-folding", MethodKind::Sfo, 1);
+    done.data.synthetic_train = 200;
+    done.data.synthetic_test = 50;
+    train(&done, false, false, None).unwrap().unwrap();
+    let deploy = done.run_dir().join("model.deploy.safetensors");
+    let (op, metrics) = (
+        done.run_dir().join("model.op.safetensors"),
+        done.run_dir().join("metrics.csv"),
+    );
+    let (before_deploy, before_op, before_metrics) = (
+        std::fs::read(&deploy).unwrap(),
+        std::fs::read(&op).unwrap(),
+        std::fs::read(&metrics).unwrap(),
+    );
+    std::fs::remove_file(&deploy).unwrap();
+    let s = train(&done, true, false, None).unwrap().unwrap();
+    assert_eq!(s.last.phase, "resumed");
+    assert_eq!(std::fs::read(&deploy).unwrap(), before_deploy);
+    assert_eq!(std::fs::read(&op).unwrap(), before_op);
+    assert_eq!(std::fs::read(&metrics).unwrap(), before_metrics);
 }
 
 #[test]
