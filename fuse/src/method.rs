@@ -151,18 +151,34 @@ impl MethodConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.fnl_rank_scale < 1.0 {
+        // `!(x >= 1)` also refuses NaN.
+        if !(self.fnl_rank_scale >= 1.0) {
             return Err(Error::Spec(format!(
                 "fnl_rank_scale {} < 1: compression is not exact overparameterisation",
                 self.fnl_rank_scale
             )));
         }
-        if self.sfo_expand == 0 {
-            return Err(Error::Spec("sfo_expand must be ≥ 1".into()));
+        if self.fnl_rank_scale > MAX_EXPANSION as f64 {
+            return Err(Error::Spec(format!(
+                "fnl_rank_scale {} is outside 1..={MAX_EXPANSION}",
+                self.fnl_rank_scale
+            )));
+        }
+        if !(1..=MAX_EXPANSION).contains(&self.sfo_expand) {
+            return Err(Error::Spec(format!(
+                "sfo_expand {} is outside 1..={MAX_EXPANSION}",
+                self.sfo_expand
+            )));
         }
         Ok(())
     }
 }
+
+/// Largest factor rank a spec may declare: rank² and rank·(I·k²) stay far from `usize`
+/// overflow with the declared-size bounds of [`crate::spec`] (specs come from files).
+pub const MAX_RANK: usize = 1 << 20;
+/// Largest SFO expansion or FNL rank scale a config may ask for (the papers use 1–4).
+pub const MAX_EXPANSION: usize = 64;
 
 /// Whether a RepVGG-style identity branch exists for this conv.
 pub fn has_identity(s: &ConvShape) -> bool {
@@ -196,14 +212,14 @@ pub fn check_applicable(node: &str, c: &TrainConv) -> Result<()> {
             Ok(())
         }
         Method::Fnl { rank } => {
-            if *rank == 0 {
-                return fail("rank must be ≥ 1".into());
+            if !(1..=MAX_RANK).contains(rank) {
+                return fail(format!("rank {rank} is outside 1..={MAX_RANK}"));
             }
             Ok(())
         }
         Method::Sfo { rank, share } => {
-            if *rank == 0 {
-                return fail("rank must be ≥ 1".into());
+            if !(1..=MAX_RANK).contains(rank) {
+                return fail(format!("rank {rank} is outside 1..={MAX_RANK}"));
             }
             if share.is_some() && s.groups != 1 {
                 return fail("shared factors need groups = 1".into());
@@ -257,4 +273,61 @@ pub fn check_share_groups(spec: &crate::spec::TrainSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_factors_outside_their_range_are_refused() {
+        let ok = MethodConfig::new(MethodKind::Sfo);
+        assert!(ok.validate().is_ok());
+        for (expand, scale) in [(0, 1.0), (65, 1.0), (1, 0.5), (1, f64::NAN), (1, 65.0)] {
+            let c = MethodConfig {
+                sfo_expand: expand,
+                fnl_rank_scale: scale,
+                ..ok.clone()
+            };
+            assert!(c.validate().is_err(), "expand {expand} scale {scale} accepted");
+        }
+    }
+
+    #[test]
+    fn ranks_beyond_the_bound_are_refused_before_any_layout() {
+        let shape = ConvShape {
+            in_channels: 3,
+            out_channels: 6,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+            bias: false,
+        };
+        for method in [
+            Method::Sfo {
+                rank: MAX_RANK + 1,
+                share: None,
+            },
+            Method::Fnl { rank: 1 << 32 },
+            Method::Fnl { rank: 0 },
+        ] {
+            let c = TrainConv {
+                shape: shape.clone(),
+                bn: None,
+                method,
+            };
+            let e = check_applicable("conv", &c).unwrap_err().to_string();
+            assert!(e.contains("outside 1..="), "{e}");
+        }
+        let c = TrainConv {
+            shape,
+            bn: None,
+            method: Method::Sfo {
+                rank: MAX_RANK,
+                share: None,
+            },
+        };
+        assert!(check_applicable("conv", &c).is_ok());
+    }
 }
