@@ -297,3 +297,99 @@ done
         text(&o)
     );
 }
+
+/// `engine accuracy` on a trained RepVGG model: the three precisions, the sensitivity scan,
+/// and a partial-INT8 model written with its calibration record; `export --keep` keeps the
+/// named layers in FP16 and refuses names the model does not have.
+#[test]
+fn accuracy_scan_writes_partial_int8_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nname = \"r\"\ndir = \"{}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"repvgg\" }}\n[data]\nsynthetic_train = 200\nsynthetic_test = 100\n[optim]\nepochs = 1\nbatch_size = 20\nlr = 0.05\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["train", "--config", cfg.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let d = dir.path().join("r/model.deploy.safetensors");
+    let data = dir.path().join("_data/synth-cifar100-200-100-seed0");
+    let partial = dir.path().join("partial.onnx");
+    let o = run(
+        &[
+            "engine",
+            "accuracy",
+            d.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--encoding",
+            "trt",
+            "--calib-images",
+            "40",
+            "--batch",
+            "20",
+            "--sensitivity",
+            "--budget",
+            "100",
+            "--partial-output",
+            partial.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for want in ["fp32", "fp16", "int8", "INT8 sensitivity", "kept in FP16"] {
+        assert!(t.contains(want), "{want}: {t}");
+    }
+    assert!(partial.exists());
+    let calib: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(partial.with_extension("calib.json")).unwrap())
+            .unwrap();
+    assert_eq!(calib["kept_precision"], "fp16");
+
+    let out = dir.path().join("keep.onnx");
+    let export = |keep: &str| {
+        run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                "int8",
+                "--calib",
+                data.to_str().unwrap(),
+                "--calib-images",
+                "40",
+                "--keep",
+                keep,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let o = export("features.0,fc");
+    assert!(o.status.success(), "{}", text(&o));
+    let calib: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.with_extension("calib.json")).unwrap()).unwrap();
+    assert_eq!(
+        calib["kept_layers"],
+        serde_json::json!(["fc", "features.0"])
+    );
+    assert_eq!(calib["kept_precision"], "fp16");
+    let before = std::fs::read(&out).unwrap();
+    let o = export("features.0,no_such_layer");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("`no_such_layer` is not a conv or linear layer"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the old model is kept"
+    );
+}

@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::calib::{Calibrator, Histogram, plan};
 use crate::error::{Error, Result};
 use crate::export::{
-    ActivationEncoding, ExportOptions, Precision, QuantPlan, export, quantizable_layers, to_bytes,
+    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
+    quantizable_layers, to_bytes,
 };
 use crate::runtime::CpuRuntime;
 
@@ -111,6 +112,8 @@ pub struct Int8Study<'a> {
     pub hists: &'a BTreeMap<String, Histogram>,
     pub calibrator: Calibrator,
     pub encoding: ActivationEncoding,
+    /// Precision of the layers a partial plan leaves out of INT8.
+    pub kept: KeptPrecision,
     pub set: &'a ImageSet,
     pub norm: &'a Normalize,
     pub batch: usize,
@@ -123,6 +126,7 @@ impl Int8Study<'_> {
     fn plan(&self, layers: BTreeSet<String>) -> QuantPlan {
         let mut p = plan(self.hists, self.calibrator, self.encoding);
         p.layers = Some(layers);
+        p.kept = self.kept;
         p
     }
 
@@ -154,7 +158,7 @@ impl Int8Study<'_> {
         Ok(out)
     }
 
-    /// Keeps the most sensitive layers in FP32, one more at a time, until the INT8 model is
+    /// Keeps the most sensitive layers out of INT8 (in `kept`), one more at a time, until the INT8 model is
     /// within `budget` top-1 points of FP32. Returns the plan, its error and the layers kept.
     pub fn partial_int8(
         &self,

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::export::{
-    ActivationEncoding, ExportOptions, Precision, QuantPlan, export, quantizable_layers, to_bytes,
+    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
+    quantizable_layers, to_bytes,
 };
 use crate::runtime::CpuRuntime;
 
@@ -318,6 +319,7 @@ pub fn plan(
             .collect(),
         layers: None,
         encoding,
+        kept: KeptPrecision::for_encoding(encoding),
     }
 }
 

@@ -57,15 +57,60 @@ pub enum ActivationEncoding {
     UnsignedOffset,
 }
 
+/// Precision of the conv and linear layers a partial INT8 plan leaves unquantised.
+///
+/// TensorRT builds strongly typed networks from explicitly typed ONNX (TensorRT 11 has no
+/// other mode), so a kept layer runs in the type the graph gives it: FP16 keeps it fast on the
+/// GPU; FP32 suits CPU runtimes, which have no fast FP16 kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptPrecision {
+    #[default]
+    Fp32,
+    Fp16,
+}
+
+impl KeptPrecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeptPrecision::Fp32 => "fp32",
+            KeptPrecision::Fp16 => "fp16",
+        }
+    }
+
+    /// FP16 for TensorRT's encoding, FP32 for the CPU encoding.
+    pub fn for_encoding(e: ActivationEncoding) -> Self {
+        match e {
+            ActivationEncoding::SignedSymmetric => KeptPrecision::Fp16,
+            ActivationEncoding::UnsignedOffset => KeptPrecision::Fp32,
+        }
+    }
+}
+
+impl std::str::FromStr for KeptPrecision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(KeptPrecision::Fp32),
+            "fp16" => Ok(KeptPrecision::Fp16),
+            _ => Err(Error::Export(format!(
+                "unknown precision `{s}` for kept layers (fp16 or fp32)"
+            ))),
+        }
+    }
+}
+
 /// INT8 plan: a clipping threshold (amax) per activation tensor and which layers to quantise.
 /// The scale follows from the tensor's encoding: amax/127 on the signed grid, amax/255 for the
 /// non-negative (post-ReLU) tensors of the CPU encoding.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantPlan {
     pub thresholds: BTreeMap<String, f32>,
-    /// Layers quantised; `None` means every conv and linear layer. Others stay FP32.
+    /// Layers quantised; `None` means every conv and linear layer. Others are kept in `kept`.
     pub layers: Option<BTreeSet<String>>,
     pub encoding: ActivationEncoding,
+    #[serde(default)]
+    pub kept: KeptPrecision,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +172,8 @@ struct Builder<'a> {
     dq_outputs: BTreeSet<String>,
     /// Tensors that are never negative (after ReLU), for the CPU encoding.
     nonneg: BTreeSet<String>,
+    /// FP32 tensor → its FP16 cast, for layers a partial INT8 plan keeps in FP16.
+    half: HashMap<String, String>,
 }
 
 impl Builder<'_> {
@@ -145,12 +192,35 @@ impl Builder<'_> {
 
     /// A float initializer in the graph's float type.
     fn float_init(&mut self, name: &str) -> Result<String> {
+        let half = self.opts.precision == Precision::Fp16;
+        self.init(name, half)
+    }
+
+    fn init(&mut self, name: &str, half: bool) -> Result<String> {
         let t = self.weight(name)?;
-        self.inits.push(match self.opts.precision {
-            Precision::Fp16 => tensor_f16(name, &t.shape, &t.data),
-            _ => tensor_f32(name, &t.shape, &t.data),
+        self.inits.push(if half {
+            tensor_f16(name, &t.shape, &t.data)
+        } else {
+            tensor_f32(name, &t.shape, &t.data)
         });
         Ok(name.to_string())
+    }
+
+    /// `tensor` cast to FP16 (one Cast per tensor, shared by the kept layers reading it).
+    fn half_of(&mut self, tensor: &str) -> String {
+        if let Some(h) = self.half.get(tensor) {
+            return h.clone();
+        }
+        let h = format!("{tensor}_fp16");
+        self.nodes.push(node(
+            "Cast",
+            &h,
+            &[tensor],
+            &[&h],
+            vec![attr_int("to", DataType::Float16 as i64)],
+        ));
+        self.half.insert(tensor.to_string(), h.clone());
+        h
     }
 
     /// The int8 weight with its DequantizeLinear, per output channel (axis 0).
@@ -287,6 +357,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         dq: HashMap::new(),
         dq_outputs: BTreeSet::new(),
         nonneg: nonnegative_tensors(spec),
+        half: HashMap::new(),
     };
     // Tensor names: the input, then one tensor per node named after the node.
     let mut name_of: HashMap<String, String> = HashMap::new();
@@ -308,16 +379,31 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         let ins: Vec<String> = n.inputs.iter().map(|i| name_of[i].clone()).collect();
         let out = n.name.clone();
         let quantised = plan.filter(|p| p.layers.as_ref().is_none_or(|l| l.contains(&n.name)));
+        // A layer a partial INT8 plan keeps in FP16: Cast → FP16 layer → Cast back, so the
+        // quantised layers around it keep their FP32 Q/DQ boundaries (opset 17 DQ is FP32).
+        let kept_half = matches!(n.op, Op::Conv(_) | Op::Linear { .. })
+            && quantised.is_none()
+            && plan.is_some_and(|p| p.kept == KeptPrecision::Fp16);
+        let layer_out = if kept_half {
+            format!("{}_fp16_out", n.name)
+        } else {
+            out.clone()
+        };
         let layer_inputs = |b: &mut Builder| -> Result<(String, String, String)> {
-            let (x, wt) = match quantised {
+            let (weight, bias) = (format!("{}.weight", n.name), format!("{}.bias", n.name));
+            Ok(match quantised {
                 Some(p) => (
                     b.quant_act(&ins[0], &n.inputs[0], p)?,
-                    b.quant_weight(&format!("{}.weight", n.name))?,
+                    b.quant_weight(&weight)?,
+                    b.float_init(&bias)?,
                 ),
-                None => (ins[0].clone(), b.float_init(&format!("{}.weight", n.name))?),
-            };
-            let bias = b.float_init(&format!("{}.bias", n.name))?;
-            Ok((x, wt, bias))
+                None if kept_half => (
+                    b.half_of(&ins[0]),
+                    b.init(&weight, true)?,
+                    b.init(&bias, true)?,
+                ),
+                None => (ins[0].clone(), b.float_init(&weight)?, b.float_init(&bias)?),
+            })
         };
         match &n.op {
             Op::Conv(c) => {
@@ -328,7 +414,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
                     "Conv",
                     &n.name,
                     &[&x, &wt, &bias],
-                    &[&out],
+                    &[&layer_out],
                     vec![
                         attr_ints("kernel_shape", &[s.kernel as i64; 2]),
                         attr_ints("strides", &[s.stride as i64; 2]),
@@ -344,7 +430,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
                     "Gemm",
                     &n.name,
                     &[&x, &wt, &bias],
-                    &[&out],
+                    &[&layer_out],
                     vec![attr_int("transB", 1)],
                 ));
             }
@@ -441,6 +527,15 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
                 b.nodes
                     .push(node("Div", &n.name, &[&ins[0], &clamped], &[&out], vec![]));
             }
+        }
+        if kept_half {
+            b.nodes.push(node(
+                "Cast",
+                &format!("{}_to_fp32", n.name),
+                &[&layer_out],
+                &[&out],
+                vec![attr_int("to", DataType::Float as i64)],
+            ));
         }
         // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
         // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv.

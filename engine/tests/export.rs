@@ -233,3 +233,128 @@ fn mtl_exports_match_the_reference() {
         }
     }
 }
+
+/// Partial INT8: layers left out of the plan run in the plan's kept precision. FP16 (what
+/// TensorRT's encoding keeps) puts FP16 weights and casts around exactly those layers; the
+/// model stays close to FP32, closer than full INT8, and passes the checker.
+#[test]
+fn partial_int8_keeps_the_chosen_layers_in_fp16() {
+    use overparam_engine::export::{KeptPrecision, quantizable_layers};
+    use overparam_engine::pb::tensor_proto::DataType;
+    let (spec, w) = deploy(ModelKind::VggSmall, MethodKind::Repvgg);
+    let set = synthetic_set();
+    let norm = Normalize {
+        mean: [0.5; 3],
+        std: [0.25; 3],
+    };
+    let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
+    let hists = collect(&spec, &w, &batches, false).unwrap();
+    let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
+    let want = CpuRuntime::new(&fp32, Some(1))
+        .unwrap()
+        .run(&batches[0])
+        .unwrap()
+        .remove(0)
+        .2;
+    let layers: Vec<String> = quantizable_layers(&spec).into_iter().map(|l| l.0).collect();
+    let kept = [layers[0].clone(), layers[layers.len() - 1].clone()];
+    let mut p = plan(
+        &hists,
+        Calibrator::Entropy,
+        ActivationEncoding::SignedSymmetric,
+    );
+    assert_eq!(
+        p.kept,
+        KeptPrecision::Fp16,
+        "TensorRT's encoding keeps FP16"
+    );
+    p.layers = Some(
+        layers
+            .iter()
+            .filter(|l| !kept.contains(l))
+            .cloned()
+            .collect(),
+    );
+    let mut o = ExportOptions::new(Precision::Int8);
+    o.quant = Some(p.clone());
+    let m = export(&spec, &w, &o).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    let dtype = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .and_then(|t| t.data_type)
+    };
+    for l in &layers {
+        let weight = format!("{l}.weight");
+        if kept.contains(l) {
+            assert_eq!(dtype(&weight), Some(DataType::Float16 as i32), "{l}");
+            assert_eq!(dtype(&format!("{l}.bias")), Some(DataType::Float16 as i32));
+            assert!(dtype(&format!("{weight}_quantized")).is_none(), "{l}");
+        } else {
+            assert!(dtype(&weight).is_none(), "{l} has a float weight");
+            assert_eq!(
+                dtype(&format!("{weight}_quantized")),
+                Some(DataType::Int8 as i32)
+            );
+        }
+    }
+    let casts = g
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Cast"))
+        .count();
+    assert_eq!(
+        casts,
+        2 * kept.len(),
+        "one cast in and one out per kept layer"
+    );
+    let run_model = |bytes: &[u8]| {
+        CpuRuntime::new(bytes, Some(1))
+            .unwrap()
+            .run(&batches[0])
+            .unwrap()
+            .remove(0)
+            .2
+    };
+    let partial = to_bytes(&m);
+    let r_partial = rel(&want, &run_model(&partial));
+    o.quant = Some(plan(
+        &hists,
+        Calibrator::Entropy,
+        ActivationEncoding::SignedSymmetric,
+    ));
+    let r_full = rel(
+        &want,
+        &run_model(&to_bytes(&export(&spec, &w, &o).unwrap())),
+    );
+    assert!(r_partial < 0.1, "{r_partial:e}");
+    assert!(
+        r_partial < r_full,
+        "partial {r_partial:e} vs full {r_full:e}"
+    );
+    // The CPU encoding keeps FP32: no FP16 anywhere.
+    let mut p32 = plan(
+        &hists,
+        Calibrator::Entropy,
+        ActivationEncoding::UnsignedOffset,
+    );
+    assert_eq!(p32.kept, KeptPrecision::Fp32);
+    p32.layers = p.layers.clone();
+    o.quant = Some(p32);
+    let m32 = export(&spec, &w, &o).unwrap();
+    let g32 = m32.graph.as_ref().unwrap();
+    assert!(
+        g32.initializer
+            .iter()
+            .all(|t| t.data_type != Some(DataType::Float16 as i32))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        dir.path().join("partial16.onnx"),
+        dir.path().join("partial32.onnx"),
+    ];
+    std::fs::write(&files[0], &partial).unwrap();
+    std::fs::write(&files[1], to_bytes(&m32)).unwrap();
+    check_with_onnx_checker(&files);
+}

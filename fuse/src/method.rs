@@ -151,8 +151,7 @@ impl MethodConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        // `!(x >= 1)` also refuses NaN.
-        if !(self.fnl_rank_scale >= 1.0) {
+        if self.fnl_rank_scale.is_nan() || self.fnl_rank_scale < 1.0 {
             return Err(Error::Spec(format!(
                 "fnl_rank_scale {} < 1: compression is not exact overparameterisation",
                 self.fnl_rank_scale
@@ -289,7 +288,10 @@ mod tests {
                 fnl_rank_scale: scale,
                 ..ok.clone()
             };
-            assert!(c.validate().is_err(), "expand {expand} scale {scale} accepted");
+            assert!(
+                c.validate().is_err(),
+                "expand {expand} scale {scale} accepted"
+            );
         }
     }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use overparam_engine::accuracy::{Int8Study, evaluate, normalization, weight_ranges};
 use overparam_engine::calib::{Calibrator, calibrate};
-use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+use overparam_engine::export::{ExportOptions, KeptPrecision, Precision, export, to_bytes};
 use overparam_engine::trt::{BuildOptions, build, find_trtexec};
 
 #[derive(clap::Args)]
@@ -54,6 +54,14 @@ enum EngineCommand {
         /// Allowed top-1 drop (points) for the partial-INT8 search.
         #[arg(long, default_value_t = 0.5)]
         budget: f64,
+        /// Precision of the layers the partial-INT8 search keeps out of INT8 (default: fp16
+        /// with `--encoding trt`, fp32 with `--encoding cpu`).
+        #[arg(long)]
+        kept_precision: Option<KeptPrecision>,
+        /// Write the partial-INT8 model found by `--sensitivity` here (ONNX, batch 1), with its
+        /// `.calib.json`; deploy it with `overparam engine build`.
+        #[arg(long, requires = "sensitivity")]
+        partial_output: Option<PathBuf>,
     },
 }
 
@@ -101,6 +109,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             batch,
             sensitivity: scan,
             budget,
+            kept_precision,
+            partial_output,
         } => {
             use overparam_data::cifar::{Split, load};
             let (spec, w) = super::export::load_deploy(&deploy)?;
@@ -158,6 +168,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     hists: &hists,
                     calibrator,
                     encoding: enc,
+                    kept: kept_precision.unwrap_or(KeptPrecision::for_encoding(enc)),
                     set: &test,
                     norm: &norm,
                     batch,
@@ -168,21 +179,54 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 for x in s.iter().take(8) {
                     println!("  {:<24} {:>+7.2} points", x.layer, x.drop);
                 }
-                let (_, err, kept) = study.partial_int8(&s, budget)?;
+                let (p, err, kept) = study.partial_int8(&s, budget)?;
                 println!(
-                    "partial INT8 within {budget} points: top-1 err {err:.2}% ({:+.2}) with {} layer(s) kept in FP32: {}",
+                    "partial INT8 within {budget} points: top-1 err {err:.2}% ({:+.2}) with {} layer(s) kept in {}: {}",
                     err - fp32,
                     kept.len(),
+                    study.kept.as_str().to_uppercase(),
                     if kept.is_empty() {
                         "none".to_string()
                     } else {
                         kept.join(", ")
                     }
                 );
+                if let Some(out) = partial_output {
+                    write_partial(&out, &spec, &w, p, &kept, calibrator)?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The partial-INT8 model at batch 1 and its calibration record, each written atomically.
+fn write_partial(
+    out: &std::path::Path,
+    spec: &overparam_fuse::DeploySpec,
+    w: &overparam_fuse::Weights,
+    p: overparam_engine::export::QuantPlan,
+    kept: &[String],
+    calibrator: Calibrator,
+) -> Result<()> {
+    use anyhow::Context;
+    use overparam_fuse::checkpoint::write_file_atomic;
+    let json = serde_json::json!({
+        "calibrator": calibrator,
+        "encoding": p.encoding,
+        "kept_layers": kept,
+        "kept_precision": p.kept.as_str(),
+        "thresholds": p.thresholds,
+    });
+    let mut o = ExportOptions::new(Precision::Int8);
+    o.quant = Some(p);
+    let bytes = to_bytes(&export(spec, w, &o)?);
+    let calib = out.with_extension("calib.json");
+    write_file_atomic(&calib, serde_json::to_string_pretty(&json)?.as_bytes())
+        .with_context(|| calib.display().to_string())?;
+    write_file_atomic(out, &bytes).with_context(|| out.display().to_string())?;
+    println!("wrote {} and {}", out.display(), calib.display());
+    Ok(())
 }
 
 /// `engine accuracy` for the multi-task network: the nine NYUv2 metrics per precision on the

@@ -3,7 +3,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use overparam_engine::calib::{Calibrator, calibrate};
-use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
+use std::collections::BTreeSet;
+
+use overparam_engine::export::{
+    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
+    quantizable_layers, to_bytes,
+};
 use overparam_fuse::checkpoint::{self, Checkpoint};
 use overparam_fuse::{AnySpec, DeploySpec, Weights};
 
@@ -28,6 +33,14 @@ pub struct Args {
     /// (the same grid as uint8 with zero point 128; fast int8 kernels in ONNX Runtime).
     #[arg(long, default_value = "trt")]
     encoding: String,
+    /// Conv/linear layers to keep out of INT8 (partial INT8), comma-separated names as
+    /// `overparam inspect` and `overparam engine accuracy --sensitivity` print them.
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
+    /// Precision of the layers in `--keep`: fp16 (default with `--encoding trt`; TensorRT runs
+    /// them in FP16) or fp32 (default with `--encoding cpu`).
+    #[arg(long)]
+    kept_precision: Option<KeptPrecision>,
     /// Static batch size of the exported model.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -69,11 +82,39 @@ pub fn calibration_set(dir: Option<&Path>) -> Result<overparam_data::cifar::Imag
     })
 }
 
+/// Leaves `keep` out of INT8 in `precision` (default: the encoding's); every name must be a
+/// conv or linear layer of the model. Returns the plan and the kept layers, sorted.
+pub fn partial_plan(
+    spec: &DeploySpec,
+    mut p: QuantPlan,
+    keep: &[String],
+    precision: Option<KeptPrecision>,
+) -> Result<(QuantPlan, Vec<String>)> {
+    let layers: Vec<String> = quantizable_layers(spec).into_iter().map(|l| l.0).collect();
+    let keep: BTreeSet<String> = keep.iter().cloned().collect();
+    if let Some(bad) = keep.iter().find(|k| !layers.contains(k)) {
+        bail!(
+            "--keep: `{bad}` is not a conv or linear layer of this model (layers: {})",
+            layers.join(", ")
+        );
+    }
+    if let Some(k) = precision {
+        p.kept = k;
+    }
+    if !keep.is_empty() {
+        p.layers = Some(layers.into_iter().filter(|l| !keep.contains(l)).collect());
+    }
+    Ok((p, keep.into_iter().collect()))
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let (spec, w) = load_deploy(&a.input)?;
     let mut o = ExportOptions::new(a.precision);
     o.batch = a.batch;
     let enc = encoding(&a.encoding)?;
+    if a.precision != Precision::Int8 && !a.keep.is_empty() {
+        bail!("--keep selects layers to keep out of INT8; it needs --precision int8");
+    }
     if a.precision == Precision::Int8 {
         let set = calibration_set(a.calib.as_deref())?;
         let norm = overparam_engine::accuracy::normalization(&spec).or_else(|_| -> Result<_> {
@@ -91,8 +132,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.calibrator,
             enc,
         )?;
+        let (p, kept) = partial_plan(&spec, p, &a.keep, a.kept_precision)?;
         let json = serde_json::json!({
             "calibrator": a.calibrator,
+            "kept_layers": kept,
+            "kept_precision": p.kept.as_str(),
             "images": used,
             "seed": 0,
             "encoding": p.encoding,
