@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use overparam_data::loader::Normalize;
 use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
-use overparam_engine::runtime::CpuRuntime;
+use overparam_engine::runtime::OrtRuntime;
 use overparam_fuse::init::{InitOptions, init_train_weights};
 use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{MethodConfig, MethodKind, fold};
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
             let mut o = ExportOptions::new(Precision::Fp32);
             o.batch = batch;
             let mut fp32 =
-                CpuRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(THREADS))
+                OrtRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(THREADS))
                     .unwrap();
             let batches = calibration_batches(&calib_set, &norm, 128.max(batch), batch, 0).unwrap();
             let hists = collect(&dspec, &dw, &batches, false).unwrap();
@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
                 ActivationEncoding::UnsignedOffset,
             ));
             let mut int8 =
-                CpuRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(THREADS))
+                OrtRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(THREADS))
                     .unwrap();
             let name = format!("{}/b{batch}", kind.as_str());
             group.bench_function(format!("{name}/unfused_tch"), |b| {

@@ -88,7 +88,7 @@ fn export_refuses_train_checkpoints_and_writes_valid_models() {
 #[test]
 fn onnx_runtime_matches_the_tch_eval_forward() {
     use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
-    use overparam_engine::runtime::CpuRuntime;
+    use overparam_engine::runtime::OrtRuntime;
     use overparam_fuse::checkpoint;
     let dir = tempfile::tempdir().unwrap();
     for method in ["repvgg", "sfo", "fnl", "qarepvgg"] {
@@ -98,7 +98,7 @@ fn onnx_runtime_matches_the_tch_eval_forward() {
         let mut o = ExportOptions::new(Precision::Fp32);
         o.batch = 2;
         let mut rt =
-            CpuRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(1)).unwrap();
+            OrtRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(1)).unwrap();
         let x: overparam_fuse::Tensor<f32> =
             overparam_fuse::Rng::new(3).normal_tensor(&[2, 3, 32, 32], 1.0);
         let got = rt.run(&x.data).unwrap().remove(0).2;
@@ -161,6 +161,15 @@ fn latency_bench_reports_percentiles_and_enforces_budgets() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("OVER"));
+    // ONNX Runtime's TensorRT execution provider: the CPU wheel lacks it, and says so.
+    let o = run(&["bench", d.to_str().unwrap(), "--runtime", "ort-trt"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("built without the TensorRT execution provider")
+            && text(&o).contains("onnxruntime-gpu"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A stand-in trtexec (a shell script printing TensorRT 10.3's banner and device lines, and

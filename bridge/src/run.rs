@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
-use overparam_engine::runtime::{CpuRuntime, Output};
+use overparam_engine::runtime::{OrtRuntime, Output, Provider};
 use overparam_fuse::AnySpec;
 
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::wire::{Stamps, Task, TensorData};
 
 /// A deploy model on the CPU runtime (ONNX Runtime).
 pub struct Model {
-    rt: CpuRuntime,
+    rt: OrtRuntime,
     /// Input (H, W).
     pub size: (usize, usize),
     pub tasks: Vec<Task>,
@@ -23,7 +23,7 @@ pub struct Model {
 
 impl Model {
     /// Loads an ONNX file, or a deploy checkpoint (exported to FP32 ONNX in memory).
-    pub fn load(path: &Path, threads: Option<usize>) -> Result<Self> {
+    pub fn load(path: &Path, threads: Option<usize>, provider: &Provider) -> Result<Self> {
         let bytes = if path.extension().and_then(|e| e.to_str()) == Some("onnx") {
             std::fs::read(path).map_err(|e| Error::File {
                 path: path.into(),
@@ -43,11 +43,11 @@ impl Model {
                 &ExportOptions::new(Precision::Fp32),
             )?)
         };
-        Self::from_onnx(&bytes, threads)
+        Self::from_onnx(&bytes, threads, provider)
     }
 
-    pub fn from_onnx(bytes: &[u8], threads: Option<usize>) -> Result<Self> {
-        let mut rt = CpuRuntime::new(bytes, threads)?;
+    pub fn from_onnx(bytes: &[u8], threads: Option<usize>, provider: &Provider) -> Result<Self> {
+        let mut rt = OrtRuntime::with_provider(bytes, threads, provider)?;
         let s = rt.input_shape().to_vec();
         if s.len() != 4 || s[0] != 1 || s[1] != 3 {
             return Err(Error::Source(format!(

@@ -16,7 +16,7 @@ use crate::export::{
     ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
     quantizable_layers, to_bytes,
 };
-use crate::runtime::CpuRuntime;
+use crate::runtime::OrtRuntime;
 
 /// The normalisation recorded in the model's spec by training.
 pub fn normalization(spec: &DeploySpec) -> Result<Normalize> {
@@ -40,7 +40,7 @@ pub fn normalization(spec: &DeploySpec) -> Result<Normalize> {
 /// Top-1/top-5 of an ONNX classifier over a whole set (the model's batch size; a last partial
 /// batch is padded and the padding ignored).
 pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> {
-    let mut rt = CpuRuntime::new(model, None)?;
+    let mut rt = OrtRuntime::new(model, None)?;
     let batch = rt.input_shape()[0].max(1);
     let mut top = TopK::default();
     let mut buf = vec![0f32; batch * PIXELS];

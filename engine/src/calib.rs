@@ -16,7 +16,7 @@ use crate::export::{
     ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
     quantizable_layers, to_bytes,
 };
-use crate::runtime::CpuRuntime;
+use crate::runtime::OrtRuntime;
 
 pub const BINS: usize = 2048;
 /// Quantisation levels on one side of zero for the entropy calibrator (TensorRT uses 128).
@@ -258,7 +258,7 @@ pub fn collect(
         .filter(|t| t.as_str() != overparam_fuse::spec::INPUT)
         .cloned()
         .collect();
-    let mut rt = CpuRuntime::new(&to_bytes(&export(spec, w, &opts)?), None)?;
+    let mut rt = OrtRuntime::new(&to_bytes(&export(spec, w, &opts)?), None)?;
     let bar = if progress {
         indicatif::ProgressBar::new(2 * batches.len() as u64)
     } else {

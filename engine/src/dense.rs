@@ -11,7 +11,7 @@ use overparam_fuse::spec::DeploySpec;
 use crate::calib::{Calibrator, Histogram, collect, plan};
 use crate::error::{Error, Result};
 use crate::export::{ActivationEncoding, ExportOptions, Precision, QuantPlan, export, to_bytes};
-use crate::runtime::CpuRuntime;
+use crate::runtime::OrtRuntime;
 
 /// Names of the nine metrics, in the order of [`evaluate`]'s result (MTAN's table; fractions,
 /// not percent; whether higher is better: `overparam_data::metrics::NYU_HIGHER_IS_BETTER`).
@@ -42,7 +42,7 @@ pub fn input(s: &NyuSample) -> Vec<f32> {
 /// The nine metrics of a multi-task ONNX model (batch 1) over `split`. Depth and normal errors
 /// are averaged per sample (MTAN averages per batch, so its numbers at batch > 1 differ slightly).
 pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
-    let mut rt = CpuRuntime::new(model, None)?;
+    let mut rt = OrtRuntime::new(model, None)?;
     let mut conf = Confusion::new(CLASSES);
     let mut geo = GeometryErrors::default();
     for i in 0..split.len() {

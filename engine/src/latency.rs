@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::runtime::CpuRuntime;
+use crate::runtime::{OrtRuntime, Provider};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyReport {
@@ -90,15 +90,17 @@ impl LatencyReport {
     }
 }
 
-/// Times a model on the CPU runtime with a fixed random input.
-pub fn measure_cpu(
+/// Times a model on ONNX Runtime (CPU or TensorRT execution provider) with a fixed random
+/// input; the first warm-up run includes any TensorRT engine build.
+pub fn measure_ort(
     model: &[u8],
     threads: Option<usize>,
+    provider: &Provider,
     warmup: usize,
     iters: usize,
     budget_ms: Option<f64>,
 ) -> Result<LatencyReport> {
-    let mut rt = CpuRuntime::new(model, threads)?;
+    let mut rt = OrtRuntime::with_provider(model, threads, provider)?;
     let n: usize = rt.input_shape().iter().product();
     let mut rng = overparam_fuse::Rng::new(0);
     let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
@@ -112,8 +114,15 @@ pub fn measure_cpu(
         ms.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let mut r = LatencyReport::from_samples(ms, rt.input_shape()[0], warmup, budget_ms);
-    r.runtime = format!("onnxruntime {}", crate::runtime::version()?);
-    r.device = cpu_name();
+    r.runtime = format!(
+        "onnxruntime {} ({})",
+        crate::runtime::version()?,
+        provider.name()
+    );
+    r.device = match provider {
+        Provider::Cpu => cpu_name(),
+        Provider::TensorRt(o) => format!("CUDA device {} (host {})", o.device_id, cpu_name()),
+    };
     r.threads = threads;
     Ok(r)
 }

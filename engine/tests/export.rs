@@ -7,7 +7,7 @@ use std::process::Command;
 use overparam_data::loader::Normalize;
 use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
-use overparam_engine::runtime::CpuRuntime;
+use overparam_engine::runtime::OrtRuntime;
 use overparam_fuse::exec::run;
 use overparam_fuse::init::random_weights;
 use overparam_fuse::layout::train_layout;
@@ -74,7 +74,7 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
             let mut o = ExportOptions::new(Precision::Fp32);
             o.batch = batch;
             let fp32 = to_bytes(&export(&spec, &w, &o).unwrap());
-            let got = CpuRuntime::new(&fp32, Some(1))
+            let got = OrtRuntime::new(&fp32, Some(1))
                 .unwrap()
                 .run(&x.data)
                 .unwrap();
@@ -85,7 +85,7 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
 
             o.precision = Precision::Fp16;
             let fp16 = to_bytes(&export(&spec, &w, &o).unwrap());
-            let got = CpuRuntime::new(&fp16, Some(1))
+            let got = OrtRuntime::new(&fp16, Some(1))
                 .unwrap()
                 .run(&x.data)
                 .unwrap();
@@ -102,7 +102,7 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
                 o.precision = Precision::Int8;
                 o.quant = Some(plan(&hists, Calibrator::Entropy, enc));
                 let int8 = to_bytes(&export(&spec, &w, &o).unwrap());
-                let out = CpuRuntime::new(&int8, Some(1))
+                let out = OrtRuntime::new(&int8, Some(1))
                     .unwrap()
                     .run(&x.data)
                     .unwrap();
@@ -134,7 +134,7 @@ fn int8_encodings_track_fp32() {
     let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
     let hists = collect(&spec, &w, &batches, false).unwrap();
     let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
-    let want = CpuRuntime::new(&fp32, Some(1))
+    let want = OrtRuntime::new(&fp32, Some(1))
         .unwrap()
         .run(&batches[0])
         .unwrap()
@@ -162,7 +162,7 @@ fn int8_encodings_track_fp32() {
             (enc == ActivationEncoding::UnsignedOffset) as usize,
             "{enc:?}"
         );
-        let got = CpuRuntime::new(&to_bytes(&m), Some(1))
+        let got = OrtRuntime::new(&to_bytes(&m), Some(1))
             .unwrap()
             .run(&batches[0])
             .unwrap()
@@ -219,7 +219,7 @@ fn mtl_exports_match_the_reference() {
         let want = run(&spec, &dw, &x).unwrap();
         for p in [Precision::Fp32, Precision::Fp16] {
             let m = to_bytes(&export(&spec, &dw, &ExportOptions::new(p)).unwrap());
-            let got = CpuRuntime::new(&m, Some(1)).unwrap().run(&x.data).unwrap();
+            let got = OrtRuntime::new(&m, Some(1)).unwrap().run(&x.data).unwrap();
             for ((name, r), (gname, shape, g)) in want.iter().zip(&got) {
                 assert_eq!(name, gname);
                 assert_eq!(&r.shape, shape);
@@ -250,7 +250,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
     let hists = collect(&spec, &w, &batches, false).unwrap();
     let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
-    let want = CpuRuntime::new(&fp32, Some(1))
+    let want = OrtRuntime::new(&fp32, Some(1))
         .unwrap()
         .run(&batches[0])
         .unwrap()
@@ -310,7 +310,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
         "one cast in and one out per kept layer"
     );
     let run_model = |bytes: &[u8]| {
-        CpuRuntime::new(bytes, Some(1))
+        OrtRuntime::new(bytes, Some(1))
             .unwrap()
             .run(&batches[0])
             .unwrap()
@@ -318,6 +318,11 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
             .2
     };
     let partial = to_bytes(&m);
+    // The TensorRT execution provider enables exactly the precisions the graph uses.
+    use overparam_engine::runtime::graph_precisions;
+    assert_eq!(graph_precisions(&partial).unwrap(), (true, true));
+    assert_eq!(graph_precisions(&fp32).unwrap(), (false, false));
+    assert!(graph_precisions(b"not onnx at all").is_err());
     let r_partial = rel(&want, &run_model(&partial));
     o.quant = Some(plan(
         &hists,

@@ -20,9 +20,8 @@ struct LatencyArgs {
     /// An ONNX model (CPU runtime), a TensorRT plan (`--runtime trt`), or a deploy checkpoint
     /// (exported in memory at `--precision`).
     model: Option<PathBuf>,
-    /// cpu (ONNX Runtime) or trt (trtexec on a plan built by `overparam engine build`).
-    #[arg(long, default_value = "cpu")]
-    runtime: String,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// For deploy checkpoints: fp32, fp16 or int8 (INT8 calibrates on synthetic data, with the
     /// uint8 encoding ONNX Runtime runs fastest).
     #[arg(long, default_value = "fp32")]
@@ -45,6 +44,38 @@ struct LatencyArgs {
     enforce: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// Where a model runs; shared by `bench` and `bridge run`.
+#[derive(clap::Args, Clone)]
+pub struct RuntimeArgs {
+    /// cpu (ONNX Runtime's CPU provider), ort-trt (ONNX Runtime's TensorRT execution provider,
+    /// onnxruntime-gpu builds only) or trt (trtexec on a plan built by `overparam engine
+    /// build`; `bench` only).
+    #[arg(long, default_value = "cpu")]
+    pub runtime: String,
+    /// ort-trt: CUDA device.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// ort-trt: directory for TensorRT engine and timing caches (builds are slow; reuse them).
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The ONNX Runtime provider (`trt` is not one: it runs plans through trtexec).
+    pub fn provider(&self) -> Result<overparam_engine::runtime::Provider> {
+        use overparam_engine::runtime::{Provider, TrtEpOptions};
+        Ok(match self.runtime.as_str() {
+            "cpu" => Provider::Cpu,
+            "ort-trt" => Provider::TensorRt(TrtEpOptions {
+                device_id: self.device_id,
+                cache_dir: self.trt_cache.clone(),
+                ..Default::default()
+            }),
+            other => bail!("unknown ONNX Runtime provider `{other}` (cpu or ort-trt)"),
+        })
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -88,18 +119,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 fn latency(a: &LatencyArgs) -> Result<ExitCode> {
     use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
-    use overparam_engine::latency::measure_cpu;
+    use overparam_engine::latency::measure_ort;
     let Some(model) = &a.model else {
         bail!(
             "give a MODEL (.onnx, .plan or deploy .safetensors), or a subcommand such as `bench train`"
         );
     };
-    let r = match a.runtime.as_str() {
+    let r = match a.runtime.runtime.as_str() {
         "trt" => {
             let t = overparam_engine::trt::find_trtexec()?;
             overparam_engine::trt::measure(&t, model, a.iters, a.warmup, a.budget_ms)?
         }
-        "cpu" => {
+        _ => {
+            let provider = a.runtime.provider()?;
             let bytes = if model.extension().is_some_and(|e| e == "safetensors") {
                 let (spec, w) = super::export::load_deploy(model)?;
                 let mut o = ExportOptions::new(a.precision);
@@ -125,9 +157,8 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
             } else {
                 std::fs::read(model).with_context(|| model.display().to_string())?
             };
-            measure_cpu(&bytes, a.threads, a.warmup, a.iters, a.budget_ms)?
+            measure_ort(&bytes, a.threads, &provider, a.warmup, a.iters, a.budget_ms)?
         }
-        other => bail!("unknown runtime `{other}` (cpu or trt)"),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -106,6 +106,8 @@ enum BridgeCommand {
         #[arg(long)]
         threads: Option<usize>,
         #[command(flatten)]
+        runtime: super::bench::RuntimeArgs,
+        #[command(flatten)]
         ros: Ros2Args,
         #[command(flatten)]
         zenoh: ZenohArgs,
@@ -154,11 +156,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             topic_qos,
             wait_subscribers,
             threads,
+            runtime,
             ros,
             zenoh,
         } => {
             let spec: SourceSpec = source.parse()?;
-            let mut m = Model::load(&model, threads)
+            let mut m = Model::load(&model, threads, &runtime.provider()?)
                 .with_context(|| format!("loading {}", model.display()))?;
             let session = zenoh
                 .options()

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use overparam_engine::calib::Calibrator;
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
-use overparam_engine::latency::{LatencyReport, measure_cpu};
+use overparam_engine::latency::{LatencyReport, measure_ort};
+use overparam_engine::runtime::Provider;
 use overparam_fuse::checkpoint::{self, write_file_atomic};
 use overparam_fuse::{AnySpec, DeploySpec, Weights};
 
@@ -279,7 +280,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let threads = cfg.run.threads;
     let mut reports: Vec<(Precision, LatencyReport)> = vec![];
     for (p, bytes) in &models {
-        let r = measure_cpu(bytes, threads, 20, a.iters, Some(a.budget_ms))?;
+        let r = measure_ort(
+            bytes,
+            threads,
+            &Provider::Cpu,
+            20,
+            a.iters,
+            Some(a.budget_ms),
+        )?;
         reports.push((*p, r));
     }
     let _ = writeln!(
@@ -425,7 +433,7 @@ fn bridge(model: &[u8], frames: u64, threads: Option<usize>, md: &mut String) ->
     let s_sub = ZenohOptions::loopback(Some(port), None).open()?;
     let s_pub = ZenohOptions::loopback(None, Some(port)).open()?;
     let mut l = Listener::new(&s_sub, ListenConfig::native("overparam"))?;
-    let mut m = Model::from_onnx(model, threads)?;
+    let mut m = Model::from_onnx(model, threads, &Provider::Cpu)?;
     let publisher = PerceptionPublisher::new(&s_pub, PublishConfig::native("overparam", "cam0"))?;
     if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
         bail!("bridge: the in-process listener never matched the publisher");
