@@ -305,6 +305,29 @@ done
         "{}",
         text(&o)
     );
+
+    // The native builder and runtime need the `tensorrt` feature; this build says so.
+    let before = std::fs::read(&plan).unwrap();
+    for args in [
+        vec![
+            "engine",
+            "build",
+            onnx.to_str().unwrap(),
+            "--native",
+            "-o",
+            plan.to_str().unwrap(),
+        ],
+        vec!["bench", plan.to_str().unwrap(), "--runtime", "trt-native"],
+    ] {
+        let o = run(&args, &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("--features tensorrt"), "{}", text(&o));
+    }
+    assert_eq!(
+        std::fs::read(&plan).unwrap(),
+        before,
+        "the plan is untouched"
+    );
 }
 
 /// `engine accuracy` on a trained RepVGG model: the three precisions, the sensitivity scan,

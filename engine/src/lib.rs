@@ -10,6 +10,8 @@ pub mod latency;
 pub mod onnx;
 pub mod runtime;
 pub mod trt;
+#[cfg(feature = "tensorrt")]
+pub mod trt_native;
 
 pub use error::{Error, Result};
 

@@ -298,8 +298,18 @@ pub fn current_gpu() -> Result<(String, String)> {
     Ok((name.trim().to_string(), cc.trim().to_string()))
 }
 
-/// Refuses a plan whose manifest does not match this device and TensorRT.
+/// Refuses a plan whose manifest does not match this device and trtexec's TensorRT.
 pub fn check_plan(plan: &Path, t: &Trtexec, gpu: &(String, String)) -> Result<Manifest> {
+    check_manifest(plan, &t.version, gpu)
+}
+
+/// Refuses a plan whose manifest does not match TensorRT `version` and `gpu` (name, compute
+/// capability): TensorRT plans are specific to both.
+pub fn check_manifest(
+    plan: &Path,
+    version: &TrtVersion,
+    gpu: &(String, String),
+) -> Result<Manifest> {
     let mp = manifest_path(plan);
     let text = std::fs::read_to_string(&mp).map_err(|_| Error::File {
         path: plan.into(),
@@ -310,10 +320,10 @@ pub fn check_plan(plan: &Path, t: &Trtexec, gpu: &(String, String)) -> Result<Ma
         message: format!("not a plan manifest: {e}"),
     })?;
     let mut problems = vec![];
-    if m.tensorrt != t.version.to_string() {
+    if m.tensorrt != version.to_string() {
         problems.push(format!(
-            "built with TensorRT {}, this machine has {}",
-            m.tensorrt, t.version
+            "built with TensorRT {}, this machine has {version}",
+            m.tensorrt
         ));
     }
     if m.gpu.as_deref().is_some_and(|g| g != gpu.0) {

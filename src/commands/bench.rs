@@ -50,11 +50,12 @@ struct LatencyArgs {
 #[derive(clap::Args, Clone)]
 pub struct RuntimeArgs {
     /// cpu (ONNX Runtime's CPU provider), ort-trt (ONNX Runtime's TensorRT execution provider,
-    /// onnxruntime-gpu builds only) or trt (trtexec on a plan built by `overparam engine
-    /// build`; `bench` only).
+    /// onnxruntime-gpu builds only); `bench` also takes trt (trtexec on a plan built by
+    /// `overparam engine build`) and trt-native (the same plan on the native runtime, cargo
+    /// feature `tensorrt`).
     #[arg(long, default_value = "cpu")]
     pub runtime: String,
-    /// ort-trt: CUDA device.
+    /// ort-trt and trt-native: CUDA device.
     #[arg(long, default_value_t = 0)]
     pub device_id: i32,
     /// ort-trt: directory for TensorRT engine and timing caches (builds are slow; reuse them).
@@ -126,6 +127,7 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
         );
     };
     let r = match a.runtime.runtime.as_str() {
+        "trt-native" => native_measure(model, a)?,
         "trt" => {
             let t = overparam_engine::trt::find_trtexec()?;
             overparam_engine::trt::measure(&t, model, a.iters, a.warmup, a.budget_ms)?
@@ -190,6 +192,28 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "tensorrt")]
+fn native_measure(
+    plan: &std::path::Path,
+    a: &LatencyArgs,
+) -> Result<overparam_engine::latency::LatencyReport> {
+    Ok(overparam_engine::trt_native::measure(
+        plan,
+        a.runtime.device_id.max(0) as usize,
+        a.warmup,
+        a.iters,
+        a.budget_ms,
+    )?)
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn native_measure(
+    _: &std::path::Path,
+    _: &LatencyArgs,
+) -> Result<overparam_engine::latency::LatencyReport> {
+    bail!("{}", super::engine::NATIVE_MISSING)
 }
 
 #[cfg(feature = "train")]

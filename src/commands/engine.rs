@@ -27,6 +27,12 @@ enum EngineCommand {
         /// Builder workspace in MiB.
         #[arg(long, default_value_t = 2048)]
         workspace: usize,
+        /// Build with the native TensorRT library (cargo feature `tensorrt`) instead of trtexec.
+        #[arg(long)]
+        native: bool,
+        /// CUDA device for --native.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -72,8 +78,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
             precision,
             dla,
             workspace,
+            native,
+            device,
             output,
         } => {
+            if native {
+                let m = build_native(&onnx, &output, precision, workspace, dla, device)?;
+                println!(
+                    "wrote {} for {} (SM {}), TensorRT {} (native builder), {}",
+                    output.display(),
+                    m.gpu.as_deref().unwrap_or("unknown GPU"),
+                    m.compute_capability.as_deref().unwrap_or("?"),
+                    m.tensorrt,
+                    m.precision.as_str()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let t = find_trtexec()?;
             eprintln!(
                 "engine: trtexec {} (TensorRT {})",
@@ -199,6 +219,36 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
 }
+
+#[cfg(feature = "tensorrt")]
+fn build_native(
+    onnx: &std::path::Path,
+    out: &std::path::Path,
+    precision: Precision,
+    workspace: usize,
+    dla: Option<u32>,
+    device: usize,
+) -> Result<overparam_engine::trt::Manifest> {
+    Ok(overparam_engine::trt_native::build(
+        onnx, out, precision, workspace, dla, device,
+    )?)
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn build_native(
+    _: &std::path::Path,
+    _: &std::path::Path,
+    _: Precision,
+    _: usize,
+    _: Option<u32>,
+    _: usize,
+) -> Result<overparam_engine::trt::Manifest> {
+    anyhow::bail!("{NATIVE_MISSING}")
+}
+
+/// Why `--native` / `--runtime trt-native` cannot run in this build.
+#[cfg(not(feature = "tensorrt"))]
+pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";
 
 /// The partial-INT8 model at batch 1 and its calibration record, each written atomically.
 fn write_partial(
