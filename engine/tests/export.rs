@@ -121,17 +121,24 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
     check_with_onnx_checker(&files);
 }
 
-/// Both INT8 encodings stay close to FP32; the CPU encoding also quantises conv outputs (so
-/// ONNX Runtime can run QLinearConv) and uses the full uint8 range on post-ReLU tensors.
-#[test]
-fn int8_encodings_track_fp32() {
-    let (spec, w) = deploy(ModelKind::VggSmall, MethodKind::Plain);
-    let set = synthetic_set();
+/// A folded vgg_small with calibration histograms, its FP32 ONNX and that model's output on
+/// the first calibration batch.
+struct Int8Case {
+    spec: DeploySpec,
+    w: Weights,
+    batches: Vec<Vec<f32>>,
+    hists: std::collections::BTreeMap<String, overparam_engine::calib::Histogram>,
+    fp32: Vec<u8>,
+    want: Vec<f32>,
+}
+
+fn int8_case(kind: MethodKind) -> Int8Case {
+    let (spec, w) = deploy(ModelKind::VggSmall, kind);
     let norm = Normalize {
         mean: [0.5; 3],
         std: [0.25; 3],
     };
-    let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
+    let batches = calibration_batches(&synthetic_set(), &norm, 16, 1, 0).unwrap();
     let hists = collect(&spec, &w, &batches, false).unwrap();
     let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
     let want = OrtRuntime::new(&fp32, Some(1))
@@ -140,6 +147,28 @@ fn int8_encodings_track_fp32() {
         .unwrap()
         .remove(0)
         .2;
+    Int8Case {
+        spec,
+        w,
+        batches,
+        hists,
+        fp32,
+        want,
+    }
+}
+
+/// Both INT8 encodings stay close to FP32; the CPU encoding also quantises conv outputs (so
+/// ONNX Runtime can run QLinearConv) and uses the full uint8 range on post-ReLU tensors.
+#[test]
+fn int8_encodings_track_fp32() {
+    let Int8Case {
+        spec,
+        w,
+        batches,
+        hists,
+        want,
+        ..
+    } = int8_case(MethodKind::Plain);
     let mut o = ExportOptions::new(Precision::Int8);
     for enc in [
         ActivationEncoding::SignedSymmetric,
@@ -241,21 +270,14 @@ fn mtl_exports_match_the_reference() {
 fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     use overparam_engine::export::{KeptPrecision, quantizable_layers};
     use overparam_engine::pb::tensor_proto::DataType;
-    let (spec, w) = deploy(ModelKind::VggSmall, MethodKind::Repvgg);
-    let set = synthetic_set();
-    let norm = Normalize {
-        mean: [0.5; 3],
-        std: [0.25; 3],
-    };
-    let batches = calibration_batches(&set, &norm, 16, 1, 0).unwrap();
-    let hists = collect(&spec, &w, &batches, false).unwrap();
-    let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
-    let want = OrtRuntime::new(&fp32, Some(1))
-        .unwrap()
-        .run(&batches[0])
-        .unwrap()
-        .remove(0)
-        .2;
+    let Int8Case {
+        spec,
+        w,
+        batches,
+        hists,
+        fp32,
+        want,
+    } = int8_case(MethodKind::Repvgg);
     let layers: Vec<String> = quantizable_layers(&spec).into_iter().map(|l| l.0).collect();
     let kept = [layers[0].clone(), layers[layers.len() - 1].clone()];
     let mut p = plan(

@@ -194,26 +194,24 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "tensorrt")]
+/// `bench --runtime trt-native`: the native runtime where the `tensorrt` feature is compiled in.
 fn native_measure(
     plan: &std::path::Path,
     a: &LatencyArgs,
 ) -> Result<overparam_engine::latency::LatencyReport> {
-    Ok(overparam_engine::trt_native::measure(
+    #[cfg(feature = "tensorrt")]
+    return Ok(overparam_engine::trt_native::measure(
         plan,
         a.runtime.device_id.max(0) as usize,
         a.warmup,
         a.iters,
         a.budget_ms,
-    )?)
-}
-
-#[cfg(not(feature = "tensorrt"))]
-fn native_measure(
-    _: &std::path::Path,
-    _: &LatencyArgs,
-) -> Result<overparam_engine::latency::LatencyReport> {
-    bail!("{}", super::engine::NATIVE_MISSING)
+    )?);
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let _ = (plan, a);
+        bail!("{}", super::engine::NATIVE_MISSING)
+    }
 }
 
 #[cfg(feature = "train")]

@@ -220,7 +220,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 }
 
-#[cfg(feature = "tensorrt")]
+/// `engine build --native`: the native builder where the `tensorrt` feature is compiled in.
 fn build_native(
     onnx: &std::path::Path,
     out: &std::path::Path,
@@ -229,21 +229,15 @@ fn build_native(
     dla: Option<u32>,
     device: usize,
 ) -> Result<overparam_engine::trt::Manifest> {
-    Ok(overparam_engine::trt_native::build(
+    #[cfg(feature = "tensorrt")]
+    return Ok(overparam_engine::trt_native::build(
         onnx, out, precision, workspace, dla, device,
-    )?)
-}
-
-#[cfg(not(feature = "tensorrt"))]
-fn build_native(
-    _: &std::path::Path,
-    _: &std::path::Path,
-    _: Precision,
-    _: usize,
-    _: Option<u32>,
-    _: usize,
-) -> Result<overparam_engine::trt::Manifest> {
-    anyhow::bail!("{NATIVE_MISSING}")
+    )?);
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let _ = (onnx, out, precision, workspace, dla, device);
+        anyhow::bail!("{NATIVE_MISSING}")
+    }
 }
 
 /// Why `--native` / `--runtime trt-native` cannot run in this build.
