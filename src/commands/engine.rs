@@ -82,36 +82,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
             device,
             output,
         } => {
-            if native {
+            let (m, builder) = if native {
                 let m = build_native(&onnx, &output, precision, workspace, dla, device)?;
-                println!(
-                    "wrote {} for {} (SM {}), TensorRT {} (native builder), {}",
-                    output.display(),
-                    m.gpu.as_deref().unwrap_or("unknown GPU"),
-                    m.compute_capability.as_deref().unwrap_or("?"),
-                    m.tensorrt,
-                    m.precision.as_str()
+                (m, "native builder")
+            } else {
+                let t = find_trtexec()?;
+                eprintln!(
+                    "engine: trtexec {} (TensorRT {})",
+                    t.path.display(),
+                    t.version
                 );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let t = find_trtexec()?;
-            eprintln!(
-                "engine: trtexec {} (TensorRT {})",
-                t.path.display(),
-                t.version
-            );
-            let m = build(
-                &t,
-                &onnx,
-                &output,
-                &BuildOptions {
+                let o = BuildOptions {
                     precision,
                     dla_core: dla,
                     workspace_mib: workspace,
-                },
-            )?;
+                };
+                (build(&t, &onnx, &output, &o)?, "trtexec")
+            };
             println!(
-                "wrote {} for {} (SM {}), TensorRT {}, {}",
+                "wrote {} for {} (SM {}), TensorRT {} ({builder}), {}",
                 output.display(),
                 m.gpu.as_deref().unwrap_or("unknown GPU"),
                 m.compute_capability.as_deref().unwrap_or("?"),
