@@ -171,8 +171,17 @@ fn killed_writers_leave_the_previous_file_intact() {
             child.wait().unwrap();
             check(kind, &path).unwrap_or_else(|e| panic!("after a kill: {e}"));
         }
-        // Leftover temp files of killed writers do not stop the next write.
+        // Leftover temp files of killed writers do not stop the next write, which removes them.
         write(kind, &path, 1);
         check(kind, &path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.starts_with(&format!(".{name}.")))
+            .collect();
+        if cfg!(target_os = "linux") {
+            assert!(left.is_empty(), "{kind}: stale temp files {left:?}");
+        }
     }
 }
