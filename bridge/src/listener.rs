@@ -26,6 +26,10 @@ pub struct ListenConfig {
     pub ros2: bool,
     /// Subscriber queue length (samples); when full, reliable + Block publishers wait.
     pub queue: usize,
+    /// Copy each tensor out ([`Event::Message`]); when false, native messages are validated
+    /// in place and reported as [`Event::Header`] (counting and timing need no tensor copy).
+    /// ROS 2 messages are always decoded.
+    pub payloads: bool,
 }
 
 impl ListenConfig {
@@ -34,6 +38,7 @@ impl ListenConfig {
             key: format!("{}/**", prefix.trim_matches('/')),
             ros2: false,
             queue: 256,
+            payloads: true,
         }
     }
     pub fn ros2(names: &Ros2Names) -> Self {
@@ -41,6 +46,7 @@ impl ListenConfig {
             key: names.subscribe_all(),
             ros2: true,
             queue: 256,
+            payloads: true,
         }
     }
 }
@@ -99,6 +105,11 @@ pub enum Event {
     Message {
         key: String,
         msg: TensorMsg,
+    },
+    /// A valid native message, not copied out (`ListenConfig::payloads` off).
+    Header {
+        key: String,
+        header: wire::Header,
     },
     Status {
         key: String,
@@ -171,18 +182,26 @@ impl Listener {
                     let mut m = ros2::to_tensor_msg(&img, seq, src_ns)?;
                     // A publisher's GID stands for its stream.
                     m.stream_id = u64::from_le_bytes(gid[..8].try_into().expect("8 bytes"));
-                    Ok(m)
+                    Ok(Event::Message { key, msg: m })
                 })
+        } else if self.cfg.payloads {
+            wire::decode(&bytes).map(|msg| Event::Message { key, msg })
         } else {
-            wire::decode(&bytes)
+            wire::decode_header(&bytes).map(|header| Event::Header { key, header })
         };
-        let msg = match decoded {
-            Ok(m) => m,
+        let event = match decoded {
+            Ok(e) => e,
             Err(error) => {
                 st.decode_errors += 1;
                 Counters::add(&self.counters.decode_errors, 1);
+                let key = sample.key_expr().as_str().to_string();
                 return Event::Invalid { key, error };
             }
+        };
+        let (stream_id, frame_id, stamps) = match &event {
+            Event::Message { msg, .. } => (msg.stream_id, msg.frame_id, msg.stamps),
+            Event::Header { header, .. } => (header.stream_id, header.frame_id, header.stamps),
+            _ => unreachable!("only messages and headers are decoded here"),
         };
         if st.received == 0 {
             st.first_ns = recv_ns;
@@ -193,35 +212,35 @@ impl Listener {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.bytes_received, bytes.len() as u64);
         match st.last {
-            Some((stream, frame)) if stream == msg.stream_id && msg.frame_id > frame + 1 => {
-                let gap = msg.frame_id - frame - 1;
+            Some((stream, frame)) if stream == stream_id && frame_id > frame + 1 => {
+                let gap = frame_id - frame - 1;
                 st.dropped += gap;
                 Counters::add(&self.counters.dropped, gap);
             }
-            Some((stream, _)) if stream == msg.stream_id => {}
+            Some((stream, _)) if stream == stream_id => {}
             Some(_) => {
                 st.restarts += 1;
                 Counters::add(&self.counters.stream_restarts, 1);
             }
             None => {}
         }
-        st.last = Some((msg.stream_id, msg.frame_id));
+        st.last = Some((stream_id, frame_id));
         st.seen += 1;
-        if msg.stamps.publish_ns > 0 {
+        if stamps.publish_ns > 0 {
             push_ring(
                 &mut st.transport_ms,
                 st.seen,
-                (recv_ns - msg.stamps.publish_ns) as f64 / 1e6,
+                (recv_ns - stamps.publish_ns) as f64 / 1e6,
             );
         }
-        if msg.stamps.capture_ns > 0 {
+        if stamps.capture_ns > 0 {
             push_ring(
                 &mut st.end_to_end_ms,
                 st.seen,
-                (recv_ns - msg.stamps.capture_ns) as f64 / 1e6,
+                (recv_ns - stamps.capture_ns) as f64 / 1e6,
             );
         }
-        Event::Message { key, msg }
+        event
     }
 
     /// Per-topic rates, losses and latency percentiles so far.

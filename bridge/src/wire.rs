@@ -213,10 +213,22 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-/// Validates and decodes one message. Every index below is within `HEADER_LEN`, which is
-/// checked first; the payload length is checked against the shape and the byte count before
-/// the output vector is allocated.
-pub fn decode(b: &[u8]) -> Result<TensorMsg> {
+/// A validated message header; [`decode_header`] checked that the payload that follows has
+/// exactly the length its shape and dtype call for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    pub stream_id: u64,
+    pub frame_id: u64,
+    pub task: Task,
+    pub stamps: Stamps,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+/// Validates a whole message (every header field, and the payload length against the shape
+/// and the byte count) without copying the tensor: what a listener that only counts and times
+/// needs. Every index below is within `HEADER_LEN`, which is checked first.
+pub fn decode_header(b: &[u8]) -> Result<Header> {
     if b.len() < 8 {
         return Err(Error::Truncated {
             got: b.len(),
@@ -301,7 +313,27 @@ pub fn decode(b: &[u8]) -> Result<TensorMsg> {
             ))
         });
     }
-    let data = match dtype {
+    let t = |o: usize| u64_at(b, o) as i64;
+    Ok(Header {
+        stream_id: u64_at(b, 8),
+        frame_id: u64_at(b, 16),
+        task,
+        stamps: Stamps {
+            capture_ns: t(24),
+            infer_start_ns: t(32),
+            infer_end_ns: t(40),
+            publish_ns: t(48),
+        },
+        shape,
+        dtype,
+    })
+}
+
+/// Validates a whole message (header and payload length) and copies its tensor out.
+pub fn decode(b: &[u8]) -> Result<TensorMsg> {
+    let h = decode_header(b)?;
+    let body = &b[HEADER_LEN..];
+    let data = match h.dtype {
         DType::U8 => TensorData::U8(body.to_vec()),
         DType::F32 => {
             let mut v = vec![0f32; body.len() / 4];
@@ -314,18 +346,12 @@ pub fn decode(b: &[u8]) -> Result<TensorMsg> {
             TensorData::F32(v)
         }
     };
-    let t = |o: usize| u64_at(b, o) as i64;
     Ok(TensorMsg {
-        stream_id: u64_at(b, 8),
-        frame_id: u64_at(b, 16),
-        task,
-        stamps: Stamps {
-            capture_ns: t(24),
-            infer_start_ns: t(32),
-            infer_end_ns: t(40),
-            publish_ns: t(48),
-        },
-        shape,
+        stream_id: h.stream_id,
+        frame_id: h.frame_id,
+        task: h.task,
+        stamps: h.stamps,
+        shape: h.shape,
         data,
     })
 }

@@ -138,10 +138,19 @@ fn ros2_round_trip_at_288x384_is_exact() {
     assert_eq!(l.counters().decode_errors, 0);
 }
 
+/// Both listener modes (tensors copied out, or validated in place) count bad payloads alike.
 #[test]
 fn garbage_truncated_and_wrong_version_are_counted() {
+    for payloads in [true, false] {
+        garbage_counted(payloads);
+    }
+}
+
+fn garbage_counted(payloads: bool) {
     let (s_sub, s_pub) = pair();
-    let mut l = Listener::new(&s_sub, ListenConfig::native("op")).unwrap();
+    let mut cfg = ListenConfig::native("op");
+    cfg.payloads = payloads;
+    let mut l = Listener::new(&s_sub, cfg).unwrap();
     let mut cfg = PublishConfig::native("op", "cam0");
     cfg.status = false;
     let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
@@ -182,7 +191,16 @@ fn garbage_truncated_and_wrong_version_are_counted() {
     while invalid.len() + ok < bad.len() + 1 && t0.elapsed() < WAIT {
         match l.recv(Duration::from_millis(200)).unwrap() {
             Some(Event::Invalid { error, .. }) => invalid.push(error.to_string()),
-            Some(Event::Message { .. }) => ok += 1,
+            Some(Event::Message { msg, .. }) => {
+                assert!(payloads);
+                assert_eq!(msg.frame_id, 0);
+                ok += 1
+            }
+            Some(Event::Header { header, .. }) => {
+                assert!(!payloads);
+                assert_eq!((header.stream_id, header.frame_id), (1, 0));
+                ok += 1
+            }
             _ => {}
         }
     }

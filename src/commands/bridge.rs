@@ -247,6 +247,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             } else {
                 ListenConfig::native(&prefix)
             };
+            // Tensors are only copied out when something looks at them.
+            let mut cfg = cfg;
+            cfg.payloads = dump.is_some();
             eprintln!("listening on {}", cfg.key);
             let mut l = Listener::new(&session, cfg)?;
             if let Some(d) = &dump {
@@ -275,12 +278,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 match l.recv(Duration::from_millis(100))? {
                     Some(Event::Message { key, msg }) => {
                         valid += 1;
-                        if let Some(f) = rec.as_mut() {
-                            use std::io::Write;
-                            // One write per line, so a kill never leaves half a line.
-                            let line = format!("{key} {} {}\n", msg.stream_id, msg.frame_id);
-                            f.write_all(line.as_bytes())?;
-                        }
+                        record_line(rec.as_mut(), &key, msg.stream_id, msg.frame_id)?;
                         let n = per_key.entry(key.clone()).or_default();
                         if let Some(d) = &dump
                             && (*n).is_multiple_of(dump_every.max(1))
@@ -288,6 +286,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                             dump_png(d, &key, &msg)?;
                         }
                         *n += 1;
+                    }
+                    Some(Event::Header { key, header }) => {
+                        valid += 1;
+                        record_line(rec.as_mut(), &key, header.stream_id, header.frame_id)?;
                     }
                     Some(Event::Invalid { key, error }) => eprintln!("{key}: invalid: {error}"),
                     Some(Event::Status { .. }) | None => {}
@@ -312,6 +314,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--record`: one line per valid message, in one write, so a kill never leaves half a line.
+fn record_line(f: Option<&mut std::fs::File>, key: &str, stream: u64, frame: u64) -> Result<()> {
+    if let Some(f) = f {
+        use std::io::Write;
+        f.write_all(format!("{key} {stream} {frame}\n").as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A PNG colour map of one message: class colours, grey depth (near bright), normals as RGB.

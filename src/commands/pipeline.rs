@@ -432,7 +432,9 @@ fn bridge(model: &[u8], frames: u64, threads: Option<usize>, md: &mut String) ->
     let port = free_port()?;
     let s_sub = ZenohOptions::loopback(Some(port), None).open()?;
     let s_pub = ZenohOptions::loopback(None, Some(port)).open()?;
-    let mut l = Listener::new(&s_sub, ListenConfig::native("overparam"))?;
+    let mut cfg = ListenConfig::native("overparam");
+    cfg.payloads = false; // counted and timed, not looked at
+    let mut l = Listener::new(&s_sub, cfg)?;
     let mut m = Model::from_onnx(model, threads, &Provider::Cpu)?;
     let publisher = PerceptionPublisher::new(&s_pub, PublishConfig::native("overparam", "cam0"))?;
     if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
@@ -443,7 +445,7 @@ fn bridge(model: &[u8], frames: u64, threads: Option<usize>, md: &mut String) ->
         let t0 = Instant::now();
         let mut n = 0;
         while n < expected && t0.elapsed() < Duration::from_secs(120) {
-            if let Some(Event::Message { .. }) = l.recv(Duration::from_millis(200))? {
+            if let Some(Event::Header { .. }) = l.recv(Duration::from_millis(200))? {
                 n += 1;
             }
         }
