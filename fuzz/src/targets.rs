@@ -241,8 +241,24 @@ fn wire_seeds() -> Vec<Vec<u8>> {
 }
 
 fn wire_target(b: &[u8]) -> Outcome {
-    use overparam_bridge::wire::{decode, encode};
-    let m = decode(b).map_err(err)?;
+    use overparam_bridge::wire::{decode, decode_header, encode};
+    // Validation in place accepts exactly what the full decoder accepts.
+    let h = decode_header(b);
+    let m = match decode(b) {
+        Ok(m) => m,
+        Err(e) => {
+            assert!(
+                h.is_err(),
+                "decode_header accepted what decode refused: {e}"
+            );
+            return Err(err(e));
+        }
+    };
+    let h = h.expect("decode accepted, so must decode_header");
+    assert_eq!(
+        (h.frame_id, &h.shape, h.task),
+        (m.frame_id, &m.shape, m.task)
+    );
     // The format is canonical: what decodes re-encodes to the same bytes.
     assert_eq!(
         encode(&m).expect("a decoded message encodes"),
