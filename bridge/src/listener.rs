@@ -121,6 +121,12 @@ pub enum Event {
     },
 }
 
+/// A valid native or ROS 2 sample, before it becomes an [`Event`].
+enum Decoded {
+    Message(TensorMsg),
+    Header(wire::Header),
+}
+
 pub struct Listener {
     cfg: ListenConfig,
     sub: Subscriber<FifoChannelHandler<Sample>>,
@@ -182,26 +188,24 @@ impl Listener {
                     let mut m = ros2::to_tensor_msg(&img, seq, src_ns)?;
                     // A publisher's GID stands for its stream.
                     m.stream_id = u64::from_le_bytes(gid[..8].try_into().expect("8 bytes"));
-                    Ok(Event::Message { key, msg: m })
+                    Ok(Decoded::Message(m))
                 })
         } else if self.cfg.payloads {
-            wire::decode(&bytes).map(|msg| Event::Message { key, msg })
+            wire::decode(&bytes).map(Decoded::Message)
         } else {
-            wire::decode_header(&bytes).map(|header| Event::Header { key, header })
+            wire::decode_header(&bytes).map(Decoded::Header)
         };
-        let event = match decoded {
-            Ok(e) => e,
+        let decoded = match decoded {
+            Ok(d) => d,
             Err(error) => {
                 st.decode_errors += 1;
                 Counters::add(&self.counters.decode_errors, 1);
-                let key = sample.key_expr().as_str().to_string();
                 return Event::Invalid { key, error };
             }
         };
-        let (stream_id, frame_id, stamps) = match &event {
-            Event::Message { msg, .. } => (msg.stream_id, msg.frame_id, msg.stamps),
-            Event::Header { header, .. } => (header.stream_id, header.frame_id, header.stamps),
-            _ => unreachable!("only messages and headers are decoded here"),
+        let (stream_id, frame_id, stamps) = match &decoded {
+            Decoded::Message(m) => (m.stream_id, m.frame_id, m.stamps),
+            Decoded::Header(h) => (h.stream_id, h.frame_id, h.stamps),
         };
         if st.received == 0 {
             st.first_ns = recv_ns;
@@ -240,7 +244,10 @@ impl Listener {
                 (recv_ns - stamps.capture_ns) as f64 / 1e6,
             );
         }
-        event
+        match decoded {
+            Decoded::Message(msg) => Event::Message { key, msg },
+            Decoded::Header(header) => Event::Header { key, header },
+        }
     }
 
     /// Per-topic rates, losses and latency percentiles so far.

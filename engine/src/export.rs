@@ -212,15 +212,20 @@ impl Builder<'_> {
             return h.clone();
         }
         let h = format!("{tensor}_fp16");
-        self.nodes.push(node(
-            "Cast",
-            &h,
-            &[tensor],
-            &[&h],
-            vec![attr_int("to", DataType::Float16 as i64)],
-        ));
+        self.cast(&h, tensor, &h, DataType::Float16);
         self.half.insert(tensor.to_string(), h.clone());
         h
+    }
+
+    /// A Cast node `name`: `input` → `output` of type `to`.
+    fn cast(&mut self, name: &str, input: &str, output: &str, to: DataType) {
+        self.nodes.push(node(
+            "Cast",
+            name,
+            &[input],
+            &[output],
+            vec![attr_int("to", to as i64)],
+        ));
     }
 
     /// The int8 weight with its DequantizeLinear, per output channel (axis 0).
@@ -362,19 +367,12 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
     // Tensor names: the input, then one tensor per node named after the node.
     let mut name_of: HashMap<String, String> = HashMap::new();
     let input_name = INPUT.to_string();
-    if opts.precision == Precision::Fp16 {
-        let cast = format!("{INPUT}_fp16");
-        b.nodes.push(node(
-            "Cast",
-            &cast,
-            &[INPUT],
-            &[&cast],
-            vec![attr_int("to", DataType::Float16 as i64)],
-        ));
-        name_of.insert(INPUT.into(), cast);
+    let input = if opts.precision == Precision::Fp16 {
+        b.half_of(INPUT)
     } else {
-        name_of.insert(INPUT.into(), input_name.clone());
-    }
+        input_name.clone()
+    };
+    name_of.insert(INPUT.into(), input);
     for n in &spec.nodes {
         let ins: Vec<String> = n.inputs.iter().map(|i| name_of[i].clone()).collect();
         let out = n.name.clone();
@@ -529,13 +527,12 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
             }
         }
         if kept_half {
-            b.nodes.push(node(
-                "Cast",
+            b.cast(
                 &format!("{}_to_fp32", n.name),
-                &[&layer_out],
-                &[&out],
-                vec![attr_int("to", DataType::Float as i64)],
-            ));
+                &layer_out,
+                &out,
+                DataType::Float,
+            );
         }
         // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
         // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv.
@@ -553,13 +550,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
     for o in &spec.outputs {
         let src = &name_of[&o.node];
         if opts.precision == Precision::Fp16 {
-            b.nodes.push(node(
-                "Cast",
-                &o.name,
-                &[src],
-                &[&o.name],
-                vec![attr_int("to", DataType::Float as i64)],
-            ));
+            b.cast(&o.name, src, &o.name, DataType::Float);
         } else {
             b.nodes
                 .push(node("Identity", &o.name, &[src], &[&o.name], vec![]));

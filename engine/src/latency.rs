@@ -90,6 +90,12 @@ impl LatencyReport {
     }
 }
 
+/// The fixed random input every latency measurement feeds (seeded, so runs compare).
+pub fn bench_input(n: usize) -> Vec<f32> {
+    let mut rng = overparam_fuse::Rng::new(0);
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
 /// Times a model on ONNX Runtime (CPU or TensorRT execution provider) with a fixed random
 /// input; the first warm-up run includes any TensorRT engine build.
 pub fn measure_ort(
@@ -102,8 +108,7 @@ pub fn measure_ort(
 ) -> Result<LatencyReport> {
     let mut rt = OrtRuntime::with_provider(model, threads, provider)?;
     let n: usize = rt.input_shape().iter().product();
-    let mut rng = overparam_fuse::Rng::new(0);
-    let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    let x = bench_input(n);
     for _ in 0..warmup {
         rt.run(&x)?;
     }

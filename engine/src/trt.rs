@@ -155,7 +155,7 @@ pub struct Manifest {
     pub gpu: Option<String>,
     pub compute_capability: Option<String>,
     pub precision: Precision,
-    pub input_shapes: Vec<(String, Vec<i64>)>,
+    pub input_shapes: InputShapes,
     pub onnx_sha256: String,
     pub flags: Vec<String>,
     pub dla_core: Option<u32>,
@@ -173,7 +173,7 @@ fn after<'a>(log: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Input names and static shapes of an ONNX model.
-pub fn onnx_inputs(bytes: &[u8]) -> Result<Vec<(String, Vec<i64>)>> {
+pub fn onnx_inputs(bytes: &[u8]) -> Result<InputShapes> {
     use crate::pb::{tensor_shape_proto::dimension::Value, type_proto};
     let m: crate::pb::ModelProto = prost::Message::decode(bytes)
         .map_err(|e| Error::Export(format!("not an ONNX model: {e}")))?;
@@ -207,14 +207,7 @@ pub fn onnx_inputs(bytes: &[u8]) -> Result<Vec<(String, Vec<i64>)>> {
 /// Builds a plan with trtexec and writes it with its manifest and build log. The plan is
 /// written to a temporary name and renamed, so a failed build leaves any old plan intact.
 pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<Manifest> {
-    let bytes = std::fs::read(onnx).map_err(|e| Error::Io {
-        path: onnx.into(),
-        source: e,
-    })?;
-    let inputs = onnx_inputs(&bytes).map_err(|e| Error::File {
-        path: onnx.into(),
-        message: e.to_string(),
-    })?;
+    let (bytes, inputs) = read_onnx(onnx)?;
     let tmp = plan.with_extension("plan.tmp");
     let cache = plan.with_extension("timing.cache");
     let flags = build_flags(t.version, onnx, &tmp, &cache, o);
@@ -264,15 +257,37 @@ pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<
         path: plan.into(),
         source: e,
     })?;
-    overparam_fuse::checkpoint::write_file_atomic(
-        &manifest_path(plan),
-        serde_json::to_string_pretty(&m).expect("json").as_bytes(),
-    )
-    .map_err(|e| Error::Io {
-        path: manifest_path(plan),
+    write_manifest(plan, &m)?;
+    Ok(m)
+}
+
+/// Input names with static shapes (−1 for a dynamic dimension).
+pub type InputShapes = Vec<(String, Vec<i64>)>;
+
+/// An ONNX file's bytes and its input names and shapes (for the manifest).
+pub(crate) fn read_onnx(onnx: &Path) -> Result<(Vec<u8>, InputShapes)> {
+    let bytes = std::fs::read(onnx).map_err(|e| Error::Io {
+        path: onnx.into(),
         source: e,
     })?;
-    Ok(m)
+    let inputs = onnx_inputs(&bytes).map_err(|e| Error::File {
+        path: onnx.into(),
+        message: e.to_string(),
+    })?;
+    Ok((bytes, inputs))
+}
+
+/// Writes `<plan>.manifest.json` atomically.
+pub(crate) fn write_manifest(plan: &Path, m: &Manifest) -> Result<()> {
+    let mp = manifest_path(plan);
+    overparam_fuse::checkpoint::write_file_atomic(
+        &mp,
+        serde_json::to_string_pretty(m).expect("json").as_bytes(),
+    )
+    .map_err(|e| Error::Io {
+        path: mp,
+        source: e,
+    })
 }
 
 /// The GPU this machine would run on: (name, compute capability), from nvidia-smi

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::export::Precision;
 use crate::runtime::Output;
-use crate::trt::{Manifest, TrtVersion, manifest_path, onnx_inputs};
+use crate::trt::{Manifest, TrtVersion, read_onnx, write_manifest};
 
 /// What a native build produced.
 pub struct NativeBuild {
@@ -231,11 +231,7 @@ pub fn build(
         let p = p.to_path_buf();
         move |e| Error::Io { path: p, source: e }
     };
-    let bytes = std::fs::read(onnx).map_err(io(onnx))?;
-    let inputs = onnx_inputs(&bytes).map_err(|e| Error::File {
-        path: onnx.into(),
-        message: e.to_string(),
-    })?;
+    let (bytes, inputs) = read_onnx(onnx)?;
     let version = version()?;
     let dev = device_info(device)?;
     let cache_path = plan.with_extension("timing.cache");
@@ -266,12 +262,7 @@ pub fn build(
         dla_core,
     };
     overparam_fuse::checkpoint::write_file_atomic(plan, &b.plan).map_err(io(plan))?;
-    let mp = manifest_path(plan);
-    overparam_fuse::checkpoint::write_file_atomic(
-        &mp,
-        serde_json::to_string_pretty(&m).expect("json").as_bytes(),
-    )
-    .map_err(io(&mp))?;
+    write_manifest(plan, &m)?;
     Ok(m)
 }
 
@@ -292,6 +283,9 @@ pub struct NativeEngine {
     bindings: Vec<Binding>,
     stream: Arc<cudarc::driver::CudaStream>,
     host_out: Vec<Vec<f32>>,
+    /// The device and TensorRT the manifest was checked against.
+    pub device: DeviceInfo,
+    pub version: TrtVersion,
 }
 
 #[cfg(trt_native)]
@@ -308,16 +302,25 @@ impl NativeEngine {
     pub fn load(plan: &Path, device: usize) -> Result<Self> {
         let dev = device_info(device)?;
         let v = version()?;
-        crate::trt::check_manifest(plan, &v, &(dev.name.clone(), dev.compute_capability))?;
+        crate::trt::check_manifest(
+            plan,
+            &v,
+            &(dev.name.clone(), dev.compute_capability.clone()),
+        )?;
         let bytes = std::fs::read(plan).map_err(|e| Error::Io {
             path: plan.into(),
             source: e,
         })?;
-        Self::from_plan(&bytes, device)
+        Self::from_plan(&bytes, device, dev, v)
     }
 
     #[cfg(trt_native)]
-    fn from_plan(bytes: &[u8], device: usize) -> Result<Self> {
+    fn from_plan(
+        bytes: &[u8],
+        device: usize,
+        info: DeviceInfo,
+        version: TrtVersion,
+    ) -> Result<Self> {
         use std::ffi::{CStr, c_int};
         let ctx = cudarc::driver::CudaContext::new(device).map_err(cuda_err)?;
         let stream = ctx.new_stream().map_err(cuda_err)?;
@@ -342,6 +345,8 @@ impl NativeEngine {
             bindings: vec![],
             stream,
             host_out: vec![],
+            device: info,
+            version,
         };
         // SAFETY: `raw` is a live engine.
         let n = unsafe { ffi::opm_trt_io_count(raw) };
@@ -417,7 +422,7 @@ impl NativeEngine {
     }
 
     #[cfg(not(trt_native))]
-    fn from_plan(_: &[u8], _: usize) -> Result<Self> {
+    fn from_plan(_: &[u8], _: usize, _: DeviceInfo, _: TrtVersion) -> Result<Self> {
         Err(shim_missing())
     }
 
@@ -509,8 +514,7 @@ pub fn measure(
 ) -> Result<crate::latency::LatencyReport> {
     let mut e = NativeEngine::load(plan, device)?;
     let n: usize = e.input_shape().iter().product();
-    let mut rng = overparam_fuse::Rng::new(0);
-    let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    let x = crate::latency::bench_input(n);
     for _ in 0..warmup {
         e.run(&x)?;
     }
@@ -529,8 +533,8 @@ pub fn measure(
     r.h2d_ms = Some(sum.h2d_ms / k);
     r.compute_ms = Some(sum.compute_ms / k);
     r.d2h_ms = Some(sum.d2h_ms / k);
-    let dev = device_info(device)?;
-    r.runtime = format!("TensorRT {} (native)", version()?);
+    let dev = &e.device;
+    r.runtime = format!("TensorRT {} (native)", e.version);
     r.device = format!(
         "{} (SM {}, CUDA {})",
         dev.name, dev.compute_capability, dev.cuda

@@ -242,13 +242,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .options()
                 .open()
                 .context("opening the zenoh session")?;
-            let cfg = if ros.ros2 {
+            let mut cfg = if ros.ros2 {
                 ListenConfig::ros2(&Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node))
             } else {
                 ListenConfig::native(&prefix)
             };
             // Tensors are only copied out when something looks at them.
-            let mut cfg = cfg;
             cfg.payloads = dump.is_some();
             eprintln!("listening on {}", cfg.key);
             let mut l = Listener::new(&session, cfg)?;

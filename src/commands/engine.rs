@@ -254,9 +254,7 @@ fn write_partial(
     let mut o = ExportOptions::new(Precision::Int8);
     o.quant = Some(p);
     let bytes = to_bytes(&export(spec, w, &o)?);
-    let calib = out.with_extension("calib.json");
-    write_file_atomic(&calib, serde_json::to_string_pretty(&json)?.as_bytes())
-        .with_context(|| calib.display().to_string())?;
+    let calib = super::export::write_calib(out, &json)?;
     write_file_atomic(out, &bytes).with_context(|| out.display().to_string())?;
     println!("wrote {} and {}", out.display(), calib.display());
     Ok(())

@@ -107,6 +107,14 @@ pub fn partial_plan(
     Ok((p, keep.into_iter().collect()))
 }
 
+/// Writes an INT8 model's calibration record beside it, as `<model>.calib.json` (atomically).
+pub fn write_calib(model: &Path, json: &serde_json::Value) -> Result<PathBuf> {
+    let path = model.with_extension("calib.json");
+    checkpoint::write_file_atomic(&path, serde_json::to_string_pretty(json)?.as_bytes())
+        .with_context(|| path.display().to_string())?;
+    Ok(path)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let (spec, w) = load_deploy(&a.input)?;
     let mut o = ExportOptions::new(a.precision);
@@ -143,9 +151,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "thresholds": p.thresholds,
             "amax": hists.iter().map(|(k, h)| (k.clone(), h.amax)).collect::<std::collections::BTreeMap<_, _>>(),
         });
-        let calib_path = a.output.with_extension("calib.json");
-        checkpoint::write_file_atomic(&calib_path, serde_json::to_string_pretty(&json)?.as_bytes())
-            .with_context(|| calib_path.display().to_string())?;
+        let calib_path = write_calib(&a.output, &json)?;
         println!(
             "wrote {} ({} activation thresholds, {:?} calibrator)",
             calib_path.display(),
