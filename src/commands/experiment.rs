@@ -531,7 +531,10 @@ pub fn summarize(dir: &Path) -> Result<()> {
             csv += &format!(",{:.6}", r.metrics.get(m).copied().unwrap_or(f64::NAN));
         }
         if mtl {
-            csv += &format!(",{:.6}", dm(r).unwrap_or(f64::NAN));
+            // Empty where Δm is undefined (a baseline cell) or not yet known (baselines missing).
+            csv += &dm(r)
+                .map(|v| format!(",{v:.6}"))
+                .unwrap_or_else(|| ",".into());
         }
         for m in &metric_names {
             csv += &format!(",{:.6}", r.int8_drop.get(m).copied().unwrap_or(f64::NAN));
@@ -600,16 +603,16 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 .iter()
                 .filter_map(|r| r.metrics.get(*m).copied())
                 .collect();
-            let (a, s) = mean_std(&v);
-            md += &format!(" {} |", pm(a, s, if mtl { 4 } else { 2 }));
+            md += &format!(" {} |", pm(&v, if mtl { 4 } else { 2 }));
         }
         let d: Vec<f64> = g.iter().filter_map(|r| dm(r)).collect();
         if mtl {
-            if d.is_empty() {
+            if g.iter().all(|r| r.baseline_for.is_some()) {
                 md += " (baseline) |";
+            } else if d.is_empty() {
+                md += " – |";
             } else {
-                let (a, s) = mean_std(&d);
-                md += &format!(" {} |", pm(a, s, 2));
+                md += &format!(" {} |", pm(&d, 2));
             }
         }
         let i8: Vec<f64> = g
@@ -622,14 +625,14 @@ pub fn summarize(dir: &Path) -> Result<()> {
             if i8.is_empty() {
                 "–".into()
             } else {
-                pm(ia, is, if mtl { 4 } else { 2 })
+                pm(&i8, if mtl { 4 } else { 2 })
             }
         );
         let t: Vec<f64> = g.iter().map(|r| r.train_seconds).collect();
         let (ta, ts) = mean_std(&t);
         md += &format!(
             " {} | {} | {} |\n",
-            pm(ta, ts, 0),
+            pm(&t, 0),
             super::si(g[0].train_params),
             super::si(g[0].deploy_params)
         );
@@ -660,6 +663,9 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 err: is,
             });
         }
+    }
+    if mtl && baseline.is_none() {
+        md += "\nΔm needs all three single-task baselines (the `baseline_for` cells); not all have finished.\n";
     }
     if let Some(b) = &baseline {
         md += &format!(
@@ -704,8 +710,14 @@ pub fn summarize(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pm(a: f64, s: f64, d: usize) -> String {
-    format!("{a:.d$} ± {s:.d$}")
+/// Mean ± sample standard deviation; the mean alone for one seed, which has no spread.
+fn pm(v: &[f64], d: usize) -> String {
+    let (a, s) = mean_std(v);
+    if v.len() > 1 {
+        format!("{a:.d$} ± {s:.d$}")
+    } else {
+        format!("{a:.d$}")
+    }
 }
 
 /// The nine-metric single-task baseline: segmentation metrics from the `segmentation`
@@ -730,4 +742,78 @@ fn baseline(rows: &[CellResult]) -> Option<[f64; 9]> {
         }
     }
     Some(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(dir: &Path, label: &str, seed: u64, baseline_for: Option<&str>, v: f64) {
+        let metrics: BTreeMap<String, f64> = overparam_engine::dense::METRICS
+            .iter()
+            .map(|m| (m.to_string(), v))
+            .collect();
+        let r = CellResult {
+            label: label.into(),
+            seed,
+            task: "nyuv2".into(),
+            metrics: metrics.clone(),
+            baseline_for: baseline_for.map(Into::into),
+            train_seconds: 10.0,
+            resumed: false,
+            images_per_s: None,
+            train_params: 10,
+            deploy_params: 10,
+            deploy_macs: 10,
+            int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
+        };
+        let d = dir.join(format!("{label}-s{seed}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(CELL_FILE), serde_json::to_string(&r).unwrap()).unwrap();
+    }
+
+    fn read(dir: &Path) -> (String, String) {
+        summarize(dir).unwrap();
+        (
+            std::fs::read_to_string(dir.join("results.md")).unwrap(),
+            std::fs::read_to_string(dir.join("results.csv")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn delta_m_waits_for_every_baseline_and_one_seed_has_no_spread() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        cell(dir, "plain", 0, None, 0.5);
+        cell(dir, "plain", 1, None, 0.7);
+        cell(dir, "stl-segmentation", 0, Some("segmentation"), 0.5);
+        let (md, csv) = read(dir);
+        // A multi-task row is not a baseline, and its Δm is unknown rather than NaN.
+        let plain = md.lines().find(|l| l.starts_with("| plain |")).unwrap();
+        assert!(
+            plain.contains(" – |") && !plain.contains("(baseline)"),
+            "{plain}"
+        );
+        assert!(
+            md.contains("Δm needs all three single-task baselines"),
+            "{md}"
+        );
+        assert!(!csv.contains("NaN"), "{csv}");
+        assert!(plain.contains("0.6000 ± 0.1414"), "{plain}");
+        let stl = md
+            .lines()
+            .find(|l| l.starts_with("| stl-segmentation |"))
+            .unwrap();
+        assert!(stl.contains("(baseline)") && !stl.contains('±'), "{stl}");
+
+        cell(dir, "stl-depth", 0, Some("depth"), 0.5);
+        cell(dir, "stl-normals", 0, Some("normals"), 0.5);
+        let (md, csv) = read(dir);
+        assert!(!md.contains("Δm needs"), "{md}");
+        let plain = md.lines().find(|l| l.starts_with("| plain |")).unwrap();
+        assert!(!plain.contains(" – |"), "{plain}");
+        // Seed 0 equals the baseline on every metric: Δm 0.
+        let row = csv.lines().find(|l| l.starts_with("plain,0,")).unwrap();
+        assert!(row.contains(",0.000000,"), "{row}");
+    }
 }
