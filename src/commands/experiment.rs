@@ -28,7 +28,7 @@ pub struct Args {
     /// Shards for --emit-slurm (default: one per cell).
     #[arg(long)]
     shards: Option<usize>,
-    /// List the cells and their state, run nothing.
+    /// List the cells and their state, and check that every cell's config resolves; run nothing.
     #[arg(long)]
     list: bool,
 }
@@ -199,7 +199,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .transpose()?
         .unwrap_or((0, 1));
     if a.list {
+        // Resolving every cell's config here catches a broken grid before it is queued.
+        #[cfg(feature = "train")]
+        let check = |c: &Cell| cell_config(&e, &path, &dir, c).err();
+        #[cfg(not(feature = "train"))]
+        let check = |_: &Cell| None::<anyhow::Error>;
+        let mut invalid = 0;
         for (k, c) in all.iter().enumerate().filter(|(k, _)| k % sn == si) {
+            if let Some(err) = check(c) {
+                println!("{k:>3} {:<24} invalid: {err:#}", c.name);
+                invalid += 1;
+                continue;
+            }
             let d = dir.join(&c.name);
             let state = if d.join(CELL_FILE).exists() {
                 "done"
@@ -209,6 +220,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 "todo"
             };
             println!("{k:>3} {:<24} {state}", c.name);
+        }
+        if invalid > 0 {
+            eprintln!("{invalid} cell(s) have an invalid config");
+            return Ok(ExitCode::FAILURE);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -297,9 +312,15 @@ fn write_slurm(out: &Path, config: &Path, shards: usize) -> Result<()> {
     Ok(())
 }
 
+/// The run config of one cell: its base file (relative to the experiment file) with the grid's
+/// and the cell's overrides, its seed, name and directory.
 #[cfg(feature = "train")]
-fn run_cell(e: &Experiment, path: &Path, dir: &Path, c: &Cell) -> Result<CellResult> {
-    use overparam_train::config::TrainConfig;
+fn cell_config(
+    e: &Experiment,
+    path: &Path,
+    dir: &Path,
+    c: &Cell,
+) -> Result<overparam_train::config::TrainConfig> {
     let root = path.parent().unwrap_or(Path::new("."));
     let base = root.join(c.spec.base.as_ref().unwrap_or(&e.base));
     let mut overrides = e.set.clone();
@@ -307,8 +328,13 @@ fn run_cell(e: &Experiment, path: &Path, dir: &Path, c: &Cell) -> Result<CellRes
     overrides.push(format!("run.seed={}", c.seed));
     overrides.push(format!("run.name=\"{}\"", c.name));
     overrides.push(format!("run.dir=\"{}\"", dir.display()));
-    let cfg = TrainConfig::load(&base, &overrides)
-        .with_context(|| format!("cell {} from {}", c.name, base.display()))?;
+    overparam_train::config::TrainConfig::load(&base, &overrides)
+        .with_context(|| format!("cell {} from {}", c.name, base.display()))
+}
+
+#[cfg(feature = "train")]
+fn run_cell(e: &Experiment, path: &Path, dir: &Path, c: &Cell) -> Result<CellResult> {
+    let cfg = cell_config(e, path, dir, c)?;
     let cdir = cfg.run_dir();
     let resume = cdir.join("train_state.safetensors").exists();
     if !resume && cdir.exists() {
@@ -778,6 +804,40 @@ mod tests {
             std::fs::read_to_string(dir.join("results.md")).unwrap(),
             std::fs::read_to_string(dir.join("results.csv")).unwrap(),
         )
+    }
+
+    /// Every shipped grid resolves into valid run configs (a typo in a GPU grid would otherwise
+    /// surface hours into a cluster job), and R2's equal-updates cell has twice R2's epochs.
+    #[cfg(feature = "train")]
+    #[test]
+    fn every_shipped_grid_resolves_and_r2_gets_both_budgets() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 4, "{files:?}");
+        for f in files {
+            let e = load(&f).unwrap();
+            let dir = exp_dir(&e);
+            let epochs = |label: &str| {
+                cells(&e)
+                    .iter()
+                    .find(|c| c.spec.label == label)
+                    .map(|c| cell_config(&e, &f, &dir, c).unwrap().optim.epochs)
+            };
+            for c in cells(&e) {
+                let cfg = cell_config(&e, &f, &dir, &c)
+                    .unwrap_or_else(|err| panic!("{}: {err:#}", f.display()));
+                assert_eq!(cfg.run.seed, c.seed);
+                assert_eq!(cfg.run_dir(), dir.join(&c.name));
+            }
+            if let Some(r2) = epochs("sfo-r2") {
+                assert_eq!(epochs("sfo-r2-2x"), Some(2 * r2), "{}", f.display());
+            }
+        }
     }
 
     #[test]
