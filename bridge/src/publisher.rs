@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use zenoh::Wait;
-use zenoh::bytes::Encoding;
+use zenoh::bytes::{Encoding, ZBytes};
 use zenoh::pubsub::Publisher;
 use zenoh::qos::{CongestionControl, Priority, Reliability};
 
@@ -251,42 +251,61 @@ impl PerceptionPublisher {
         self.all_matched()
     }
 
-    /// Publishes every output of a frame on its topic (only the tasks configured).
+    /// Publishes every output of a frame on its topic (only the tasks configured). Copies the
+    /// tensors once; [`PerceptionPublisher::publish_owned`] does not.
     pub fn publish(&self, frame: &FrameOutputs) -> Result<()> {
+        self.publish_owned(frame.clone())
+    }
+
+    /// [`PerceptionPublisher::publish`] taking the outputs: each message goes out as two slices,
+    /// the encoded header and the tensor's own buffer, so the tensor is never copied on this
+    /// side of zenoh (little-endian hosts; big-endian ones convert).
+    pub fn publish_owned(&self, frame: FrameOutputs) -> Result<()> {
+        let FrameOutputs {
+            frame_id,
+            stamps,
+            tensors,
+        } = frame;
+        let mut tensors: Vec<Option<(Task, Vec<usize>, TensorData)>> =
+            tensors.into_iter().map(Some).collect();
         for topic in &self.topics {
-            let Some((_, shape, data)) = frame.tensors.iter().find(|(t, ..)| *t == topic.task)
+            let Some((_, shape, data)) = tensors
+                .iter_mut()
+                .find(|t| t.as_ref().is_some_and(|(task, ..)| *task == topic.task))
+                .and_then(Option::take)
             else {
                 return Err(Error::Malformed(format!(
-                    "frame {} has no {} output",
-                    frame.frame_id,
+                    "frame {frame_id} has no {} output",
                     topic.task.name()
                 )));
             };
             let head = TensorMsg {
                 stream_id: self.stream_id,
-                frame_id: frame.frame_id,
+                frame_id,
                 task: topic.task,
-                stamps: frame.stamps,
+                stamps,
                 shape: vec![],
                 data: TensorData::U8(vec![]),
             };
             let matched = topic.publisher.matching_status().wait()?.matching();
-            let (bytes, attachment) = match &self.cfg.ros2 {
+            let (mut prefix, attachment) = match &self.cfg.ros2 {
                 Some(_) => {
-                    let b = ros2::encode_image_parts(&head, shape, data, &self.cfg.camera)?;
-                    let a = ros2::attachment(frame.frame_id as i64, now_ns(), &topic.gid);
+                    let b = ros2::image_prefix(&head, &shape, &data, &self.cfg.camera)?;
+                    let a = ros2::attachment(frame_id as i64, now_ns(), &topic.gid);
                     (b, Some(a.to_vec()))
                 }
-                None => {
-                    let mut b = wire::encode_parts(&head, shape, data)?;
-                    // Stamped last, so publish → receive measures the transport alone.
-                    b[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
-                        .copy_from_slice(&now_ns().to_le_bytes());
-                    (b, None)
-                }
+                None => (wire::encode_header(&head, &shape, &data)?, None),
             };
-            let n = bytes.len() as u64;
-            let put = topic.publisher.put(bytes);
+            let n = (prefix.len() + data.len() * data.dtype().size()) as u64;
+            if self.cfg.ros2.is_none() {
+                // Stamped last, so publish → receive measures the transport alone.
+                prefix[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
+                    .copy_from_slice(&now_ns().to_le_bytes());
+            }
+            let mut w = ZBytes::writer();
+            w.append(ZBytes::from(prefix));
+            w.append(tensor_bytes(data));
+            let put = topic.publisher.put(w.finish());
             match attachment {
                 Some(a) => put.attachment(a).wait()?,
                 None => put.wait()?,
@@ -308,5 +327,29 @@ impl PerceptionPublisher {
             s.put(status.to_string()).wait()?;
         }
         Ok(())
+    }
+}
+
+/// A tensor's little-endian bytes as a zenoh payload that owns the tensor's buffer.
+fn tensor_bytes(data: TensorData) -> ZBytes {
+    match data {
+        TensorData::U8(v) => ZBytes::from(v),
+        #[cfg(target_endian = "little")]
+        TensorData::F32(v) => ZBytes::from(bytes::Bytes::from_owner(F32Bytes(v))),
+        #[cfg(not(target_endian = "little"))]
+        TensorData::F32(v) => {
+            ZBytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+        }
+    }
+}
+
+/// An f32 buffer viewed as its (little-endian) bytes, for [`bytes::Bytes::from_owner`].
+#[cfg(target_endian = "little")]
+struct F32Bytes(Vec<f32>);
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for F32Bytes {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
     }
 }

@@ -81,6 +81,32 @@ pub fn encode_image_parts(
     data: &TensorData,
     frame_id: &str,
 ) -> Result<Vec<u8>> {
+    let mut out = image_prefix(msg, shape, data, frame_id)?;
+    out.reserve(data.len() * data.dtype().size());
+    match data {
+        TensorData::U8(v) => out.extend_from_slice(v),
+        #[cfg(target_endian = "little")]
+        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        #[cfg(not(target_endian = "little"))]
+        TensorData::F32(v) => {
+            for x in v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Everything of the CDR payload before the pixel bytes: the encapsulation header and every
+/// Image field up to and including `data`'s length. `data` is the last field and a `uint8[]`
+/// needs no alignment, so prefix + the tensor's little-endian bytes is the whole message, and a
+/// publisher that owns the tensor can send it as a second slice without copying it.
+pub fn image_prefix(
+    msg: &TensorMsg,
+    shape: &[usize],
+    data: &TensorData,
+    frame_id: &str,
+) -> Result<Vec<u8>> {
     let (enc, ch, bpc) = image_encoding(msg.task);
     let (h, w) = match shape {
         [h, w] if ch == 1 => (*h, *w),
@@ -97,15 +123,21 @@ pub fn encode_image_parts(
             )));
         }
     };
-    let data = match (data, bpc) {
-        (TensorData::U8(v), 1) => v.clone(),
-        (TensorData::F32(v), 4) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    match (data, bpc) {
+        (TensorData::U8(_), 1) | (TensorData::F32(_), 4) => {}
         _ => {
             return Err(Error::Malformed(format!(
                 "{enc} with the wrong element type"
             )));
         }
-    };
+    }
+    let bytes = h * w * ch * bpc;
+    if data.len() * bpc != bytes || bytes > u32::MAX as usize {
+        return Err(Error::Malformed(format!(
+            "{enc} {h}×{w}: {} elements for {bytes} bytes",
+            data.len()
+        )));
+    }
     let img = Image {
         header: Header {
             stamp: Time::from_ns(msg.stamps.capture_ns),
@@ -116,13 +148,17 @@ pub fn encode_image_parts(
         encoding: enc.to_string(),
         is_bigendian: 0,
         step: (w * ch * bpc) as u32,
-        data,
+        data: vec![],
     };
     let mut out = CDR_LE_HEADER.to_vec();
     out.extend(
         cdr_encoding::to_vec::<_, byteorder::LittleEndian>(&img)
             .map_err(|e| Error::Cdr(e.to_string()))?,
     );
+    // The empty sequence ends the encoding with its u32 length 0; it becomes the real length.
+    let n = out.len();
+    debug_assert_eq!(out[n - 4..], [0; 4]);
+    out[n - 4..].copy_from_slice(&(bytes as u32).to_le_bytes());
     Ok(out)
 }
 
@@ -351,6 +387,44 @@ mod tests {
             },
             shape,
             data,
+        }
+    }
+
+    /// The split encoding is the serde encoding of the whole Image, for every frame-id length
+    /// (which moves every later field's alignment), and a tensor of the wrong size is refused.
+    #[test]
+    fn prefix_plus_pixels_is_the_whole_image() {
+        for t in Task::OUTPUTS {
+            let m = msg(t);
+            for frame_id in ["", "c", "cam", "cam0", "camera_front"] {
+                let (enc, ch, bpc) = image_encoding(t);
+                let (h, w) = (m.shape[0], m.shape[1]);
+                let img = Image {
+                    header: Header {
+                        stamp: Time::from_ns(m.stamps.capture_ns),
+                        frame_id: frame_id.into(),
+                    },
+                    height: h as u32,
+                    width: w as u32,
+                    encoding: enc.into(),
+                    is_bigendian: 0,
+                    step: (w * ch * bpc) as u32,
+                    data: match &m.data {
+                        TensorData::U8(v) => v.clone(),
+                        TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    },
+                };
+                let mut whole = CDR_LE_HEADER.to_vec();
+                whole.extend(cdr_encoding::to_vec::<_, byteorder::LittleEndian>(&img).unwrap());
+                assert_eq!(
+                    encode_image(&m, frame_id).unwrap(),
+                    whole,
+                    "{t:?} {frame_id:?}"
+                );
+            }
+            let mut short = m.clone();
+            short.shape[0] += 1;
+            assert!(encode_image(&short, "cam0").is_err(), "{t:?}");
         }
     }
 

@@ -174,7 +174,7 @@ pub fn run(
         let tensors = model.infer(&frame)?;
         let infer_end_ns = now_ns();
         infer_ms.push((infer_end_ns - infer_start_ns) as f64 / 1e6);
-        publisher.publish(&FrameOutputs {
+        publisher.publish_owned(FrameOutputs {
             frame_id: id,
             stamps: Stamps {
                 capture_ns: frame.capture_ns,

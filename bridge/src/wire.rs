@@ -155,6 +155,27 @@ pub const PUBLISH_NS_OFFSET: usize = 48;
 /// [`encode`] with the tensor borrowed separately (`head`'s own shape and data are ignored),
 /// so a publisher does not copy its outputs into a message first.
 pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
+    let mut out = encode_header(head, shape, data)?;
+    out.reserve(data.len() * data.dtype().size());
+    match data {
+        TensorData::U8(v) => out.extend_from_slice(v),
+        // A memcpy on little-endian hosts (every Jetson/Drive and x86 target).
+        #[cfg(target_endian = "little")]
+        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+        #[cfg(not(target_endian = "little"))]
+        TensorData::F32(v) => {
+            for x in v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The [`HEADER_LEN`]-byte header alone, checked against the tensor that is to follow it: a
+/// publisher that owns the tensor sends header and tensor bytes as two slices of one message,
+/// without copying the tensor.
+pub fn encode_header(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
     let n: usize = shape.iter().product();
     if shape.is_empty() || shape.len() > 4 || n != data.len() {
         return Err(Error::Malformed(format!(
@@ -166,7 +187,7 @@ pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Res
         return Err(Error::Malformed(format!("shape {shape:?} out of range")));
     }
     let payload = n * data.dtype().size();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload);
+    let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
@@ -188,18 +209,6 @@ pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Res
     out.extend_from_slice(&(payload as u64).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     debug_assert_eq!(out.len(), HEADER_LEN);
-    match data {
-        TensorData::U8(v) => out.extend_from_slice(v),
-        // A memcpy on little-endian hosts (every Jetson/Drive and x86 target).
-        #[cfg(target_endian = "little")]
-        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        #[cfg(not(target_endian = "little"))]
-        TensorData::F32(v) => {
-            for x in v {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
     Ok(out)
 }
 
@@ -382,6 +391,11 @@ mod tests {
         let b = encode(&m).unwrap();
         assert_eq!(b.len(), HEADER_LEN + 18 * 4);
         assert_eq!(decode(&b).unwrap(), m);
+        // What a zero-copy publisher sends as its first slice.
+        assert_eq!(
+            encode_header(&m, &m.shape, &m.data).unwrap(),
+            b[..HEADER_LEN]
+        );
         let u = TensorMsg {
             task: Task::Segmentation,
             shape: vec![5],
