@@ -337,8 +337,10 @@ fn tensor_bytes(data: TensorData) -> ZBytes {
         #[cfg(target_endian = "little")]
         TensorData::F32(v) => ZBytes::from(bytes::Bytes::from_owner(F32Bytes(v))),
         #[cfg(not(target_endian = "little"))]
-        TensorData::F32(v) => {
-            ZBytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+        d @ TensorData::F32(_) => {
+            let mut b = vec![];
+            d.extend_le(&mut b);
+            ZBytes::from(b)
         }
     }
 }

@@ -82,18 +82,7 @@ pub fn encode_image_parts(
     frame_id: &str,
 ) -> Result<Vec<u8>> {
     let mut out = image_prefix(msg, shape, data, frame_id)?;
-    out.reserve(data.len() * data.dtype().size());
-    match data {
-        TensorData::U8(v) => out.extend_from_slice(v),
-        #[cfg(target_endian = "little")]
-        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        #[cfg(not(target_endian = "little"))]
-        TensorData::F32(v) => {
-            for x in v {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
+    data.extend_le(&mut out);
     Ok(out)
 }
 

@@ -131,6 +131,22 @@ impl TensorData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Appends the elements as little-endian bytes (a memcpy on little-endian hosts: every
+    /// Jetson/Drive and x86 target).
+    pub fn extend_le(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len() * self.dtype().size());
+        match self {
+            TensorData::U8(v) => out.extend_from_slice(v),
+            #[cfg(target_endian = "little")]
+            TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
+            #[cfg(not(target_endian = "little"))]
+            TensorData::F32(v) => {
+                for x in v {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
 }
 
 /// One decoded message.
@@ -156,19 +172,7 @@ pub const PUBLISH_NS_OFFSET: usize = 48;
 /// so a publisher does not copy its outputs into a message first.
 pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
     let mut out = encode_header(head, shape, data)?;
-    out.reserve(data.len() * data.dtype().size());
-    match data {
-        TensorData::U8(v) => out.extend_from_slice(v),
-        // A memcpy on little-endian hosts (every Jetson/Drive and x86 target).
-        #[cfg(target_endian = "little")]
-        TensorData::F32(v) => out.extend_from_slice(bytemuck::cast_slice(v)),
-        #[cfg(not(target_endian = "little"))]
-        TensorData::F32(v) => {
-            for x in v {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
+    data.extend_le(&mut out);
     Ok(out)
 }
 
