@@ -616,6 +616,7 @@ pub fn summarize(dir: &Path) -> Result<()> {
     let mut bars_metric = vec![];
     let mut bars_cost = vec![];
     let mut bars_int8 = vec![];
+    let mut any_resumed = false;
     let primary = if mtl {
         "Δm %".to_string()
     } else {
@@ -654,11 +655,23 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 pm(&i8, if mtl { 4 } else { 2 })
             }
         );
-        let t: Vec<f64> = g.iter().map(|r| r.train_seconds).collect();
+        // A resumed cell's seconds cover its last invocation only: left out of the cost.
+        let t: Vec<f64> = g
+            .iter()
+            .filter(|r| !r.resumed)
+            .map(|r| r.train_seconds)
+            .collect();
         let (ta, ts) = mean_std(&t);
+        let resumed = g.len() - t.len();
+        any_resumed |= resumed > 0;
         md += &format!(
-            " {} | {} | {} |\n",
-            pm(&t, 0),
+            " {}{} | {} | {} |\n",
+            if t.is_empty() {
+                "–".to_string()
+            } else {
+                pm(&t, 0)
+            },
+            if resumed > 0 { " ¹" } else { "" },
             super::si(g[0].train_params),
             super::si(g[0].deploy_params)
         );
@@ -677,11 +690,13 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 err: s,
             });
         }
-        bars_cost.push(overparam_data::plot::Bar {
-            label: l.clone(),
-            value: ta,
-            err: ts,
-        });
+        if !t.is_empty() {
+            bars_cost.push(overparam_data::plot::Bar {
+                label: l.clone(),
+                value: ta,
+                err: ts,
+            });
+        }
         if !i8.is_empty() {
             bars_int8.push(overparam_data::plot::Bar {
                 label: l.clone(),
@@ -689,6 +704,9 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 err: is,
             });
         }
+    }
+    if any_resumed {
+        md += "\n¹ Without the cells that resumed after an interruption: their seconds cover only the last run.\n";
     }
     if mtl && baseline.is_none() {
         md += "\nΔm needs all three single-task baselines (the `baseline_for` cells); not all have finished.\n";
@@ -721,8 +739,10 @@ pub fn summarize(dir: &Path) -> Result<()> {
         )
         .save(&dir.join("plot_metric.png"))?;
     }
-    bar_chart("training time per run", "seconds", &bars_cost)
-        .save(&dir.join("plot_train_time.png"))?;
+    if !bars_cost.is_empty() {
+        bar_chart("training time per run", "seconds", &bars_cost)
+            .save(&dir.join("plot_train_time.png"))?;
+    }
     if !bars_int8.is_empty() {
         bar_chart(
             &format!("INT8 minus FP32: {drop_key}"),
@@ -775,6 +795,17 @@ mod tests {
     use super::*;
 
     fn cell(dir: &Path, label: &str, seed: u64, baseline_for: Option<&str>, v: f64) {
+        cell_timed(dir, label, seed, baseline_for, v, (10.0, false));
+    }
+
+    fn cell_timed(
+        dir: &Path,
+        label: &str,
+        seed: u64,
+        baseline_for: Option<&str>,
+        v: f64,
+        (train_seconds, resumed): (f64, bool),
+    ) {
         let metrics: BTreeMap<String, f64> = overparam_engine::dense::METRICS
             .iter()
             .map(|m| (m.to_string(), v))
@@ -785,8 +816,8 @@ mod tests {
             task: "nyuv2".into(),
             metrics: metrics.clone(),
             baseline_for: baseline_for.map(Into::into),
-            train_seconds: 10.0,
-            resumed: false,
+            train_seconds,
+            resumed,
             images_per_s: None,
             train_params: 10,
             deploy_params: 10,
@@ -868,7 +899,15 @@ mod tests {
 
         cell(dir, "stl-depth", 0, Some("depth"), 0.5);
         cell(dir, "stl-normals", 0, Some("normals"), 0.5);
+        // A resumed cell's partial seconds stay out of the training cost.
+        cell_timed(dir, "stl-normals", 1, Some("normals"), 0.5, (1.0, true));
         let (md, csv) = read(dir);
+        let stl = md
+            .lines()
+            .find(|l| l.starts_with("| stl-normals |"))
+            .unwrap();
+        assert!(stl.contains("| 10 ¹ |"), "{stl}");
+        assert!(md.contains("¹ Without the cells that resumed"), "{md}");
         assert!(!md.contains("Δm needs"), "{md}");
         let plain = md.lines().find(|l| l.starts_with("| plain |")).unwrap();
         assert!(!plain.contains(" – |"), "{plain}");
