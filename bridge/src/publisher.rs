@@ -288,20 +288,21 @@ impl PerceptionPublisher {
                 data: TensorData::U8(vec![]),
             };
             let matched = topic.publisher.matching_status().wait()?.matching();
-            let (mut prefix, attachment) = match &self.cfg.ros2 {
+            let (prefix, attachment) = match &self.cfg.ros2 {
                 Some(_) => {
                     let b = ros2::image_prefix(&head, &shape, &data, &self.cfg.camera)?;
                     let a = ros2::attachment(frame_id as i64, now_ns(), &topic.gid);
                     (b, Some(a.to_vec()))
                 }
-                None => (wire::encode_header(&head, &shape, &data)?, None),
+                None => {
+                    let mut b = wire::encode_header(&head, &shape, &data)?;
+                    // Stamped last, so publish → receive measures the transport alone.
+                    b[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
+                        .copy_from_slice(&now_ns().to_le_bytes());
+                    (b, None)
+                }
             };
             let n = (prefix.len() + data.len() * data.dtype().size()) as u64;
-            if self.cfg.ros2.is_none() {
-                // Stamped last, so publish → receive measures the transport alone.
-                prefix[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
-                    .copy_from_slice(&now_ns().to_le_bytes());
-            }
             let mut w = ZBytes::writer();
             w.append(ZBytes::from(prefix));
             w.append(tensor_bytes(data));

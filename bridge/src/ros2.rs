@@ -71,23 +71,14 @@ pub fn image_encoding(task: Task) -> (&'static str, usize, usize) {
 
 /// The CDR payload (with its encapsulation header) of one output as an Image.
 pub fn encode_image(msg: &TensorMsg, frame_id: &str) -> Result<Vec<u8>> {
-    encode_image_parts(msg, &msg.shape, &msg.data, frame_id)
-}
-
-/// [`encode_image`] with the tensor borrowed separately (`msg`'s own shape and data ignored).
-pub fn encode_image_parts(
-    msg: &TensorMsg,
-    shape: &[usize],
-    data: &TensorData,
-    frame_id: &str,
-) -> Result<Vec<u8>> {
-    let mut out = image_prefix(msg, shape, data, frame_id)?;
-    data.extend_le(&mut out);
+    let mut out = image_prefix(msg, &msg.shape, &msg.data, frame_id)?;
+    msg.data.extend_le(&mut out);
     Ok(out)
 }
 
 /// Everything of the CDR payload before the pixel bytes: the encapsulation header and every
-/// Image field up to and including `data`'s length. `data` is the last field and a `uint8[]`
+/// Image field up to and including `data`'s length (`msg`'s own shape and data are ignored).
+/// `data` is the last field and a `uint8[]`
 /// needs no alignment, so prefix + the tensor's little-endian bytes is the whole message, and a
 /// publisher that owns the tensor can send it as a second slice without copying it.
 pub fn image_prefix(

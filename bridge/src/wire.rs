@@ -162,23 +162,17 @@ pub struct TensorMsg {
 
 /// Writes header + payload into one buffer.
 pub fn encode(msg: &TensorMsg) -> Result<Vec<u8>> {
-    encode_parts(msg, &msg.shape, &msg.data)
+    let mut out = encode_header(msg, &msg.shape, &msg.data)?;
+    msg.data.extend_le(&mut out);
+    Ok(out)
 }
 
 /// Offset of the publish timestamp, which a publisher patches in just before the put.
 pub const PUBLISH_NS_OFFSET: usize = 48;
 
-/// [`encode`] with the tensor borrowed separately (`head`'s own shape and data are ignored),
-/// so a publisher does not copy its outputs into a message first.
-pub fn encode_parts(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
-    let mut out = encode_header(head, shape, data)?;
-    data.extend_le(&mut out);
-    Ok(out)
-}
-
-/// The [`HEADER_LEN`]-byte header alone, checked against the tensor that is to follow it: a
-/// publisher that owns the tensor sends header and tensor bytes as two slices of one message,
-/// without copying the tensor.
+/// The [`HEADER_LEN`]-byte header alone, checked against the tensor that is to follow it
+/// (`head`'s own shape and data are ignored): a publisher that owns the tensor sends header and
+/// tensor bytes as two slices of one message, without copying the tensor.
 pub fn encode_header(head: &TensorMsg, shape: &[usize], data: &TensorData) -> Result<Vec<u8>> {
     let n: usize = shape.iter().product();
     if shape.is_empty() || shape.len() > 4 || n != data.len() {

@@ -636,8 +636,6 @@ pub fn summarize(dir: &Path) -> Result<()> {
         if mtl {
             if g.iter().all(|r| r.baseline_for.is_some()) {
                 md += " (baseline) |";
-            } else if d.is_empty() {
-                md += " – |";
             } else {
                 md += &format!(" {} |", pm(&d, 2));
             }
@@ -647,14 +645,7 @@ pub fn summarize(dir: &Path) -> Result<()> {
             .filter_map(|r| r.int8_drop.get(drop_key).copied())
             .collect();
         let (ia, is) = mean_std(&i8);
-        md += &format!(
-            " {} |",
-            if i8.is_empty() {
-                "–".into()
-            } else {
-                pm(&i8, if mtl { 4 } else { 2 })
-            }
-        );
+        md += &format!(" {} |", pm(&i8, if mtl { 4 } else { 2 }));
         // A resumed cell's seconds cover its last invocation only: left out of the cost.
         let t: Vec<f64> = g
             .iter()
@@ -666,11 +657,7 @@ pub fn summarize(dir: &Path) -> Result<()> {
         any_resumed |= resumed > 0;
         md += &format!(
             " {}{} | {} | {} |\n",
-            if t.is_empty() {
-                "–".to_string()
-            } else {
-                pm(&t, 0)
-            },
+            pm(&t, 0),
             if resumed > 0 { " ¹" } else { "" },
             super::si(g[0].train_params),
             super::si(g[0].deploy_params)
@@ -756,13 +743,14 @@ pub fn summarize(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mean ± sample standard deviation; the mean alone for one seed, which has no spread.
+/// Mean ± sample standard deviation; the mean alone for one seed, which has no spread; "–"
+/// for none.
 fn pm(v: &[f64], d: usize) -> String {
     let (a, s) = mean_std(v);
-    if v.len() > 1 {
-        format!("{a:.d$} ± {s:.d$}")
-    } else {
-        format!("{a:.d$}")
+    match v.len() {
+        0 => "–".into(),
+        1 => format!("{a:.d$}"),
+        _ => format!("{a:.d$} ± {s:.d$}"),
     }
 }
 
