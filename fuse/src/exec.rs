@@ -340,6 +340,17 @@ pub fn run_all<F: Real, C: ConvEval<F>>(
     w: &Weights<F>,
     x: &Tensor<F>,
 ) -> Result<Activations<F>> {
+    run_all_with(g, w, x, &mut |_| {})
+}
+
+/// [`run_all`] with a hook applied to every node's output before the next node reads it (the
+/// input included), e.g. rounding activations to a reduced precision between layers.
+pub fn run_all_with<F: Real, C: ConvEval<F>>(
+    g: &Graph<C>,
+    w: &Weights<F>,
+    x: &Tensor<F>,
+    after: &mut dyn FnMut(&mut Tensor<F>),
+) -> Result<Activations<F>> {
     let want = [g.input.channels, g.input.height, g.input.width];
     if x.shape.len() != 4 || x.shape[1..] != want {
         return Err(exec_err(
@@ -351,7 +362,9 @@ pub fn run_all<F: Real, C: ConvEval<F>>(
         ));
     }
     let mut acts: Activations<F> = HashMap::new();
-    acts.insert(INPUT.to_string(), x.clone());
+    let mut x = x.clone();
+    after(&mut x);
+    acts.insert(INPUT.to_string(), x);
     for n in &g.nodes {
         let ins: Vec<&Tensor<F>> = n
             .inputs
@@ -361,7 +374,8 @@ pub fn run_all<F: Real, C: ConvEval<F>>(
                     .ok_or_else(|| exec_err(&n.name, format!("input `{i}` not computed")))
             })
             .collect::<Result<_>>()?;
-        let y = eval_node(&n.name, &n.op, &ins, w)?;
+        let mut y = eval_node(&n.name, &n.op, &ins, w)?;
+        after(&mut y);
         acts.insert(n.name.clone(), y);
     }
     Ok(acts)
@@ -373,7 +387,14 @@ pub fn run<F: Real, C: ConvEval<F>>(
     w: &Weights<F>,
     x: &Tensor<F>,
 ) -> Result<Vec<(String, Tensor<F>)>> {
-    let acts = run_all(g, w, x)?;
+    outputs_of(g, &run_all(g, w, x)?)
+}
+
+/// The named outputs of a graph, in spec order, from its activations.
+pub fn outputs_of<F: Real, C>(
+    g: &Graph<C>,
+    acts: &Activations<F>,
+) -> Result<Vec<(String, Tensor<F>)>> {
     g.outputs
         .iter()
         .map(|o| {

@@ -161,6 +161,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         mtl,
         &dir.join("training_curves.png"),
     )?;
+    md += &train_vs_deploy(&dir.join("metrics.csv"), mtl)?;
     if mtl {
         let mut panels: Vec<PathBuf> = std::fs::read_dir(dir.join("panels"))
             .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -184,33 +185,40 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let AnySpec::Train(train_spec) = &op.spec else {
         bail!("model.op.safetensors holds a deploy spec")
     };
-    let (spec, w) = overparam_fuse::fold(train_spec, &op.weights)?;
-    let v = overparam_fuse::verify::verify_fold(train_spec, &op.weights, &spec, &w, 1, 0)?;
-    let worst_block = v.worst_block().map(|d| d.rel).unwrap_or(0.0);
-    let worst_out = v.worst_output().map(|d| d.rel).unwrap_or(0.0);
+    let opts = overparam_fuse::verify::VerifyOptions {
+        batch: 1,
+        seed: 0,
+        measure: overparam_fuse::verify::Precision::ALL.to_vec(),
+    };
+    let folded = overparam_fuse::verify::fold_verified(train_spec, &op.weights, &opts)?;
+    let r = &folded.report;
+    let v = &r.exact;
+    let worst_block = v.worst_block().map_or(0.0, |d| d.rel);
+    let worst_out = v.worst_output().map_or(0.0, |d| d.rel);
     let si = overparam_fuse::inspect::summarize(&op.spec)?;
-    let sd = overparam_fuse::inspect::summarize(&AnySpec::Deploy(spec.clone()))?;
+    let sd = overparam_fuse::inspect::summarize(&AnySpec::Deploy(folded.spec.clone()))?;
     let _ = writeln!(
         md,
-        "## Fold\n\n**Fold verified: {}** — {} conv blocks, worst block relative error {worst_block:.2e} (tolerance {:.0e}), worst output {worst_out:.2e} (tolerance {:.0e}), {} precision, random inputs, eval-mode BatchNorm with the trained statistics.\n\n| | parameters | MACs per image |\n|---|---|---|\n| train-time ({}) | {} | {} |\n| deployed (plain) | {} | {} |\n",
-        if v.passed() { "yes" } else { "NO" },
+        "## Fold\n\n**Fold verified: {}** — exact in f64 on the CPU (the verdict, the same on every machine): {} conv blocks, worst block relative error {worst_block:.2e}, worst output {worst_out:.2e} (tolerance {:.0e}), random inputs, eval-mode BatchNorm with the trained statistics; the check took {:.2} s.\n\n| | parameters | MACs per image |\n|---|---|---|\n| train-time ({}) | {} | {} |\n| deployed (plain) | {} | {} |\n",
+        if r.passed() { "yes" } else { "NO" },
         v.blocks.len(),
-        v.block_tolerance,
         v.output_tolerance,
-        v.precision,
+        r.exact_seconds,
         cfg.model.method.kind.as_str(),
         super::si(si.total_params),
         super::si(si.total_macs),
         super::si(sd.total_params),
         super::si(sd.total_macs),
     );
-    if !v.passed() {
+    md += &fold_precision_table(r);
+    if !r.passed() {
         write_file_atomic(&dir.join("report.md"), md.as_bytes())?;
         bail!(
-            "fold verification failed (worst block {worst_block:e}, output {worst_out:e}); see {}",
+            "the fold is not exact in f64 (worst block {worst_block:e}, output {worst_out:e}); see {}",
             dir.join("report.md").display()
         );
     }
+    let (spec, w) = (folded.spec, folded.weights);
 
     // 4–5. Export and accuracy per precision.
     stage(4, "export: FP32, FP16 and INT8 (Q/DQ, calibrated) ONNX");
@@ -504,7 +512,11 @@ fn training_curves(csv: &Path, mtl: bool, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(csv).with_context(|| format!("{}", csv.display()))?;
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // The `deploy` row (the folded model after training) is not an epoch.
+    let rows: Vec<Vec<&str>> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|r| r.first() != Some(&"deploy"))
+        .collect();
     let col = |name: &str| -> Option<Series> {
         let k = head.iter().position(|h| *h == name)?;
         Some(Series {
@@ -541,4 +553,66 @@ fn training_curves(csv: &Path, mtl: bool, out: &Path) -> Result<()> {
     line_chart(metrics_title, "epoch", "value", &pick(metrics))
         .save(&out.with_file_name("training_metrics.png"))?;
     Ok(())
+}
+
+/// The deploy model's deviation from the f64 reference per precision (measurements, not the
+/// gate), with each precision's first-order bound; `fold.json` of the training run adds the
+/// training device.
+fn fold_precision_table(r: &overparam_fuse::verify::FoldReport) -> String {
+    let mut md = format!(
+        "Precision of the deploy model against the f64 train model (measurements, never the gate; bound = first-order estimate from the unit roundoff and the depth, {} nodes / {} layers, widest dot product {}):\n\n| precision | output | rel. error | abs. error | bound |\n|---|---|---|---|---|\n",
+        r.depth.nodes, r.depth.layers, r.depth.max_fan_in
+    );
+    for m in &r.measured {
+        for d in &m.outputs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2e} | {:.2e} | {:.1e} |",
+                m.precision, d.name, d.rel, d.max_abs, m.bound
+            );
+        }
+    }
+    md.push('\n');
+    md
+}
+
+/// The last epoch's test metrics of the train model next to the deploy model's, from the two
+/// last rows of metrics.csv (the trainers add a `deploy` row after the fold).
+fn train_vs_deploy(csv: &Path, mtl: bool) -> Result<String> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("{}", csv.display()))?;
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let Some(deploy) = rows.iter().find(|r| r.first() == Some(&"deploy")) else {
+        return Ok(String::new());
+    };
+    let Some(train) = rows.iter().rev().find(|r| r.first() != Some(&"deploy")) else {
+        return Ok(String::new());
+    };
+    let cols: &[&str] = if mtl {
+        &[
+            "miou",
+            "pix_acc",
+            "abs_err",
+            "rel_err",
+            "mean_deg",
+            "median_deg",
+            "within_11_25",
+            "within_22_5",
+            "within_30",
+        ]
+    } else {
+        &["test_loss", "test_top1_err", "test_top5_err"]
+    };
+    let mut md = String::from(
+        "Test metrics of the train model (last epoch) and of the deploy model after the fold, both in libtorch on the training device:\n\n| metric | train model | deploy model |\n|---|---|---|\n",
+    );
+    for c in cols {
+        if let Some(k) = head.iter().position(|h| h == c) {
+            let cell = |r: &Vec<&str>| r.get(k).copied().unwrap_or("–").to_string();
+            let _ = writeln!(md, "| {c} | {} | {} |", cell(train), cell(deploy));
+        }
+    }
+    md.push('\n');
+    Ok(md)
 }

@@ -44,10 +44,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     match overparam_train::trainer::train(&cfg, a.resume, progress, a.epochs_now)? {
         Some(s) => println!(
-            "run {}: test top-1 error {:.2}% (top-5 {:.2}%), deploy model identical in predictions (max logit rel diff {:.1e})",
+            "run {}: test top-1 error {:.2}% (top-5 {:.2}%); fold exact in f64; deploy model top-1 error {:.2}% (top-5 {:.2}%), {} predictions moved by the device's rounding (max logit rel diff {:.1e})",
             s.run_dir.display(),
             s.last.test_top1_err,
             s.last.test_top5_err,
+            s.deploy_test_top1_err,
+            s.deploy_test_top5_err,
+            s.prediction_mismatches,
             s.max_logit_rel_diff
         ),
         None => println!(

@@ -55,6 +55,11 @@ pub struct RunConfig {
     pub threads: Option<usize>,
     #[serde(default)]
     pub device: DeviceChoice,
+    /// On CUDA, let fp32 convolutions run in TF32 on Ampere and newer GPUs (PyTorch's default
+    /// for cuDNN, ~10 bits of mantissa, much faster). The fold verdict is decided in f64 either
+    /// way; the device's deviation is measured and reported. Ignored on the CPU.
+    #[serde(default = "yes")]
+    pub tf32: bool,
 }
 
 fn default_runs_dir() -> PathBuf {

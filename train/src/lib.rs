@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod fold_gate;
 pub mod model;
 pub mod mtl;
 pub mod mtl_trainer;

@@ -10,6 +10,20 @@ use tch::{Kind, Tensor, nn};
 
 use crate::error::{Error, Result};
 
+/// Whether fp32 convolutions on CUDA may run in TF32 (`run.tf32`, default on, as PyTorch's
+/// `torch.backends.cudnn.allow_tf32`). Process-wide like libtorch's own switch; set by the
+/// trainers from the config before the first forward. Linear layers (cuBLAS) stay in fp32,
+/// libtorch's default. No effect on the CPU.
+static ALLOW_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_allow_tf32(on: bool) {
+    ALLOW_TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn allow_tf32() -> bool {
+    ALLOW_TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// PyTorch's BatchNorm2d momentum.
 const BN_MOMENTUM: f64 = 0.1;
 
@@ -217,14 +231,26 @@ impl OpModel {
     }
 
     fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: &ConvShape) -> Result<Tensor> {
-        Ok(x.f_conv2d(
-            w,
-            b,
-            [s.stride as i64; 2],
-            [s.padding as i64; 2],
-            [1, 1],
-            s.groups as i64,
-        )?)
+        let (stride, padding) = ([s.stride as i64; 2], [s.padding as i64; 2]);
+        if x.device().is_cuda() {
+            // `_convolution` is what conv2d dispatches to; called directly it takes TF32 as an
+            // argument instead of libtorch's global cuDNN switch, which tch does not expose.
+            return Ok(x.f_internal_convolution(
+                w,
+                b,
+                stride,
+                padding,
+                [1, 1],
+                false,
+                [0, 0],
+                s.groups as i64,
+                false,
+                false,
+                tch::Cuda::user_enabled_cudnn(),
+                allow_tf32(),
+            )?);
+        }
+        Ok(x.f_conv2d(w, b, stride, padding, [1, 1], s.groups as i64)?)
     }
 
     /// The kernel a factorised conv computes, composed in kernel space (one conv follows).

@@ -17,6 +17,7 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
             seed: 1,
             threads: Some(2),
             device: DeviceChoice::Cpu,
+            tf32: true,
         },
         model: ModelConfig {
             kind: ModelKind::Mtl,
@@ -76,13 +77,26 @@ fn all_three_tasks_improve_and_the_fold_matches() {
     assert!(s.max_output_rel_diff <= 1e-4);
     let run = dir.path().join("learn");
     assert!(run.join("model.deploy.safetensors").exists());
-    assert_eq!(
-        std::fs::read_to_string(run.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .count(),
-        9
-    );
+    // 8 epochs, the header, and the deploy model's row after the fold.
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 10, "{csv}");
+    let deploy: Vec<f64> = csv
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .skip(5)
+        .take(9)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(csv.lines().last().unwrap().starts_with("deploy,"));
+    for (a, b) in deploy.iter().zip(s.deploy_metrics) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} {b}");
+    }
+    let fold: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("fold.json")).unwrap()).unwrap();
+    assert_eq!(fold["exact"]["precision"], "fp64");
+    assert!(fold["measured"].as_array().unwrap().len() >= 3);
     let panel = std::fs::read(run.join("panels/val_0.png")).unwrap();
     assert_eq!(&panel[..8], b"\x89PNG\r\n\x1a\n");
     // `eval` on the deploy checkpoint reproduces the run's final metrics and dumps predictions.

@@ -18,6 +18,7 @@ fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig
             seed: 5,
             threads: Some(2),
             device: DeviceChoice::Cpu,
+            tf32: true,
         },
         model: ModelConfig {
             kind: ModelKind::VggSmall,
@@ -71,8 +72,15 @@ fn sfo_learns_far_above_chance_and_folds_with_identical_predictions() {
     ] {
         assert!(run.join(f).exists(), "{f}");
     }
+    // Header, 6 epochs, and the deploy model's test metrics after the fold.
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert_eq!(csv.lines().count(), 8, "{csv}");
+    let deploy: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    assert_eq!(deploy[..2], ["deploy", "deploy"], "{csv}");
+    let top1: f64 = deploy[6].parse().unwrap();
+    assert!((top1 - s.deploy_test_top1_err).abs() < 1e-3, "{csv}");
+    assert!(s.fold.passed() && s.fold.exact.precision == "fp64");
+    assert!(run.join("fold.json").exists());
     // `eval` on both checkpoints gives the run's final error.
     let data = dir.path().join("_data/synth-cifar100-3000-500-seed1");
     for f in ["model.op.safetensors", "model.deploy.safetensors"] {
@@ -156,7 +164,7 @@ fn r3_runs_its_three_phases() {
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
-    assert_eq!(phases, ["plain", "op", "finetune"]);
+    assert_eq!(phases, ["plain", "op", "finetune", "deploy"]);
     // Resuming across a phase boundary re-parameterises the same way.
     let mut d = c.clone();
     d.run.name = "r3-split".into();
