@@ -21,7 +21,9 @@ pub enum Error {
     TensorRt(String),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
+    /// The I/O error is the `source`, not part of the message: error reporters (anyhow's
+    /// `{:#}`) print the chain, and a cause in both would be printed twice.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -34,5 +36,32 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<ort::Error> for Error {
     fn from(e: ort::Error) -> Self {
         Error::Runtime(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message with its causes, as anyhow's `{:#}` prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s += &format!(": {c}");
+            cur = c.source();
+        }
+        s
+    }
+
+    #[test]
+    fn io_errors_print_their_cause_once() {
+        let e = Error::Io {
+            path: "model.plan".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let s = chain(&e);
+        assert_eq!(s.matches("disk on fire").count(), 1, "{s}");
+        assert!(s.starts_with("model.plan"), "{s}");
     }
 }
