@@ -9,6 +9,9 @@ pub enum Error {
     Data(#[from] overparam_data::Error),
     #[error("export: {0}")]
     Export(String),
+    /// Weights an FP16 export would turn into infinities: (tensor, largest |w|), in graph order.
+    #[error("{}", fp16_range_message(.0))]
+    Fp16Range(Vec<(String, f32)>),
     #[error("calibration: {0}")]
     Calibration(String),
     #[error("ONNX Runtime: {0}")]
@@ -29,6 +32,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn fp16_range_message(tensors: &[(String, f32)]) -> String {
+    let max = tensors.iter().fold(0f32, |m, t| m.max(t.1));
+    let list: Vec<String> = tensors
+        .iter()
+        .map(|(n, a)| format!("{n} (max |w| {a:.6e})"))
+        .collect();
+    format!(
+        "export: FP16 holds |w| ≤ 65504, and {} tensor{} exceed{} it (largest |w| {max:.6e}): {}; they would become infinite. Export at fp32 (or int8), or keep these layers out of FP16",
+        tensors.len(),
+        if tensors.len() == 1 { "" } else { "s" },
+        if tensors.len() == 1 { "s" } else { "" },
+        list.join(", ")
+    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
