@@ -20,6 +20,9 @@ pub enum Error {
         "ONNX Runtime library not found ({0}): run scripts/setup.sh (installs onnxruntime==1.31.1 into .venv) or set ORT_DYLIB_PATH to libonnxruntime.so"
     )]
     RuntimeMissing(String),
+    /// A latency measurement that cannot be made as asked (input shape, budget).
+    #[error("latency: {0}")]
+    Latency(String),
     #[error("TensorRT: {0}")]
     TensorRt(String),
     #[error("{path}: {message}")]
