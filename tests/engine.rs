@@ -582,3 +582,72 @@ fn bench_refuses_inputs_and_flags_it_cannot_honour() {
         &["no_such_calib_dir"],
     );
 }
+
+/// `export --precision fp16` refuses weights FP16 cannot hold (naming them), and a failed INT8
+/// export leaves an earlier model and its calibration record exactly as they were.
+#[test]
+fn export_refuses_fp16_overflow_and_a_failed_int8_export_keeps_the_old_pair() {
+    use overparam_fuse::{AnySpec, checkpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    // The same model with its first conv scaled beyond FP16's range.
+    let big = dir.path().join("big.deploy.safetensors");
+    let (spec, mut w) = checkpoint::load_deploy(&d).unwrap();
+    w.get_mut("features.0.weight")
+        .unwrap()
+        .data
+        .iter_mut()
+        .for_each(|v| *v *= 1e6);
+    checkpoint::save(&big, &AnySpec::Deploy(spec), &w).unwrap();
+    let fp16 = dir.path().join("big.fp16.onnx");
+    let o = run(
+        &[
+            "export",
+            big.to_str().unwrap(),
+            "--precision",
+            "fp16",
+            "-o",
+            fp16.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("features.0.weight") && text(&o).contains("65504"),
+        "{}",
+        text(&o)
+    );
+    assert!(!fp16.exists());
+    // A good INT8 export, then failing ones to the same output.
+    let out = dir.path().join("m.int8.onnx");
+    let calib = dir.path().join("m.int8.calib.json");
+    let export = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["export", model.to_str().unwrap(), "--precision", "int8"];
+        args.extend(["--calib-images", "64", "-o", out.to_str().unwrap()]);
+        args.extend(extra);
+        run(&args, &[])
+    };
+    let o = export(&d, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pair = || (std::fs::read(&out).unwrap(), std::fs::read(&calib).unwrap());
+    let before = pair();
+    // Fails after calibrating: the layer kept in FP16 cannot hold its weights.
+    let o = export(&big, &["--keep", "features.0", "--kept-precision", "fp16"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("features.0.weight"), "{}", text(&o));
+    assert!(pair() == before, "the old model and calib.json changed");
+    // Fails before calibrating: no such calibration directory.
+    let o = export(
+        &d,
+        &["--calib", dir.path().join("nothing").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(pair() == before, "the old model and calib.json changed");
+    // No temporary files left behind.
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
