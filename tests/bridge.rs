@@ -140,3 +140,158 @@ fn png_directory_source_and_a_bad_source() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("synthetic[:SEED]"));
 }
+
+/// Spawns `overparam args`, waits for a stderr line containing `ready` and then `after`, sends
+/// SIGTERM, and returns the exit status, stdout and stderr once it has exited (within 20 s).
+#[cfg(unix)]
+fn terminate_when_ready(
+    args: &[&str],
+    ready: &str,
+    after: std::time::Duration,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, Read};
+    use std::time::{Duration, Instant};
+    let mut child = bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            let _ = tx.send(line.clone());
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let t0 = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(ready) => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no `{ready}` within 60 s: {}",
+                    reader.join().unwrap_or_default()
+                );
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120));
+    }
+    std::thread::sleep(after);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t1.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("still running 20 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status, out, reader.join().unwrap())
+}
+
+/// SIGTERM (as Ctrl-C's SIGINT) stops `bridge listen` without --duration and `bridge run`
+/// without --frames cleanly: exit 0 with the report printed, not a silent death.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_listen_and_run_with_their_reports() {
+    use std::time::Duration;
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (status, out, err) = terminate_when_ready(
+        &[
+            "bridge",
+            "listen",
+            "--listen",
+            &ep,
+            "--no-multicast-scouting",
+        ],
+        "listening on",
+        Duration::from_millis(300),
+    );
+    assert!(status.success(), "{status}: {out}{err}");
+    assert!(out.contains("total: received 0"), "{out}{err}");
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (status, out, err) = terminate_when_ready(
+        &[
+            "bridge",
+            "run",
+            "--model",
+            m.to_str().unwrap(),
+            "--fps",
+            "20",
+            "--threads",
+            "1",
+            "--listen",
+            &ep,
+            "--no-multicast-scouting",
+        ],
+        "bridge: ",
+        Duration::from_millis(1500),
+    );
+    assert!(status.success(), "{status}: {out}{err}");
+    assert!(
+        out.contains("published") && out.contains("inference p50"),
+        "{out}{err}"
+    );
+    assert!(!out.contains("NaN"), "{out}");
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+}
+
+/// `bridge run` refuses rates that are not rates and 0 frames, before loading anything.
+#[test]
+fn bridge_run_refuses_bad_rates_and_zero_frames() {
+    for (flag, value, needle) in [
+        ("--fps", "0", "fps"),
+        ("--fps", "-5", "fps"),
+        ("--fps", "NaN", "fps"),
+        ("--fps", "1e-9", "at least 0.01"),
+        ("--frames", "0", "0 frames"),
+    ] {
+        let o = bin()
+            .args([
+                "bridge",
+                "run",
+                "--model",
+                "m.onnx",
+                "--source",
+                "synthetic",
+            ])
+            .args([&format!("{flag}={value}"), "--no-multicast-scouting"])
+            .output()
+            .unwrap();
+        let t = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {t}");
+        assert!(t.contains(needle), "{flag} {value}: {t}");
+    }
+}

@@ -425,3 +425,229 @@ fn accuracy_scan_writes_partial_int8_models() {
         "the old model is kept"
     );
 }
+
+/// A one-node (Relu) ONNX model whose input `x` is declared `dims`: `Some(n)` a static size,
+/// `None` a symbolic one; `shape: None` leaves the rank unknown.
+fn relu_onnx(path: &Path, dims: Option<&[Option<i64>]>) {
+    use overparam_engine::onnx::{IR_VERSION, OPSET, node};
+    use overparam_engine::pb::{
+        GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+        tensor_proto::DataType, tensor_shape_proto, type_proto,
+    };
+    let info = |name: &str| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: dims.map(|d| TensorShapeProto {
+                    dim: d
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| tensor_shape_proto::Dimension {
+                            value: Some(match v {
+                                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                                None => {
+                                    tensor_shape_proto::dimension::Value::DimParam(format!("d{i}"))
+                                }
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(OPSET),
+        }],
+        graph: Some(GraphProto {
+            name: Some("relu".into()),
+            node: vec![node("Relu", "relu", &["x"], &["y"], vec![])],
+            input: vec![info("x")],
+            output: vec![info("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, prost::Message::encode_to_vec(&m)).unwrap();
+}
+
+/// `bench` on models it cannot run, and on flags that do nothing: each refused with a message
+/// naming the file (and the input), never a panic, an abort or a report of nothing.
+#[test]
+fn bench_refuses_inputs_and_flags_it_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let bench = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["bench", model.to_str().unwrap(), "--iters", "2"];
+        args.extend(["--warmup", "1"]);
+        args.extend(extra);
+        run(&args, &[])
+    };
+    let refused = |o: &Output, needles: &[&str]| {
+        assert_eq!(o.status.code(), Some(1), "{}", text(o));
+        for n in needles {
+            assert!(text(o).contains(n), "wants {n}: {}", text(o));
+        }
+        assert!(!text(o).contains("panicked"), "{}", text(o));
+    };
+    // Scalar and unknown-rank inputs (used to index out of bounds).
+    relu_onnx(&p("scalar.onnx"), Some(&[]));
+    relu_onnx(&p("norank.onnx"), None);
+    for m in ["scalar.onnx", "norank.onnx"] {
+        refused(&bench(&p(m), &[]), &[m, "input `x`", "scalar"]);
+    }
+    // A static input far too large to allocate (used to abort).
+    relu_onnx(
+        &p("huge.onnx"),
+        Some(&[Some(1), Some(3), Some(100_000), Some(100_000)]),
+    );
+    refused(&bench(&p("huge.onnx"), &[]), &["huge.onnx", "too large"]);
+    // A symbolic batch runs at --batch (default 1), not at batch 0.
+    relu_onnx(&p("dyn.onnx"), Some(&[None, Some(3), Some(8), Some(8)]));
+    for (extra, batch) in [(vec![], 1), (vec!["--batch", "4"], 4)] {
+        let mut args = vec!["--json"];
+        args.extend(extra);
+        let o = bench(&p("dyn.onnx"), &args);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["batch"], batch, "{v}");
+        assert!(v["throughput"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let o = bench(&p("dyn.onnx"), &["--batch", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--batch"), "{}", text(&o));
+    // Other symbolic dimensions, and --batch against a static batch.
+    relu_onnx(&p("dynhw.onnx"), Some(&[Some(1), Some(3), None, Some(8)]));
+    refused(
+        &bench(&p("dynhw.onnx"), &[]),
+        &["dynhw.onnx", "dimension 2", "`d2`"],
+    );
+    relu_onnx(
+        &p("static.onnx"),
+        Some(&[Some(1), Some(3), Some(8), Some(8)]),
+    );
+    refused(
+        &bench(&p("static.onnx"), &["--batch", "2"]),
+        &["static.onnx", "static batch of 1"],
+    );
+    // --precision is the ONNX file's own; --calib has nothing to calibrate.
+    refused(
+        &bench(&p("static.onnx"), &["--precision", "fp16"]),
+        &["static.onnx", "--precision", "deploy checkpoints"],
+    );
+    refused(
+        &bench(
+            &p("static.onnx"),
+            &["--calib", dir.path().to_str().unwrap()],
+        ),
+        &["static.onnx", "--calib"],
+    );
+    // Not ONNX at all.
+    std::fs::write(p("text.onnx"), "not a model\n").unwrap();
+    std::fs::write(
+        p("noise.bin"),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for m in ["text.onnx", "noise.bin"] {
+        refused(&bench(&p(m), &[]), &[m]);
+    }
+    // --enforce needs a budget; a budget is a positive, finite number of milliseconds.
+    let o = bench(&p("static.onnx"), &["--enforce"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--budget-ms"), "{}", text(&o));
+    for b in ["0", "-1", "NaN", "inf"] {
+        let o = bench(&p("static.onnx"), &[&format!("--budget-ms={b}")]);
+        assert_eq!(o.status.code(), Some(2), "{b}: {}", text(&o));
+        assert!(text(&o).contains("positive"), "{b}: {}", text(&o));
+    }
+    // A deploy checkpoint at INT8 calibrates on --calib, which exists and is checked.
+    let o = run(&["bench", "--help"], &[]);
+    assert!(text(&o).contains("--calib"), "{}", text(&o));
+    let (_, d) = deploy(dir.path(), "plain");
+    let missing = p("no_such_calib_dir");
+    refused(
+        &bench(
+            &d,
+            &["--precision", "int8", "--calib", missing.to_str().unwrap()],
+        ),
+        &["no_such_calib_dir"],
+    );
+}
+
+/// `export --precision fp16` refuses weights FP16 cannot hold (naming them), and a failed INT8
+/// export leaves an earlier model and its calibration record exactly as they were.
+#[test]
+fn export_refuses_fp16_overflow_and_a_failed_int8_export_keeps_the_old_pair() {
+    use overparam_fuse::{AnySpec, checkpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    // The same model with its first conv scaled beyond FP16's range.
+    let big = dir.path().join("big.deploy.safetensors");
+    let (spec, mut w) = checkpoint::load_deploy(&d).unwrap();
+    w.get_mut("features.0.weight")
+        .unwrap()
+        .data
+        .iter_mut()
+        .for_each(|v| *v *= 1e6);
+    checkpoint::save(&big, &AnySpec::Deploy(spec), &w).unwrap();
+    let fp16 = dir.path().join("big.fp16.onnx");
+    let o = run(
+        &[
+            "export",
+            big.to_str().unwrap(),
+            "--precision",
+            "fp16",
+            "-o",
+            fp16.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("features.0.weight") && text(&o).contains("65504"),
+        "{}",
+        text(&o)
+    );
+    assert!(!fp16.exists());
+    // A good INT8 export, then failing ones to the same output.
+    let out = dir.path().join("m.int8.onnx");
+    let calib = dir.path().join("m.int8.calib.json");
+    let export = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["export", model.to_str().unwrap(), "--precision", "int8"];
+        args.extend(["--calib-images", "64", "-o", out.to_str().unwrap()]);
+        args.extend(extra);
+        run(&args, &[])
+    };
+    let o = export(&d, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pair = || (std::fs::read(&out).unwrap(), std::fs::read(&calib).unwrap());
+    let before = pair();
+    // Fails after calibrating: the layer kept in FP16 cannot hold its weights.
+    let o = export(&big, &["--keep", "features.0", "--kept-precision", "fp16"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("features.0.weight"), "{}", text(&o));
+    assert!(pair() == before, "the old model and calib.json changed");
+    // Fails before calibrating: no such calibration directory.
+    let o = export(
+        &d,
+        &["--calib", dir.path().join("nothing").to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(pair() == before, "the old model and calib.json changed");
+    // No temporary files left behind.
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}

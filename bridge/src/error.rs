@@ -20,6 +20,9 @@ pub enum Error {
     File { path: PathBuf, message: String },
     #[error("source: {0}")]
     Source(String),
+    /// An option that cannot work (a rate of 0, no frames), refused before anything runs.
+    #[error("{0}")]
+    InvalidOption(String),
     #[error(transparent)]
     Engine(#[from] overparam_engine::Error),
     #[error(transparent)]

@@ -284,7 +284,17 @@ impl Listener {
     }
 }
 
-/// A plain-text table of a report.
+/// `v` with `decimals` decimals, or `–` where there is no value (NaN: a statistic of no
+/// samples).
+pub fn fmt_value(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "–".into()
+    }
+}
+
+/// A plain-text table of a report (`–` for a statistic with no samples).
 pub fn format_report(r: &[TopicReport], c: &CounterSnapshot) -> String {
     let mut s = format!(
         "{:<48} {:>8} {:>7} {:>7} {:>8} {:>8} {:>10} {:>10}\n",
@@ -292,15 +302,15 @@ pub fn format_report(r: &[TopicReport], c: &CounterSnapshot) -> String {
     );
     for t in r {
         s += &format!(
-            "{:<48} {:>8} {:>7} {:>7} {:>8.1} {:>8.1} {:>10.2} {:>10.2}\n",
+            "{:<48} {:>8} {:>7} {:>7} {:>8.1} {:>8.1} {:>10} {:>10}\n",
             t.key,
             t.received,
             t.dropped,
             t.decode_errors,
             t.rate_hz,
             t.mbit_s,
-            t.end_to_end_ms_p50,
-            t.end_to_end_ms_p99
+            fmt_value(t.end_to_end_ms_p50, 2),
+            fmt_value(t.end_to_end_ms_p99, 2)
         );
     }
     s += &format!(
@@ -319,5 +329,26 @@ mod tests {
         assert_eq!(super::percentile(&v, 99.0), 99.0);
         assert_eq!(super::percentile(&v, 100.0), 100.0);
         assert!(super::percentile(&[], 50.0).is_nan());
+    }
+
+    /// A topic with no latency samples (only decode errors) shows '–', never NaN.
+    #[test]
+    fn reports_show_a_dash_for_statistics_of_nothing() {
+        let t = super::TopicReport {
+            key: "overparam/cam0/depth".into(),
+            received: 0,
+            dropped: 0,
+            decode_errors: 2,
+            restarts: 0,
+            rate_hz: 0.0,
+            mbit_s: 0.0,
+            transport_ms_p50: f64::NAN,
+            transport_ms_p99: f64::NAN,
+            end_to_end_ms_p50: f64::NAN,
+            end_to_end_ms_p99: f64::NAN,
+        };
+        let s = super::format_report(&[t], &Default::default());
+        assert!(!s.contains("NaN") && s.contains('–'), "{s}");
+        assert_eq!(super::fmt_value(1.234, 1), "1.2");
     }
 }

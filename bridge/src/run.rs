@@ -137,10 +137,35 @@ pub fn outputs_to_tensors(outs: Vec<Output>) -> Result<Vec<(Task, Vec<usize>, Te
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Stop after this many frames (a finite source also stops at its end).
+    /// Stop after this many frames (a finite source also stops at its end); at least 1.
     pub frames: Option<u64>,
-    /// Pace the loop to this rate; `None` runs as fast as inference allows.
+    /// Pace the loop to this rate, at least [`MIN_FPS`]; `None` runs as fast as inference
+    /// allows.
     pub fps: Option<f64>,
+}
+
+/// The slowest pace `fps` may ask for: one frame per 100 s. Slower is a mistake, not a rate
+/// (a loop waiting hours between frames looks hung).
+pub const MIN_FPS: f64 = 0.01;
+
+impl RunOptions {
+    /// Refuses a frame count of 0 and a rate that is not a finite number ≥ [`MIN_FPS`].
+    pub fn check(&self) -> Result<()> {
+        if self.frames == Some(0) {
+            return Err(Error::InvalidOption(
+                "frames: 0 frames is nothing to run (leave it out to run until the source ends)"
+                    .into(),
+            ));
+        }
+        if let Some(f) = self.fps
+            && !(f.is_finite() && f >= MIN_FPS)
+        {
+            return Err(Error::InvalidOption(format!(
+                "fps {f}: the rate must be a finite number of frames per second, at least {MIN_FPS} (leave it out to run as fast as inference allows)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -148,9 +173,12 @@ pub struct RunSummary {
     pub frames: u64,
     pub seconds: f64,
     pub fps: f64,
+    /// NaN when no frame ran.
     pub inference_ms_p50: f64,
     pub inference_ms_p99: f64,
     pub counters: crate::counters::CounterSnapshot,
+    /// The loop ended because `should_stop` said so ([`run_until`]).
+    pub stopped: bool,
 }
 
 /// The loop: next frame → inference → publish, paced to `fps`. `on_frame` sees each frame id
@@ -160,13 +188,31 @@ pub fn run(
     source: &mut dyn FrameSource,
     publisher: &PerceptionPublisher,
     opts: &RunOptions,
+    on_frame: impl FnMut(u64),
+) -> Result<RunSummary> {
+    run_until(model, source, publisher, opts, || false, on_frame)
+}
+
+/// [`run`] that also ends, with its summary, once `should_stop` returns true (checked before
+/// each frame and while pacing; a signal handler's flag).
+pub fn run_until(
+    model: &mut Model,
+    source: &mut dyn FrameSource,
+    publisher: &PerceptionPublisher,
+    opts: &RunOptions,
+    should_stop: impl Fn() -> bool,
     mut on_frame: impl FnMut(u64),
 ) -> Result<RunSummary> {
+    opts.check()?;
     let t0 = Instant::now();
-    let period = opts.fps.map(|f| Duration::from_secs_f64(1.0 / f.max(1e-3)));
     let mut infer_ms = vec![];
     let mut id = 0u64;
+    let mut stopped = false;
     while opts.frames.is_none_or(|n| id < n) {
+        if should_stop() {
+            stopped = true;
+            break;
+        }
         let Some(frame) = source.next_frame()? else {
             break;
         };
@@ -186,10 +232,14 @@ pub fn run(
         })?;
         on_frame(id);
         id += 1;
-        if let Some(p) = period {
-            let due = p * id as u32;
-            if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                std::thread::sleep(wait);
+        if let Some(fps) = opts.fps {
+            let due = Duration::from_secs_f64(id as f64 / fps);
+            // Wait in short slices, so a stop request is not held up by the pace.
+            while let Some(wait) = due.checked_sub(t0.elapsed()) {
+                if should_stop() {
+                    break;
+                }
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
             }
         }
     }
@@ -201,6 +251,7 @@ pub fn run(
         inference_ms_p50: crate::listener::percentile(&infer_ms, 50.0),
         inference_ms_p99: crate::listener::percentile(&infer_ms, 99.0),
         counters: publisher.counters().snapshot(),
+        stopped,
     })
 }
 
@@ -242,5 +293,19 @@ mod tests {
             )
         );
         assert!(outputs_to_tensors(vec![("logits".into(), vec![1, 10], vec![0.0; 10])]).is_err());
+    }
+
+    #[test]
+    fn run_options_refuse_zero_frames_and_rates_that_are_not_rates() {
+        let ok = |frames, fps| RunOptions { frames, fps }.check();
+        assert!(ok(None, None).is_ok());
+        assert!(ok(Some(1), Some(30.0)).is_ok());
+        assert!(ok(None, Some(MIN_FPS)).is_ok());
+        let e = ok(Some(0), None).unwrap_err().to_string();
+        assert!(e.contains("0 frames"), "{e}");
+        for fps in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-9] {
+            let e = ok(None, Some(fps)).unwrap_err().to_string();
+            assert!(e.contains("fps") && e.contains("at least"), "{fps}: {e}");
+        }
     }
 }

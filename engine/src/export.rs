@@ -174,6 +174,8 @@ struct Builder<'a> {
     nonneg: BTreeSet<String>,
     /// FP32 tensor → its FP16 cast, for layers a partial INT8 plan keeps in FP16.
     half: HashMap<String, String>,
+    /// Weights written as FP16 that FP16 cannot hold: (name, largest |w|).
+    fp16_overflow: Vec<(String, f32)>,
 }
 
 impl Builder<'_> {
@@ -198,11 +200,16 @@ impl Builder<'_> {
 
     fn init(&mut self, name: &str, half: bool) -> Result<String> {
         let t = self.weight(name)?;
-        self.inits.push(if half {
-            tensor_f16(name, &t.shape, &t.data)
+        let (proto, amax) = if half {
+            let amax = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            (tensor_f16(name, &t.shape, &t.data), amax)
         } else {
-            tensor_f32(name, &t.shape, &t.data)
-        });
+            (tensor_f32(name, &t.shape, &t.data), 0.0)
+        };
+        if amax > half::f16::MAX.to_f32() {
+            self.fp16_overflow.push((name.to_string(), amax));
+        }
+        self.inits.push(proto);
         Ok(name.to_string())
     }
 
@@ -363,6 +370,7 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         dq_outputs: BTreeSet::new(),
         nonneg: nonnegative_tensors(spec),
         half: HashMap::new(),
+        fp16_overflow: vec![],
     };
     // Tensor names: the input, then one tensor per node named after the node.
     let mut name_of: HashMap<String, String> = HashMap::new();
@@ -546,6 +554,9 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         };
         name_of.insert(n.name.clone(), out);
     }
+    if !b.fp16_overflow.is_empty() {
+        return Err(Error::Fp16Range(b.fp16_overflow));
+    }
     let mut outputs = vec![];
     for o in &spec.outputs {
         let src = &name_of[&o.node];
@@ -603,4 +614,48 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
 
 pub fn to_bytes(m: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overparam_fuse::init::random_weights;
+    use overparam_fuse::layout::train_layout;
+    use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
+    use overparam_fuse::{MethodConfig, MethodKind, fold};
+
+    fn deploy() -> (DeploySpec, Weights<f32>) {
+        let t = build(
+            ModelKind::VggSmall,
+            &ClassifierOptions {
+                width: 0.125,
+                num_classes: 10,
+                ..ClassifierOptions::new(MethodConfig::new(MethodKind::Plain))
+            },
+        )
+        .unwrap();
+        let w = random_weights::<f32>(&train_layout(&t).unwrap(), 4);
+        fold(&t, &w).unwrap()
+    }
+
+    /// Weights beyond FP16's range are refused by name (they would be written as infinities),
+    /// and still export at FP32.
+    #[test]
+    fn fp16_refuses_weights_it_cannot_hold() {
+        let (spec, mut w) = deploy();
+        let (first, _) = quantizable_layers(&spec).remove(0);
+        let name = format!("{first}.weight");
+        let t = w.get_mut(&name).unwrap();
+        t.data.iter_mut().for_each(|v| *v *= 1e6);
+        let amax = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(amax > 65504.0);
+        let e = export(&spec, &w, &ExportOptions::new(Precision::Fp16)).unwrap_err();
+        let Error::Fp16Range(bad) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(bad, &vec![(name.clone(), amax)]);
+        let msg = e.to_string();
+        assert!(msg.contains(&name) && msg.contains("65504"), "{msg}");
+        assert!(export(&spec, &w, &ExportOptions::new(Precision::Fp32)).is_ok());
+    }
 }

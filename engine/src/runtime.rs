@@ -123,6 +123,13 @@ pub fn graph_precisions(model: &[u8]) -> Result<(bool, bool)> {
 /// One loaded model.
 pub struct OrtRuntime {
     session: Session,
+    input_name: String,
+    /// The first input's dimensions as the model declares them (−1: symbolic).
+    input_dims: Vec<i64>,
+    /// The symbol of each dimension (empty for static ones).
+    input_symbols: Vec<String>,
+    /// The shape `run` feeds: the declared one, symbolic dimensions as 0 until
+    /// [`OrtRuntime::set_input_shape`] fixes them.
     input_shape: Vec<usize>,
 }
 
@@ -187,20 +194,67 @@ impl OrtRuntime {
                 })?;
         }
         let session = b.commit_from_memory(model)?;
-        let input_shape = match session.inputs().first().map(|i| i.dtype()) {
-            Some(ort::value::ValueType::Tensor { shape, .. }) => {
-                shape.iter().map(|&d| d.max(0) as usize).collect()
-            }
-            _ => return Err(Error::Runtime("the model has no tensor input".into())),
+        let (input_name, input_dims, input_symbols) = match session.inputs().first() {
+            Some(i) => match i.dtype() {
+                ort::value::ValueType::Tensor {
+                    shape,
+                    dimension_symbols,
+                    ..
+                } => (
+                    i.name().to_string(),
+                    shape.to_vec(),
+                    dimension_symbols.to_vec(),
+                ),
+                _ => return Err(Error::Runtime("the model has no tensor input".into())),
+            },
+            None => return Err(Error::Runtime("the model has no tensor input".into())),
         };
+        let input_shape = input_dims.iter().map(|&d| d.max(0) as usize).collect();
         Ok(Self {
             session,
+            input_name,
+            input_dims,
+            input_symbols,
             input_shape,
         })
     }
 
     pub fn input_shape(&self) -> &[usize] {
         &self.input_shape
+    }
+
+    /// The name of the (first) input.
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    /// The input's dimensions as the model declares them: −1 for a symbolic dimension. Empty
+    /// for a scalar input or one of unknown rank.
+    pub fn input_dims(&self) -> &[i64] {
+        &self.input_dims
+    }
+
+    /// The symbol of each input dimension (`""` for static ones, and for unnamed symbolic ones).
+    pub fn input_symbols(&self) -> &[String] {
+        &self.input_symbols
+    }
+
+    /// Sets the shape `run` feeds, for inputs with symbolic dimensions: same rank, and every
+    /// static dimension as declared.
+    pub fn set_input_shape(&mut self, shape: &[usize]) -> Result<()> {
+        let fits = shape.len() == self.input_dims.len()
+            && shape
+                .iter()
+                .zip(&self.input_dims)
+                .all(|(&s, &d)| d < 0 || s as i64 == d);
+        if !fits {
+            return Err(Error::Runtime(format!(
+                "input `{}` is declared {:?} (−1: symbolic); it cannot be fed as {shape:?}",
+                self.input_name, self.input_dims
+            )));
+        }
+        self.input_shape = shape.to_vec();
+        Ok(())
     }
 
     /// Runs one batch (its shape must be the model's static input shape).
@@ -214,8 +268,9 @@ impl OrtRuntime {
             )));
         }
         let t = OrtTensor::from_array((self.input_shape.clone(), input.to_vec()))?;
-        let name = self.session.inputs()[0].name().to_string();
-        let outputs = self.session.run(ort::inputs![name => t])?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => t])?;
         let mut out = Vec::new();
         for (name, v) in outputs.iter() {
             let (shape, data) = v.try_extract_tensor::<f32>()?;

@@ -22,13 +22,19 @@ struct LatencyArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
-    /// For deploy checkpoints: fp32, fp16 or int8 (INT8 calibrates on synthetic data, with the
-    /// uint8 encoding ONNX Runtime runs fastest).
-    #[arg(long, default_value = "fp32")]
-    precision: overparam_engine::export::Precision,
-    /// For deploy checkpoints: the static batch size.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Deploy checkpoints only (default fp32): fp32, fp16 or int8 (INT8 calibrates on `--calib`
+    /// or synthetic data, with the uint8 encoding ONNX Runtime runs fastest). An ONNX model's
+    /// precision is the one it was exported at.
+    #[arg(long)]
+    precision: Option<overparam_engine::export::Precision>,
+    /// Batch size (default 1): the static batch of a deploy checkpoint's export, or the size
+    /// of an ONNX model's symbolic batch dimension.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    batch: Option<usize>,
+    /// Deploy checkpoints at `--precision int8`: CIFAR directory whose train split calibrates
+    /// (default: synthetic data), as `overparam export --calib` takes it.
+    #[arg(long)]
+    calib: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     iters: usize,
     /// Warm-up runs (CPU) or milliseconds (TensorRT), excluded from the statistics.
@@ -37,10 +43,10 @@ struct LatencyArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Latency budget per frame in ms, judged on p99.
-    #[arg(long)]
+    #[arg(long, value_parser = budget)]
     budget_ms: Option<f64>,
-    /// Exit non-zero when p99 is over the budget.
-    #[arg(long)]
+    /// Exit non-zero (3) when p99 is over `--budget-ms`.
+    #[arg(long, requires = "budget_ms")]
     enforce: bool,
     #[arg(long)]
     json: bool,
@@ -77,6 +83,14 @@ impl RuntimeArgs {
             other => bail!("unknown ONNX Runtime provider `{other}` (cpu or ort-trt)"),
         })
     }
+}
+
+/// `--budget-ms`: a positive, finite number of milliseconds.
+pub fn budget(s: &str) -> std::result::Result<f64, String> {
+    let b: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    overparam_engine::latency::check_budget(Some(b))
+        .map(|_| b)
+        .map_err(|_| "want a positive, finite number of milliseconds".into())
 }
 
 #[derive(clap::Subcommand)]
@@ -120,12 +134,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 fn latency(a: &LatencyArgs) -> Result<ExitCode> {
     use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
-    use overparam_engine::latency::measure_ort;
+    use overparam_engine::latency::measure_ort_batch;
     let Some(model) = &a.model else {
         bail!(
             "give a MODEL (.onnx, .plan or deploy .safetensors), or a subcommand such as `bench train`"
         );
     };
+    let file = model.display();
+    let deploy = model.extension().is_some_and(|e| e == "safetensors");
+    let plan = matches!(a.runtime.runtime.as_str(), "trt" | "trt-native");
+    if plan {
+        for (given, flag) in [
+            (a.precision.is_some(), "--precision"),
+            (a.batch.is_some(), "--batch"),
+            (a.calib.is_some(), "--calib"),
+        ] {
+            if given {
+                bail!(
+                    "{file}: {flag} does not apply to a TensorRT plan, whose precision and shapes are fixed when it is built (overparam engine build)"
+                );
+            }
+        }
+    } else if !deploy && a.precision.is_some() {
+        bail!(
+            "{file}: --precision applies to deploy checkpoints only; an ONNX model runs at the precision it was exported at (export another with `overparam export --precision`)"
+        );
+    }
+    let precision = a.precision.unwrap_or(Precision::Fp32);
+    if a.calib.is_some() && !(deploy && precision == Precision::Int8) {
+        bail!(
+            "{file}: --calib calibrates a deploy checkpoint benchmarked at --precision int8; it does nothing here"
+        );
+    }
     let r = match a.runtime.runtime.as_str() {
         "trt-native" => native_measure(model, a)?,
         "trt" => {
@@ -134,32 +174,45 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
         }
         _ => {
             let provider = a.runtime.provider()?;
-            let bytes = if model.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = if deploy {
                 let (spec, w) = super::export::load_deploy(model)?;
-                let mut o = ExportOptions::new(a.precision);
-                o.batch = a.batch;
-                if a.precision == Precision::Int8 {
+                let mut o = ExportOptions::new(precision);
+                o.batch = a.batch.unwrap_or(1);
+                if precision == Precision::Int8 {
                     use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
-                    let set = super::export::calibration_set(None)?;
+                    let set = super::export::calibration_set(a.calib.as_deref())?;
                     let norm = overparam_engine::accuracy::normalization(&spec).unwrap_or(
                         overparam_data::loader::Normalize {
                             mean: [0.5; 3],
                             std: [0.25; 3],
                         },
                     );
-                    let batches = calibration_batches(&set, &norm, 256, a.batch, 0)?;
-                    let hists = collect(&spec, &w, &batches, false)?;
+                    let batches = calibration_batches(&set, &norm, 256, o.batch, 0)
+                        .with_context(|| format!("calibrating {file}"))?;
+                    let hists = collect(&spec, &w, &batches, false)
+                        .with_context(|| format!("calibrating {file}"))?;
                     o.quant = Some(plan(
                         &hists,
                         Calibrator::Entropy,
                         overparam_engine::export::ActivationEncoding::UnsignedOffset,
                     ));
                 }
-                to_bytes(&export(&spec, &w, &o)?)
+                to_bytes(&export(&spec, &w, &o).with_context(|| format!("exporting {file}"))?)
             } else {
-                std::fs::read(model).with_context(|| model.display().to_string())?
+                std::fs::read(model).with_context(|| format!("reading {file}"))?
             };
-            measure_ort(&bytes, a.threads, &provider, a.warmup, a.iters, a.budget_ms)?
+            // A deploy checkpoint was exported at --batch already.
+            let batch = if deploy { None } else { a.batch };
+            measure_ort_batch(
+                &bytes,
+                a.threads,
+                &provider,
+                batch,
+                a.warmup,
+                a.iters,
+                a.budget_ms,
+            )
+            .with_context(|| file.to_string())?
         }
     };
     if a.json {

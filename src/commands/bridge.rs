@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use overparam_bridge::listener::{Event, ListenConfig, Listener, format_report};
+use overparam_bridge::listener::{Event, ListenConfig, Listener, fmt_value, format_report};
 use overparam_bridge::publisher::{PerceptionPublisher, PublishConfig, TopicQos};
 use overparam_bridge::ros2::Ros2Names;
-use overparam_bridge::run::{Model, RunOptions, run as run_loop};
+use overparam_bridge::run::{Model, RunOptions, run_until};
 use overparam_bridge::session::ZenohOptions;
 use overparam_bridge::source::{self, SourceSpec};
 use overparam_bridge::wire::{Task, TensorData, TensorMsg};
@@ -80,10 +80,10 @@ enum BridgeCommand {
         /// synthetic[:SEED], nyuv2:DIR, images:DIR (PNG/JPEG) or zenoh:KEY (camera frames).
         #[arg(long, default_value = "synthetic")]
         source: String,
-        /// Pace publishing to this rate (default: as fast as inference allows).
+        /// Pace publishing to this rate, at least 0.01 (default: as fast as inference allows).
         #[arg(long)]
         fps: Option<f64>,
-        /// Stop after this many frames.
+        /// Stop after this many frames (at least 1; default: until the source ends or Ctrl-C).
         #[arg(long)]
         frames: Option<u64>,
         /// Camera name: topics are <prefix>/<camera>/<task>.
@@ -117,7 +117,8 @@ enum BridgeCommand {
         /// Native key prefix to subscribe to (<prefix>/**).
         #[arg(long, default_value = "overparam")]
         prefix: String,
-        /// Stop after this many seconds (default: until Ctrl-C).
+        /// Stop after this many seconds (default: until Ctrl-C or SIGTERM; either prints the
+        /// report).
         #[arg(long)]
         duration: Option<f64>,
         /// Stop after this many valid messages.
@@ -160,7 +161,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ros,
             zenoh,
         } => {
+            let opts = RunOptions { frames, fps };
+            opts.check()?;
             let spec: SourceSpec = source.parse()?;
+            super::stop::install()?;
             let mut m = Model::load(&model, threads, &runtime.provider()?)
                 .with_context(|| format!("loading {}", model.display()))?;
             let session = zenoh
@@ -206,21 +210,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
                         .expect("template"),
                 );
             }
-            let s = run_loop(
+            let s = run_until(
                 &mut m,
                 src.as_mut(),
                 &publisher,
-                &RunOptions { frames, fps },
+                &opts,
+                super::stop::stop_requested,
                 |_| bar.inc(1),
             )?;
             bar.finish_and_clear();
+            if let Some(sig) = super::stop::requested() {
+                eprintln!("bridge: stopped by {sig}");
+            }
             println!(
-                "published {} frames in {:.1} s ({:.1} frames/s); inference p50 {:.1} ms p99 {:.1} ms; sent {} messages ({} with no subscriber), {:.1} MB",
+                "published {} frames in {:.1} s ({:.1} frames/s); inference p50 {} ms p99 {} ms; sent {} messages ({} with no subscriber), {:.1} MB",
                 s.frames,
                 s.seconds,
                 s.fps,
-                s.inference_ms_p50,
-                s.inference_ms_p99,
+                fmt_value(s.inference_ms_p50, 1),
+                fmt_value(s.inference_ms_p99, 1),
                 s.counters.sent,
                 s.counters.sent_unmatched,
                 s.counters.bytes_sent as f64 / 1e6
@@ -238,6 +246,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ros,
             zenoh,
         } => {
+            if let Some(d) = duration
+                && !(d.is_finite() && d > 0.0)
+            {
+                bail!("--duration {d}: want a positive number of seconds");
+            }
+            super::stop::install()?;
             let session = zenoh
                 .options()
                 .open()
@@ -272,6 +286,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 if duration.is_some_and(|d| t0.elapsed().as_secs_f64() >= d)
                     || messages.is_some_and(|n| valid >= n)
                 {
+                    break;
+                }
+                if let Some(sig) = super::stop::requested() {
+                    eprintln!("bridge listen: stopped by {sig}");
                     break;
                 }
                 match l.recv(Duration::from_millis(100))? {

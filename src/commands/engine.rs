@@ -233,7 +233,7 @@ fn build_native(
 #[cfg(not(feature = "tensorrt"))]
 pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";
 
-/// The partial-INT8 model at batch 1 and its calibration record, each written atomically.
+/// The partial-INT8 model at batch 1 and its calibration record, written as a pair.
 fn write_partial(
     out: &std::path::Path,
     spec: &overparam_fuse::DeploySpec,
@@ -242,8 +242,6 @@ fn write_partial(
     kept: &[String],
     calibrator: Calibrator,
 ) -> Result<()> {
-    use anyhow::Context;
-    use overparam_fuse::checkpoint::write_file_atomic;
     let json = serde_json::json!({
         "calibrator": calibrator,
         "encoding": p.encoding,
@@ -254,8 +252,7 @@ fn write_partial(
     let mut o = ExportOptions::new(Precision::Int8);
     o.quant = Some(p);
     let bytes = to_bytes(&export(spec, w, &o)?);
-    let calib = super::export::write_calib(out, &json)?;
-    write_file_atomic(out, &bytes).with_context(|| out.display().to_string())?;
+    let calib = super::export::write_model_and_calib(out, &bytes, &json)?;
     println!("wrote {} and {}", out.display(), calib.display());
     Ok(())
 }

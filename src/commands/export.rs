@@ -107,12 +107,60 @@ pub fn partial_plan(
     Ok((p, keep.into_iter().collect()))
 }
 
-/// Writes an INT8 model's calibration record beside it, as `<model>.calib.json` (atomically).
-pub fn write_calib(model: &Path, json: &serde_json::Value) -> Result<PathBuf> {
-    let path = model.with_extension("calib.json");
-    checkpoint::write_file_atomic(&path, serde_json::to_string_pretty(json)?.as_bytes())
-        .with_context(|| path.display().to_string())?;
-    Ok(path)
+/// Where an INT8 model's calibration record lives: beside it, as `<model>.calib.json`.
+pub fn calib_path(model: &Path) -> PathBuf {
+    model.with_extension("calib.json")
+}
+
+/// Writes an INT8 model and its calibration record (`<model>.calib.json`) as a pair: both go
+/// to temporary files first and are renamed over the old ones only when both are written, so
+/// a failure leaves an earlier pair as it was. Returns the record's path.
+pub fn write_model_and_calib(
+    model: &Path,
+    bytes: &[u8],
+    json: &serde_json::Value,
+) -> Result<PathBuf> {
+    let calib = calib_path(model);
+    let text = serde_json::to_string_pretty(json)?;
+    let temp_of = |p: &Path| -> Result<PathBuf> {
+        let name = p
+            .file_name()
+            .with_context(|| format!("{}: not a file path", p.display()))?;
+        Ok(p.with_file_name(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        )))
+    };
+    let write = |tmp: &Path, data: &[u8], dest: &Path| -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmp).with_context(|| dest.display().to_string())?;
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
+            .with_context(|| dest.display().to_string())
+    };
+    let (model_tmp, calib_tmp) = (temp_of(model)?, temp_of(&calib)?);
+    let written = write(&model_tmp, bytes, model)
+        .and_then(|_| write(&calib_tmp, text.as_bytes(), &calib))
+        // Both are complete: replace the old pair. A rename within one directory does not fail
+        // once its file could be created there.
+        .and_then(|_| {
+            std::fs::rename(&model_tmp, model).with_context(|| model.display().to_string())
+        })
+        .and_then(|_| {
+            std::fs::rename(&calib_tmp, &calib).with_context(|| calib.display().to_string())
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&model_tmp);
+        let _ = std::fs::remove_file(&calib_tmp);
+    }
+    written?;
+    if let Some(dir) = model.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(calib)
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -123,6 +171,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.precision != Precision::Int8 && !a.keep.is_empty() {
         bail!("--keep selects layers to keep out of INT8; it needs --precision int8");
     }
+    let mut calib = None;
     if a.precision == Precision::Int8 {
         let set = calibration_set(a.calib.as_deref())?;
         let norm = overparam_engine::accuracy::normalization(&spec).or_else(|_| -> Result<_> {
@@ -151,20 +200,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "thresholds": p.thresholds,
             "amax": hists.iter().map(|(k, h)| (k.clone(), h.amax)).collect::<std::collections::BTreeMap<_, _>>(),
         });
-        let calib_path = write_calib(&a.output, &json)?;
-        println!(
-            "wrote {} ({} activation thresholds, {:?} calibrator)",
-            calib_path.display(),
-            p.thresholds.len(),
-            a.calibrator
-        );
+        calib = Some((json, p.thresholds.len()));
         o.quant = Some(p);
     }
+    // Everything is computed before anything is written: a failed export leaves the old files.
     let bytes = to_bytes(
         &export(&spec, &w, &o).with_context(|| format!("exporting {}", a.input.display()))?,
     );
-    checkpoint::write_file_atomic(&a.output, &bytes)
-        .with_context(|| a.output.display().to_string())?;
+    match &calib {
+        Some((json, thresholds)) => {
+            let calib_path = write_model_and_calib(&a.output, &bytes, json)?;
+            println!(
+                "wrote {} ({thresholds} activation thresholds, {:?} calibrator)",
+                calib_path.display(),
+                a.calibrator
+            );
+        }
+        None => checkpoint::write_file_atomic(&a.output, &bytes)
+            .with_context(|| a.output.display().to_string())?,
+    }
     println!(
         "wrote {} ({}, opset {}, batch {}, {:.1} MB)",
         a.output.display(),

@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod init;
 pub mod inspect;
 pub mod pipeline;
+pub mod stop;
 pub mod train;
 
 /// Human-readable counts: 23.71M, 1.30G.
