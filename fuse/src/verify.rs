@@ -361,11 +361,15 @@ impl FoldReport {
             self.exact_seconds,
         );
         for m in &self.measured {
-            if let Some(d) = m.worst() {
-                s += &format!(
-                    "; {} rel {:.2e} (bound {:.1e})",
-                    m.precision, d.rel, m.bound
-                );
+            match m.worst() {
+                Some(d) if d.rel.is_nan() => s += &format!("; {} non-finite", m.precision),
+                Some(d) => {
+                    s += &format!(
+                        "; {} rel {:.2e} (bound {:.1e})",
+                        m.precision, d.rel, m.bound
+                    )
+                }
+                None => {}
             }
         }
         s

@@ -103,6 +103,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             );
             for m in &r.measured {
                 for d in &m.outputs {
+                    if d.rel.is_nan() {
+                        println!(
+                            "  {:<16} `{}`: non-finite output (the format overflowed or a NaN appeared)",
+                            m.precision, d.name
+                        );
+                        continue;
+                    }
                     println!(
                         "  {:<16} `{}`: rel {:.3e}  (abs max|Δ| {:.3e}); first-order bound rel {:.1e}{}",
                         m.precision,

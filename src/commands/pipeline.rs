@@ -565,6 +565,14 @@ fn fold_precision_table(r: &overparam_fuse::verify::FoldReport) -> String {
     );
     for m in &r.measured {
         for d in &m.outputs {
+            if d.rel.is_nan() {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | non-finite (overflow) | – | {:.1e} |",
+                    m.precision, d.name, m.bound
+                );
+                continue;
+            }
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.2e} | {:.2e} | {:.1e} |",
