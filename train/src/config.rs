@@ -345,7 +345,12 @@ impl Doc<'_> {
         if whole_file || span.start > self.text.len() {
             return self.path.display().to_string();
         }
-        let line = self.text[..span.start].matches('\n').count() + 1;
+        // Bytes, not a str slice: a span need not fall on a character boundary.
+        let line = self.text.as_bytes()[..span.start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         format!("{}, line {line}", self.path.display())
     }
 
