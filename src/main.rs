@@ -45,7 +45,31 @@ enum Command {
     Doctor(commands::doctor::Args),
 }
 
+/// Exit status for a closed output pipe, as if killed by SIGPIPE (what `cat`, `ls` … give
+/// under `| head`).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `overparam … | head` closes stdout early: that ends the command quietly instead of a panic
+/// (`println!` panics on EPIPE, since Rust ignores SIGPIPE so that sockets report it as an
+/// error; zenoh needs that, so SIGPIPE stays ignored and the panic is caught here).
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("os error 32") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),

@@ -267,3 +267,242 @@ fn train_rejects_bad_configs_with_a_clear_message() {
         text(&o)
     );
 }
+
+/// `overparam … | head -1`: the reader goes away; the writer ends quietly, without a panic.
+#[test]
+fn a_closed_output_pipe_ends_commands_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let op = init(dir.path(), "resnet18_cifar", "sfo", "0.25");
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments/proxy_cifar.toml");
+    let cases: [Vec<&str>; 2] = [
+        vec!["inspect", op.to_str().unwrap()],
+        vec!["experiment", "--config", grid.to_str().unwrap(), "--list"],
+    ];
+    for args in cases {
+        for read_first_line in [true, false] {
+            let mut child = bin()
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            if read_first_line {
+                // `head -1`: one line, then close (the rest may already sit in the pipe).
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).unwrap();
+                assert!(!line.is_empty(), "{args:?}");
+            } else {
+                // The reader is gone before anything is written: every write fails.
+                drop(stdout);
+            }
+            let o = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+        }
+    }
+}
+
+/// An error's cause is printed once (not in the message and again as its source).
+#[test]
+fn error_causes_are_printed_once() {
+    let o = run(&["inspect", "/nonexistent/model.safetensors"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
+}
+
+#[test]
+fn bench_train_refuses_zero_sizes() {
+    for flag in ["--steps", "--threads", "--batch", "--width"] {
+        let mut args = vec!["bench", "train", "--model", "vgg_small", "--method", "sfo"];
+        if flag != "--width" {
+            args.extend(["--width", "0.125"]);
+        }
+        args.extend([flag, "0"]);
+        let o = run(&args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{flag}: {t}");
+        assert!(t.contains(flag) && !t.contains("panicked"), "{flag}: {t}");
+        assert!(!t.contains("step ms"), "{flag}: {t}");
+    }
+}
+
+#[test]
+fn synthetic_data_never_overwrites_a_dataset_unasked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cifar = dir.path().join("cifar");
+    let c = cifar.to_str().unwrap();
+    let synth = |extra: &[&str]| {
+        let mut a = vec![
+            "data",
+            "synth-cifar",
+            "-o",
+            c,
+            "--train",
+            "200",
+            "--test",
+            "100",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = synth(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let before = std::fs::read(cifar.join("train.bin")).unwrap();
+    let o = synth(&["--seed", "1"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(c) && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::read(cifar.join("train.bin")).unwrap() == before);
+    let o = synth(&["--seed", "1", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(cifar.join("train.bin")).unwrap() != before);
+    // Nothing left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    let nyu = dir.path().join("nyu");
+    let n = nyu.to_str().unwrap();
+    let scenes = |train: &str, extra: &[&str]| {
+        let mut a = vec![
+            "data",
+            "synth-nyuv2",
+            "-o",
+            n,
+            "--train",
+            train,
+            "--val",
+            "1",
+            "--height",
+            "16",
+            "--width",
+            "16",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let count = || std::fs::read_dir(nyu.join("train/image")).unwrap().count();
+    let o = scenes("3", &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count(), 3);
+    let o = scenes("1", &[]);
+    assert!(!o.status.success() && text(&o).contains(n), "{}", text(&o));
+    assert_eq!(count(), 3);
+    // --force replaces the dataset: no stale scenes of the larger one stay behind.
+    let o = scenes("1", &["--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(count(), 1);
+
+    // Sizes are refused before anything is allocated or created.
+    let big = dir.path().join("big");
+    let o = run(&[
+        "data",
+        "synth-nyuv2",
+        "-o",
+        big.to_str().unwrap(),
+        "--height",
+        "100000",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("100000") && !text(&o).contains("panicked"),
+        "{}",
+        text(&o)
+    );
+    assert!(!big.exists());
+}
+
+/// A run that fails before its first epoch leaves nothing worth protecting: the retry (fresh
+/// or with --resume) starts it again instead of refusing.
+#[test]
+fn a_train_that_failed_at_start_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[run]
+name = "x"
+dir = "{}"
+threads = 1
+[model]
+kind = "vgg_small"
+width = 0.125
+method = {{ kind = "plain" }}
+[data]
+synthetic_train = 40
+synthetic_test = 20
+augment = false
+[optim]
+epochs = 1
+batch_size = 64
+lr = 0.05
+"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    // batch_size 64 > 40 images: fails after the run directory was made.
+    for name in ["fresh", "resumed"] {
+        let o = run(&["train", "--config", c, "--set", &format!("run.name={name}")]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("exceeds the training set"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = run(&[
+        "train",
+        "--config",
+        c,
+        "--set",
+        "run.name=fresh",
+        "--set",
+        "optim.batch_size=10",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[
+        "train",
+        "--config",
+        c,
+        "--set",
+        "run.name=resumed",
+        "--set",
+        "optim.batch_size=10",
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A run with a finished epoch is still protected.
+    let o = run(&["train", "--config", c, "--set", "run.name=fresh"]);
+    assert!(
+        !o.status.success() && text(&o).contains("already exists"),
+        "{}",
+        text(&o)
+    );
+    // run.threads = 0 is refused with its key, before a run directory is made.
+    let o = run(&[
+        "train",
+        "--config",
+        c,
+        "--set",
+        "run.name=zero",
+        "--set",
+        "run.threads=0",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("run.threads"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("zero").exists());
+}

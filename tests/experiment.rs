@@ -169,6 +169,52 @@ fn shards_partition_the_cells_and_slurm_scripts_name_them() {
     let s = std::fs::read_to_string(&slurm).unwrap();
     assert!(s.contains("#SBATCH --array=0-1"), "{s}");
     assert!(s.contains("--shard \"${SLURM_ARRAY_TASK_ID}/2\""), "{s}");
+    // The job runs this binary by its absolute path (not target/release relative to the
+    // submit directory), or $OVERPARAM_BIN; a CPU grid asks for no GPU; the comment names
+    // the grid's real output directory.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_overparam")).unwrap();
+    assert!(
+        s.contains(&format!("\"${{OVERPARAM_BIN:-{}}}\"", exe.display())),
+        "{s}"
+    );
+    assert!(!s.contains("exec target/release"), "{s}");
+    assert!(!s.contains("gres"), "{s}");
+    assert!(
+        s.contains(&format!("summarize '{}'", d.path().join("out").display())),
+        "{s}"
+    );
+    // Run as Slurm would, with OVERPARAM_BIN standing in for the binary.
+    let job = Command::new("bash")
+        .arg(&slurm)
+        .env("SLURM_SUBMIT_DIR", d.path())
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("OVERPARAM_BIN", "echo")
+        .output()
+        .unwrap();
+    assert!(job.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&job.stdout).trim(),
+        format!("experiment --config {} --shard 1/2", cfg.display())
+    );
+    // A grid whose cells train on cuda asks for one GPU per task.
+    let gpu_cfg = d.path().join("exp-gpu.toml");
+    std::fs::write(
+        &gpu_cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            "calib_images = 64",
+            "calib_images = 64\nset = [\"run.device=cuda\"]",
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["experiment", "--config", gpu_cfg.to_str().unwrap()])
+        .arg("--emit-slurm")
+        .arg(&slurm)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = std::fs::read_to_string(&slurm).unwrap();
+    assert!(s.contains("#SBATCH --gres=gpu:1\n"), "{s}");
     let bad = bin()
         .args([
             "experiment",

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 /// Errors of the data crate; each names the file and, where it applies, the record.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// The cause is the source (error reports print the chain), not part of this message.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -337,6 +337,21 @@ pub fn render(h: usize, w: usize, rng: &mut Rng) -> NyuSample {
     s
 }
 
+/// Smallest and largest scene side (NYUv2 itself is 288×384 after MTAN's preprocessing).
+pub const MIN_SIDE: usize = 8;
+pub const MAX_SIDE: usize = 4096;
+
+/// Refuses a scene size outside [`MIN_SIDE`]..=[`MAX_SIDE`] before anything is allocated (a
+/// scene holds 8 f32 per pixel while it is drawn: 512 MiB at the largest size).
+pub fn check_scene_size(h: usize, w: usize) -> Result<()> {
+    if !(MIN_SIDE..=MAX_SIDE).contains(&h) || !(MIN_SIDE..=MAX_SIDE).contains(&w) {
+        return Err(crate::error::Error::Invalid(format!(
+            "synthetic NYUv2: scene size {h}×{w}: height and width must be in {MIN_SIDE}..={MAX_SIDE}"
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `train` and `val` scenes in the MTAN layout.
 pub fn write_synthetic_nyuv2(
     dir: &Path,
@@ -346,6 +361,7 @@ pub fn write_synthetic_nyuv2(
     w: usize,
     seed: u64,
 ) -> Result<()> {
+    check_scene_size(h, w)?;
     for (split, n) in [("train", train), ("val", val)] {
         for i in 0..n {
             let mut rng = Rng::derive(seed, &format!("nyuv2.{split}.{i}"));
@@ -353,4 +369,28 @@ pub fn write_synthetic_nyuv2(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn scene_sizes_are_bounded_before_allocation() {
+        super::check_scene_size(288, 384).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = super::write_synthetic_nyuv2(dir.path(), 1, 0, 100_000, 384, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("100000×384") && e.contains("4096"), "{e}");
+        assert!(super::check_scene_size(4, 384).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn synthetic_cifar_splits_are_bounded_before_allocation() {
+        crate::synth::check_split_sizes(50_000, 10_000).unwrap();
+        let e = crate::synth::check_split_sizes(1, usize::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test") && e.contains("1048576"), "{e}");
+    }
 }

@@ -193,8 +193,25 @@ pub fn image_set(n: usize, seed: u64, split: &str) -> crate::cifar::ImageSet {
     }
 }
 
+/// Most images per synthetic split: a split is drawn in memory (3 KiB an image, so 3 GiB).
+pub const MAX_SYNTH_IMAGES: usize = 1 << 20;
+
+/// Refuses split sizes over [`MAX_SYNTH_IMAGES`] before anything is drawn.
+pub fn check_split_sizes(train: usize, test: usize) -> Result<()> {
+    for (name, n) in [("train", train), ("test", test)] {
+        if n > MAX_SYNTH_IMAGES {
+            return Err(crate::error::Error::Invalid(format!(
+                "synthetic CIFAR-100: {n} {name} images is more than {MAX_SYNTH_IMAGES} (a split is drawn in memory, {} bytes an image)",
+                PIXELS
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `train.bin` and `test.bin` in the CIFAR-100 binary layout.
 pub fn write_synthetic_cifar100(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
+    check_split_sizes(train, test)?;
     std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
     for (name, n) in [("train", train), ("test", test)] {
         let (images, labels) = generate(n, seed, name);

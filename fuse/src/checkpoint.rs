@@ -246,6 +246,16 @@ pub fn from_bytes(path: &Path, buf: &[u8]) -> Result<Checkpoint> {
     };
     let (_, meta) = SafeTensors::read_metadata(buf)
         .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    // A file from a newer (or unknown) writer may mean something else by the same keys.
+    // Files without the key predate it and are version 1.
+    if let Some(v) = meta.metadata().as_ref().and_then(|m| m.get(VERSION_KEY))
+        && v != FORMAT_VERSION
+    {
+        return Err(ck(format!(
+            "checkpoint format version `{}` (`{VERSION_KEY}`) is not supported: this build reads version {FORMAT_VERSION}",
+            v.escape_debug()
+        )));
+    }
     let json = meta
         .metadata()
         .as_ref()

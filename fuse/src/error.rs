@@ -33,7 +33,8 @@ pub enum Error {
     },
     #[error("executor: node `{node}`: {message}")]
     Exec { node: String, message: String },
-    #[error("{path}: {source}")]
+    /// The cause is the source (error reports print the chain), not part of this message.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -244,6 +244,23 @@ pub const MAX_DIM: usize = 1 << 16;
 pub const MAX_WINDOW: usize = 1 << 10;
 /// Largest flattened feature count (linear layers).
 pub const MAX_FEATURES: usize = 1 << 24;
+/// Largest activation tensor of one image (input included), in elements: 2^28 f32 are 1 GiB.
+/// Every dimension within [`MAX_DIM`] still multiplies out to far more than a run (or the
+/// reference executor) can allocate, so specs are refused here, before anything is allocated.
+pub const MAX_ACTIVATION: usize = 1 << 28;
+
+/// Refuses an activation shape with more than [`MAX_ACTIVATION`] elements.
+fn check_activation(what: &str, shape: &[usize]) -> Result<()> {
+    let n = shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+    if n > MAX_ACTIVATION {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        return Err(Error::Spec(format!(
+            "{what}: activation {} has {n} elements per image, more than {MAX_ACTIVATION} (1 GiB of f32); use a smaller input",
+            dims.join("×")
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph<C> {
@@ -328,7 +345,9 @@ impl<C: ConvLike> Graph<C> {
                 i.channels, i.height, i.width
             ));
         }
-        shapes.insert(INPUT.to_string(), vec![i.channels, i.height, i.width]);
+        let input = vec![i.channels, i.height, i.width];
+        check_activation("input", &input)?;
+        shapes.insert(INPUT.to_string(), input);
         for n in &self.nodes {
             if shapes.contains_key(&n.name) {
                 return err(format!("node name `{}` is used twice", n.name));
@@ -458,6 +477,7 @@ impl<C: ConvLike> Graph<C> {
                     vec![*out_features]
                 }
             };
+            check_activation(&format!("node `{}`", n.name), &out)?;
             shapes.insert(n.name.clone(), out);
         }
         if self.outputs.is_empty() {
@@ -530,5 +550,37 @@ impl TrainSpec {
         }
         crate::method::check_share_groups(self)?;
         crate::layout::train_layout(self).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ClassifierOptions, ModelKind, build};
+    use crate::{MethodConfig, MethodKind};
+
+    #[test]
+    fn huge_inputs_are_refused_before_anything_is_allocated() {
+        let mut t = build(
+            ModelKind::Resnet18Cifar,
+            &ClassifierOptions {
+                width: 0.125,
+                num_classes: 10,
+                ..ClassifierOptions::new(MethodConfig::new(MethodKind::Plain))
+            },
+        )
+        .unwrap();
+        t.validate().unwrap();
+        // Every dimension is within MAX_DIM, but one image would be 48 GiB of f32.
+        t.input.height = MAX_DIM;
+        t.input.width = MAX_DIM;
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("input") && e.contains("3×65536×65536"), "{e}");
+        assert!(e.contains(&MAX_ACTIVATION.to_string()), "{e}");
+        // An input that fits, whose first activation does not: the node is named.
+        t.input.height = 8192;
+        t.input.width = 8192;
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("node `"), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use overparam_fuse::checkpoint::{self, SPEC_KEY};
+use overparam_fuse::checkpoint::{self, SPEC_KEY, VERSION_KEY};
 use overparam_fuse::init::{InitOptions, init_train_weights};
 use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{AnySpec, Error, MethodConfig, MethodKind, fold};
@@ -186,4 +186,40 @@ fn bad_checkpoints_get_errors_naming_file_and_tensor() {
             .count(),
         0
     );
+}
+
+#[test]
+fn checkpoints_of_an_unknown_format_version_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, w) = tiny(MethodKind::Plain);
+    let spec = AnySpec::Train(t);
+    let good = checkpoint::to_bytes(&spec, &w).unwrap();
+    let p = dir.path().join("v1.safetensors");
+    std::fs::write(&p, &good).unwrap();
+    checkpoint::load(&p).unwrap();
+    // The same file with another version in its metadata (the header is JSON).
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&good[8..8 + n]).unwrap();
+    let needle = format!("\"{VERSION_KEY}\":\"1\"");
+    assert!(header.contains(&needle), "{header}");
+    for version in ["99", "2"] {
+        let mut header = header.replace(&needle, &format!("\"{VERSION_KEY}\":\"{version}\""));
+        // Keep the data 8-byte aligned, as the writer does (JSON allows trailing blanks).
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&good[8 + n..]);
+        let p = dir.path().join(format!("v{version}.safetensors"));
+        std::fs::write(&p, &bytes).unwrap();
+        expect_err(
+            &p,
+            &[
+                &format!("version `{version}`"),
+                VERSION_KEY,
+                "reads version 1",
+            ],
+        );
+    }
 }

@@ -124,7 +124,31 @@ struct TrainArgs {
     worker: bool,
 }
 
+impl TrainArgs {
+    /// Zero steps, batch or threads would reach libtorch (which panics) or time nothing.
+    fn validate(&self) -> Result<()> {
+        for (name, v) in [("--batch", self.batch), ("--steps", self.steps)]
+            .into_iter()
+            .chain(self.threads.map(|n| ("--threads", n)))
+        {
+            if v == 0 {
+                bail!("bench train: {name} must be at least 1 (got 0)");
+            }
+        }
+        if !(self.width.is_finite() && self.width > 0.0) {
+            bail!(
+                "bench train: --width must be a positive number (got {})",
+                self.width
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(BenchCommand::Train(t)) = &a.command {
+        t.validate()?;
+    }
     match a.command {
         Some(BenchCommand::Train(t)) if t.worker => worker(&t),
         Some(BenchCommand::Train(t)) => parent(&t),

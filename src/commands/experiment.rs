@@ -23,6 +23,8 @@ pub struct Args {
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
     /// Write a Slurm job-array script running N shards (`--shards`) to this file and exit.
+    /// The job runs this overparam binary (by its absolute path), or `$OVERPARAM_BIN` if that
+    /// is set when the job runs; it asks for a GPU only if the cells train on `cuda`.
     #[arg(long, value_name = "FILE")]
     emit_slurm: Option<PathBuf>,
     /// Shards for --emit-slurm (default: one per cell).
@@ -184,7 +186,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let dir = exp_dir(&e);
     if let Some(out) = &a.emit_slurm {
         let n = a.shards.unwrap_or(all.len()).clamp(1, all.len());
-        write_slurm(out, &path, n)?;
+        let exe = std::env::current_exe().context("locating the overparam binary")?;
+        let exe = exe.canonicalize().unwrap_or(exe);
+        write_slurm(out, &path, n, &dir, &exe, needs_gpu(&e, &path, &dir, &all)?)?;
         println!(
             "wrote {} ({n} array tasks over {} cells)",
             out.display(),
@@ -288,25 +292,68 @@ pub fn run(a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_slurm(out: &Path, config: &Path, shards: usize) -> Result<()> {
+/// Whether any cell trains on a GPU (`run.device = "cuda"` in its resolved config).
+#[cfg(feature = "train")]
+fn needs_gpu(e: &Experiment, path: &Path, dir: &Path, all: &[Cell]) -> Result<bool> {
+    for c in all {
+        if cell_config(e, path, dir, c)?.run.device == overparam_train::config::DeviceChoice::Cuda {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(not(feature = "train"))]
+fn needs_gpu(_: &Experiment, _: &Path, _: &Path, _: &[Cell]) -> Result<bool> {
+    bail!("--emit-slurm needs the `train` feature (libtorch) to resolve the cells' configs")
+}
+
+/// `s` as one shell word, single-quoted.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` escaped for the inside of a double-quoted shell string.
+fn shell_dq(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' | '$' | '`' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}
+
+fn write_slurm(
+    out: &Path,
+    config: &Path,
+    shards: usize,
+    dir: &Path,
+    exe: &Path,
+    gpu: bool,
+) -> Result<()> {
+    let gres = if gpu { "#SBATCH --gres=gpu:1\n" } else { "" };
     let script = format!(
         "#!/bin/bash\n\
          # Runs `overparam experiment` as a Slurm job array: task I runs every {shards}-th cell\n\
          # starting at I. Cells are resumable, so a requeued task continues where it stopped.\n\
          # The run directory must be on a filesystem every node shares. Afterwards:\n\
-         #   overparam experiment summarize runs/<name>\n\
+         #   overparam experiment summarize {dir}\n\
+         # The job runs $OVERPARAM_BIN if set (e.g. `sbatch --export=ALL,OVERPARAM_BIN=...`),\n\
+         # else the overparam binary that wrote this script.\n\
          #SBATCH --job-name=overparam-experiment\n\
          #SBATCH --array=0-{last}\n\
-         #SBATCH --gres=gpu:1\n\
+         {gres}\
          #SBATCH --cpus-per-task=8\n\
          #SBATCH --time=48:00:00\n\
          #SBATCH --requeue\n\
          #SBATCH --output=slurm-%A_%a.out\n\
          set -euo pipefail\n\
          cd \"${{SLURM_SUBMIT_DIR}}\"\n\
-         exec target/release/overparam experiment --config {config} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\"\n",
+         exec \"${{OVERPARAM_BIN:-{exe}}}\" experiment --config {config} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\"\n",
         last = shards - 1,
-        config = config.display()
+        dir = shell_word(&dir.display().to_string()),
+        exe = shell_dq(&exe.display().to_string()),
+        config = shell_word(&config.display().to_string()),
     );
     overparam_fuse::checkpoint::write_file_atomic(out, script.as_bytes())?;
     Ok(())

@@ -29,6 +29,11 @@ pub fn train_step_time(
     steps: usize,
     device: Device,
 ) -> Result<StepStats> {
+    if batch == 0 || steps == 0 {
+        return Err(crate::error::Error::Config(format!(
+            "bench: batch ({batch}) and steps ({steps}) must be at least 1"
+        )));
+    }
     // The multi-task net runs at a 3:4 NYUv2-like size (96×128), classifiers at 32×32.
     let image_size = if model == ModelKind::Mtl { 96 } else { 32 };
     let spec = build(
@@ -127,6 +132,19 @@ mod tests {
         for model in [ModelKind::VggSmall, ModelKind::Mtl] {
             let s = train_step_time(model, 0.125, MethodKind::Sfo, 2, 1, Device::Cpu).unwrap();
             assert!(s.median_ms > 0.0 && s.train_params > 0, "{model:?}");
+        }
+        for (batch, steps) in [(0, 1), (2, 0)] {
+            let e = train_step_time(
+                ModelKind::VggSmall,
+                0.125,
+                MethodKind::Plain,
+                batch,
+                steps,
+                Device::Cpu,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("at least 1"), "{e}");
         }
     }
 }

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use overparam_fuse::MethodConfig;
 use overparam_fuse::models::ModelKind;
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, Result};
 
@@ -217,8 +221,25 @@ impl TrainConfig {
         let bad = |m: String| Err(Error::Config(m));
         self.model.method.validate()?;
         let o = &self.optim;
-        if o.epochs == 0 || o.batch_size == 0 || !o.lr.is_finite() || o.lr <= 0.0 {
-            return bad("optim.epochs, optim.batch_size and optim.lr must be positive".into());
+        if o.epochs == 0 {
+            return bad("optim.epochs must be at least 1 (got 0)".into());
+        }
+        if o.batch_size == 0 {
+            return bad("optim.batch_size must be at least 1 (got 0)".into());
+        }
+        if !o.lr.is_finite() || o.lr <= 0.0 {
+            return bad(format!("optim.lr must be a positive number (got {})", o.lr));
+        }
+        if self.run.threads == Some(0) {
+            return bad(
+                "run.threads must be at least 1 (or left out for libtorch's choice)".into(),
+            );
+        }
+        if !self.model.width.is_finite() || self.model.width <= 0.0 {
+            return bad(format!(
+                "model.width must be a positive number (got {})",
+                self.model.width
+            ));
         }
         if !(0.0..1.0).contains(&o.momentum)
             || !(0.0..1.0).contains(&o.label_smoothing)
@@ -275,19 +296,26 @@ impl TrainConfig {
         Self::parse(&text, path, overrides)
     }
 
-    /// [`TrainConfig::load`] on text already read (`path` names it in errors).
+    /// [`TrainConfig::load`] on text already read (`path` names it in errors). Errors name the
+    /// key and its line in the file, or the `--set` override they come from; an unknown key
+    /// is reported before any missing one (a misspelt `[optimm]` is named as such, not as a
+    /// missing `optim.batch_size`).
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
+        let doc = Doc {
+            text,
+            path,
+            overrides,
+        };
+        let mut root = DeTable::parse(text).map_err(|e| doc.error(&e, None))?;
+        for (i, spec) in overrides.iter().enumerate() {
+            let (key, raw) = spec
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("--set `{spec}`: not key=value")))?;
+            apply_override(root.get_mut(), spec, key, raw, doc.marker(i))?;
         }
-        let cfg: TrainConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::Config(format!("{}: {}", path.display(), e.message()))
-                })?;
+        check_unknown_keys(&doc, root.get_ref())?;
+        let cfg = TrainConfig::deserialize(toml::de::Deserializer::from(root.clone()))
+            .map_err(|e| doc.error(&e, Some(root.get_ref())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -297,29 +325,211 @@ impl TrainConfig {
     }
 }
 
-fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
-    let (key, raw) = spec
-        .split_once('=')
-        .ok_or_else(|| Error::Config(format!("override `{spec}` is not key=value")))?;
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let mut parts: Vec<&str> = key.trim().split('.').collect();
+/// The config text and its overrides, for messages. An override's values carry the span
+/// `marker(i)`, past the end of the text, so an error's span tells where it came from.
+struct Doc<'a> {
+    text: &'a str,
+    path: &'a Path,
+    overrides: &'a [String],
+}
+
+impl Doc<'_> {
+    fn marker(&self, i: usize) -> Range<usize> {
+        let at = self.text.len() + 1 + i;
+        at..at + 1
+    }
+
+    /// Where a span points: `--set …` for an override, `FILE, line N` in the file.
+    fn place(&self, span: &Range<usize>, whole_file: bool) -> String {
+        if span.start > self.text.len() {
+            let i = span.start - self.text.len() - 1;
+            if let Some(o) = self.overrides.get(i) {
+                return format!("--set `{o}`");
+            }
+        }
+        if whole_file || span.start > self.text.len() {
+            return self.path.display().to_string();
+        }
+        // Bytes, not a str slice: a span need not fall on a character boundary.
+        let line = self.text.as_bytes()[..span.start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        format!("{}, line {line}", self.path.display())
+    }
+
+    fn error(&self, e: &toml::de::Error, root: Option<&DeTable<'_>>) -> Error {
+        let msg = e.message().trim_end();
+        let Some(span) = e.span() else {
+            return Error::Config(format!("{}: {msg}", self.path.display()));
+        };
+        let key = root.and_then(|r| key_at(r, &span, &mut vec![]));
+        // Errors about the root table (a missing top-level table) have no useful line.
+        let whole = key.is_none() && span.start == 0 && span.end >= self.text.len();
+        let place = self.place(&span, whole);
+        Error::Config(match key {
+            Some(k) => format!("{place}: key `{k}`: {msg}"),
+            None => format!("{place}: {msg}"),
+        })
+    }
+}
+
+/// The dotted key whose value (or key) has exactly this span.
+fn key_at(t: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<String>) -> Option<String> {
+    for (k, v) in t.iter() {
+        path.push(k.get_ref().to_string());
+        if v.span() == *span || k.span() == *span {
+            return Some(path.join("."));
+        }
+        if let DeValue::Table(inner) = v.get_ref()
+            && let Some(found) = key_at(inner, span, path)
+        {
+            return Some(found);
+        }
+        path.pop();
+    }
+    None
+}
+
+/// Gives a value, and everything in it, the span `span`.
+fn respan(v: &mut Spanned<DeValue<'_>>, span: &Range<usize>) {
+    match v.get_mut() {
+        DeValue::Array(a) => a.iter_mut().for_each(|e| respan(e, span)),
+        DeValue::Table(t) => {
+            for (k, mut e) in std::mem::take(t) {
+                respan(&mut e, span);
+                t.insert(Spanned::new(span.clone(), k.into_inner()), e);
+            }
+        }
+        _ => {}
+    }
+    let inner = std::mem::replace(v.get_mut(), DeValue::Boolean(false));
+    *v = Spanned::new(span.clone(), inner);
+}
+
+fn apply_override<'i>(
+    table: &mut DeTable<'i>,
+    spec: &str,
+    key: &'i str,
+    raw: &'i str,
+    marker: Range<usize>,
+) -> Result<()> {
+    let bad = |m: String| Error::Config(format!("--set `{spec}`: {m}"));
+    let mut value = match DeValue::parse(raw) {
+        Ok(v) => v,
+        // A bare word is a string.
+        Err(_) => Spanned::new(0..0, DeValue::String(raw.into())),
+    };
+    respan(&mut value, &marker);
+    let mut parts: Vec<&'i str> = key.trim().split('.').map(str::trim).collect();
     let last = parts
         .pop()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Config(format!("empty key in `{spec}`")))?;
+        .ok_or_else(|| bad("empty key".into()))?;
     let mut t = table;
     for p in parts {
-        t = t
-            .entry(p)
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .ok_or_else(|| Error::Config(format!("override `{spec}`: `{p}` is not a table")))?;
+        if p.is_empty() {
+            return Err(bad("empty key".into()));
+        }
+        if !t.contains_key(p) {
+            t.insert(
+                Spanned::new(marker.clone(), p.into()),
+                Spanned::new(marker.clone(), DeValue::Table(DeTable::new())),
+            );
+        }
+        t = match t.get_mut(p).map(Spanned::get_mut) {
+            Some(DeValue::Table(inner)) => inner,
+            _ => return Err(bad(format!("`{p}` is not a table"))),
+        };
     }
-    t.insert(last.to_string(), value);
+    t.remove(last);
+    t.insert(Spanned::new(marker, last.into()), value);
     Ok(())
+}
+
+/// Reports the first unknown key of every table before anything else: serde checks keys in
+/// sorted order and stops at the first problem, so a table that only an override made (say
+/// `optim`, next to a misspelt `[optimm]`) would otherwise report a missing field. Each
+/// table's known keys come from the error serde gives for a key no config has.
+fn check_unknown_keys(doc: &Doc<'_>, root: &DeTable<'_>) -> Result<()> {
+    let mut unknown: Vec<(Range<usize>, String, String)> = vec![];
+    probe_tables(root, &mut vec![], &mut |path, table| {
+        let Some(known) = known_keys(path, table) else {
+            return;
+        };
+        for (k, _) in table.iter() {
+            // `kind` is the tag of the config's tagged enums, never one of a variant's fields.
+            if k.get_ref() != "kind" && !known.iter().any(|x| x == k.get_ref()) {
+                let mut full: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+                full.push(k.get_ref().to_string());
+                let expected = if known.is_empty() {
+                    "this table takes no keys".to_string()
+                } else {
+                    let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                    format!("expected one of {}", known.join(", "))
+                };
+                unknown.push((k.span(), full.join("."), expected));
+            }
+        }
+    });
+    // The first in the file, then overrides in order.
+    match unknown.into_iter().min_by_key(|u| u.0.start) {
+        Some((span, key, expected)) => Err(Error::Config(format!(
+            "{}: unknown key `{key}` ({expected})",
+            doc.place(&span, false)
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn probe_tables<'a>(
+    t: &'a DeTable<'_>,
+    path: &mut Vec<&'a str>,
+    f: &mut impl FnMut(&[&'a str], &'a DeTable<'_>),
+) {
+    f(path, t);
+    for (k, v) in t.iter() {
+        if let DeValue::Table(inner) = v.get_ref() {
+            path.push(k.get_ref());
+            probe_tables(inner, path, f);
+            path.pop();
+        }
+    }
+}
+
+/// The keys serde accepts in the table at `path`, or None where it does not say (maps, enums
+/// with a bad tag, tables that are not structs).
+fn known_keys(path: &[&str], table: &DeTable<'_>) -> Option<Vec<String>> {
+    const PROBE: &str = "\u{1}";
+    let mut t = table.clone();
+    t.insert(
+        Spanned::new(0..0, PROBE.into()),
+        Spanned::new(0..0, DeValue::Boolean(true)),
+    );
+    for p in path.iter().rev() {
+        let mut outer = DeTable::new();
+        outer.insert(
+            Spanned::new(0..0, (*p).into()),
+            Spanned::new(0..0, DeValue::Table(t)),
+        );
+        t = outer;
+    }
+    let e = TrainConfig::deserialize(toml::de::Deserializer::from(Spanned::new(0..0, t))).err()?;
+    let rest = e
+        .message()
+        .strip_prefix(&format!("unknown field `{PROBE}`, "))?;
+    if rest.starts_with("there are no fields") {
+        return Some(vec![]);
+    }
+    let rest = rest.strip_prefix("expected ")?;
+    Some(
+        rest.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -391,5 +601,68 @@ lr = 0.1
         .unwrap_err()
         .to_string();
         assert!(e.contains("optim.epochs = 2"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_line_or_the_override() {
+        // BASE starts with a blank line: [optim] is on line 8, lr on line 11.
+        let e = load(&BASE.replace("[optim]", "[optimm]"), &["optim.epochs=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 8") && e.contains("unknown key `optimm`") && e.contains("`optim`"),
+            "{e}"
+        );
+        let e = load(&BASE.replace("lr = 0.1", "lr = \"fast\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml, line 11: key `optim.lr`: invalid type"),
+            "{e}"
+        );
+        let e = load(BASE, &["optim.lr=abc"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--set `optim.lr=abc`") && e.contains("optim.lr") && !e.contains("line"),
+            "{e}"
+        );
+        let e = load(BASE, &["optim.lrr=1"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--set `optim.lrr=1`: unknown key `optim.lrr`"),
+            "{e}"
+        );
+        let e = load(BASE, &["optim=3"]).unwrap_err().to_string();
+        assert!(e.contains("--set `optim=3`"), "{e}");
+        // A syntax error names its line.
+        let e = load(&BASE.replace("lr = 0.1", "lr = = 0.1"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml, line 11"), "{e}");
+        // A missing table is named.
+        let e = load(&BASE.replace("[optim]", "[x]"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key `x`"), "{e}");
+        let no_optim = &BASE[..BASE.find("[optim]").unwrap()];
+        let e = load(no_optim, &[]).unwrap_err().to_string();
+        assert!(e.contains("missing field `optim`"), "{e}");
+    }
+
+    #[test]
+    fn non_positive_settings_are_named() {
+        for (ov, key) in [
+            ("optim.epochs=0", "optim.epochs"),
+            ("optim.batch_size=0", "optim.batch_size"),
+            ("optim.lr=0", "optim.lr"),
+            ("optim.lr=-1.0", "optim.lr"),
+            ("run.threads=0", "run.threads"),
+            ("model.width=0.0", "model.width"),
+        ] {
+            let e = load(BASE, &[ov]).unwrap_err().to_string();
+            assert!(e.contains(key), "{ov}: {e}");
+            for other in ["optim.epochs", "optim.batch_size", "optim.lr"] {
+                assert!(other == key || !e.contains(other), "{ov}: {e}");
+            }
+        }
+        load(BASE, &["run.threads=1"]).unwrap();
     }
 }

@@ -1,8 +1,10 @@
 /// Errors of the train crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// libtorch's message is part of this one, so it is not also a `source` (which would print
+    /// it twice in error chains).
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
     #[error(transparent)]
     Fuse(#[from] overparam_fuse::Error),
     #[error(transparent)]
@@ -16,7 +18,8 @@ pub enum Error {
         dir: std::path::PathBuf,
         message: String,
     },
-    #[error("{path}: {source}")]
+    /// The cause is the source (error reports print the chain), not part of this message.
+    #[error("{path}")]
     Io {
         path: std::path::PathBuf,
         #[source]
@@ -25,3 +28,9 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(e)
+    }
+}

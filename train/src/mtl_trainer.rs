@@ -202,7 +202,7 @@ pub fn train_mtl(
             "routine r3 is not available for the multi-task network yet".into(),
         ));
     }
-    let (device, dir, state_path) = prepare_run(cfg, resume)?;
+    let (device, dir, state_path, resume) = prepare_run(cfg, resume)?;
     let (train, val) = load_splits(cfg)?;
     let first = train.get(0)?;
     let spec = mtl_net(&MtlOptions {

@@ -438,8 +438,14 @@ fn function_change(
 
 /// Validates the config, sets threads, picks the device, and prepares the run directory: a
 /// new run refuses an existing one; a resumed run needs the same config and a state file.
-/// Returns the device, the run directory and the state path.
-pub(crate) fn prepare_run(cfg: &TrainConfig, resume: bool) -> Result<(Device, PathBuf, PathBuf)> {
+/// A directory with nothing but its `config.toml` is a run that never finished an epoch (it
+/// failed at start or was killed in its first epoch): nothing in it is worth keeping, so a
+/// fresh start (with or without `--resume`) replaces it. Returns the device, the run
+/// directory, the state path, and whether the run resumes.
+pub(crate) fn prepare_run(
+    cfg: &TrainConfig,
+    resume: bool,
+) -> Result<(Device, PathBuf, PathBuf, bool)> {
     cfg.validate()?;
     if let Some(t) = cfg.run.threads {
         tch::set_num_threads(t as i32);
@@ -453,7 +459,8 @@ pub(crate) fn prepare_run(cfg: &TrainConfig, resume: bool) -> Result<(Device, Pa
     };
     let cfg_path = dir.join(CONFIG_FILE);
     let state_path = dir.join(STATE_FILE);
-    if resume {
+    let never_started = !state_path.exists() && holds_only_config(&dir).map_err(io(&dir))?;
+    if resume && !never_started {
         let text = std::fs::read_to_string(&cfg_path)
             .map_err(|e| run_err(format!("cannot resume: {CONFIG_FILE}: {e}")))?;
         let old: TrainConfig = toml::from_str(&text)
@@ -469,18 +476,34 @@ pub(crate) fn prepare_run(cfg: &TrainConfig, resume: bool) -> Result<(Device, Pa
                 "cannot resume: no {STATE_FILE} (the run never finished an epoch)"
             )));
         }
-    } else {
-        if cfg_path.exists() || state_path.exists() {
-            return Err(run_err(
-                "already exists: pass --resume to continue it, or choose another run.name".into(),
-            ));
-        }
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
-            .map_err(io(&cfg_path))?;
+        return Ok((device, dir, state_path, true));
     }
+    if !never_started && (cfg_path.exists() || state_path.exists()) {
+        return Err(run_err(
+            "already exists: pass --resume to continue it, or choose another run.name".into(),
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(io(&cfg_path))?;
+    Ok((device, dir, state_path, false))
+}
 
-    Ok((device, dir, state_path))
+/// Whether `dir` exists and holds a `config.toml` and nothing else (no epoch ever finished).
+fn holds_only_config(dir: &Path) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut config = false;
+    for e in entries {
+        if e?.file_name() == CONFIG_FILE {
+            config = true;
+        } else {
+            return Ok(false);
+        }
+    }
+    Ok(config)
 }
 
 /// Initial weights of a new run (seeded by `run.seed`, fresh BatchNorm).
@@ -558,7 +581,7 @@ pub fn train(
     progress: bool,
     stop_after: Option<usize>,
 ) -> Result<Option<RunSummary>> {
-    let (device, dir, state_path) = prepare_run(cfg, resume)?;
+    let (device, dir, state_path, resume) = prepare_run(cfg, resume)?;
     let run_err = |m: String| Error::Run {
         dir: dir.clone(),
         message: m,
