@@ -452,6 +452,13 @@ pub(crate) fn prepare_run(
     }
     let device = device(cfg.run.device)?;
     crate::model::set_allow_tf32(cfg.run.tf32);
+    if device.is_cuda() {
+        eprintln!(
+            "train: {} (run.tf32 = {}); the fold is verified in f64 either way",
+            crate::fold_gate::device_precision(device),
+            cfg.run.tf32
+        );
+    }
     let dir = cfg.run_dir();
     let run_err = |m: String| Error::Run {
         dir: dir.clone(),
