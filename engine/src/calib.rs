@@ -264,6 +264,12 @@ pub fn collect(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    // indicatif's default template has no {msg}, which would hide "calibrating".
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     bar.set_message("calibrating");
     // Pass 1: the range of each tensor; pass 2: histograms over that range.
     let mut hists: BTreeMap<String, Histogram> = tensors

@@ -284,6 +284,13 @@ pub fn train_mtl(
         } else {
             indicatif::ProgressBar::hidden()
         };
+        // indicatif's default template has no {msg}: the per-task losses need one.
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{total}", epoch + 1));
         let order = overparam_data::loader::epoch_order(train.len(), cfg.run.seed, epoch, true);
         let mut sums = [0.0f64; 3];
         let mut lr = 0.0;
