@@ -358,7 +358,8 @@ impl FrameSource for Ros2Frames {
                     let kind = match &e {
                         Error::UnsupportedEncoding(enc) => format!("encoding {enc}"),
                         Error::Malformed(m) if m.contains("attachment") => "attachment".into(),
-                        _ => "malformed".into(),
+                        Error::Malformed(_) => "image".into(),
+                        _ => "cdr".into(),
                     };
                     if self.reported.insert(kind) {
                         eprintln!(
