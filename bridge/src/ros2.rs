@@ -169,6 +169,24 @@ pub fn image_prefix_with_header(
     Ok(out)
 }
 
+/// A whole Image as CDR with its encapsulation header, little- or big-endian (tests, fuzz
+/// seeds and tools; the publisher sends [`image_prefix`] and the pixels as two slices).
+pub fn serialize_image(img: &Image, little_endian: bool) -> Result<Vec<u8>> {
+    let (mut out, body) = if little_endian {
+        (
+            CDR_LE_HEADER.to_vec(),
+            cdr_encoding::to_vec::<_, byteorder::LittleEndian>(img),
+        )
+    } else {
+        (
+            vec![CDR_BE_KIND[0], CDR_BE_KIND[1], 0, 0],
+            cdr_encoding::to_vec::<_, byteorder::BigEndian>(img),
+        )
+    };
+    out.extend(body.map_err(|e| Error::Cdr(e.to_string()))?);
+    Ok(out)
+}
+
 /// Parses the CDR of an Image in either byte order (the encapsulation header says which), with
 /// no check of its fields beyond what CDR itself needs.
 pub fn parse_image_cdr(b: &[u8]) -> Result<Image> {
@@ -751,10 +769,9 @@ mod tests {
     #[test]
     fn cdr_in_either_byte_order() {
         let img = camera("bgr8", 1, 2, 6, vec![1, 2, 3, 4, 5, 6]);
-        let mut le = CDR_LE_HEADER.to_vec();
-        le.extend(cdr_encoding::to_vec::<_, byteorder::LittleEndian>(&img).unwrap());
-        let mut be = vec![0, 0, 0, 0];
-        be.extend(cdr_encoding::to_vec::<_, byteorder::BigEndian>(&img).unwrap());
+        let le = serialize_image(&img, true).unwrap();
+        let be = serialize_image(&img, false).unwrap();
+        assert_eq!(be[..4], [0, 0, 0, 0]);
         assert_ne!(le, be);
         assert_eq!(parse_image_cdr(&le).unwrap(), img);
         assert_eq!(parse_image_cdr(&be).unwrap(), img);
