@@ -25,6 +25,11 @@ fi
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('rosbags') != '0.11.9')" >/dev/null 2>&1; then
   .venv/bin/pip install --quiet --disable-pip-version-check rosbags==0.11.9
 fi
+# eclipse-zenoh: the independent ROS 2 camera of the bridge tests (bridge/tests/python/ros_camera.py)
+# publishes through it; 1.10.2 is the zenoh version of the Rust side.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('eclipse-zenoh') != '1.10.2')" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check eclipse-zenoh==1.10.2
+fi
 site=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
 ln -sfn "$site/torch" .venv/libtorch
 ln -sfn "$site/onnx/onnx.proto" .venv/onnx.proto

@@ -22,6 +22,7 @@ fn frame(id: u64) -> FrameOutputs {
     let mut rng = overparam_fuse::Rng::new(id);
     FrameOutputs {
         frame_id: id,
+        header: None,
         stamps: Stamps {
             capture_ns: now_ns(),
             ..Stamps::default()

@@ -14,6 +14,11 @@ pub enum Error {
     Malformed(String),
     #[error("CDR: {0}")]
     Cdr(String),
+    /// A camera Image in an encoding the bridge does not convert.
+    #[error(
+        "image encoding {0:?} is not supported as camera input (use rgb8, bgr8, rgba8, bgra8 or mono8)"
+    )]
+    UnsupportedEncoding(String),
     #[error("zenoh: {0}")]
     Zenoh(String),
     #[error("{path}: {message}")]

@@ -119,6 +119,11 @@ impl PublishConfig {
 pub struct FrameOutputs {
     pub frame_id: u64,
     pub stamps: Stamps,
+    /// The ROS 2 camera frame's header, when the input was one: ROS 2 outputs carry it
+    /// unchanged (stamp and frame_id), native ones its stamp as the capture time (`stamps`)
+    /// and the status message both. `None`: the stamp is `stamps.capture_ns` and the frame_id
+    /// the camera name.
+    pub header: Option<ros2::Header>,
     pub tensors: Vec<(Task, Vec<usize>, TensorData)>,
 }
 
@@ -264,6 +269,7 @@ impl PerceptionPublisher {
         let FrameOutputs {
             frame_id,
             stamps,
+            header,
             tensors,
         } = frame;
         let mut tensors: Vec<Option<(Task, Vec<usize>, TensorData)>> =
@@ -290,7 +296,11 @@ impl PerceptionPublisher {
             let matched = topic.publisher.matching_status().wait()?.matching();
             let (prefix, attachment) = match &self.cfg.ros2 {
                 Some(_) => {
-                    let b = ros2::image_prefix(&head, &shape, &data, &self.cfg.camera)?;
+                    let h = header.clone().unwrap_or_else(|| ros2::Header {
+                        stamp: ros2::Time::from_ns(stamps.capture_ns),
+                        frame_id: self.cfg.camera.clone(),
+                    });
+                    let b = ros2::image_prefix_with_header(topic.task, &shape, &data, h)?;
                     let a = ros2::attachment(frame_id as i64, now_ns(), &topic.gid);
                     (b, Some(a.to_vec()))
                 }
@@ -318,13 +328,22 @@ impl PerceptionPublisher {
             }
         }
         if let Some(s) = &self.status {
-            let status = serde_json::json!({
+            let mut status = serde_json::json!({
                 "stream_id": self.stream_id,
-                "frame_id": frame.frame_id,
-                "capture_ns": frame.stamps.capture_ns,
-                "inference_ms": (frame.stamps.infer_end_ns - frame.stamps.infer_start_ns) as f64 / 1e6,
+                "frame_id": frame_id,
+                "capture_ns": stamps.capture_ns,
+                "inference_ms": (stamps.infer_end_ns - stamps.infer_start_ns) as f64 / 1e6,
                 "counters": self.counters.snapshot(),
             });
+            // The native header has no room for the camera's frame_id: native consumers match
+            // outputs to the camera frame by capture_ns (its stamp) and find the name here.
+            if let Some(h) = &header {
+                status["camera_header"] = serde_json::json!({
+                    "sec": h.stamp.sec,
+                    "nanosec": h.stamp.nanosec,
+                    "frame_id": h.frame_id,
+                });
+            }
             s.put(status.to_string()).wait()?;
         }
         Ok(())

@@ -18,6 +18,21 @@ pub const IMAGE_TYPE_HASH: &str =
 pub const IMAGE_TYPE_NAME: &str = "sensor_msgs::msg::dds_::Image_";
 /// CDR little-endian encapsulation (`DDS_CDR`, LE), which Fast-CDR writes first.
 pub const CDR_LE_HEADER: [u8; 4] = [0x00, 0x01, 0x00, 0x00];
+/// The encapsulation kind of big-endian plain CDR (`CDR_BE`); Fast-CDR writes the host's byte
+/// order, so a big-endian camera host would send this.
+pub const CDR_BE_KIND: [u8; 2] = [0x00, 0x00];
+/// Image encodings taken as camera input (`sensor_msgs/image_encodings.hpp` names), with their
+/// channel counts.
+pub const CAMERA_ENCODINGS: [(&str, usize); 5] = [
+    ("rgb8", 3),
+    ("bgr8", 3),
+    ("rgba8", 4),
+    ("bgra8", 4),
+    ("mono8", 1),
+];
+/// Camera images above this many pixels are refused before any conversion (2^26, as the PNG
+/// reader).
+pub const MAX_CAMERA_PIXELS: u64 = 1 << 26;
 pub const ATTACHMENT_LEN: usize = 33;
 /// The zenoh encoding rmw_zenoh does not read, set for other zenoh tools.
 pub const ZENOH_ENCODING: &str = "application/cdr;sensor_msgs/msg/Image";
@@ -87,14 +102,29 @@ pub fn image_prefix(
     data: &TensorData,
     frame_id: &str,
 ) -> Result<Vec<u8>> {
-    let (enc, ch, bpc) = image_encoding(msg.task);
+    let header = Header {
+        stamp: Time::from_ns(msg.stamps.capture_ns),
+        frame_id: frame_id.to_string(),
+    };
+    image_prefix_with_header(msg.task, shape, data, header)
+}
+
+/// [`image_prefix`] with the Image header given whole: an output of a ROS 2 camera frame
+/// carries that frame's stamp and frame_id unchanged, so a consumer can match them.
+pub fn image_prefix_with_header(
+    task: Task,
+    shape: &[usize],
+    data: &TensorData,
+    header: Header,
+) -> Result<Vec<u8>> {
+    let (enc, ch, bpc) = image_encoding(task);
     let (h, w) = match shape {
         [h, w] if ch == 1 => (*h, *w),
         [h, w, c] if *c == ch => (*h, *w),
         s => {
             return Err(Error::Malformed(format!(
                 "{} as {enc} needs H×W{}, got {s:?}",
-                msg.task.name(),
+                task.name(),
                 if ch == 1 {
                     String::new()
                 } else {
@@ -119,10 +149,7 @@ pub fn image_prefix(
         )));
     }
     let img = Image {
-        header: Header {
-            stamp: Time::from_ns(msg.stamps.capture_ns),
-            frame_id: frame_id.to_string(),
-        },
+        header,
         height: h as u32,
         width: w as u32,
         encoding: enc.to_string(),
@@ -142,28 +169,56 @@ pub fn image_prefix(
     Ok(out)
 }
 
-/// Parses and validates a CDR Image payload.
-pub fn decode_image(b: &[u8]) -> Result<Image> {
+/// A whole Image as CDR with its encapsulation header, little- or big-endian (tests, fuzz
+/// seeds and tools; the publisher sends [`image_prefix`] and the pixels as two slices).
+pub fn serialize_image(img: &Image, little_endian: bool) -> Result<Vec<u8>> {
+    let (mut out, body) = if little_endian {
+        (
+            CDR_LE_HEADER.to_vec(),
+            cdr_encoding::to_vec::<_, byteorder::LittleEndian>(img),
+        )
+    } else {
+        (
+            vec![CDR_BE_KIND[0], CDR_BE_KIND[1], 0, 0],
+            cdr_encoding::to_vec::<_, byteorder::BigEndian>(img),
+        )
+    };
+    out.extend(body.map_err(|e| Error::Cdr(e.to_string()))?);
+    Ok(out)
+}
+
+/// Parses the CDR of an Image in either byte order (the encapsulation header says which), with
+/// no check of its fields beyond what CDR itself needs.
+pub fn parse_image_cdr(b: &[u8]) -> Result<Image> {
     if b.len() < 4 {
         return Err(Error::Truncated {
             got: b.len(),
             need: 4,
         });
     }
-    if b[..4] != CDR_LE_HEADER {
-        return Err(Error::Cdr(format!(
-            "encapsulation {:02x?}, expected little-endian CDR {:02x?}",
-            &b[..4],
-            CDR_LE_HEADER
-        )));
+    let body = &b[4..];
+    let (img, used): (Image, usize) = match [b[0], b[1]] {
+        [0x00, 0x01] => cdr_encoding::from_bytes::<Image, byteorder::LittleEndian>(body),
+        k if k == CDR_BE_KIND => cdr_encoding::from_bytes::<Image, byteorder::BigEndian>(body),
+        _ => {
+            return Err(Error::Cdr(format!(
+                "encapsulation {:02x?}: not plain CDR (00 01 little-endian or 00 00 big-endian; \
+                 rmw_zenoh sends XCDR1 through Fast-CDR)",
+                &b[..4]
+            )));
+        }
     }
-    let (img, used): (Image, usize) =
-        cdr_encoding::from_bytes::<Image, byteorder::LittleEndian>(&b[4..])
-            .map_err(|e| Error::Cdr(e.to_string()))?;
+    .map_err(|e| Error::Cdr(e.to_string()))?;
     // Fast-CDR pads the end to 4 bytes at most.
-    if b.len() - 4 - used > 3 {
-        return Err(Error::Cdr(format!("{} trailing bytes", b.len() - 4 - used)));
+    if body.len() - used > 3 {
+        return Err(Error::Cdr(format!("{} trailing bytes", body.len() - used)));
     }
+    Ok(img)
+}
+
+/// Parses and validates a CDR Image payload of one of the bridge's outputs.
+pub fn decode_image(b: &[u8]) -> Result<Image> {
+    let img = parse_image_cdr(b)?;
     let bpp = match img.encoding.as_str() {
         "mono8" => 1,
         "rgb8" | "bgr8" => 3,
@@ -216,6 +271,72 @@ pub fn image_to_tensor(img: &Image) -> Result<(Task, Vec<usize>, TensorData)> {
     })
 }
 
+/// A camera Image as H×W×3 RGB in [0, 1], rows read at `step` (padding skipped), BGR swapped,
+/// alpha dropped, mono replicated. Refuses what does not describe its own bytes: an encoding
+/// outside [`CAMERA_ENCODINGS`] ([`Error::UnsupportedEncoding`]), an empty or oversized image,
+/// a step shorter than a row, fewer bytes than step × height, `is_bigendian` other than 0 or 1
+/// (8-bit data has no byte order, so either value is fine).
+pub fn camera_rgb(img: &Image) -> Result<(usize, usize, Vec<f32>)> {
+    let Some(&(_, ch)) = CAMERA_ENCODINGS
+        .iter()
+        .find(|(e, _)| *e == img.encoding.as_str())
+    else {
+        return Err(Error::UnsupportedEncoding(img.encoding.clone()));
+    };
+    let bad = |m: String| Error::Malformed(format!("{} image: {m}", img.encoding));
+    if img.is_bigendian > 1 {
+        return Err(bad(format!(
+            "is_bigendian is {}, must be 0 or 1",
+            img.is_bigendian
+        )));
+    }
+    let (h, w) = (img.height as u64, img.width as u64);
+    if h == 0 || w == 0 || h * w > MAX_CAMERA_PIXELS {
+        return Err(bad(format!(
+            "{h}×{w} pixels (want 1 to {MAX_CAMERA_PIXELS})"
+        )));
+    }
+    let row = w * ch as u64;
+    let step = img.step as u64;
+    if step < row {
+        return Err(bad(format!(
+            "step {step} is shorter than a row of {w} pixels × {ch} bytes"
+        )));
+    }
+    // The last row needs only its pixels, not the padding after them.
+    if (h - 1) * step + row > img.data.len() as u64 {
+        return Err(bad(format!(
+            "{h} rows of step {step} need {} bytes, the data has {}",
+            (h - 1) * step + row,
+            img.data.len()
+        )));
+    }
+    let (h, w, step) = (h as usize, w as usize, step as usize);
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    let f = |v: u8| v as f32 / 255.0;
+    for y in 0..h {
+        let r = &img.data[y * step..y * step + w * ch];
+        match img.encoding.as_str() {
+            "rgb8" | "rgba8" => {
+                for p in r.chunks_exact(ch) {
+                    rgb.extend([f(p[0]), f(p[1]), f(p[2])]);
+                }
+            }
+            "bgr8" | "bgra8" => {
+                for p in r.chunks_exact(ch) {
+                    rgb.extend([f(p[2]), f(p[1]), f(p[0])]);
+                }
+            }
+            _ => {
+                for &v in r {
+                    rgb.extend([f(v); 3]);
+                }
+            }
+        }
+    }
+    Ok((h, w, rgb))
+}
+
 /// rmw_zenoh's attachment: sequence number, source timestamp (ns), GID length 16, GID.
 pub fn attachment(seq: i64, source_ns: i64, gid: &[u8; 16]) -> [u8; ATTACHMENT_LEN] {
     let mut a = [0u8; ATTACHMENT_LEN];
@@ -263,13 +384,59 @@ impl Ros2Names {
             format!("/{}/{camera}/{}", self.namespace, task.name())
         }
     }
-    /// The data key: `<domain>/<topic without leading slash>/<type>/<hash>`.
+    /// The data key of an output: [`Ros2Names::topic_key`] of [`Ros2Names::topic`].
     pub fn data_key(&self, camera: &str, task: Task) -> String {
+        self.topic_key(&self.topic(camera, task))
+    }
+    /// The data key of an Image topic, `<domain>/<fully qualified name>/<type>/<hash>`, the name
+    /// with its leading and trailing slashes stripped (rmw_zenoh `liveliness_utils.cpp`,
+    /// `TopicInfo::TopicInfo`: `strip_slashes(name_)`). Publishers and subscriptions of one
+    /// topic declare the same key, so the type hash pins the message type.
+    pub fn topic_key(&self, fq_topic: &str) -> String {
         format!(
             "{}/{}/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}",
             self.domain_id,
-            self.topic(camera, task).trim_start_matches('/')
+            fq_topic.trim_matches('/')
         )
+    }
+    /// The fully qualified name of `topic` as rcl resolves it for this node: absolute names as
+    /// they are, relative ones under the namespace, `~` under the node. Names rcl would refuse
+    /// (`rcl_validate_topic_name`: empty, a trailing or doubled `/`, characters other than
+    /// letters, digits, `_` and `/`, a token starting with a digit) are refused here, as are
+    /// `{}` substitutions.
+    pub fn resolve_topic(&self, topic: &str) -> Result<String> {
+        let ns = if self.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.namespace)
+        };
+        let fq = if let Some(rest) = topic.strip_prefix('~') {
+            format!("{ns}/{}{rest}", self.node)
+        } else if topic.starts_with('/') {
+            topic.to_string()
+        } else {
+            format!("{ns}/{topic}")
+        };
+        let bad = |why: &str| {
+            Err(Error::InvalidOption(format!(
+                "ROS 2 topic {topic:?} (resolved {fq:?}): {why}"
+            )))
+        };
+        if fq.len() < 2 || fq.ends_with('/') {
+            return bad("a topic name must not be empty or end with '/'");
+        }
+        for tok in fq[1..].split('/') {
+            if tok.is_empty() {
+                return bad("a topic name must not contain '//'");
+            }
+            if tok.starts_with(|c: char| c.is_ascii_digit()) {
+                return bad("a name token must not start with a digit");
+            }
+            if !tok.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return bad("use only letters, digits, '_' and '/'");
+            }
+        }
+        Ok(fq)
     }
     /// Every Image topic of this domain, for a listener.
     pub fn subscribe_all(&self) -> String {
@@ -287,7 +454,26 @@ impl Ros2Names {
             self.node
         )
     }
-    /// Publisher token `.../<eid>/MP/<enclave>/<ns>/<node>/<topic>/<type>/<hash>/<qos>`.
+    /// An endpoint's token, `.../<eid>/<kind>/<enclave>/<ns>/<node>/<topic>/<type>/<hash>/<qos>`
+    /// (rmw_zenoh `liveliness_utils.cpp`: `MP` publisher, `MS` subscription).
+    fn endpoint_token(
+        &self,
+        zid: &str,
+        node_id: u32,
+        entity_id: u32,
+        kind: &str,
+        fq_topic: &str,
+        qos: &str,
+    ) -> String {
+        format!(
+            "@ros2_lv/{}/{zid}/{node_id}/{entity_id}/{kind}/%/{}/{}/{}/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}/{qos}",
+            self.domain_id,
+            self.ns_mangled(),
+            self.node,
+            mangle(fq_topic),
+        )
+    }
+    /// Publisher token of an output topic.
     pub fn publisher_token(
         &self,
         zid: &str,
@@ -297,13 +483,19 @@ impl Ros2Names {
         task: Task,
         qos: &str,
     ) -> String {
-        format!(
-            "@ros2_lv/{}/{zid}/{node_id}/{entity_id}/MP/%/{}/{}/{}/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}/{qos}",
-            self.domain_id,
-            self.ns_mangled(),
-            self.node,
-            mangle(&self.topic(camera, task)),
-        )
+        let topic = self.topic(camera, task);
+        self.endpoint_token(zid, node_id, entity_id, "MP", &topic, qos)
+    }
+    /// Subscription token of an Image topic (a fully qualified name).
+    pub fn subscription_token(
+        &self,
+        zid: &str,
+        node_id: u32,
+        entity_id: u32,
+        fq_topic: &str,
+        qos: &str,
+    ) -> String {
+        self.endpoint_token(zid, node_id, entity_id, "MS", fq_topic, qos)
     }
 }
 
@@ -466,5 +658,162 @@ mod tests {
         assert_eq!(a[16], 16);
         assert_eq!(parse_attachment(&a).unwrap(), (5, -3, g));
         assert!(parse_attachment(&a[..32]).is_err());
+    }
+
+    fn camera(encoding: &str, h: u32, w: u32, step: u32, data: Vec<u8>) -> Image {
+        Image {
+            header: Header {
+                stamp: Time {
+                    sec: 1_700_000_000,
+                    nanosec: 5,
+                },
+                frame_id: "camera_optical".into(),
+            },
+            height: h,
+            width: w,
+            encoding: encoding.into(),
+            is_bigendian: 0,
+            step,
+            data,
+        }
+    }
+
+    /// Every camera encoding becomes the same RGB: pixel (y, x) is (10y + x, 100 + …, 200 + …)
+    /// in its own channel order, rows padded past the pixels by 3 bytes that must be skipped.
+    #[test]
+    fn camera_encodings_become_rgb() {
+        let (h, w) = (2usize, 3usize);
+        let px = |y: usize, x: usize| [(10 * y + x) as u8, (100 + y + x) as u8, (200 + x) as u8];
+        for (enc, ch) in CAMERA_ENCODINGS {
+            let step = w * ch + 3;
+            let mut data = vec![0xEE; h * step];
+            for y in 0..h {
+                for x in 0..w {
+                    let [r, g, b] = px(y, x);
+                    let p: Vec<u8> = match enc {
+                        "rgb8" => vec![r, g, b],
+                        "bgr8" => vec![b, g, r],
+                        "rgba8" => vec![r, g, b, 7],
+                        "bgra8" => vec![b, g, r, 7],
+                        _ => vec![r],
+                    };
+                    data[y * step + x * ch..][..ch].copy_from_slice(&p);
+                }
+            }
+            // The last row's padding is optional.
+            data.truncate(h * step - 3);
+            let (hh, ww, rgb) =
+                camera_rgb(&camera(enc, h as u32, w as u32, step as u32, data)).unwrap();
+            assert_eq!((hh, ww), (h, w), "{enc}");
+            for y in 0..h {
+                for x in 0..w {
+                    let [r, g, b] = px(y, x);
+                    let want = if ch == 1 { [r, r, r] } else { [r, g, b] };
+                    let got = &rgb[(y * w + x) * 3..][..3];
+                    for k in 0..3 {
+                        assert_eq!(got[k], want[k] as f32 / 255.0, "{enc} ({y},{x})[{k}]");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn camera_images_that_do_not_describe_their_bytes_are_refused() {
+        let ok = camera("rgb8", 2, 2, 6, vec![0; 12]);
+        assert!(camera_rgb(&ok).is_ok());
+        for enc in ["yuv422", "16UC1", "32FC1", "bayer_rggb8", ""] {
+            let e = camera_rgb(&Image {
+                encoding: enc.into(),
+                ..ok.clone()
+            })
+            .unwrap_err();
+            assert!(
+                matches!(&e, Error::UnsupportedEncoding(x) if x == enc),
+                "{e}"
+            );
+            assert!(e.to_string().contains("rgb8, bgr8"), "{e}");
+        }
+        let cases = [
+            (camera("rgb8", 2, 2, 5, vec![0; 12]), "shorter than a row"),
+            (camera("rgb8", 2, 2, 6, vec![0; 11]), "need 12 bytes"),
+            (camera("mono8", 0, 4, 4, vec![]), "pixels"),
+            (camera("mono8", 4, 0, 0, vec![]), "pixels"),
+            (camera("mono8", 1 << 14, 1 << 13, 1 << 13, vec![]), "pixels"),
+            (
+                Image {
+                    is_bigendian: 2,
+                    ..ok.clone()
+                },
+                "is_bigendian",
+            ),
+            // step × height overflowing 32 bits must not wrap into a small number.
+            (camera("bgra8", 3, 1, u32::MAX, vec![0; 8]), "need"),
+        ];
+        for (img, needle) in cases {
+            let e = camera_rgb(&img).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        // 8-bit data has no byte order: is_bigendian 1 is accepted.
+        assert!(
+            camera_rgb(&Image {
+                is_bigendian: 1,
+                ..ok
+            })
+            .is_ok()
+        );
+    }
+
+    /// A big-endian CDR body (encapsulation 00 00) parses to the same Image; other
+    /// encapsulations (XCDR2, parameter lists) are refused by name.
+    #[test]
+    fn cdr_in_either_byte_order() {
+        let img = camera("bgr8", 1, 2, 6, vec![1, 2, 3, 4, 5, 6]);
+        let le = serialize_image(&img, true).unwrap();
+        let be = serialize_image(&img, false).unwrap();
+        assert_eq!(be[..4], [0, 0, 0, 0]);
+        assert_ne!(le, be);
+        assert_eq!(parse_image_cdr(&le).unwrap(), img);
+        assert_eq!(parse_image_cdr(&be).unwrap(), img);
+        for kind in [[0u8, 2], [0, 3], [0, 7], [1, 1]] {
+            let mut b = le.clone();
+            b[..2].copy_from_slice(&kind);
+            let e = parse_image_cdr(&b).unwrap_err().to_string();
+            assert!(e.contains("not plain CDR"), "{e}");
+        }
+    }
+
+    #[test]
+    fn topics_resolve_as_rcl_does() {
+        let n = Ros2Names::new(3, "/vehicle1/perception", "overparam");
+        let r = |t: &str| n.resolve_topic(t);
+        assert_eq!(r("/camera/image_raw").unwrap(), "/camera/image_raw");
+        assert_eq!(
+            r("camera/image_raw").unwrap(),
+            "/vehicle1/perception/camera/image_raw"
+        );
+        assert_eq!(
+            r("~/image").unwrap(),
+            "/vehicle1/perception/overparam/image"
+        );
+        assert_eq!(
+            Ros2Names::new(0, "", "n").resolve_topic("cam").unwrap(),
+            "/cam"
+        );
+        for bad in [
+            "", "/", "/cam/", "/a//b", "/cam/*", "/cam/**", "/1cam", "/c am", "/{x}",
+        ] {
+            assert!(r(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            n.topic_key("/camera/image_raw"),
+            format!("3/camera/image_raw/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}")
+        );
+        assert_eq!(
+            n.subscription_token("z", 0, 100, "/camera/image_raw", &qos_string(false, 1)),
+            format!(
+                "@ros2_lv/3/z/0/100/MS/%/%vehicle1%perception/overparam/%camera%image_raw/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}/2::,1:,:,:,,"
+            )
+        );
     }
 }

@@ -176,6 +176,8 @@ pub struct RunSummary {
     /// NaN when no frame ran.
     pub inference_ms_p50: f64,
     pub inference_ms_p99: f64,
+    /// Output counters and the source's (`input_*`: frames received, skipped for a newer
+    /// one, refused).
     pub counters: crate::counters::CounterSnapshot,
     /// The loop ended because `should_stop` said so ([`run_until`]).
     pub stopped: bool,
@@ -220,8 +222,11 @@ pub fn run_until(
         let tensors = model.infer(&frame)?;
         let infer_end_ns = now_ns();
         infer_ms.push((infer_end_ns - infer_start_ns) as f64 / 1e6);
+        // Before publishing, so the status message carries the input counts too.
+        publisher.counters().set_input(&source.stats());
         publisher.publish_owned(FrameOutputs {
             frame_id: id,
+            header: frame.header,
             stamps: Stamps {
                 capture_ns: frame.capture_ns,
                 infer_start_ns,
@@ -244,6 +249,7 @@ pub fn run_until(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
+    publisher.counters().set_input(&source.stats());
     Ok(RunSummary {
         frames: id,
         seconds,

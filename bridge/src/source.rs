@@ -1,9 +1,12 @@
 //! Camera frames in: synthetic scenes, an NYUv2-layout directory, a directory of PNG/JPEG
-//! images, or camera frames arriving over zenoh. Every frame comes out as H×W×3 f32 in [0, 1]
-//! at the model's input size (resized bilinearly when it differs).
+//! images, camera frames arriving over zenoh, or a ROS 2 `sensor_msgs/Image` topic published
+//! through rmw_zenoh. Every frame comes out as H×W×3 f32 in [0, 1] at the model's input size
+//! (resized bilinearly when it differs).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 use zenoh::handlers::FifoChannelHandler;
@@ -11,6 +14,7 @@ use zenoh::pubsub::Subscriber;
 use zenoh::sample::Sample;
 
 use crate::error::{Error, Result};
+use crate::ros2::{self, Ros2Names};
 use crate::session::now_ns;
 use crate::wire::{self, Task, TensorData};
 
@@ -21,6 +25,9 @@ pub struct Frame {
     pub width: usize,
     pub rgb: Vec<f32>,
     pub capture_ns: i64,
+    /// The ROS 2 header of a `ros2:` camera frame (`capture_ns` is its stamp): every output of
+    /// the frame carries it unchanged.
+    pub header: Option<ros2::Header>,
 }
 
 /// Where frames come from (`--source`).
@@ -34,6 +41,9 @@ pub enum SourceSpec {
     Images(PathBuf),
     /// Camera frames in the native format (task `image`, u8 or f32 H×W×3) on a zenoh key.
     Zenoh(String),
+    /// `sensor_msgs/msg/Image` on a ROS 2 topic, as rmw_zenoh publishes it (absolute, or
+    /// relative to the namespace).
+    Ros2(String),
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -53,9 +63,10 @@ impl std::str::FromStr for SourceSpec {
             "nyuv2" if !arg.is_empty() => SourceSpec::Nyuv2(arg.into()),
             "images" if !arg.is_empty() => SourceSpec::Images(arg.into()),
             "zenoh" if !arg.is_empty() => SourceSpec::Zenoh(arg.into()),
+            "ros2" if !arg.is_empty() => SourceSpec::Ros2(arg.into()),
             _ => {
                 return Err(Error::Source(format!(
-                    "{s:?}: use synthetic[:SEED], nyuv2:DIR, images:DIR or zenoh:KEY"
+                    "{s:?}: use synthetic[:SEED], nyuv2:DIR, images:DIR, zenoh:KEY or ros2:TOPIC"
                 )));
             }
         })
@@ -65,6 +76,21 @@ impl std::str::FromStr for SourceSpec {
 pub trait FrameSource {
     /// The next frame, or `None` when a finite source is exhausted.
     fn next_frame(&mut self) -> Result<Option<Frame>>;
+    /// What a subscribing source has seen so far (zeros for the others).
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
+}
+
+/// Counts of a subscribing source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceStats {
+    /// Samples that arrived.
+    pub received: u64,
+    /// Samples replaced by a newer one before the model asked for a frame.
+    pub skipped: u64,
+    /// Samples refused (each kind of refusal is also printed once).
+    pub invalid: u64,
 }
 
 /// Bilinear resize (half-pixel centres, as PyTorch's align_corners=False) of H×W×C.
@@ -101,6 +127,7 @@ fn frame(rgb: Vec<f32>, h: usize, w: usize, size: (usize, usize)) -> Frame {
         width: size.1,
         rgb,
         capture_ns: now_ns(),
+        header: None,
     }
 }
 
@@ -246,11 +273,129 @@ impl FrameSource for ZenohFrames {
     }
 }
 
-/// Opens a source producing frames of `size` (H, W).
+/// The newest sample of a subscription and how many arrived and were replaced: zenoh's
+/// callback overwrites it, so however slow the model, at most one frame waits.
+#[derive(Default)]
+struct Latest {
+    slot: Mutex<(Option<Sample>, SourceStats)>,
+    ready: Condvar,
+}
+
+impl Latest {
+    fn put(&self, s: Sample) {
+        let mut g = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.received += 1;
+        if g.0.replace(s).is_some() {
+            g.1.skipped += 1;
+        }
+        self.ready.notify_one();
+    }
+    /// The newest sample, waiting up to `timeout` for one.
+    fn take(&self, timeout: Duration) -> Option<Sample> {
+        let g = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .ready
+            .wait_timeout_while(g, timeout, |(s, _)| s.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        g.0.take()
+    }
+    fn stats(&self) -> SourceStats {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+/// The entity id of the camera subscription in its liveliness token; the publisher's entities
+/// are the node (0) and its outputs (1, 2, 3), and ids need only be unique in the session.
+const SOURCE_ENTITY_ID: u32 = 100;
+
+struct Ros2Frames {
+    key: String,
+    latest: Arc<Latest>,
+    _sub: Subscriber<()>,
+    _token: zenoh::liveliness::LivelinessToken,
+    size: (usize, usize),
+    timeout: Duration,
+    /// Refusals so far; the first of each kind is printed.
+    invalid: u64,
+    reported: BTreeSet<String>,
+}
+
+impl Ros2Frames {
+    /// One sample as a frame: rmw_zenoh's attachment, the Image CDR, the camera encodings.
+    fn decode(&self, s: &Sample) -> Result<Frame> {
+        // rmw_zenoh's subscription drops samples without the attachment
+        // (rmw_subscription_data.cpp), so an rmw_zenoh publisher always sends one.
+        let a = s
+            .attachment()
+            .ok_or_else(|| Error::Malformed("no rmw_zenoh attachment".into()))?;
+        ros2::parse_attachment(&a.to_bytes())?;
+        let img = ros2::parse_image_cdr(&s.payload().to_bytes())?;
+        let (h, w, rgb) = ros2::camera_rgb(&img)?;
+        let mut f = frame(rgb, h, w, self.size);
+        f.capture_ns = img.header.stamp.to_ns();
+        f.header = Some(img.header);
+        Ok(f)
+    }
+}
+
+impl FrameSource for Ros2Frames {
+    /// Waits for the newest valid frame; `None` after `timeout` without a sample. A refused
+    /// sample is counted, and the first of each kind (per encoding, for unsupported ones) is
+    /// reported on stderr.
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let t0 = Instant::now();
+        loop {
+            let Some(wait) = self.timeout.checked_sub(t0.elapsed()) else {
+                return Ok(None);
+            };
+            let Some(s) = self.latest.take(wait) else {
+                return Ok(None);
+            };
+            match self.decode(&s) {
+                Ok(f) => return Ok(Some(f)),
+                Err(e) => {
+                    self.invalid += 1;
+                    let kind = match &e {
+                        Error::UnsupportedEncoding(enc) => format!("encoding {enc}"),
+                        Error::Malformed(m) if m.contains("attachment") => "attachment".into(),
+                        Error::Malformed(_) => "image".into(),
+                        _ => "cdr".into(),
+                    };
+                    if self.reported.insert(kind) {
+                        eprintln!(
+                            "source {}: refused a frame: {e} (further ones like it are counted, not printed)",
+                            self.key
+                        );
+                    }
+                }
+            }
+        }
+    }
+    fn stats(&self) -> SourceStats {
+        SourceStats {
+            invalid: self.invalid,
+            ..self.latest.stats()
+        }
+    }
+}
+
+/// Opens a source producing frames of `size` (H, W); a `ros2:` topic is resolved in domain 0
+/// at the root namespace ([`open_with`] takes the names).
 pub fn open(
     spec: &SourceSpec,
     size: (usize, usize),
     session: Option<&zenoh::Session>,
+) -> Result<Box<dyn FrameSource>> {
+    open_with(spec, size, session, &Ros2Names::new(0, "", "overparam"))
+}
+
+/// [`open`] with the ROS 2 domain, namespace and node a `ros2:` topic is resolved in and its
+/// subscription appears under.
+pub fn open_with(
+    spec: &SourceSpec,
+    size: (usize, usize),
+    session: Option<&zenoh::Session>,
+    names: &Ros2Names,
 ) -> Result<Box<dyn FrameSource>> {
     Ok(match spec {
         SourceSpec::Synthetic { seed } => Box::new(Synthetic {
@@ -303,6 +448,38 @@ pub fn open(
                 timeout: Duration::from_secs(10),
             })
         }
+        SourceSpec::Ros2(topic) => {
+            let s = session.ok_or_else(|| Error::Source("ros2:TOPIC needs a session".into()))?;
+            let fq = names.resolve_topic(topic)?;
+            // The exact key rmw_zenoh's subscription declares: the type hash in it means only
+            // sensor_msgs/msg/Image of this definition matches.
+            let key = names.topic_key(&fq);
+            let latest = Arc::new(Latest::default());
+            let l = latest.clone();
+            let sub = s
+                .declare_subscriber(key.clone())
+                .callback(move |sample| l.put(sample))
+                .wait()?;
+            // Best effort, depth 1: what this subscription does (keeps the newest), and
+            // compatible with reliable and best-effort camera publishers alike.
+            let token = names.subscription_token(
+                &s.zid().to_string(),
+                0,
+                SOURCE_ENTITY_ID,
+                &fq,
+                &ros2::qos_string(false, 1),
+            );
+            Box::new(Ros2Frames {
+                key,
+                latest,
+                _sub: sub,
+                _token: s.liveliness().declare_token(token).wait()?,
+                size,
+                timeout: Duration::from_secs(10),
+                invalid: 0,
+                reported: BTreeSet::new(),
+            })
+        }
     })
 }
 
@@ -324,6 +501,11 @@ mod tests {
             "images:/x".parse::<SourceSpec>().unwrap(),
             SourceSpec::Images("/x".into())
         );
+        assert_eq!(
+            "ros2:/camera/image_raw".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Ros2("/camera/image_raw".into())
+        );
+        assert!("ros2:".parse::<SourceSpec>().is_err());
         assert!("nyuv2:".parse::<SourceSpec>().is_err());
         assert!("webcam".parse::<SourceSpec>().is_err());
     }

@@ -23,6 +23,7 @@ fn frame(id: u64) -> FrameOutputs {
     let t = now_ns();
     FrameOutputs {
         frame_id: id,
+        header: None,
         stamps: Stamps {
             capture_ns: t,
             infer_start_ns: t,

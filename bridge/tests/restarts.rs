@@ -16,6 +16,7 @@ fn frame(id: u64) -> FrameOutputs {
     let (h, w) = (48, 64);
     FrameOutputs {
         frame_id: id,
+        header: None,
         stamps: Stamps {
             capture_ns: 1 + id as i64,
             ..Stamps::default()

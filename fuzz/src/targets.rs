@@ -68,6 +68,13 @@ pub fn all() -> Vec<Target> {
             header: |_| 64,
             text: false,
         },
+        Target {
+            name: "ros2-camera",
+            run: camera_target,
+            seeds: camera_seeds,
+            header: |_| 64,
+            text: false,
+        },
     ];
     #[cfg(feature = "train")]
     t.push(Target {
@@ -344,5 +351,49 @@ fn config_target(b: &[u8]) -> Outcome {
         .expect("a written config parses");
     // NaN never equals itself; compare the serialised forms.
     assert_eq!(back.to_toml(), c.to_toml(), "config round trip");
+    Ok(())
+}
+
+// ---- ros2-camera: a camera's sensor_msgs/Image CDR (either byte order) → RGB ---------------
+
+/// Small camera Images in every accepted encoding, padded rows, both CDR byte orders.
+fn camera_seeds() -> Vec<Vec<u8>> {
+    use overparam_bridge::ros2::{CAMERA_ENCODINGS, Header, Image, Time, serialize_image};
+    let mut out = vec![];
+    for (i, (enc, ch)) in CAMERA_ENCODINGS.iter().enumerate() {
+        let (h, w, pad) = (2 + i % 2, 3, i % 3);
+        let step = w * ch + pad;
+        let img = Image {
+            header: Header {
+                stamp: Time {
+                    sec: 1_700_000_000 + i as i32,
+                    nanosec: 123,
+                },
+                frame_id: "cam"[..i % 4].to_string(),
+            },
+            height: h as u32,
+            width: w as u32,
+            encoding: enc.to_string(),
+            is_bigendian: 0,
+            step: step as u32,
+            data: (0..h * step).map(|k| (k * 37) as u8).collect(),
+        };
+        out.push(serialize_image(&img, true).expect("seed"));
+        if i % 2 == 0 {
+            out.push(serialize_image(&img, false).expect("seed"));
+        }
+    }
+    out
+}
+
+fn camera_target(b: &[u8]) -> Outcome {
+    use overparam_bridge::ros2::{camera_rgb, parse_image_cdr};
+    let img = parse_image_cdr(b).map_err(err)?;
+    let (h, w, rgb) = camera_rgb(&img).map_err(err)?;
+    assert_eq!(rgb.len(), h * w * 3, "camera RGB has H×W×3 values");
+    assert!(
+        rgb.iter().all(|v| (0.0..=1.0).contains(v)),
+        "camera RGB lies in [0, 1]"
+    );
     Ok(())
 }

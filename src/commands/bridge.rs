@@ -77,7 +77,11 @@ enum BridgeCommand {
         /// A deploy checkpoint (exported to FP32 ONNX in memory) or an ONNX model.
         #[arg(long)]
         model: PathBuf,
-        /// synthetic[:SEED], nyuv2:DIR, images:DIR (PNG/JPEG) or zenoh:KEY (camera frames).
+        /// synthetic[:SEED], nyuv2:DIR, images:DIR (PNG/JPEG), zenoh:KEY (native camera
+        /// frames) or ros2:TOPIC (a sensor_msgs/Image topic through rmw_zenoh, in --domain-id;
+        /// a relative TOPIC is under --namespace; rgb8, bgr8, rgba8, bgra8 or mono8 at any
+        /// size; the newest frame is kept when the model is slower than the camera, the others
+        /// counted as skipped; outputs carry the frame's header.stamp and frame_id).
         #[arg(long, default_value = "synthetic")]
         source: String,
         /// Pace publishing to this rate, at least 0.01 (default: as fast as inference allows).
@@ -171,10 +175,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .options()
                 .open()
                 .context("opening the zenoh session")?;
-            let mut src = source::open(&spec, m.size, Some(&session))?;
+            // A ros2: source is resolved in the same domain and namespace as ROS 2 outputs.
+            let names = Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node);
+            let mut src = source::open_with(&spec, m.size, Some(&session), &names)?;
             let mut cfg = PublishConfig::native(&prefix, &camera);
             if ros.ros2 {
-                cfg.ros2 = Some(Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node));
+                cfg.ros2 = Some(names.clone());
             }
             let base = TopicQos::default().apply(&qos)?;
             cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
@@ -201,6 +207,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             {
                 eprintln!(
                     "bridge: no subscriber on every topic after {wait_subscribers} s; publishing anyway"
+                );
+            }
+            if let SourceSpec::Ros2(topic) = &spec {
+                eprintln!(
+                    "bridge: camera {} (domain {}) on {}",
+                    names.resolve_topic(topic)?,
+                    ros.domain_id,
+                    names.topic_key(&names.resolve_topic(topic)?)
                 );
             }
             let bar = indicatif::ProgressBar::new(frames.unwrap_or(0));
@@ -233,6 +247,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 s.counters.sent_unmatched,
                 s.counters.bytes_sent as f64 / 1e6
             );
+            if let SourceSpec::Ros2(_) = &spec {
+                let c = &s.counters;
+                println!(
+                    "camera input: received {} frames, skipped {} (a newer frame replaced them before the model was free), refused {}",
+                    c.input_received, c.input_skipped, c.input_invalid
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         BridgeCommand::Listen {

@@ -22,5 +22,5 @@ msg = Image(
     step=d["step"],
     data=np.frombuffer(bytes.fromhex(d["data"]), dtype=np.uint8),
 )
-cdr = ts.serialize_cdr(msg, "sensor_msgs/msg/Image")
+cdr = ts.serialize_cdr(msg, "sensor_msgs/msg/Image", little_endian=d.get("little_endian", True))
 print(json.dumps({"cdr": bytes(cdr).hex(), "hash": ts.hash_rihs01("sensor_msgs/msg/Image")}))

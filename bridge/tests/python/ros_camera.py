@@ -1,0 +1,155 @@
+"""An independent ROS 2 camera for the bridge tests: publishes sensor_msgs/Image the way
+rmw_zenoh (Jazzy) does, with nothing from the bridge's code, and reads the bridge's outputs back.
+
+- Image CDR and the RIHS01 type hash: rosbags (the same serializer ROS 2 bag tools use).
+- Key `<domain>/<topic without slashes>/sensor_msgs::msg::dds_::Image_/<hash>` and the 33-byte
+  attachment (i64 sequence number, i64 source timestamp ns, GID length 16, GID): from rmw_zenoh's
+  docs/design.md, liveliness_utils.cpp and attachment_helpers.cpp.
+- Transport: the Python zenoh binding (eclipse-zenoh), a peer listening on one loopback endpoint
+  with multicast scouting off.
+
+Reads a JSON job on stdin, prints `ready` once its session listens, then one JSON report line:
+{"published": [...], "outputs": [...], "tokens": [...]}.
+
+Job fields: endpoint, domain, topic, outputs (key expression of the bridge's outputs),
+frames: [{encoding, height, width, pad, frame_id, corrupt}], mode "paced" (one frame at a
+time, the next once its outputs arrived, or after `settle` s for a frame that should give none)
+or "stream" (`rate` Hz until `want` frames have all `tasks` outputs), timeout (s).
+"""
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import zenoh
+from rosbags.typesys import Stores, get_typestore
+
+ts = get_typestore(Stores.ROS2_JAZZY)
+Image = ts.types["sensor_msgs/msg/Image"]
+Header = ts.types["std_msgs/msg/Header"]
+Time = ts.types["builtin_interfaces/msg/Time"]
+TYPE = "sensor_msgs/msg/Image"
+HASH = ts.hash_rihs01(TYPE)
+DDS_NAME = "sensor_msgs::msg::dds_::Image_"
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "yuv422": 2, "16UC1": 2}
+
+job = json.load(sys.stdin)
+conf = zenoh.Config()
+conf.insert_json5("mode", '"peer"')
+conf.insert_json5("listen/endpoints", json.dumps([job["endpoint"]]))
+conf.insert_json5("scouting/multicast/enabled", "false")
+session = zenoh.open(conf)
+
+key = f"{job['domain']}/{job['topic'].strip('/')}/{DDS_NAME}/{HASH}"
+pub = session.declare_publisher(key, congestion_control=zenoh.CongestionControl.BLOCK)
+gid = os.urandom(16)
+
+outputs = []
+
+
+def on_output(sample):
+    recv_ns = time.time_ns()
+    att = sample.attachment
+    att = att.to_bytes() if att is not None else b""
+    msg = ts.deserialize_cdr(bytes(sample.payload.to_bytes()), TYPE)
+    outputs.append({
+        "key": str(sample.key_expr),
+        "sec": int(msg.header.stamp.sec),
+        "nanosec": int(msg.header.stamp.nanosec),
+        "frame_id": msg.header.frame_id,
+        "encoding": msg.encoding,
+        "height": int(msg.height),
+        "width": int(msg.width),
+        "attachment_len": len(att),
+        "recv_ns": recv_ns,
+    })
+
+
+sub = session.declare_subscriber(job["outputs"], on_output)
+print("ready", flush=True)
+
+
+def matched():
+    m = pub.matching_status
+    return m if isinstance(m, bool) else m.matching
+
+
+t_end = time.monotonic() + job["timeout"]
+while not matched():
+    if time.monotonic() > t_end:
+        print(json.dumps({"error": "no subscriber matched " + key}), flush=True)
+        sys.exit(1)
+    time.sleep(0.01)
+# rmw_zenoh subscriptions announce themselves with an MS liveliness token (ros2 topic info).
+tokens = [str(r.ok.key_expr) for r in session.liveliness().get(f"@ros2_lv/{job['domain']}/**")
+          if r.ok is not None]
+
+seq = 0
+published = []
+
+
+def publish(spec):
+    """One Image from a frame spec; returns its stamp as (sec, nanosec)."""
+    global seq
+    seq += 1
+    h, w, enc = spec["height"], spec["width"], spec["encoding"]
+    step = w * CHANNELS[enc] + spec.get("pad", 0)
+    rng = np.random.default_rng(seq)
+    data = rng.integers(0, 256, size=h * step, dtype=np.uint8)
+    now = time.time_ns()
+    stamp = (now // 1_000_000_000, now % 1_000_000_000)
+    msg = Image(
+        header=Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]),
+                      frame_id=spec.get("frame_id", "camera_front")),
+        height=h, width=w, encoding=enc, is_bigendian=0, step=step, data=data)
+    cdr = bytes(ts.serialize_cdr(msg, TYPE))
+    corrupt = spec.get("corrupt")
+    if corrupt == "truncated":
+        cdr = cdr[: len(cdr) // 2]
+    elif corrupt == "short_data":
+        # step × height no longer fits the data: cut the sequence and fix its length.
+        n = len(data) - step
+        cdr = cdr[: len(cdr) - len(data)][:-4] + struct.pack("<I", n) + data[:n].tobytes()
+    attachment = struct.pack("<qqB", seq, time.time_ns(), 16) + gid
+    if corrupt == "no_attachment":
+        pub.put(cdr)
+    else:
+        pub.put(cdr, attachment=attachment)
+    published.append({"seq": seq, "sec": stamp[0], "nanosec": stamp[1], "encoding": enc,
+                      "height": h, "width": w, "frame_id": spec.get("frame_id", "camera_front"),
+                      "corrupt": corrupt, "pub_ns": now})
+    return stamp
+
+
+def answered(stamp):
+    return sum(1 for o in list(outputs) if (o["sec"], o["nanosec"]) == stamp)
+
+
+tasks = job.get("tasks", 3)
+if job["mode"] == "paced":
+    for spec in job["frames"]:
+        stamp = publish(spec)
+        if spec.get("expect_output", True):
+            while answered(stamp) < tasks and time.monotonic() < t_end:
+                time.sleep(0.002)
+        else:
+            time.sleep(job.get("settle", 0.3))
+else:
+    spec = job["frames"][0]
+    period = 1.0 / job["rate"]
+    nxt = time.monotonic()
+    while time.monotonic() < t_end:
+        stamps = {(o["sec"], o["nanosec"]) for o in list(outputs)}
+        if sum(1 for s in stamps if answered(s) >= tasks) >= job["want"]:
+            break
+        publish(spec)
+        nxt += period
+        time.sleep(max(0.0, nxt - time.monotonic()))
+# Let the last outputs arrive.
+time.sleep(0.3)
+print(json.dumps({"published": published, "outputs": list(outputs), "tokens": tokens,
+                  "key": key}), flush=True)
+sub.undeclare()
+session.close()

@@ -1,0 +1,284 @@
+//! `overparam bridge run --source ros2:TOPIC` against an independent ROS 2 camera: a Python
+//! process (rosbags' CDR serializer and type hash, the eclipse-zenoh binding, rmw_zenoh's key and
+//! attachment layout written from its sources; `bridge/tests/python/ros_camera.py`) publishes
+//! `sensor_msgs/Image` frames with known stamps and reads the bridge's ROS 2 outputs back with
+//! rosbags. Loopback only, multicast scouting off.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_overparam"))
+}
+
+fn ok(o: &Output) -> String {
+    let t = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{t}");
+    t
+}
+
+fn deploy_mtl(dir: &Path) -> PathBuf {
+    let op = dir.join("m.op.safetensors");
+    let d = dir.join("m.deploy.safetensors");
+    ok(&bin()
+        .args([
+            "init", "--model", "mtl", "--method", "sfo", "--width", "0.125",
+        ])
+        .args(["--image-size", "48", "--random-bn", "-o"])
+        .arg(&op)
+        .output()
+        .unwrap());
+    ok(&bin()
+        .arg("fuse")
+        .arg(&op)
+        .arg("-o")
+        .arg(&d)
+        .output()
+        .unwrap());
+    d
+}
+
+/// Starts the Python camera on `job` and waits for its `ready` (its session listens).
+fn camera(job: &Value) -> (Child, BufReader<std::process::ChildStdout>) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("bridge/tests/python/ros_camera.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run .venv/bin/python (scripts/setup.sh installs rosbags and eclipse-zenoh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the camera did not start: {line}");
+    (child, out)
+}
+
+/// The camera's final JSON report.
+fn report(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Value {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(child.wait().unwrap().success(), "camera failed: {line}");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn bridge(model: &Path, ep: &str, domain: u32, frames: u64) -> Output {
+    bin()
+        .args(["bridge", "run", "--model"])
+        .arg(model)
+        .args(["--source", "ros2:/camera/image_raw", "--ros2"])
+        .args(["--domain-id", &domain.to_string(), "--threads", "1"])
+        .args(["--frames", &frames.to_string(), "--connect", ep])
+        .arg("--no-multicast-scouting")
+        .output()
+        .unwrap()
+}
+
+fn stamp(v: &Value) -> (i64, i64) {
+    (v["sec"].as_i64().unwrap(), v["nanosec"].as_i64().unwrap())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Acceptance: 640×480 rgb8 at 30 Hz in, ROS 2 outputs whose header (stamp and frame_id) is
+/// the camera frame's; the subscription is visible as an rmw_zenoh `MS` token; camera-to-output
+/// latency is reported; received = processed + skipped (+ at most the one waiting at the end).
+#[test]
+fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let ep = format!(
+        "tcp/127.0.0.1:{}",
+        overparam_bridge::session::free_port().unwrap()
+    );
+    let want = 20;
+    let (child, out) = camera(&json!({
+        "endpoint": ep, "domain": 7, "topic": "/camera/image_raw",
+        "outputs": "7/perception/cam0/*/sensor_msgs::msg::dds_::Image_/*",
+        "frames": [{"encoding": "rgb8", "height": 480, "width": 640}],
+        "mode": "stream", "rate": 30.0, "want": want, "timeout": 60,
+    }));
+    let run = bridge(&m, &ep, 7, want);
+    let r = report(child, out);
+    let text = ok(&run);
+    assert!(text.contains(&format!("published {want} frames")), "{text}");
+
+    let published: std::collections::HashMap<(i64, i64), &Value> = r["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (stamp(p), p))
+        .collect();
+    let outputs = r["outputs"].as_array().unwrap();
+    let mut per_frame: std::collections::BTreeMap<(i64, i64), Vec<&str>> = Default::default();
+    let mut latency_ms = vec![];
+    for o in outputs {
+        let s = stamp(o);
+        let p = published
+            .get(&s)
+            .unwrap_or_else(|| panic!("an output stamped {s:?}, which no camera frame had: {o}"));
+        assert_eq!(o["frame_id"], "camera_front", "{o}");
+        assert_eq!(o["attachment_len"], 33, "{o}");
+        assert_eq!(
+            (o["height"].as_u64(), o["width"].as_u64()),
+            (Some(48), Some(64))
+        );
+        per_frame
+            .entry(s)
+            .or_default()
+            .push(o["encoding"].as_str().unwrap());
+        latency_ms
+            .push((o["recv_ns"].as_i64().unwrap() - p["pub_ns"].as_i64().unwrap()) as f64 / 1e6);
+    }
+    assert_eq!(
+        per_frame.len(),
+        want as usize,
+        "frames with outputs: {per_frame:?}"
+    );
+    for (s, encs) in &per_frame {
+        let mut e = encs.clone();
+        e.sort();
+        assert_eq!(e, ["32FC1", "32FC3", "mono8"], "{s:?}");
+    }
+    assert!(latency_ms.iter().all(|&l| l > 0.0));
+    let (p50, p99) = (
+        percentile(&mut latency_ms, 50.0),
+        percentile(&mut latency_ms, 99.0),
+    );
+    eprintln!(
+        "camera (640×480 rgb8, 30 Hz) → bridge (resize to 48×64, model, 3 ROS 2 outputs) → camera process: latency p50 {p50:.2} ms, p99 {p99:.2} ms over {} outputs",
+        latency_ms.len()
+    );
+
+    // The counts the bridge prints add up.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("camera input:"))
+        .unwrap_or_else(|| panic!("no camera input line: {text}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [received, skipped, refused] = nums[..] else {
+        panic!("{line}")
+    };
+    assert_eq!(refused, 0, "{line}");
+    assert!(
+        want + skipped <= received && received <= want + skipped + 1,
+        "{line}"
+    );
+    // ros2 topic info would list the subscription: rmw_zenoh's MS token on the topic.
+    let tokens: Vec<&str> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tokens.iter().any(|t| t.starts_with("@ros2_lv/7/")
+            && t.contains("/MS/")
+            && t.contains("/%camera%image_raw/sensor_msgs::msg::dds_::Image_/RIHS01_")),
+        "{tokens:?}"
+    );
+}
+
+/// Every supported encoding at odd sizes and padded rows gives outputs stamped as its frame;
+/// unsupported encodings, broken CDR, a data field shorter than step × height and a sample
+/// without rmw_zenoh's attachment give none, are counted, and each kind is reported once.
+#[test]
+fn ros2_camera_encodings_and_bad_frames() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let ep = format!(
+        "tcp/127.0.0.1:{}",
+        overparam_bridge::session::free_port().unwrap()
+    );
+    let good = |enc: &str, h: u32, w: u32, pad: u32, frame_id: &str| json!({"encoding": enc, "height": h, "width": w, "pad": pad, "frame_id": frame_id});
+    let bad = |enc: &str, corrupt: Option<&str>| json!({"encoding": enc, "height": 4, "width": 6, "corrupt": corrupt, "expect_output": false});
+    let frames = vec![
+        good("rgb8", 480, 640, 0, "cam_rgb"),
+        bad("yuv422", None),
+        good("bgr8", 33, 21, 5, "c"),
+        bad("16UC1", None),
+        good("rgba8", 48, 64, 0, "cam"),
+        bad("yuv422", None),
+        bad("rgb8", Some("truncated")),
+        good("bgra8", 7, 300, 3, "optical_frame"),
+        bad("rgb8", Some("short_data")),
+        bad("mono8", Some("no_attachment")),
+        good("mono8", 1, 1, 0, ""),
+        good("mono8", 1080, 1920, 0, "front_wide"),
+    ];
+    let n_good = frames
+        .iter()
+        .filter(|f| f["expect_output"].is_null())
+        .count();
+    let (child, out) = camera(&json!({
+        "endpoint": ep, "domain": 0, "topic": "/camera/image_raw",
+        "outputs": "0/perception/cam0/*/sensor_msgs::msg::dds_::Image_/*",
+        "frames": frames, "mode": "paced", "settle": 0.3, "timeout": 60,
+    }));
+    let run = bridge(&m, &ep, 0, n_good as u64);
+    let r = report(child, out);
+    let text = ok(&run);
+    assert!(
+        text.contains(&format!("published {n_good} frames")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("received {}", frames.len())) && text.contains("refused 6"),
+        "{text}"
+    );
+    let outputs = r["outputs"].as_array().unwrap();
+    for p in r["published"].as_array().unwrap() {
+        let mine: Vec<&Value> = outputs.iter().filter(|o| stamp(o) == stamp(p)).collect();
+        let expected = if p["corrupt"].is_null()
+            && ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"]
+                .contains(&p["encoding"].as_str().unwrap())
+        {
+            3
+        } else {
+            0
+        };
+        assert_eq!(mine.len(), expected, "{p}");
+        for o in mine {
+            assert_eq!(o["frame_id"], p["frame_id"], "{o}");
+        }
+    }
+    // Each kind of refusal is printed once, then only counted.
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let refusals: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("refused a frame"))
+        .collect();
+    assert_eq!(refusals.len(), 5, "{refusals:#?}");
+    for needle in [
+        "\"yuv422\" is not supported",
+        "\"16UC1\"",
+        "CDR",
+        "attachment",
+        "need",
+    ] {
+        assert_eq!(
+            refusals.iter().filter(|l| l.contains(needle)).count(),
+            1,
+            "{needle}: {refusals:#?}"
+        );
+    }
+}
