@@ -204,11 +204,12 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
                 o.batch = a.batch.unwrap_or(1);
                 if precision == Precision::Int8 {
                     use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
-                    let set = super::export::calibration_set(a.calib.as_deref())?;
+                    let set = super::export::calibration_set(a.calib.as_deref(), &spec)?;
+                    let c = spec.input.channels;
                     let norm = overparam_engine::accuracy::normalization(&spec).unwrap_or(
                         overparam_data::loader::Normalize {
-                            mean: [0.5; 3],
-                            std: [0.25; 3],
+                            mean: vec![0.5; c],
+                            std: vec![0.25; c],
                         },
                     );
                     let batches = calibration_batches(&set, &norm, 256, o.batch, 0)

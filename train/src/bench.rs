@@ -70,7 +70,12 @@ pub fn train_step_time(
     };
     let i = &spec.input;
     let x = Tensor::f_randn(
-        [batch as i64, 3, i.height as i64, i.width as i64],
+        [
+            batch as i64,
+            i.channels as i64,
+            i.height as i64,
+            i.width as i64,
+        ],
         (Kind::Float, device),
     )?;
     let t = Tensor::f_randint(
