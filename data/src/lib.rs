@@ -12,6 +12,7 @@ pub mod nyuv2;
 pub mod plot;
 pub mod png;
 pub mod scenes;
+pub mod stats;
 pub mod synth;
 
 pub use error::{Error, Result};
