@@ -633,10 +633,12 @@ pub fn summarize(dir: &Path) -> Result<()> {
         }
     };
     let paired = paired_vs_plain(&rows, &labels, primary_of);
+    overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.csv"), csv.as_bytes())?;
+    // paired.csv: its own table, so results.csv stays one rectangular table of cells.
     if !paired.is_empty() {
-        csv += &format!("\n{PAIRED_CSV_HEADER}\n");
+        let mut pc = format!("{PAIRED_CSV_HEADER}\n");
         for (l, p) in &paired {
-            csv += &format!(
+            pc += &format!(
                 "{l},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{:.6}\n",
                 if mtl { "delta_m_pct" } else { "top-1 err %" },
                 p.n,
@@ -649,8 +651,12 @@ pub fn summarize(dir: &Path) -> Result<()> {
                 p.p_sign
             );
         }
+        overparam_fuse::checkpoint::write_file_atomic(&dir.join(PAIRED_FILE), pc.as_bytes())?;
+    } else if dir.join(PAIRED_FILE).exists() {
+        // A stale table from an earlier summary with plain would contradict this one.
+        std::fs::remove_file(dir.join(PAIRED_FILE))
+            .with_context(|| format!("{}", dir.join(PAIRED_FILE).display()))?;
     }
-    overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.csv"), csv.as_bytes())?;
 
     // results.md: mean ± std over seeds per label.
     let group = |l: &str| rows.iter().filter(|r| r.label == l).collect::<Vec<_>>();
@@ -819,7 +825,8 @@ pub fn summarize(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Header of results.csv's paired section (after a blank line, below the per-cell rows).
+/// The paired statistics against plain, one row per method.
+const PAIRED_FILE: &str = "paired.csv";
 const PAIRED_CSV_HEADER: &str =
     "paired_vs_plain,metric,pairs,mean_diff,se,t,p_t,below_plain,above_plain,p_sign";
 
@@ -863,7 +870,7 @@ fn paired_md(paired: &[(String, overparam_data::stats::Paired)], metric: &str) -
         }
     };
     let mut md = format!(
-        "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With 3 seeds the sign test cannot go below 0.25.\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
+        "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With 3 seeds the sign test cannot go below 0.25. Numbers: [paired.csv](paired.csv).\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
     );
     for (l, p) in paired {
         md += &format!(
@@ -1002,12 +1009,15 @@ mod tests {
         }
         class_cell(dir.path(), "fnl", 1, 14.0);
         let (md, csv) = read(dir.path());
-        assert!(
-            csv.contains(&format!(
-                "\n\n{PAIRED_CSV_HEADER}\nfnl,top-1 err %,1,-1.000000,NaN,NaN,NaN,1,0,1.000000\nsfo-r1,top-1 err %,3,-3.000000,0.577350,-5.196152,0.035099,3,0,0.250000\n"
-            )),
-            "{csv}"
+        let paired = std::fs::read_to_string(dir.path().join(PAIRED_FILE)).unwrap();
+        assert_eq!(
+            paired,
+            format!(
+                "{PAIRED_CSV_HEADER}\nfnl,top-1 err %,1,-1.000000,NaN,NaN,NaN,1,0,1.000000\nsfo-r1,top-1 err %,3,-3.000000,0.577350,-5.196152,0.035099,3,0,0.250000\n"
+            )
         );
+        // results.csv is one table of cells, as before.
+        assert_eq!(csv.lines().count(), 9, "{csv}");
         assert!(md.contains("## Paired by seed against plain"), "{md}");
         assert!(
             md.contains("| sfo-r1 | 3 | -3.00 | 0.58 | -5.20 | 0.0351 | 3 / 0 | 0.2500 |"),
@@ -1020,16 +1030,14 @@ mod tests {
         // Without plain: no paired section, and everything before it is what it was.
         let (md_before, csv_before) = (
             md.split("\n## Paired").next().unwrap().to_string(),
-            csv.split("\n\n").next().unwrap().to_string(),
+            csv.clone(),
         );
         for seed in 0..3 {
             std::fs::remove_dir_all(dir.path().join(format!("plain-s{seed}"))).unwrap();
         }
         let (md, csv) = read(dir.path());
-        assert!(
-            !md.contains("Paired") && !csv.contains("paired_vs_plain"),
-            "{md}\n{csv}"
-        );
+        assert!(!md.contains("Paired"), "{md}");
+        assert!(!dir.path().join(PAIRED_FILE).exists());
         // The per-cell rows are the same, less plain's.
         let kept: String = csv_before
             .lines()
@@ -1076,6 +1084,12 @@ mod tests {
             }
             if let Some(r2) = epochs("sfo-r2") {
                 assert_eq!(epochs("sfo-r2-2x"), Some(2 * r2), "{}", f.display());
+            }
+            // Equal-compute counterparts of sfo-r2-2x train exactly as long.
+            for twin in ["plain-2x", "sfo-r1-2x"] {
+                if let Some(n) = epochs(twin) {
+                    assert_eq!(Some(n), epochs("sfo-r2-2x"), "{} {twin}", f.display());
+                }
             }
         }
     }
