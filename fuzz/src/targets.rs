@@ -377,6 +377,7 @@ fn config_seeds() -> Vec<Vec<u8>> {
         include_bytes!("../../configs/demo.toml").to_vec(),
         include_bytes!("../../configs/proxy_cifar_sfo_r3.toml").to_vec(),
         include_bytes!("../../configs/nyuv2_stl_depth.toml").to_vec(),
+        include_bytes!("../../configs/fashion_mnist_vgg_small.toml").to_vec(),
     ]
 }
 
