@@ -19,7 +19,7 @@ pub const LABELS_MAGIC: u32 = 0x0000_0801;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Most values one file may declare (4 GiB of u8): larger headers are refused before any
 /// allocation, so a corrupt header cannot ask for terabytes.
-pub const MAX_VALUES: usize = 1 << 32;
+pub const MAX_VALUES: usize = u32::MAX as usize;
 
 /// Where Debian's `dataset-fashion-mnist` package installs Fashion-MNIST's IDX files.
 pub const FASHION_MNIST_DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
