@@ -870,7 +870,7 @@ fn paired_md(paired: &[(String, overparam_data::stats::Paired)], metric: &str) -
         }
     };
     let mut md = format!(
-        "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With 3 seeds the sign test cannot go below 0.25. Numbers: [paired.csv](paired.csv).\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
+        "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With n pairs the sign test cannot go below 2/2ⁿ (0.25 for 3 seeds). Numbers: [paired.csv](paired.csv).\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
     );
     for (l, p) in paired {
         md += &format!(
