@@ -234,3 +234,40 @@ fn a_missing_split_names_the_files_expected() {
     );
     assert!(!idx::is_idx_dir(tempfile::tempdir().unwrap().path()));
 }
+
+/// The layout is detected from the files present, or forced by name (then the other layout's
+/// files are not looked at, and the error names the ones expected).
+#[test]
+fn data_kind_is_detected_or_forced() {
+    use overparam_data::dataset::{DataKind, detect, load};
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), true);
+    assert_eq!(detect(dir.path()), Some(DataKind::Idx));
+    let s = load(dir.path(), Split::Test, None, 10).unwrap();
+    assert_eq!((s.len(), s.shape.channels), (12, 1));
+    let e = load(dir.path(), Split::Train, Some(DataKind::Cifar), 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("train.bin") && e.contains("data_batch_1.bin"),
+        "{e}"
+    );
+    let cifar = tempfile::tempdir().unwrap();
+    overparam_data::synth::write_synthetic_cifar100(cifar.path(), 10, 5, 0).unwrap();
+    assert_eq!(detect(cifar.path()), Some(DataKind::Cifar));
+    let e = load(cifar.path(), Split::Train, Some(DataKind::Idx), 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train-images-idx3-ubyte[.gz]"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(detect(empty.path()), None);
+    let e = load(empty.path(), Split::Train, None, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no data set found") && e.contains("train.bin") && e.contains("idx3"),
+        "{e}"
+    );
+    assert_eq!("idx".parse::<DataKind>().unwrap(), DataKind::Idx);
+    assert!("png".parse::<DataKind>().is_err());
+}
