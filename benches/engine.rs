@@ -37,8 +37,8 @@ fn bench(c: &mut Criterion) {
     tch::set_num_threads(THREADS as i32);
     let calib_set = overparam_data::synth::image_set(256, 0, "train");
     let norm = Normalize {
-        mean: [0.5; 3],
-        std: [0.25; 3],
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
     };
     let mut report = vec![];
     let mut group = c.benchmark_group("deploy_resnet18_cifar");

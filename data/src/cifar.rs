@@ -40,12 +40,34 @@ pub enum Split {
     Test,
 }
 
-/// An in-memory image classification set: u8 CHW images and class labels.
+/// The shape of one image of a set: channels, height and width (CHW planes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// CIFAR's 3×32×32.
+    pub const CIFAR: ImageShape = ImageShape {
+        channels: 3,
+        height: SIDE,
+        width: SIDE,
+    };
+    /// Bytes (= pixel values) of one image.
+    pub fn pixels(self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// An in-memory image classification set: u8 CHW images of one shape and class labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageSet {
     pub images: Vec<u8>,
     pub labels: Vec<u16>,
     pub num_classes: usize,
+    pub shape: ImageShape,
 }
 
 impl ImageSet {
@@ -56,14 +78,17 @@ impl ImageSet {
         self.labels.is_empty()
     }
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.images[i * PIXELS..(i + 1) * PIXELS]
+        let px = self.shape.pixels();
+        &self.images[i * px..(i + 1) * px]
     }
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
-    pub fn channel_stats(&self) -> ([f32; 3], [f32; 3]) {
-        let mut sum = [0f64; 3];
-        let mut sq = [0f64; 3];
-        for img in self.images.chunks(PIXELS) {
-            for (c, plane) in img.chunks(SIDE * SIDE).enumerate() {
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.shape.channels;
+        let plane = self.shape.height * self.shape.width;
+        let mut sum = vec![0f64; c];
+        let mut sq = vec![0f64; c];
+        for img in self.images.chunks(self.shape.pixels()) {
+            for (c, plane) in img.chunks(plane).enumerate() {
                 for &p in plane {
                     let v = p as f64 / 255.0;
                     sum[c] += v;
@@ -71,10 +96,12 @@ impl ImageSet {
                 }
             }
         }
-        let n = (self.len() * SIDE * SIDE).max(1) as f64;
-        let mean = sum.map(|s| s / n);
-        let std = [0, 1, 2].map(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-12).sqrt() as f32);
-        (mean.map(|m| m as f32), std)
+        let n = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let std = (0..c)
+            .map(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-12).sqrt() as f32)
+            .collect();
+        (mean.iter().map(|&m| m as f32).collect(), std)
     }
 }
 
@@ -137,6 +164,7 @@ pub fn parse(path: &Path, buf: &[u8], kind: CifarKind) -> Result<ImageSet> {
         images,
         labels,
         num_classes: classes,
+        shape: ImageShape::CIFAR,
     })
 }
 
@@ -183,6 +211,7 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
         images: vec![],
         labels: vec![],
         num_classes: kind.num_classes(),
+        shape: ImageShape::CIFAR,
     };
     for f in files {
         let part = read_file(&f, kind)?;

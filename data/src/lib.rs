@@ -1,8 +1,10 @@
-//! overparam-data: dataset readers (CIFAR-10/100 binary), synthetic generators that write the
+//! overparam-data: dataset readers (CIFAR-10/100 binary, the MNIST family's IDX), synthetic generators that write the
 //! same formats, augmentation, a prefetching deterministic loader, and classification metrics.
 
 pub mod cifar;
+pub mod dataset;
 pub mod error;
+pub mod idx;
 pub mod loader;
 pub mod metrics;
 pub mod npy;
@@ -10,6 +12,7 @@ pub mod nyuv2;
 pub mod plot;
 pub mod png;
 pub mod scenes;
+pub mod stats;
 pub mod synth;
 
 pub use error::{Error, Result};

@@ -9,26 +9,34 @@ use std::thread::JoinHandle;
 
 use overparam_fuse::Rng;
 
-use crate::cifar::{ImageSet, PIXELS, SIDE};
+use crate::cifar::{ImageSet, ImageShape};
 
-/// Per-channel normalisation `(x/255 − mean) / std`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Per-channel normalisation `(x/255 − mean) / std` (one entry per channel).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Normalize {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
 /// Training augmentation of the standard CIFAR recipe.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Augment {
-    /// Zero padding before a random 32×32 crop (4 in the usual recipe).
+    /// Zero padding before a random crop at the image's size (4 in the usual recipe; 0 for
+    /// none).
     pub crop_pad: usize,
     pub hflip: bool,
 }
 
-/// Writes one normalised (and optionally augmented) image into `out` (CHW f32).
-pub fn prepare(img: &[u8], norm: &Normalize, aug: Option<(&Augment, &mut Rng)>, out: &mut [f32]) {
-    debug_assert_eq!(img.len(), PIXELS);
+/// Writes one normalised (and optionally augmented) image of `shape` into `out` (CHW f32).
+pub fn prepare(
+    img: &[u8],
+    shape: ImageShape,
+    norm: &Normalize,
+    aug: Option<(&Augment, &mut Rng)>,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(img.len(), shape.pixels());
+    debug_assert_eq!(norm.mean.len(), shape.channels);
     let (dy, dx, flip) = match aug {
         Some((a, rng)) => {
             let p = a.crop_pad as isize;
@@ -38,19 +46,20 @@ pub fn prepare(img: &[u8], norm: &Normalize, aug: Option<(&Augment, &mut Rng)>, 
         }
         None => (0, 0, false),
     };
-    let plane = SIDE * SIDE;
-    for c in 0..3 {
+    let (h, w) = (shape.height, shape.width);
+    let plane = h * w;
+    for c in 0..shape.channels {
         let (m, s) = (norm.mean[c], norm.std[c]);
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                let sx = if flip { SIDE - 1 - x } else { x } as isize + dx;
+        for y in 0..h {
+            for x in 0..w {
+                let sx = if flip { w - 1 - x } else { x } as isize + dx;
                 let sy = y as isize + dy;
-                let v = if sx >= 0 && sy >= 0 && (sx as usize) < SIDE && (sy as usize) < SIDE {
-                    img[c * plane + sy as usize * SIDE + sx as usize] as f32 / 255.0
+                let v = if sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
+                    img[c * plane + sy as usize * w + sx as usize] as f32 / 255.0
                 } else {
                     0.0 // zero padding in pixel space, as torchvision's RandomCrop(padding=4)
                 };
-                out[c * plane + y * SIDE + x] = (v - m) / s;
+                out[c * plane + y * w + x] = (v - m) / s;
             }
         }
     }
@@ -103,15 +112,22 @@ fn make_batch(
     index: usize,
     ids: &[usize],
 ) -> Batch {
-    let mut images = vec![0f32; ids.len() * PIXELS];
+    let px = set.shape.pixels();
+    let mut images = vec![0f32; ids.len() * px];
     for (slot, &i) in ids.iter().enumerate() {
-        let out = &mut images[slot * PIXELS..(slot + 1) * PIXELS];
+        let out = &mut images[slot * px..(slot + 1) * px];
         match &cfg.augment {
             Some(a) => {
                 let mut rng = Rng::derive(cfg.seed, &format!("augment.epoch{epoch}.{i}"));
-                prepare(set.image(i), &cfg.normalize, Some((a, &mut rng)), out)
+                prepare(
+                    set.image(i),
+                    set.shape,
+                    &cfg.normalize,
+                    Some((a, &mut rng)),
+                    out,
+                )
             }
-            None => prepare(set.image(i), &cfg.normalize, None, out),
+            None => prepare(set.image(i), set.shape, &cfg.normalize, None, out),
         }
     }
     Batch {

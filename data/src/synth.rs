@@ -190,6 +190,7 @@ pub fn image_set(n: usize, seed: u64, split: &str) -> crate::cifar::ImageSet {
         images,
         labels,
         num_classes: CLASSES,
+        shape: crate::cifar::ImageShape::CIFAR,
     }
 }
 

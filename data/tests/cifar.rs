@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use overparam_data::cifar::{self, CifarKind, PIXELS, Split};
+use overparam_data::cifar::{self, CifarKind, ImageShape, PIXELS, Split};
 use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, prepare};
 use overparam_data::synth::{CLASSES, write_synthetic_cifar100};
 
@@ -11,8 +11,8 @@ fn cfg(augment: Option<Augment>) -> LoaderConfig {
         drop_last: true,
         augment,
         normalize: Normalize {
-            mean: [0.5; 3],
-            std: [0.25; 3],
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
         },
         seed: 7,
     }
@@ -128,11 +128,11 @@ fn loader_is_deterministic_per_epoch_and_resumable() {
 fn augmentation_crops_with_zero_padding_and_flips() {
     let img: Vec<u8> = (0..PIXELS).map(|i| (i % 251) as u8).collect();
     let norm = Normalize {
-        mean: [0.0; 3],
-        std: [1.0; 3],
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
     };
     let mut plain = vec![0f32; PIXELS];
-    prepare(&img, &norm, None, &mut plain);
+    prepare(&img, ImageShape::CIFAR, &norm, None, &mut plain);
     assert!((plain[5] - 5.0 / 255.0).abs() < 1e-7);
     let mut seen_flip = false;
     let mut seen_shift = false;
@@ -141,6 +141,7 @@ fn augmentation_crops_with_zero_padding_and_flips() {
         let mut out = vec![0f32; PIXELS];
         prepare(
             &img,
+            ImageShape::CIFAR,
             &norm,
             Some((
                 &Augment {
@@ -155,6 +156,7 @@ fn augmentation_crops_with_zero_padding_and_flips() {
         let mut flipped = vec![0f32; PIXELS];
         prepare(
             &img,
+            ImageShape::CIFAR,
             &norm,
             Some((
                 &Augment {

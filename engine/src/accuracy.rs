@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use overparam_data::cifar::{ImageSet, PIXELS};
+use overparam_data::cifar::ImageSet;
 use overparam_data::loader::{Normalize, prepare};
 use overparam_data::metrics::TopK;
 use overparam_fuse::Weights;
@@ -26,33 +26,65 @@ pub fn normalization(spec: &DeploySpec) -> Result<Normalize> {
                 .into(),
         )
     })?;
-    if n.mean.len() != 3 || n.std.len() != 3 {
-        return Err(Error::Export(
-            "input normalisation must have 3 channels".into(),
-        ));
+    let c = spec.input.channels;
+    if n.mean.len() != c || n.std.len() != c {
+        return Err(Error::Export(format!(
+            "input normalisation has {} means and {} stds for a {c}-channel input",
+            n.mean.len(),
+            n.std.len()
+        )));
     }
     Ok(Normalize {
-        mean: [n.mean[0], n.mean[1], n.mean[2]],
-        std: [n.std[0], n.std[1], n.std[2]],
+        mean: n.mean.clone(),
+        std: n.std.clone(),
     })
+}
+
+/// Refuses a data set whose images are not the model's input (e.g. CIFAR's 3×32×32 for a
+/// Fashion-MNIST model's 1×28×28) or whose normalisation has another channel count.
+pub fn check_input(input: [usize; 3], set: &ImageSet, norm: &Normalize) -> Result<()> {
+    let s = set.shape;
+    if [s.channels, s.height, s.width] != input {
+        return Err(Error::Export(format!(
+            "the data's images are {}×{}×{} but the model takes {}×{}×{} (channels×height×width): evaluate it on the data set it was trained on",
+            s.channels, s.height, s.width, input[0], input[1], input[2]
+        )));
+    }
+    if norm.mean.len() != s.channels || norm.std.len() != s.channels {
+        return Err(Error::Export(format!(
+            "normalisation for {} channels, images with {}",
+            norm.mean.len(),
+            s.channels
+        )));
+    }
+    Ok(())
 }
 
 /// Top-1/top-5 of an ONNX classifier over a whole set (the model's batch size; a last partial
 /// batch is padded and the padding ignored).
 pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> {
     let mut rt = OrtRuntime::new(model, None)?;
-    let batch = rt.input_shape()[0].max(1);
+    let shape = rt.input_shape();
+    if shape.len() != 4 {
+        return Err(Error::Export(format!(
+            "the ONNX classifier's input has shape {shape:?}, expected N×C×H×W"
+        )));
+    }
+    check_input([shape[1], shape[2], shape[3]], set, norm)?;
+    let batch = shape[0].max(1);
+    let px = set.shape.pixels();
     let mut top = TopK::default();
-    let mut buf = vec![0f32; batch * PIXELS];
+    let mut buf = vec![0f32; batch * px];
     for start in (0..set.len()).step_by(batch) {
         let n = batch.min(set.len() - start);
         buf.iter_mut().for_each(|v| *v = 0.0);
         for k in 0..n {
             prepare(
                 set.image(start + k),
+                set.shape,
                 norm,
                 None,
-                &mut buf[k * PIXELS..(k + 1) * PIXELS],
+                &mut buf[k * px..(k + 1) * px],
             );
         }
         let out = rt.run(&buf)?.remove(0);

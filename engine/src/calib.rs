@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use overparam_data::cifar::{ImageSet, PIXELS};
+use overparam_data::cifar::ImageSet;
 use overparam_data::loader::{Normalize, prepare};
 use overparam_fuse::spec::DeploySpec;
 use overparam_fuse::{Rng, Weights};
@@ -193,6 +193,14 @@ pub fn calibration_batches(
     if set.is_empty() || batch == 0 {
         return Err(Error::Calibration("empty calibration set".into()));
     }
+    if norm.mean.len() != set.shape.channels || norm.std.len() != set.shape.channels {
+        return Err(Error::Calibration(format!(
+            "normalisation for {} channels, calibration images with {}",
+            norm.mean.len(),
+            set.shape.channels
+        )));
+    }
+    let px = set.shape.pixels();
     let mut idx: Vec<usize> = (0..set.len()).collect();
     let mut rng = Rng::derive(seed, "calibration");
     for i in (1..idx.len()).rev() {
@@ -207,13 +215,14 @@ pub fn calibration_batches(
     Ok(idx[..n]
         .chunks(batch)
         .map(|ids| {
-            let mut out = vec![0f32; ids.len() * PIXELS];
+            let mut out = vec![0f32; ids.len() * px];
             for (k, &i) in ids.iter().enumerate() {
                 prepare(
                     set.image(i),
+                    set.shape,
                     norm,
                     None,
-                    &mut out[k * PIXELS..(k + 1) * PIXELS],
+                    &mut out[k * px..(k + 1) * px],
                 );
             }
             out
@@ -342,6 +351,8 @@ pub fn calibrate(
     c: Calibrator,
     encoding: ActivationEncoding,
 ) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
+    let i = &spec.input;
+    crate::accuracy::check_input([i.channels, i.height, i.width], set, norm)?;
     let batches = calibration_batches(set, norm, images, batch, 0)?;
     let hists = collect(
         spec,

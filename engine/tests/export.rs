@@ -60,8 +60,8 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
     let dir = tempfile::tempdir().unwrap();
     let set = synthetic_set();
     let norm = Normalize {
-        mean: [0.5; 3],
-        std: [0.25; 3],
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
     };
     let mut files = vec![];
     for model in [ModelKind::Resnet18Cifar, ModelKind::VggSmall] {
@@ -135,8 +135,8 @@ struct Int8Case {
 fn int8_case(kind: MethodKind) -> Int8Case {
     let (spec, w) = deploy(ModelKind::VggSmall, kind);
     let norm = Normalize {
-        mean: [0.5; 3],
-        std: [0.25; 3],
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
     };
     let batches = calibration_batches(&synthetic_set(), &norm, 16, 1, 0).unwrap();
     let hists = collect(&spec, &w, &batches, false).unwrap();
@@ -207,8 +207,8 @@ fn bad_inputs_are_refused() {
     let (spec, mut w) = deploy(ModelKind::VggSmall, MethodKind::Sfo);
     let set = synthetic_set();
     let norm = Normalize {
-        mean: [0.5; 3],
-        std: [0.25; 3],
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
     };
     // INT8 without scales.
     let e = export(&spec, &w, &ExportOptions::new(Precision::Int8))
@@ -384,4 +384,69 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     std::fs::write(&files[0], &partial).unwrap();
     std::fs::write(&files[1], to_bytes(&m32)).unwrap();
     check_with_onnx_checker(&files);
+}
+
+/// A 1-channel 28×28 classifier (the MNIST family) exports, calibrates on 1-channel images and
+/// is evaluated per precision; a 3-channel set for it is refused, not silently misread.
+#[test]
+fn one_channel_models_export_calibrate_and_evaluate() {
+    use overparam_engine::accuracy::evaluate;
+    use overparam_engine::calib::calibrate;
+    use overparam_fuse::spec::Normalization;
+    let t = build(
+        ModelKind::VggSmall,
+        &ClassifierOptions {
+            width: 0.125,
+            num_classes: 10,
+            image_size: 28,
+            in_channels: 1,
+            ..ClassifierOptions::new(MethodConfig::new(MethodKind::Sfo))
+        },
+    )
+    .unwrap();
+    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 4);
+    let (mut spec, dw) = fold(&t, &w).unwrap();
+    spec.input.normalize = Some(Normalization {
+        mean: vec![0.3],
+        std: vec![0.35],
+    });
+    let set = overparam_data::idx::synthetic_set(40, 28, 10, 2, "test");
+    let norm = overparam_engine::accuracy::normalization(&spec).unwrap();
+    assert_eq!(norm.mean, [0.3]);
+    let mut o = ExportOptions::new(Precision::Fp32);
+    o.batch = 8;
+    let fp32 = to_bytes(&export(&spec, &dw, &o).unwrap());
+    let top = evaluate(&fp32, &set, &norm).unwrap();
+    assert_eq!(top.seen, 40);
+    // The ONNX model agrees with the reference executor on a prepared 1-channel batch.
+    let batches = calibration_batches(&set, &norm, 8, 8, 0).unwrap();
+    let x = Tensor::new(vec![8, 1, 28, 28], batches[0].clone());
+    let want = run(&spec, &dw, &x).unwrap().remove(0).1;
+    let got = OrtRuntime::new(&fp32, None)
+        .unwrap()
+        .run(&batches[0])
+        .unwrap()
+        .remove(0)
+        .2;
+    assert!(rel(&want.data, &got) < 1e-4);
+    let (p, _, used) = calibrate(
+        &spec,
+        &dw,
+        &set,
+        &norm,
+        32,
+        8,
+        Calibrator::Entropy,
+        ActivationEncoding::SignedSymmetric,
+    )
+    .unwrap();
+    assert_eq!(used, 32);
+    o.precision = Precision::Int8;
+    o.quant = Some(p);
+    let int8 = to_bytes(&export(&spec, &dw, &o).unwrap());
+    assert_eq!(evaluate(&int8, &set, &norm).unwrap().seen, 40);
+    // CIFAR images for a 1-channel model: refused with both shapes named.
+    let cifar = synthetic_set();
+    let e = evaluate(&fp32, &cifar, &norm).unwrap_err().to_string();
+    assert!(e.contains("3×32×32") && e.contains("1×28×28"), "{e}");
 }

@@ -57,8 +57,16 @@ pub struct ClassifierOptions {
     /// Width multiplier on every channel count (1.0 = the paper's model).
     pub width: f64,
     pub num_classes: usize,
+    /// Input height = width (the data's: 32 for CIFAR, 28 for the MNIST family).
     pub image_size: usize,
+    /// Input channels (the data's: 3 for CIFAR, 1 for the MNIST family); the stem takes them.
+    #[serde(default = "three")]
+    pub in_channels: usize,
     pub method: MethodConfig,
+}
+
+fn three() -> usize {
+    3
 }
 
 impl ClassifierOptions {
@@ -67,6 +75,7 @@ impl ClassifierOptions {
             width: 1.0,
             num_classes: 100,
             image_size: 32,
+            in_channels: 3,
             method,
         }
     }
@@ -77,7 +86,11 @@ pub fn build(kind: ModelKind, opts: &ClassifierOptions) -> Result<TrainSpec> {
         ModelKind::Resnet18Cifar => resnet_cifar(kind, &[2, 2, 2, 2], false, opts),
         ModelKind::Resnet50Cifar => resnet_cifar(kind, &[3, 4, 6, 3], true, opts),
         ModelKind::VggSmall => vgg_small(opts),
-        // NYUv2's 3:4 aspect (288×384 at image_size 288).
+        // NYUv2's 3:4 aspect (288×384 at image_size 288), RGB only.
+        ModelKind::Mtl if opts.in_channels != 3 => Err(Error::Spec(format!(
+            "mtl takes 3-channel images, not {}",
+            opts.in_channels
+        ))),
         ModelKind::Mtl => mtl_net(&MtlOptions {
             width: opts.width,
             height: opts.image_size,
@@ -135,9 +148,9 @@ fn check_opts(opts: &ClassifierOptions) -> Result<()> {
             opts.width
         )));
     }
-    if opts.num_classes == 0 || opts.image_size < 4 {
+    if opts.num_classes == 0 || opts.image_size < 4 || opts.in_channels == 0 {
         return Err(Error::Spec(
-            "num_classes ≥ 1 and image_size ≥ 4 required".into(),
+            "num_classes ≥ 1, image_size ≥ 4 and in_channels ≥ 1 required".into(),
         ));
     }
     Ok(())
@@ -159,7 +172,12 @@ fn resnet_cifar(
     let w = |c| scaled(c, opts.width);
     let expansion = if bottleneck { 4 } else { 1 };
     let mut ch = w(64);
-    let mut x = b.conv_bn("conv1", INPUT, ConvShape::new(3, ch, 3, 1), "bn1");
+    let mut x = b.conv_bn(
+        "conv1",
+        INPUT,
+        ConvShape::new(opts.in_channels, ch, 3, 1),
+        "bn1",
+    );
     x = b.relu("relu", &x);
     for (stage, &n) in blocks.iter().enumerate() {
         let planes = w(64 << stage);
@@ -242,7 +260,7 @@ fn finish_classifier(
     let spec = TrainSpec {
         model: model.to_string(),
         input: InputSpec {
-            channels: 3,
+            channels: opts.in_channels,
             height: opts.image_size,
             width: opts.image_size,
             normalize: None,
@@ -266,7 +284,7 @@ fn vgg_small(opts: &ClassifierOptions) -> Result<TrainSpec> {
         method: &opts.method,
     };
     let mut x = INPUT.to_string();
-    let mut ch = 3;
+    let mut ch = opts.in_channels;
     let mut idx = 0;
     for (stage, c) in [32usize, 64, 128].into_iter().enumerate() {
         let c = scaled(c, opts.width);

@@ -165,3 +165,57 @@ fn r3_expand_and_collapse_preserve_the_function() {
     let rep = spec(ModelKind::Resnet18Cifar, MethodKind::Repvgg, 0.125);
     assert!(expand(&plain, &w, &rep, 0).is_err());
 }
+
+/// 1-channel 28×28 input (the MNIST family): the stem takes the data's channels, the spec
+/// records them, and every classifier folds exactly for every method.
+#[test]
+fn one_channel_28px_classifiers_take_the_datas_input_and_fold() {
+    for model in [ModelKind::Resnet18Cifar, ModelKind::VggSmall] {
+        for kind in MethodKind::ALL {
+            let t = build(
+                model,
+                &ClassifierOptions {
+                    width: 0.125,
+                    num_classes: 10,
+                    image_size: 28,
+                    in_channels: 1,
+                    ..ClassifierOptions::new(MethodConfig::new(kind))
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                (t.input.channels, t.input.height, t.input.width),
+                (1, 28, 28)
+            );
+            let stem = t
+                .nodes
+                .iter()
+                .find_map(|n| match &n.op {
+                    Op::Conv(c) => Some(c.shape.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(stem.in_channels, 1, "{model:?} {kind:?}");
+            let w = overparam_fuse::init::random_weights::<f32>(&train_layout(&t).unwrap(), 7);
+            let (d, dw) = fold(&t, &w).unwrap();
+            assert_eq!(d.input.channels, 1);
+            let v = verify_fold(&t, &w, &d, &dw, 2, 3).unwrap();
+            assert!(
+                v.passed(),
+                "{model:?} {kind:?}: {:?} {:?}",
+                v.worst_block(),
+                v.worst_output()
+            );
+        }
+    }
+    // The multi-task net is RGB only: asking it for 1 channel is an error, not a silent 3.
+    let e = build(
+        ModelKind::Mtl,
+        &ClassifierOptions {
+            in_channels: 1,
+            ..ClassifierOptions::new(MethodConfig::new(MethodKind::Plain))
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("3-channel"), "{e}");
+}

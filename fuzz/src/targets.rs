@@ -55,6 +55,13 @@ pub fn all() -> Vec<Target> {
             text: false,
         },
         Target {
+            name: "idx",
+            run: idx_target,
+            seeds: idx_seeds,
+            header: |b| b.len().min(24),
+            text: false,
+        },
+        Target {
             name: "wire",
             run: wire_target,
             seeds: wire_seeds,
@@ -214,6 +221,44 @@ fn npy_target(b: &[u8]) -> Outcome {
     Ok(())
 }
 
+// ---- IDX (MNIST family), raw and gzip ------------------------------------------------------
+
+fn idx_seeds() -> Vec<Vec<u8>> {
+    use overparam_data::idx::{gzip, synthetic_set, to_bytes};
+    let set = synthetic_set(2, 6, 10, 3, "train");
+    let labels: Vec<u8> = set.labels.iter().map(|&l| l as u8).collect();
+    vec![
+        to_bytes(&[2, 6, 6], &set.images),
+        to_bytes(&[2], &labels),
+        gzip(&to_bytes(&[2], &labels)),
+    ]
+}
+
+fn idx_target(b: &[u8]) -> Outcome {
+    use overparam_data::idx::{parse, to_bytes};
+    let a = parse(Path::new("fuzz-idx"), b).map_err(err)?;
+    assert_eq!(
+        a.dims.iter().product::<usize>(),
+        a.data.len(),
+        "dims and data agree"
+    );
+    if a.dims.len() == 1 {
+        // As a label file it must then join a matching image file or name the bad label.
+        let n = a.dims[0];
+        let images = overparam_data::idx::IdxArray {
+            dims: vec![n, 1, 1],
+            data: vec![0; n],
+        };
+        let p = Path::new("fuzz-idx");
+        if let Ok(s) = overparam_data::idx::image_set(p, images, p, a.clone(), 10) {
+            assert!(s.labels.iter().all(|&l| l < 10));
+        }
+    }
+    let back = parse(Path::new("again"), &to_bytes(&a.dims, &a.data)).expect("written IDX parses");
+    assert_eq!(back, a);
+    Ok(())
+}
+
 // ---- the bridge's native wire format -------------------------------------------------------
 
 fn wire_seeds() -> Vec<Vec<u8>> {
@@ -339,6 +384,7 @@ fn config_seeds() -> Vec<Vec<u8>> {
         include_bytes!("../../configs/demo.toml").to_vec(),
         include_bytes!("../../configs/proxy_cifar_sfo_r3.toml").to_vec(),
         include_bytes!("../../configs/nyuv2_stl_depth.toml").to_vec(),
+        include_bytes!("../../configs/fashion_mnist_vgg_small.toml").to_vec(),
     ]
 }
 

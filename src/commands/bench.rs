@@ -114,6 +114,12 @@ struct TrainArgs {
     /// Timed steps per method (after 2 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// A classifier's input channels and side (1 and 28 for the MNIST family; default 3×32,
+    /// the multi-task net 3×96×128).
+    #[arg(long)]
+    in_channels: Option<usize>,
+    #[arg(long)]
+    image_size: Option<usize>,
     /// libtorch intra-op threads.
     #[arg(long)]
     threads: Option<usize>,
@@ -130,6 +136,7 @@ impl TrainArgs {
         for (name, v) in [("--batch", self.batch), ("--steps", self.steps)]
             .into_iter()
             .chain(self.threads.map(|n| ("--threads", n)))
+            .chain(self.in_channels.map(|n| ("--in-channels", n)))
         {
             if v == 0 {
                 bail!("bench train: {name} must be at least 1 (got 0)");
@@ -204,11 +211,12 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
                 o.batch = a.batch.unwrap_or(1);
                 if precision == Precision::Int8 {
                     use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
-                    let set = super::export::calibration_set(a.calib.as_deref())?;
+                    let set = super::export::calibration_set(a.calib.as_deref(), &spec)?;
+                    let c = spec.input.channels;
                     let norm = overparam_engine::accuracy::normalization(&spec).unwrap_or(
                         overparam_data::loader::Normalize {
-                            mean: [0.5; 3],
-                            std: [0.25; 3],
+                            mean: vec![0.5; c],
+                            std: vec![0.25; c],
                         },
                     );
                     let batches = calibration_batches(&set, &norm, 256, o.batch, 0)
@@ -291,6 +299,14 @@ fn native_measure(
     }
 }
 
+/// The classifier input `--in-channels`/`--image-size` ask for (None: the model's default).
+fn train_input(t: &TrainArgs) -> Option<(usize, usize)> {
+    match (t.in_channels, t.image_size) {
+        (None, None) => None,
+        (c, s) => Some((c.unwrap_or(3), s.unwrap_or(32))),
+    }
+}
+
 #[cfg(feature = "train")]
 fn worker(t: &TrainArgs) -> Result<ExitCode> {
     use overparam_train::config::DeviceChoice;
@@ -308,6 +324,7 @@ fn worker(t: &TrainArgs) -> Result<ExitCode> {
         t.method[0],
         t.batch,
         t.steps,
+        train_input(t),
         device,
     )?;
     println!(
@@ -374,6 +391,14 @@ fn parent(t: &TrainArgs) -> Result<ExitCode> {
         .args(["--device", &t.device]);
         if let Some(n) = t.threads {
             cmd.args(["--threads", &n.to_string()]);
+        }
+        if let Some((c, s)) = train_input(t) {
+            cmd.args([
+                "--in-channels",
+                &c.to_string(),
+                "--image-size",
+                &s.to_string(),
+            ]);
         }
         let out = cmd.output().context("running a benchmark worker")?;
         if !out.status.success() {

@@ -121,15 +121,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
             kept_precision,
             partial_output,
         } => {
-            use overparam_data::cifar::{Split, load};
+            use overparam_data::cifar::Split;
             let (spec, w) = super::export::load_deploy(&deploy)?;
             let enc = super::export::encoding(&encoding)?;
             if spec.model == overparam_fuse::models::ModelKind::Mtl.as_str() {
                 return dense_accuracy(&deploy, &spec, &w, &data, calibrator, enc, calib_images);
             }
             let norm = normalization(&spec)?;
-            let test = load(&data, Split::Test)?;
-            let train = load(&data, Split::Train)?;
+            let classes = super::export::classifier_classes(&spec);
+            let load = |split| overparam_data::dataset::load(&data, split, None, classes);
+            let test = load(Split::Test)?;
+            let train = load(Split::Train)?;
             let model = |p: Precision, q| -> Result<Vec<u8>> {
                 let mut o = ExportOptions::new(p);
                 o.batch = batch;

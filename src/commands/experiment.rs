@@ -624,7 +624,39 @@ pub fn summarize(dir: &Path) -> Result<()> {
             r.deploy_macs
         );
     }
+    // Paired by seed against plain, on the primary metric: a section after the per-cell rows.
+    let primary_of = |r: &CellResult| -> Option<f64> {
+        if mtl {
+            dm(r)
+        } else {
+            r.metrics.get("top-1 err %").copied()
+        }
+    };
+    let paired = paired_vs_plain(&rows, &labels, primary_of);
     overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.csv"), csv.as_bytes())?;
+    // paired.csv: its own table, so results.csv stays one rectangular table of cells.
+    if !paired.is_empty() {
+        let mut pc = format!("{PAIRED_CSV_HEADER}\n");
+        for (l, p) in &paired {
+            pc += &format!(
+                "{l},{},{},{:.6},{:.6},{:.6},{:.6},{},{},{:.6}\n",
+                if mtl { "delta_m_pct" } else { "top-1 err %" },
+                p.n,
+                p.mean_diff,
+                p.se,
+                p.t,
+                p.p_t,
+                p.below,
+                p.above,
+                p.p_sign
+            );
+        }
+        overparam_fuse::checkpoint::write_file_atomic(&dir.join(PAIRED_FILE), pc.as_bytes())?;
+    } else if dir.join(PAIRED_FILE).exists() {
+        // A stale table from an earlier summary with plain would contradict this one.
+        std::fs::remove_file(dir.join(PAIRED_FILE))
+            .with_context(|| format!("{}", dir.join(PAIRED_FILE).display()))?;
+    }
 
     // results.md: mean ± std over seeds per label.
     let group = |l: &str| rows.iter().filter(|r| r.label == l).collect::<Vec<_>>();
@@ -759,6 +791,9 @@ pub fn summarize(dir: &Path) -> Result<()> {
     md += &format!(
         "\nPlots: [{primary} per method](plot_metric.png), [training time per method](plot_train_time.png), [INT8 drop per method](plot_int8.png). Per-cell numbers: [results.csv](results.csv).\n"
     );
+    if !paired.is_empty() {
+        md += &paired_md(&paired, if mtl { "Δm %" } else { "top-1 err %" });
+    }
     overparam_fuse::checkpoint::write_file_atomic(&dir.join("results.md"), md.as_bytes())?;
     use overparam_data::plot::bar_chart;
     if !bars_metric.is_empty() {
@@ -788,6 +823,69 @@ pub fn summarize(dir: &Path) -> Result<()> {
     println!("{md}");
     eprintln!("wrote {}/results.csv, results.md and plots", dir.display());
     Ok(())
+}
+
+/// The paired statistics against plain, one row per method.
+const PAIRED_FILE: &str = "paired.csv";
+const PAIRED_CSV_HEADER: &str =
+    "paired_vs_plain,metric,pairs,mean_diff,se,t,p_t,below_plain,above_plain,p_sign";
+
+/// Every label but `plain` against `plain`, paired by seed over the seeds both finished
+/// (cells without the metric, e.g. single-task baselines for Δm, are left out).
+fn paired_vs_plain(
+    rows: &[CellResult],
+    labels: &[String],
+    value: impl Fn(&CellResult) -> Option<f64>,
+) -> Vec<(String, overparam_data::stats::Paired)> {
+    let by_seed = |l: &str| -> std::collections::BTreeMap<u64, f64> {
+        rows.iter()
+            .filter(|r| r.label == l)
+            .filter_map(|r| Some((r.seed, value(r)?)))
+            .collect()
+    };
+    let plain = by_seed("plain");
+    if plain.is_empty() {
+        return vec![];
+    }
+    labels
+        .iter()
+        .filter(|l| *l != "plain")
+        .filter_map(|l| {
+            let (a, b): (Vec<f64>, Vec<f64>) = by_seed(l)
+                .into_iter()
+                .filter_map(|(seed, v)| Some((v, *plain.get(&seed)?)))
+                .unzip();
+            (!a.is_empty()).then(|| (l.clone(), overparam_data::stats::paired(&a, &b)))
+        })
+        .collect()
+}
+
+/// The paired section of results.md.
+fn paired_md(paired: &[(String, overparam_data::stats::Paired)], metric: &str) -> String {
+    let f = |v: f64, d: usize| {
+        if v.is_nan() {
+            "–".to_string()
+        } else {
+            format!("{v:.d$}")
+        }
+    };
+    let mut md = format!(
+        "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With n pairs the sign test cannot go below 2/2ⁿ (0.25 for 3 seeds). Numbers: [paired.csv](paired.csv).\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
+    );
+    for (l, p) in paired {
+        md += &format!(
+            "| {l} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+            p.n,
+            f(p.mean_diff, 2),
+            f(p.se, 2),
+            f(p.t, 2),
+            f(p.p_t, 4),
+            p.below,
+            p.above,
+            f(p.p_sign, 4)
+        );
+    }
+    md
 }
 
 /// Mean ± sample standard deviation; the mean alone for one seed, which has no spread; "–"
@@ -872,6 +970,90 @@ mod tests {
         )
     }
 
+    fn class_cell(dir: &Path, label: &str, seed: u64, top1: f64) {
+        let metrics = BTreeMap::from([
+            ("top-1 err %".to_string(), top1),
+            ("top-5 err %".to_string(), 1.0),
+        ]);
+        let r = CellResult {
+            label: label.into(),
+            seed,
+            task: "classification".into(),
+            metrics: metrics.clone(),
+            baseline_for: None,
+            train_seconds: 10.0,
+            resumed: false,
+            images_per_s: Some(100.0),
+            train_params: 10,
+            deploy_params: 10,
+            deploy_macs: 10,
+            int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
+        };
+        let d = dir.join(format!("{label}-s{seed}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(CELL_FILE), serde_json::to_string(&r).unwrap()).unwrap();
+    }
+
+    /// Paired by seed against plain, by hand: differences −2, −4, −3 → mean −3, sd 1,
+    /// SE 1/√3 = 0.5774, t = −3√3 = −5.196 on 2 df, two-sided p = 1 − |t|/√(t² + 2) = 0.0351
+    /// (the df-2 closed form); sign test 3 below of 3: 2/8 = 0.25. A seed plain lacks is not
+    /// paired; without plain there is no section, and the rest of the summary is unchanged.
+    #[test]
+    fn summarize_adds_paired_statistics_against_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        for (seed, v) in [(0, 12.0), (1, 15.0), (2, 15.0)] {
+            class_cell(dir.path(), "plain", seed, v);
+        }
+        for (seed, v) in [(0, 10.0), (1, 11.0), (2, 12.0), (3, 99.0)] {
+            class_cell(dir.path(), "sfo-r1", seed, v);
+        }
+        class_cell(dir.path(), "fnl", 1, 14.0);
+        let (md, csv) = read(dir.path());
+        let paired = std::fs::read_to_string(dir.path().join(PAIRED_FILE)).unwrap();
+        assert_eq!(
+            paired,
+            format!(
+                "{PAIRED_CSV_HEADER}\nfnl,top-1 err %,1,-1.000000,NaN,NaN,NaN,1,0,1.000000\nsfo-r1,top-1 err %,3,-3.000000,0.577350,-5.196152,0.035099,3,0,0.250000\n"
+            )
+        );
+        // results.csv is one table of cells, as before.
+        assert_eq!(csv.lines().count(), 9, "{csv}");
+        assert!(md.contains("## Paired by seed against plain"), "{md}");
+        assert!(
+            md.contains("| sfo-r1 | 3 | -3.00 | 0.58 | -5.20 | 0.0351 | 3 / 0 | 0.2500 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fnl | 1 | -1.00 | – | – | – | 1 / 0 | 1.0000 |"),
+            "{md}"
+        );
+        // Without plain: no paired section, and everything before it is what it was.
+        let (md_before, csv_before) = (
+            md.split("\n## Paired").next().unwrap().to_string(),
+            csv.clone(),
+        );
+        for seed in 0..3 {
+            std::fs::remove_dir_all(dir.path().join(format!("plain-s{seed}"))).unwrap();
+        }
+        let (md, csv) = read(dir.path());
+        assert!(!md.contains("Paired"), "{md}");
+        assert!(!dir.path().join(PAIRED_FILE).exists());
+        // The per-cell rows are the same, less plain's.
+        let kept: String = csv_before
+            .lines()
+            .filter(|l| !l.starts_with("plain,"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(csv, kept);
+        assert_eq!(
+            md,
+            md_before.replace(
+                "| plain | 3 | 14.00 ± 1.73 | 1.00 ± 0.00 | 0.00 ± 0.00 | 10 ± 0 | 10 | 10 |\n",
+                ""
+            )
+        );
+    }
+
     /// Every shipped grid resolves into valid run configs (a typo in a GPU grid would otherwise
     /// surface hours into a cluster job), and R2's equal-updates cell has twice R2's epochs.
     #[cfg(feature = "train")]
@@ -902,6 +1084,12 @@ mod tests {
             }
             if let Some(r2) = epochs("sfo-r2") {
                 assert_eq!(epochs("sfo-r2-2x"), Some(2 * r2), "{}", f.display());
+            }
+            // Equal-compute counterparts of sfo-r2-2x train exactly as long.
+            for twin in ["plain-2x", "sfo-r1-2x"] {
+                if let Some(n) = epochs(twin) {
+                    assert_eq!(Some(n), epochs("sfo-r2-2x"), "{} {twin}", f.display());
+                }
             }
         }
     }

@@ -68,11 +68,42 @@ pub fn encoding(s: &str) -> Result<ActivationEncoding> {
     })
 }
 
-/// The calibration images: the given CIFAR directory's train split, or seeded synthetic data.
-pub fn calibration_set(dir: Option<&Path>) -> Result<overparam_data::cifar::ImageSet> {
-    use overparam_data::cifar::{Split, load};
+/// The class count of a classifier: the width of the linear layer behind its first output
+/// (10 if the spec has none; an IDX file does not record its class count).
+pub fn classifier_classes<C>(spec: &overparam_fuse::spec::Graph<C>) -> usize {
+    spec.outputs
+        .first()
+        .and_then(|o| spec.nodes.iter().find(|n| n.name == o.node))
+        .and_then(|n| match n.op {
+            overparam_fuse::spec::Op::Linear { out_features, .. } => Some(out_features),
+            _ => None,
+        })
+        .unwrap_or(10)
+}
+
+/// The calibration images: the given directory's train split (CIFAR binary or IDX), or seeded
+/// synthetic data of the model's input shape.
+pub fn calibration_set(
+    dir: Option<&Path>,
+    spec: &DeploySpec,
+) -> Result<overparam_data::cifar::ImageSet> {
+    use overparam_data::cifar::Split;
+    let i = &spec.input;
     Ok(match dir {
-        Some(d) => load(d, Split::Train)?,
+        Some(d) => overparam_data::dataset::load(d, Split::Train, None, classifier_classes(spec))?,
+        None if i.channels == 1 => {
+            eprintln!(
+                "calibration: no --calib given; using 1000 synthetic 1-channel images (fine for checking an export, not for accuracy claims)"
+            );
+            if i.width != i.height {
+                bail!(
+                    "calibration: no --calib given and the input is {}×{}: synthetic 1-channel images are square; pass --calib DIR",
+                    i.height,
+                    i.width
+                );
+            }
+            overparam_data::idx::synthetic_set(1000, i.height, 10, 12345, "train")
+        }
         None => {
             eprintln!(
                 "calibration: no --calib given; using 1000 synthetic CIFAR-100 images (fine for checking an export, not for accuracy claims)"
@@ -173,7 +204,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let mut calib = None;
     if a.precision == Precision::Int8 {
-        let set = calibration_set(a.calib.as_deref())?;
+        let set = calibration_set(a.calib.as_deref(), &spec)?;
         let norm = overparam_engine::accuracy::normalization(&spec).or_else(|_| -> Result<_> {
             let (mean, std) = set.channel_stats();
             eprintln!("calibration: the model records no normalisation; using the calibration set's statistics");

@@ -27,6 +27,9 @@ pub struct Args {
     /// Square input size the spec (and MAC counts) assume.
     #[arg(long, default_value_t = 32)]
     image_size: usize,
+    /// Input channels of a classifier (3 for CIFAR, 1 for the MNIST family).
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
     /// Also overparameterise 1×1 convs (default: only k×k convs with k > 1).
     #[arg(long)]
     include_1x1: bool,
@@ -56,6 +59,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         width: a.width,
         num_classes: a.num_classes,
         image_size: a.image_size,
+        in_channels: a.in_channels,
         method,
     };
     let spec = build(a.model, &opts).context("building the model spec")?;

@@ -20,13 +20,15 @@ pub struct StepStats {
 }
 
 /// Runs `warmup + steps` SGD steps (forward, cross-entropy + Frobenius decay, backward, update)
-/// of one method at batch `batch` and returns the step-time statistics.
+/// of one method at batch `batch` and returns the step-time statistics. `input` is a
+/// classifier's (channels, side), e.g. (1, 28) for the MNIST family; default 3×32×32.
 pub fn train_step_time(
     model: ModelKind,
     width: f64,
     method: MethodKind,
     batch: usize,
     steps: usize,
+    input: Option<(usize, usize)>,
     device: Device,
 ) -> Result<StepStats> {
     if batch == 0 || steps == 0 {
@@ -35,12 +37,17 @@ pub fn train_step_time(
         )));
     }
     // The multi-task net runs at a 3:4 NYUv2-like size (96×128), classifiers at 32×32.
-    let image_size = if model == ModelKind::Mtl { 96 } else { 32 };
+    let (in_channels, image_size) = match input {
+        Some(i) => i,
+        None if model == ModelKind::Mtl => (3, 96),
+        None => (3, 32),
+    };
     let spec = build(
         model,
         &ClassifierOptions {
             width,
             image_size,
+            in_channels,
             ..ClassifierOptions::new(MethodConfig::new(method))
         },
     )?;
@@ -70,7 +77,12 @@ pub fn train_step_time(
     };
     let i = &spec.input;
     let x = Tensor::f_randn(
-        [batch as i64, 3, i.height as i64, i.width as i64],
+        [
+            batch as i64,
+            i.channels as i64,
+            i.height as i64,
+            i.width as i64,
+        ],
         (Kind::Float, device),
     )?;
     let t = Tensor::f_randint(
@@ -130,9 +142,32 @@ mod tests {
     #[test]
     fn step_timing_runs_for_classifiers_and_the_mtl_net() {
         for model in [ModelKind::VggSmall, ModelKind::Mtl] {
-            let s = train_step_time(model, 0.125, MethodKind::Sfo, 2, 1, Device::Cpu).unwrap();
+            let s =
+                train_step_time(model, 0.125, MethodKind::Sfo, 2, 1, None, Device::Cpu).unwrap();
             assert!(s.median_ms > 0.0 && s.train_params > 0, "{model:?}");
         }
+        // A 1×28×28 classifier (the MNIST family) has a stem with fewer weights than 3×32×32's.
+        let rgb = train_step_time(
+            ModelKind::VggSmall,
+            0.125,
+            MethodKind::Plain,
+            2,
+            1,
+            None,
+            Device::Cpu,
+        )
+        .unwrap();
+        let gray = train_step_time(
+            ModelKind::VggSmall,
+            0.125,
+            MethodKind::Plain,
+            2,
+            1,
+            Some((1, 28)),
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(rgb.train_params - gray.train_params, 2 * 9 * 4);
         for (batch, steps) in [(0, 1), (2, 0)] {
             let e = train_step_time(
                 ModelKind::VggSmall,
@@ -140,6 +175,7 @@ mod tests {
                 MethodKind::Plain,
                 batch,
                 steps,
+                None,
                 Device::Cpu,
             )
             .unwrap_err()

@@ -91,13 +91,27 @@ fn one() -> f64 {
     1.0
 }
 
-/// Where the data comes from: a directory of CIFAR binaries, or (default) synthetic CIFAR-100
-/// generated once into `<run.dir>/_data/` in the same binary format.
+/// Where the data comes from: a directory of CIFAR binaries or IDX files (`kind`, or detected
+/// from the files), a named data set (`dataset`, e.g. Fashion-MNIST from its Debian package),
+/// or (default) synthetic CIFAR-100 generated once into `<run.dir>/_data/` in the binary format.
+///
+/// The keys added for IDX data are left out of the written config at their defaults, so a
+/// CIFAR or NYUv2 run's `config.toml` is what it was before them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// A known data set: gives the layout, the class count, the default directory and what to
+    /// install when its files are missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<Dataset>,
+    /// The layout of `dir` (default: the dataset's, else detected from the files present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DataKindChoice>,
+    /// Classes of an IDX set (its files do not record them; the MNIST family has 10).
+    #[serde(default = "ten", skip_serializing_if = "is_ten")]
+    pub classes: usize,
     #[serde(default = "synth_train")]
     pub synthetic_train: usize,
     #[serde(default = "synth_test")]
@@ -109,9 +123,60 @@ pub struct DataConfig {
     pub synthetic_height: usize,
     #[serde(default = "scene_w")]
     pub synthetic_width: usize,
-    /// Random crop (padding 4) and horizontal flip on the training set.
+    /// Training augmentation on or off: a random crop with `crop_pad` zero padding and, if
+    /// `hflip`, a horizontal flip.
     #[serde(default = "yes")]
     pub augment: bool,
+    /// Zero padding of the random crop (0: no crop). 4 is the CIFAR recipe.
+    #[serde(default = "four", skip_serializing_if = "is_four")]
+    pub crop_pad: usize,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub hflip: bool,
+}
+
+/// A data set known by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dataset {
+    /// Zalando's Fashion-MNIST (IDX, 10 classes, 1×28×28; 60,000 train, 10,000 test).
+    FashionMnist,
+}
+
+impl Dataset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataset::FashionMnist => "fashion_mnist",
+        }
+    }
+    pub fn kind(self) -> DataKindChoice {
+        match self {
+            Dataset::FashionMnist => DataKindChoice::Idx,
+        }
+    }
+    /// Where a system package installs it, and the package.
+    pub fn system_dir(self) -> (&'static Path, &'static str) {
+        use overparam_data::idx::{FASHION_MNIST_DEBIAN_DIR, FASHION_MNIST_PACKAGE};
+        match self {
+            Dataset::FashionMnist => (Path::new(FASHION_MNIST_DEBIAN_DIR), FASHION_MNIST_PACKAGE),
+        }
+    }
+}
+
+/// `data.kind`: the file layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKindChoice {
+    Cifar,
+    Idx,
+}
+
+impl DataKindChoice {
+    pub fn to_data(self) -> overparam_data::dataset::DataKind {
+        match self {
+            DataKindChoice::Cifar => overparam_data::dataset::DataKind::Cifar,
+            DataKindChoice::Idx => overparam_data::dataset::DataKind::Idx,
+        }
+    }
 }
 
 fn synth_train() -> usize {
@@ -122,6 +187,21 @@ fn synth_test() -> usize {
 }
 fn yes() -> bool {
     true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn ten() -> usize {
+    10
+}
+fn is_ten(n: &usize) -> bool {
+    *n == 10
+}
+fn four() -> usize {
+    4
+}
+fn is_four(n: &usize) -> bool {
+    *n == 4
 }
 fn scene_h() -> usize {
     288
@@ -134,12 +214,17 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            dataset: None,
+            kind: None,
+            classes: ten(),
             synthetic_train: synth_train(),
             synthetic_test: synth_test(),
             synthetic_seed: 0,
             synthetic_height: scene_h(),
             synthetic_width: scene_w(),
             augment: true,
+            crop_pad: four(),
+            hflip: true,
         }
     }
 }
@@ -255,6 +340,23 @@ impl TrainConfig {
                 "run.name `{}` must be a plain directory name",
                 self.run.name
             ));
+        }
+        if self.data.classes == 0 || self.data.classes > 256 {
+            return bad(format!(
+                "data.classes must be in 1..=256 (IDX labels are bytes; got {})",
+                self.data.classes
+            ));
+        }
+        if let (Some(d), Some(k)) = (self.data.dataset, self.data.kind)
+            && d.kind() != k
+        {
+            return bad(format!(
+                "data.kind = {:?} contradicts data.dataset = {} (its files are {:?})",
+                k,
+                d.as_str(),
+                d.kind()
+            )
+            .to_lowercase());
         }
         if let Some(t) = &self.mtl.tasks
             && (t.is_empty()
@@ -554,6 +656,53 @@ lr = 0.1
         let p = dir.path().join("c.toml");
         std::fs::write(&p, text).unwrap();
         TrainConfig::load(&p, &ov.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// The IDX-era data keys: parsed, checked against each other, and left out of the written
+    /// config at their defaults (a CIFAR run's config.toml is what it was before them).
+    #[test]
+    fn data_kind_dataset_and_augmentation_keys() {
+        let c = load(BASE, &[]).unwrap();
+        let text = c.to_toml();
+        let data = text
+            .split("[data]")
+            .nth(1)
+            .unwrap()
+            .split("\n[")
+            .next()
+            .unwrap();
+        for k in ["dataset", "kind", "classes", "crop_pad", "hflip"] {
+            assert!(!data.contains(&format!("{k} =")), "{k} in\n{text}");
+        }
+        let c = load(
+            BASE,
+            &[
+                "data.dataset=fashion_mnist",
+                "data.crop_pad=2",
+                "data.hflip=false",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.data.dataset, Some(Dataset::FashionMnist));
+        assert_eq!(
+            (c.data.crop_pad, c.data.hflip, c.data.classes),
+            (2, false, 10)
+        );
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let c = load(BASE, &["data.kind=idx", "data.classes=26"]).unwrap();
+        assert_eq!(
+            (c.data.kind, c.data.classes),
+            (Some(DataKindChoice::Idx), 26)
+        );
+        let e = load(BASE, &["data.dataset=fashion_mnist", "data.kind=cifar"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contradicts"), "{e}");
+        let e = load(BASE, &["data.kind=png"]).unwrap_err().to_string();
+        assert!(e.contains("data.kind") || e.contains("png"), "{e}");
+        let e = load(BASE, &["data.classes=0"]).unwrap_err().to_string();
+        assert!(e.contains("data.classes"), "{e}");
     }
 
     #[test]

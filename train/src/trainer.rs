@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use overparam_data::cifar::{self, ImageSet, PIXELS, SIDE, Split};
+use overparam_data::cifar::{ImageSet, ImageShape, Split};
 use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, batches_per_epoch};
 use overparam_data::metrics::TopK;
 use overparam_fuse::checkpoint::{self, load_tensors, save_tensors};
@@ -17,7 +17,7 @@ use overparam_fuse::spec::Normalization;
 use overparam_fuse::{AnySpec, MethodConfig, MethodKind, Tensor as FTensor, TrainSpec, Weights};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::config::{DeviceChoice, Routine, TrainConfig};
+use crate::config::{DataKindChoice, Dataset, DeviceChoice, Routine, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::optim::{Param, Sgd, learning_rate};
@@ -101,12 +101,17 @@ pub fn device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// Training and test sets: from `data.dir`, or synthetic CIFAR-100 generated once (in the real
-/// binary format) under `<run.dir>/_data/`.
+/// Training and test sets: from `data.dir` (CIFAR binary or IDX, by `data.kind`, the dataset,
+/// or the files present), from a named dataset's system directory (Fashion-MNIST: where
+/// Debian's `dataset-fashion-mnist` installs it), or synthetic CIFAR-100 generated once (in the
+/// real binary format) under `<run.dir>/_data/`.
 pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
-    let dir = match &cfg.data.dir {
-        Some(d) => d.clone(),
-        None => {
+    let d = &cfg.data;
+    let kind = d.kind.or(d.dataset.map(|x| x.kind()));
+    let dir = match (&d.dir, d.dataset) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(ds)) => ds.system_dir().0.to_path_buf(),
+        (None, None) => {
             let d = cfg.run.dir.join("_data").join(format!(
                 "synth-cifar100-{}-{}-seed{}",
                 cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_seed
@@ -123,9 +128,43 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
             d
         }
     };
-    Ok((
-        cifar::load(&dir, Split::Train)?,
-        cifar::load(&dir, Split::Test)?,
+    if kind == Some(DataKindChoice::Idx) {
+        for split in [Split::Train, Split::Test] {
+            if overparam_data::idx::split_files(&dir, split).is_none() {
+                return Err(missing_idx(cfg, &dir, split));
+            }
+        }
+    }
+    let load =
+        |split| overparam_data::dataset::load(&dir, split, kind.map(|k| k.to_data()), d.classes);
+    Ok((load(Split::Train)?, load(Split::Test)?))
+}
+
+/// What to do when a split's IDX files are not in `dir`: the files expected and, for a known
+/// dataset, the package that installs them.
+fn missing_idx(cfg: &TrainConfig, dir: &Path, split: Split) -> Error {
+    let (i, l) = overparam_data::idx::file_names(split);
+    let ds = cfg.data.dataset.unwrap_or(Dataset::FashionMnist);
+    let (sys, pkg) = ds.system_dir();
+    let hint = if cfg.data.dataset.is_some() {
+        format!(
+            "install Debian's package `{pkg}` (`apt-get install {pkg}` puts it in {}) or set data.dir",
+            sys.display()
+        )
+    } else {
+        format!(
+            "for Fashion-MNIST, Debian's package `{pkg}` installs them in {} (data.dataset = \"{}\" uses that directory)",
+            sys.display(),
+            ds.as_str()
+        )
+    };
+    Error::Config(format!(
+        "{}: no {i}[.gz] and {l}[.gz] here{}: {hint}",
+        dir.display(),
+        cfg.data
+            .dataset
+            .map(|d| format!(" (data.dataset = {})", d.as_str()))
+            .unwrap_or_default()
     ))
 }
 
@@ -133,15 +172,23 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
 fn phases(
     cfg: &TrainConfig,
     classes: usize,
+    shape: ImageShape,
     norm: &Normalize,
 ) -> Result<Vec<(String, usize, usize, TrainSpec)>> {
+    if shape.height != shape.width {
+        return Err(Error::Config(format!(
+            "the classifiers take square images; the data's are {}×{}",
+            shape.height, shape.width
+        )));
+    }
     let spec = |method: MethodConfig| -> Result<TrainSpec> {
         let mut s = build(
             cfg.model.kind,
             &ClassifierOptions {
                 width: cfg.model.width,
                 num_classes: classes,
-                image_size: SIDE,
+                image_size: shape.height,
+                in_channels: shape.channels,
                 method,
             },
         )?;
@@ -228,9 +275,19 @@ pub(crate) fn grouped_optimisers(
         .collect()
 }
 
-pub(crate) fn batch_tensor(images: &[f32], n: usize, device: Device) -> Result<Tensor> {
+pub(crate) fn batch_tensor(
+    images: &[f32],
+    n: usize,
+    shape: ImageShape,
+    device: Device,
+) -> Result<Tensor> {
+    let ImageShape {
+        channels: c,
+        height: h,
+        width: w,
+    } = shape;
     Ok(Tensor::f_from_slice(images)?
-        .f_reshape([n as i64, 3, SIDE as i64, SIDE as i64])?
+        .f_reshape([n as i64, c as i64, h as i64, w as i64])?
         .f_to_device(device)?)
 }
 
@@ -246,7 +303,7 @@ pub fn evaluate(
         shuffle: false,
         drop_last: false,
         augment: None,
-        normalize: *norm,
+        normalize: norm.clone(),
         seed: 0,
     };
     let classes = set.num_classes;
@@ -254,7 +311,7 @@ pub fn evaluate(
     let mut loss_sum = 0.0;
     let mut logits_all = Vec::with_capacity(set.len() * classes);
     for b in Loader::spawn(set.clone(), cfg, 0, 0) {
-        let x = batch_tensor(&b.images, b.size, device)?;
+        let x = batch_tensor(&b.images, b.size, set.shape, device)?;
         let y = tch::no_grad(|| model.forward(&x, false))?.remove(0);
         let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
         let loss = y.f_cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, 0.0)?;
@@ -421,16 +478,18 @@ fn function_change(
     device: Device,
 ) -> Result<f64> {
     let n = set.len().min(32);
-    let mut img = vec![0f32; n * PIXELS];
+    let px = set.shape.pixels();
+    let mut img = vec![0f32; n * px];
     for i in 0..n {
         overparam_data::loader::prepare(
             set.image(i),
+            set.shape,
             norm,
             None,
-            &mut img[i * PIXELS..(i + 1) * PIXELS],
+            &mut img[i * px..(i + 1) * px],
         );
     }
-    let x = batch_tensor(&img, n, device)?;
+    let x = batch_tensor(&img, n, set.shape, device)?;
     let ya = to_f(&tch::no_grad(|| a.forward(&x, false))?[0])?;
     let yb = to_f(&tch::no_grad(|| b.forward(&x, false))?[0])?;
     Ok((ya.max_abs_diff(&yb) / ya.max_abs().max(1e-12)) as f64)
@@ -597,17 +656,17 @@ pub fn train(
     let test_set = Arc::new(test_set);
     let (mean, std) = train_set.channel_stats();
     let norm = Normalize { mean, std };
-    let phases = phases(cfg, train_set.num_classes, &norm)?;
+    let phases = phases(cfg, train_set.num_classes, train_set.shape, &norm)?;
     let total = cfg.optim.epochs;
     let loader_cfg = LoaderConfig {
         batch_size: cfg.optim.batch_size,
         shuffle: true,
         drop_last: true,
         augment: cfg.data.augment.then_some(Augment {
-            crop_pad: 4,
-            hflip: true,
+            crop_pad: cfg.data.crop_pad,
+            hflip: cfg.data.hflip,
         }),
-        normalize: norm,
+        normalize: norm.clone(),
         seed: cfg.run.seed,
     };
     let steps = batches_per_epoch(train_set.len(), &loader_cfg);
@@ -696,7 +755,7 @@ pub fn train(
                 epoch as f64 + b.index as f64 / steps as f64,
                 total,
             );
-            let x = batch_tensor(&b.images, b.size, device)?;
+            let x = batch_tensor(&b.images, b.size, train_arc.shape, device)?;
             let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
             let (ce, y) = train_step(cfg, &model, &mut opts, &x, &t, lr, step)?;
             let l = ce.f_double_value(&[])?;
@@ -871,10 +930,39 @@ pub fn evaluate_checkpoint(
             .into(),
     })?;
     let norm = Normalize {
-        mean: [n.mean[0], n.mean[1], n.mean[2]],
-        std: [n.std[0], n.std[1], n.std[2]],
+        mean: n.mean.clone(),
+        std: n.std.clone(),
     };
-    let test = Arc::new(cifar::load(data, Split::Test)?);
+    let idx_classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
+        Some(overparam_fuse::spec::Op::Linear { out_features, .. }) => *out_features,
+        _ => 10,
+    };
+    let test = Arc::new(overparam_data::dataset::load(
+        data,
+        Split::Test,
+        None,
+        idx_classes,
+    )?);
+    let i = &spec.input;
+    let s = test.shape;
+    if (s.channels, s.height, s.width) != (i.channels, i.height, i.width)
+        || n.mean.len() != s.channels
+    {
+        return Err(Error::Run {
+            dir: path.into(),
+            message: format!(
+                "model takes {}×{}×{} images ({} normalisation channels), {} holds {}×{}×{}",
+                i.channels,
+                i.height,
+                i.width,
+                n.mean.len(),
+                data.display(),
+                s.channels,
+                s.height,
+                s.width
+            ),
+        });
+    }
     let vs = nn::VarStore::new(device);
     let model = OpModel::new(&vs.root(), &spec, &ck.weights)?;
     let classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
@@ -932,9 +1020,10 @@ mod tests {
         let spec = phases(
             &cfg,
             10,
+            ImageShape::CIFAR,
             &Normalize {
-                mean: [0.0; 3],
-                std: [1.0; 3],
+                mean: vec![0.0; 3],
+                std: vec![1.0; 3],
             },
         )
         .unwrap()

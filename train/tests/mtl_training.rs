@@ -32,6 +32,7 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
             synthetic_height: 48,
             synthetic_width: 64,
             augment: true,
+            ..DataConfig::default()
         },
         optim: OptimConfig {
             epochs,

@@ -71,6 +71,7 @@ fn specs() -> Vec<TrainSpec> {
                         width: 0.125,
                         num_classes: 10,
                         image_size: 8,
+                        in_channels: 3,
                         method: MethodConfig {
                             include_1x1: true,
                             ..MethodConfig::new(kind)
@@ -172,6 +173,7 @@ fn a_training_step_updates_every_parameter_and_still_folds_exactly() {
             width: 0.125,
             num_classes: 10,
             image_size: 8,
+            in_channels: 3,
             method: MethodConfig::new(MethodKind::Repvgg),
         },
     )
