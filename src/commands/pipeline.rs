@@ -342,9 +342,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let p50: Vec<f64> = reports.iter().map(|r| r.p50_ms).collect();
     let best = fastest(&p50).context("no latency was measured")?;
     let (chosen, cr) = (&models[best], &reports[best]);
+    // p50 of a model against fp32's (models[0]).
+    let ratio = |label: &str| {
+        models
+            .iter()
+            .zip(&reports)
+            .find(|(v, _)| v.label == label)
+            .map_or(f64::NAN, |(_, r)| r.p50_ms / reports[0].p50_ms)
+    };
     let _ = writeln!(
         md,
-        "\n**Published model: `{}` ({})**, the fastest measured here: p50 {:.2} ms against {:.2} ms for fp32 ({:.2}×), p99 {:.2} ms ({} the {} ms budget). The pipeline measures every export on this machine's runtime and publishes with the lowest p50, because which one wins depends on the runtime: ONNX Runtime's CPU provider runs TensorRT's Q/DQ encoding by dequantising around FP32 kernels (slower than FP32 here), while the CPU encoding runs as fused int8 QLinearConv; on a GPU, TensorRT fuses the Q/DQ model into int8 kernels, so `model.int8.onnx` is the one to build a plan from there.\n",
+        "\n**Published model: `{}` ({})**, the fastest measured here: p50 {:.2} ms against {:.2} ms for fp32 ({:.2}×), p99 {:.2} ms ({} the {} ms budget). The pipeline measures every export on this machine's runtime and publishes with the lowest p50, because which one wins depends on the runtime: ONNX Runtime's CPU provider runs TensorRT's Q/DQ encoding by dequantising around FP32 kernels ({:.2}× fp32's p50 here), while the CPU encoding runs as fused int8 QLinearConv ({:.2}×); on a GPU, TensorRT fuses the Q/DQ model into int8 kernels, so `model.int8.onnx` is the one to build a plan from there.\n",
         chosen.file,
         chosen.label,
         cr.p50_ms,
@@ -356,7 +364,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         } else {
             "**over**"
         },
-        a.budget_ms
+        a.budget_ms,
+        ratio("int8 trt"),
+        ratio("int8 cpu"),
     );
     write_file_atomic(
         &dir.join("latency.json"),
