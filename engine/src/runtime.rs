@@ -100,7 +100,7 @@ impl LibrarySearch {
         }
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
         Err(format!(
-            "no libonnxruntime.so: ORT_DYLIB_PATH is unset, none in {} or the loader cache (ldconfig -p), and no .venv/libonnxruntime.so in a project above the executable; {ORT_HINT}",
+            "no libonnxruntime.so: ORT_DYLIB_PATH is unset, none in {} or the loader cache (ldconfig -p), and no .venv/libonnxruntime.so in a directory above the executable or in the source tree it was built from; {ORT_HINT}",
             dirs.join(", ")
         ))
     }
