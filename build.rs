@@ -1,8 +1,15 @@
-//! With the `train` feature the binary links libtorch; link arguments from dependencies' build
-//! scripts do not reach it, so add them here from the lib dir `overparam-train` reports: an
-//! rpath (no LD_LIBRARY_PATH) and `-ltorch` under `--no-as-needed` (keeps libtorch_cuda.so).
+//! Link arguments from dependencies' build scripts do not reach the binary, so they are added
+//! here from what those crates report:
+//! - with `train`, libtorch from the lib dir `overparam-train` reports: an rpath (no
+//!   LD_LIBRARY_PATH) and `-ltorch` under `--no-as-needed` (keeps libtorch_cuda.so);
+//! - with `tensorrt`, an rpath to a TensorRT library directory outside the system paths (a
+//!   tarball install), which `overparam-engine` reports.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_OVERPARAM_TRAIN_LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=DEP_OVERPARAM_ENGINE_TRT_LIB");
+    if let Some(dir) = std::env::var_os("DEP_OVERPARAM_ENGINE_TRT_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.to_string_lossy());
+    }
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }

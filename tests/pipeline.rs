@@ -54,18 +54,49 @@ fn multi_task_pipeline_reports_every_stage() {
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(md.contains("**Fold verified: yes**"), "{md}");
     assert!(
-        md.contains("| mIoU |") && md.contains("| fp32 | fp16 | int8 |"),
+        md.contains("| mIoU |") && md.contains("| fp32 | fp16 | int8 trt | int8 cpu |"),
         "{md}"
     );
-    for p in ["| fp32 |", "| fp16 |", "| int8 |"] {
+    for p in [
+        "| fp32 | `model.onnx` |",
+        "| fp16 | `model.fp16.onnx` |",
+        "| int8 trt | `model.int8.onnx` |",
+        "| int8 cpu | `model.int8.cpu.onnx` |",
+    ] {
         assert!(md.contains(p), "latency row {p} missing: {md}");
     }
     assert!(md.contains("p99 ms"), "{md}");
     assert!(md.contains("**Received 120 of 120 messages**"), "{md}");
+    // Publishing uses the lowest p50 measured, and the report and the bridge say which.
+    let lat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("latency.json")).unwrap()).unwrap();
+    let rows = lat["models"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{lat}");
+    let best = rows
+        .iter()
+        .min_by(|a, b| {
+            a["p50_ms"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["p50_ms"].as_f64().unwrap())
+        })
+        .unwrap();
+    let published = lat["published"].as_str().unwrap();
+    assert_eq!(published, best["file"].as_str().unwrap(), "{lat}");
+    assert!(
+        md.contains(&format!("**Published model: `{published}`")),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("The published model (`{published}`")),
+        "{md}"
+    );
     for f in [
         "model.onnx",
         "model.fp16.onnx",
         "model.int8.onnx",
+        "model.int8.cpu.onnx",
+        "latency.json",
         "calib.json",
         "training_curves.png",
         "training_metrics.png",
@@ -113,6 +144,10 @@ fn classification_pipeline_skips_the_bridge() {
     let md = std::fs::read_to_string(d.path().join("proxy-cifar-sfo-r1/report.md")).unwrap();
     assert!(md.contains("**Fold verified: yes**"), "{md}");
     assert!(md.contains("| precision | top-1 err % |"), "{md}");
+    for p in ["| int8 trt |", "| int8 cpu |"] {
+        assert!(md.contains(p), "accuracy row {p} missing: {md}");
+    }
+    assert!(md.contains("**Published model: `"), "{md}");
     assert!(
         md.contains("Skipped: a classifier has no dense outputs"),
         "{md}"

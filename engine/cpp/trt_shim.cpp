@@ -1,10 +1,13 @@
 // A small C ABI over TensorRT's C++ API (TensorRT >= 10), for engine/src/trt_native.rs.
 //
 // Builds strongly typed networks from explicitly typed ONNX (FP16 types, symmetric Q/DQ), so the
-// same code serves TensorRT 10 and 11 (11 removed the precision builder flags). Errors are
+// same code serves TensorRT 10 and 11 (11 removed the precision builder flags). What differs
+// between releases is chosen with NV_TENSORRT_MAJOR / NV_TENSORRT_MINOR; .ci/run compiles this
+// file with -Wall -Wextra -Werror against the public headers of 10.0, 10.13 and 11.1. Errors are
 // written into a caller-provided buffer; nothing here throws across the ABI.
 
 #include <NvInfer.h>
+#include <NvInferVersion.h>
 #include <NvOnnxParser.h>
 
 #include <cstdint>
@@ -85,8 +88,15 @@ int opm_trt_build(void const* onnx, size_t onnx_len, size_t workspace_bytes, int
     try {
         std::unique_ptr<nvinfer1::IBuilder> builder(nvinfer1::createInferBuilder(logger));
         if (!builder) throw std::runtime_error("createInferBuilder failed");
-        auto flags = 1U << static_cast<uint32_t>(
-                         nvinfer1::NetworkDefinitionCreationFlag::kSTRONGLY_TYPED);
+#if NV_TENSORRT_MAJOR >= 11
+        // TensorRT 11 networks are always strongly typed; kSTRONGLY_TYPED is deprecated there
+        // (and ignored), so no flag is set.
+        nvinfer1::NetworkDefinitionCreationFlags const flags = 0;
+#else
+        // TensorRT 10 builds weakly typed networks unless asked; the ONNX carries the types.
+        nvinfer1::NetworkDefinitionCreationFlags const flags =
+            1U << static_cast<uint32_t>(nvinfer1::NetworkDefinitionCreationFlag::kSTRONGLY_TYPED);
+#endif
         std::unique_ptr<nvinfer1::INetworkDefinition> network(builder->createNetworkV2(flags));
         std::unique_ptr<nvonnxparser::IParser> parser(
             nvonnxparser::createParser(*network, logger));

@@ -16,9 +16,8 @@ pub enum Error {
     Calibration(String),
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
-    #[error(
-        "ONNX Runtime library not found ({0}): run scripts/setup.sh (installs onnxruntime==1.31.1 into .venv) or set ORT_DYLIB_PATH to libonnxruntime.so"
-    )]
+    /// No usable ONNX Runtime library; the message names where it looked and how to get one.
+    #[error("ONNX Runtime library: {0}")]
     RuntimeMissing(String),
     /// A latency measurement that cannot be made as asked (input shape, budget).
     #[error("latency: {0}")]

@@ -543,9 +543,15 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
             );
         }
         // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
-        // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv.
+        // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv. Not on
+        // a conv that is a model output: rounding the prediction itself to 8 bits (and
+        // clipping it at a calibrated threshold) costs accuracy where nothing is gained, e.g.
+        // a depth head in metres.
         let out = match (quantised, &n.op) {
-            (Some(p), Op::Conv(_)) if p.encoding == ActivationEncoding::UnsignedOffset => {
+            (Some(p), Op::Conv(_))
+                if p.encoding == ActivationEncoding::UnsignedOffset
+                    && !spec.outputs.iter().any(|o| o.node == n.name) =>
+            {
                 let d = b.quant_act(&out, &n.name, p)?;
                 b.dq_outputs.insert(d.clone());
                 d

@@ -15,8 +15,10 @@ pub mod trt_native;
 
 pub use error::{Error, Result};
 
-/// ONNX protobuf types, generated at build time from onnx.proto.
+/// ONNX protobuf types: prost code generated from onnx.proto (onnx 1.23.2, Apache-2.0) and
+/// committed, so no build needs Python or protoc. `scripts/gen_onnx.sh` regenerates it;
+/// `tests/onnx_pb.rs` fails when it is stale. (`include!`, so rustfmt leaves it as generated.)
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+    include!("pb/onnx.rs");
 }

@@ -1,13 +1,14 @@
 //! ONNX Runtime as the CPU runtime (the `ort` crate with `load-dynamic`): the library is found
-//! at run time (`ORT_DYLIB_PATH`, else the project's `.venv/libonnxruntime.so`), and a missing
-//! library is an error, never a panic. ORT runs Q/DQ models with real int8 kernels.
+//! at run time ([`library_path`]: `ORT_DYLIB_PATH`, else the system's library directories,
+//! else the project's `.venv`), and a missing library is an error that says how to get one,
+//! never a panic. ORT runs Q/DQ models with real int8 kernels.
 //!
 //! The same runtime runs on a GPU through ONNX Runtime's TensorRT execution provider
 //! ([`Provider::TensorRt`]) where the loaded library has it (onnxruntime-gpu builds; the CPU
 //! wheel does not): TensorRT builds engines for the subgraphs it supports (cached on disk) and
 //! ONNX Runtime runs the rest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::session::Session;
@@ -17,22 +18,151 @@ use ort::value::Tensor as OrtTensor;
 use crate::error::{Error, Result};
 
 static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+static LIBRARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
 
-/// Where the ONNX Runtime shared library is looked for.
-pub fn library_path() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("OVERPARAM_DEFAULT_ORT")))
+/// What to do when no library is found; shared by every "not found" message.
+pub const ORT_HINT: &str = "get one with `scripts/setup.sh --deploy` (installs only onnxruntime==1.31.1 into the project's .venv; x86_64 and aarch64 wheels exist), or `pip install onnxruntime==1.31.1` anywhere and set ORT_DYLIB_PATH to its onnxruntime/capi/libonnxruntime.so.1.31.1, or unpack an ONNX Runtime release (lib/libonnxruntime.so) into /usr/local; on Jetson use the onnxruntime-gpu build for your JetPack and set ORT_DYLIB_PATH";
+
+/// The places [`library_path`] searches, in order (a struct so tests can point it elsewhere).
+#[derive(Clone, Debug, Default)]
+pub struct LibrarySearch {
+    /// `ORT_DYLIB_PATH`: when set, it is the answer or the error; nothing else is tried.
+    pub env: Option<PathBuf>,
+    /// System library directories (`LD_LIBRARY_PATH`, /usr/local/lib, /usr/lib/<arch>-linux-gnu, ...).
+    pub dirs: Vec<PathBuf>,
+    /// Libraries the dynamic loader's cache knows (`ldconfig -p`).
+    pub ldconfig: Vec<PathBuf>,
+    /// Project roots whose `.venv/libonnxruntime.so` (scripts/setup.sh's link) may be used.
+    pub projects: Vec<PathBuf>,
+}
+
+impl LibrarySearch {
+    /// This process's places: the environment, the usual directories for this architecture,
+    /// the loader cache, and the repositories above the executable and above this crate's
+    /// sources (a development checkout).
+    pub fn from_system() -> Self {
+        let arch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+        let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+            .map(|v| {
+                std::env::split_paths(&v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.extend(
+            [
+                "/usr/local/lib",
+                "/usr/local/lib64",
+                &arch,
+                "/usr/lib64",
+                "/usr/lib",
+            ]
+            .map(PathBuf::from),
+        );
+        let mut projects: Vec<PathBuf> = std::env::current_exe()
+            .and_then(|e| e.canonicalize())
+            .map(|e| e.ancestors().skip(1).map(Path::to_path_buf).collect())
+            .unwrap_or_default();
+        projects.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        Self {
+            env: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+            dirs,
+            ldconfig: ldconfig_libraries(),
+            projects,
+        }
+    }
+
+    /// The first library found, or a message naming every place looked at and how to get one.
+    pub fn find(&self) -> std::result::Result<PathBuf, String> {
+        if let Some(p) = &self.env {
+            return if p.is_file() {
+                Ok(p.clone())
+            } else {
+                Err(format!(
+                    "ORT_DYLIB_PATH={} is not a file; point it at libonnxruntime.so, or unset it to search the system and the project's .venv",
+                    p.display()
+                ))
+            };
+        }
+        for d in &self.dirs {
+            if let Some(p) = library_in(d) {
+                return Ok(p);
+            }
+        }
+        if let Some(p) = self.ldconfig.iter().find(|p| p.is_file()) {
+            return Ok(p.clone());
+        }
+        for root in &self.projects {
+            let p = root.join(".venv/libonnxruntime.so");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        Err(format!(
+            "no libonnxruntime.so: ORT_DYLIB_PATH is unset, none in {} or the loader cache (ldconfig -p), and no .venv/libonnxruntime.so in a directory above the executable or in the source tree it was built from; {ORT_HINT}",
+            dirs.join(", ")
+        ))
+    }
+}
+
+/// `libonnxruntime.so` in `dir`, else its highest versioned name (`libonnxruntime.so.1.31.1`).
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join("libonnxruntime.so");
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                && p.is_file()
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+/// ONNX Runtime libraries in the dynamic loader's cache (`ldconfig -p`), if ldconfig is there.
+fn ldconfig_libraries() -> Vec<PathBuf> {
+    for exe in ["/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"] {
+        let Ok(out) = std::process::Command::new(exe)
+            .arg("-p")
+            .stderr(std::process::Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        return parse_ldconfig(&String::from_utf8_lossy(&out.stdout));
+    }
+    vec![]
+}
+
+/// Lines like `\tlibonnxruntime.so.1 (libc6,AArch64) => /usr/lib/libonnxruntime.so.1`.
+fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("libonnxruntime.so"))
+        .filter_map(|l| l.split_once(" => ").map(|(_, p)| PathBuf::from(p.trim())))
+        .collect()
+}
+
+/// The ONNX Runtime shared library this process uses (searched once; see [`LibrarySearch`]).
+pub fn library_path() -> Result<PathBuf> {
+    LIBRARY
+        .get_or_init(|| LibrarySearch::from_system().find())
+        .clone()
+        .map_err(Error::RuntimeMissing)
 }
 
 fn environment() -> Result<&'static ort::environment::Environment> {
+    let path = library_path()?;
     ENV.get_or_init(|| {
-        let path = library_path();
-        if !path.exists() {
-            return Err(format!("{} does not exist", path.display()));
-        }
         ort::init_from(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| format!("{}: {e}; {ORT_HINT}", path.display()))?
             .with_name("overparam")
             .build()
             .map_err(|e| e.to_string())
@@ -45,7 +175,7 @@ fn environment() -> Result<&'static ort::environment::Environment> {
 /// wheel ships as `libonnxruntime.so.X.Y.Z`), else its build-info string.
 pub fn version() -> Result<String> {
     environment()?;
-    let from_name = library_path().canonicalize().ok().and_then(|p| {
+    let from_name = library_path()?.canonicalize().ok().and_then(|p| {
         p.file_name()?
             .to_str()?
             .split_once(".so.")
@@ -161,7 +291,7 @@ impl OrtRuntime {
             if !TensorRT::is_available()? {
                 return Err(Error::TensorRt(format!(
                     "{}: {TRT_EP_HINT}",
-                    library_path().display()
+                    library_path()?.display()
                 )));
             }
             let (fp16, int8) = graph_precisions(model)?;
@@ -281,5 +411,93 @@ impl OrtRuntime {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod library_search_tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    #[test]
+    fn ort_dylib_path_wins_and_a_wrong_one_is_an_error_not_a_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        touch(&sys.join("libonnxruntime.so"));
+        let mine = d.path().join("mine/libonnxruntime.so.1.31.1");
+        touch(&mine);
+        let mut s = LibrarySearch {
+            env: Some(mine.clone()),
+            dirs: vec![sys.clone()],
+            ..Default::default()
+        };
+        assert_eq!(s.find().unwrap(), mine);
+        s.env = Some(d.path().join("nope.so"));
+        let e = s.find().unwrap_err();
+        assert!(
+            e.contains("ORT_DYLIB_PATH=") && e.contains("nope.so"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn system_directories_come_before_the_virtualenv() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        touch(&b.join("libonnxruntime.so.1.24.4"));
+        touch(&b.join("libonnxruntime.so.1.31.1"));
+        let repo = d.path().join("repo");
+        touch(&repo.join(".venv/libonnxruntime.so"));
+        let mut s = LibrarySearch {
+            env: None,
+            dirs: vec![a.clone(), b.clone()],
+            ldconfig: vec![],
+            projects: vec![repo.clone()],
+        };
+        // No plain name in b: the highest versioned one.
+        assert_eq!(s.find().unwrap(), b.join("libonnxruntime.so.1.31.1"));
+        s.dirs = vec![a];
+        assert_eq!(s.find().unwrap(), repo.join(".venv/libonnxruntime.so"));
+        // The loader cache sits between the directories and the virtualenv.
+        let cached = d.path().join("cache/libonnxruntime.so.1");
+        touch(&cached);
+        s.ldconfig = vec![d.path().join("gone.so"), cached.clone()];
+        assert_eq!(s.find().unwrap(), cached);
+    }
+
+    #[test]
+    fn nothing_found_says_where_it_looked_and_how_to_get_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LibrarySearch {
+            env: None,
+            dirs: vec![d.path().join("lib")],
+            ldconfig: vec![],
+            projects: vec![d.path().to_path_buf()],
+        };
+        let e = s.find().unwrap_err();
+        for want in [
+            "ORT_DYLIB_PATH",
+            "scripts/setup.sh --deploy",
+            "ldconfig",
+            &d.path().join("lib").display().to_string(),
+        ] {
+            assert!(e.contains(want), "`{want}` missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn ldconfig_lines_are_parsed() {
+        let text = "3 libs found in cache `/etc/ld.so.cache'\n\tlibonnxruntime.so.1 (libc6,AArch64) => /usr/lib/aarch64-linux-gnu/libonnxruntime.so.1\n\tlibm.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libm.so.6\n";
+        assert_eq!(
+            parse_ldconfig(text),
+            vec![PathBuf::from(
+                "/usr/lib/aarch64-linux-gnu/libonnxruntime.so.1"
+            )]
+        );
     }
 }

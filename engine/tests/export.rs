@@ -450,3 +450,63 @@ fn one_channel_models_export_calibrate_and_evaluate() {
     let e = evaluate(&fp32, &cifar, &norm).unwrap_err().to_string();
     assert!(e.contains("3×32×32") && e.contains("1×28×28"), "{e}");
 }
+
+/// The CPU encoding quantises conv outputs so ONNX Runtime runs QLinearConv, but not a conv
+/// that is a model output (the multi-task heads): rounding the prediction itself to 8 bits and
+/// clipping it at a calibrated threshold wrecked the depth head (abs error 0.84 → 3.36 m in
+/// the demo pipeline). Every other conv output keeps its Q/DQ.
+#[test]
+fn cpu_encoding_leaves_output_convs_in_float() {
+    use overparam_fuse::models::{MtlOptions, mtl_net};
+    use overparam_fuse::spec::Op;
+    let t = mtl_net(&MtlOptions {
+        width: 0.125,
+        height: 36,
+        width_px: 44,
+        classes: 13,
+        method: MethodConfig::new(MethodKind::Plain),
+    })
+    .unwrap();
+    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 6);
+    let (spec, dw) = fold(&t, &w).unwrap();
+    let x: Tensor<f32> = Rng::new(2).normal_tensor(&[1, 3, 36, 44], 1.0);
+    let hists = collect(&spec, &dw, std::slice::from_ref(&x.data), false).unwrap();
+    let mut o = ExportOptions::new(Precision::Int8);
+    o.quant = Some(plan(
+        &hists,
+        Calibrator::Max,
+        ActivationEncoding::UnsignedOffset,
+    ));
+    let m = export(&spec, &dw, &o).unwrap();
+    let quantised: Vec<&str> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("QuantizeLinear"))
+        .map(|n| n.input[0].as_str())
+        .collect();
+    let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.node.as_str()).collect();
+    let convs: Vec<&str> = spec
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_)))
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut output_convs = 0;
+    for c in &convs {
+        if outputs.contains(c) {
+            output_convs += 1;
+            assert!(!quantised.contains(c), "output conv `{c}` was quantised");
+        } else {
+            assert!(quantised.contains(c), "inner conv `{c}` lost its Q/DQ");
+        }
+    }
+    assert!(output_convs > 0, "the multi-task net's heads end in convs");
+    // And it still runs.
+    OrtRuntime::new(&to_bytes(&m), Some(1))
+        .unwrap()
+        .run(&x.data)
+        .unwrap();
+}
