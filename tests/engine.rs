@@ -1,6 +1,7 @@
 //! Deployment from the command line: export refusals, the FP32 ONNX against the tch eval
 //! forward, latency budgets, and TensorRT builds through a stand-in trtexec.
 
+use overparam_fuse::RandomTensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

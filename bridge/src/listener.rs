@@ -81,7 +81,7 @@ fn push_ring(v: &mut Vec<f64>, seen: u64, x: f64) {
 pub fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    overparam_engine::latency::percentile(&s, p)
+    overparam_base::stats::percentile(&s, p)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

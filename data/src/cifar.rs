@@ -241,5 +241,5 @@ pub fn write_cifar100(path: &Path, images: &[u8], fine: &[u16], coarse: &[u8]) -
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    overparam_fuse::checkpoint::write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
+    overparam_base::write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }

@@ -331,7 +331,7 @@ pub fn synthetic_set(n: usize, side: usize, classes: usize, seed: u64, split: &s
     let mut images = Vec::with_capacity(n * side * side);
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
-        let mut rng = overparam_fuse::Rng::derive(seed, &format!("synth-idx.{split}.{i}"));
+        let mut rng = overparam_base::Rng::derive(seed, &format!("synth-idx.{split}.{i}"));
         let label = i % classes.max(1);
         let angle = std::f64::consts::PI * label as f64 / classes.max(1) as f64;
         let (s, c) = angle.sin_cos();

@@ -12,7 +12,8 @@ pub mod nyuv2;
 pub mod plot;
 pub mod png;
 pub mod scenes;
-pub mod stats;
 pub mod synth;
 
 pub use error::{Error, Result};
+/// The paired statistics moved to `overparam-base`; this path keeps working.
+pub use overparam_base::stats;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use overparam_fuse::Rng;
+use overparam_base::Rng;
 
 use crate::cifar::{ImageSet, ImageShape};
 

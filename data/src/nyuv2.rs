@@ -160,7 +160,7 @@ pub fn write_sample(root: &Path, split: &str, i: usize, s: &NyuSample) -> Result
 /// window and resize it back to H×W (image bilinear with aligned corners, maps nearest; depth
 /// divided by s, since the scene appears s times closer) — then a horizontal flip with
 /// probability ½ (which negates the normals' x component).
-pub fn augment(s: &NyuSample, rng: &mut overparam_fuse::Rng) -> NyuSample {
+pub fn augment(s: &NyuSample, rng: &mut overparam_base::Rng) -> NyuSample {
     let (h, w) = (s.height, s.width);
     let scale = [1.0f64, 1.2, 1.5][rng.below(3)];
     let (ch, cw) = (
@@ -241,7 +241,7 @@ mod tests {
         let s = sample(10, 12);
         let (mut scales, mut flips) = (std::collections::BTreeSet::new(), 0);
         for seed in 0..60 {
-            let a = augment(&s, &mut overparam_fuse::Rng::new(seed));
+            let a = augment(&s, &mut overparam_base::Rng::new(seed));
             // Every output depth is an input depth divided by one of the scales.
             let ratio_ok = a.depth.iter().all(|d| {
                 [1.0f32, 1.2, 1.5].iter().any(|sc| {
@@ -271,7 +271,7 @@ mod tests {
         // Scale 1 without flip is the identity.
         let mut found_identity = false;
         for seed in 0..200 {
-            let a = augment(&s, &mut overparam_fuse::Rng::new(seed));
+            let a = augment(&s, &mut overparam_base::Rng::new(seed));
             if a.depth == s.depth {
                 assert_eq!(a.image, s.image);
                 assert_eq!(a.normal, s.normal);

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use overparam_fuse::Rng;
+use overparam_base::Rng;
 
 use crate::error::Result;
 use crate::nyuv2::{NyuSample, write_sample};

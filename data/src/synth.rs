@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use overparam_fuse::Rng;
+use overparam_base::Rng;
 
 use crate::cifar::{PIXELS, SIDE, write_cifar100};
 use crate::error::Result;

@@ -137,7 +137,7 @@ fn augmentation_crops_with_zero_padding_and_flips() {
     let mut seen_flip = false;
     let mut seen_shift = false;
     for seed in 0..50 {
-        let mut rng = overparam_fuse::Rng::new(seed);
+        let mut rng = overparam_base::Rng::new(seed);
         let mut out = vec![0f32; PIXELS];
         prepare(
             &img,
@@ -163,7 +163,7 @@ fn augmentation_crops_with_zero_padding_and_flips() {
                     crop_pad: 0,
                     hflip: true,
                 },
-                &mut overparam_fuse::Rng::new(seed),
+                &mut overparam_base::Rng::new(seed),
             )),
             &mut flipped,
         );

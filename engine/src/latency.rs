@@ -34,14 +34,7 @@ pub struct LatencyReport {
     pub samples_ms: Vec<f64>,
 }
 
-/// The p-th percentile (nearest rank) of sorted samples.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+pub use overparam_base::stats::percentile;
 
 /// The CPU model name, for the record.
 pub fn cpu_name() -> String {

@@ -8,6 +8,7 @@ use overparam_data::loader::Normalize;
 use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
 use overparam_engine::runtime::OrtRuntime;
+use overparam_fuse::RandomTensor;
 use overparam_fuse::exec::run;
 use overparam_fuse::init::random_weights;
 use overparam_fuse::layout::train_layout;

@@ -13,7 +13,7 @@ use crate::layout::{ParamKind, factor_names, train_layout};
 use crate::linalg::{Mat, svd};
 use crate::method::Method;
 use crate::spec::{ConvShape, Op, TrainConv, TrainSpec};
-use crate::tensor::{Rng, Tensor};
+use crate::tensor::{RandomTensor, Rng, Tensor};
 
 /// Relative size of the noise in the extra SFO directions (d > rank). Small, but never zero:
 /// zero-padded extra rows/columns receive exactly zero gradient forever (methods.md §5.1).

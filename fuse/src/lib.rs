@@ -23,4 +23,4 @@ pub use error::{Error, Result};
 pub use fold::{Weights, fold};
 pub use method::{Method, MethodConfig, MethodKind};
 pub use spec::{AnySpec, DeploySpec, TrainSpec};
-pub use tensor::{Real, Rng, Tensor};
+pub use tensor::{RandomTensor, Real, Rng, Tensor};

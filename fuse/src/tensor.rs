@@ -129,57 +129,24 @@ impl<F: Real> Tensor<F> {
     }
 }
 
-/// Seeded, portable random numbers (SplitMix64), so inits and tests do not depend on an
-/// external crate's stream staying stable across versions.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub use overparam_base::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-    /// A stream derived from this seed and a label (e.g. a parameter name), so adding a
-    /// layer does not shift the random numbers of every other layer.
-    pub fn derive(seed: u64, label: &str) -> Self {
-        // FNV-1a of the label, mixed with the seed.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in label.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-        Self::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    pub fn uniform_in(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n.max(1)
-    }
-    pub fn normal_tensor<F: Real>(&mut self, shape: &[usize], std: f64) -> Tensor<F> {
+/// Random tensors from the shared [`Rng`] (an extension trait: the Rng lives in
+/// `overparam-base`, which knows nothing of tensors).
+pub trait RandomTensor {
+    fn normal_tensor<F: Real>(&mut self, shape: &[usize], std: f64) -> Tensor<F>;
+    fn uniform_tensor<F: Real>(&mut self, shape: &[usize], lo: f64, hi: f64) -> Tensor<F>;
+}
+
+impl RandomTensor for Rng {
+    fn normal_tensor<F: Real>(&mut self, shape: &[usize], std: f64) -> Tensor<F> {
         let n = shape.iter().product();
         Tensor::new(
             shape.to_vec(),
             (0..n).map(|_| F::from_f64(self.normal() * std)).collect(),
         )
     }
-    pub fn uniform_tensor<F: Real>(&mut self, shape: &[usize], lo: f64, hi: f64) -> Tensor<F> {
+    fn uniform_tensor<F: Real>(&mut self, shape: &[usize], lo: f64, hi: f64) -> Tensor<F> {
         let n = shape.iter().product();
         Tensor::new(
             shape.to_vec(),

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::exec::{ConvEval, outputs_of, run_all, run_all_with};
 use crate::fold::{Weights, fold};
 use crate::spec::{ConvLike, DeploySpec, Graph, INPUT, Op, TrainSpec};
-use crate::tensor::{Real, Rng, Tensor};
+use crate::tensor::{RandomTensor, Real, Rng, Tensor};
 
 /// The exactness tolerance, relative to the largest |y| of a block or output. f64 rounding of a
 /// few hundred layers of dot products stays below ~1e-12 on the networks here (the folds'

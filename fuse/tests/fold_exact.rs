@@ -2,6 +2,7 @@
 //! shapes (kernel 1/3/5, stride 1/2, groups 1/2/4, identity present/absent, conv bias on/off),
 //! randomised BN statistics and affine parameters, and spatial sizes down to 3×3.
 
+use overparam_fuse::RandomTensor;
 use overparam_fuse::exec::run;
 use overparam_fuse::init::random_weights;
 use overparam_fuse::layout::train_layout;

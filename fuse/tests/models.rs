@@ -1,5 +1,6 @@
 //! Model builders, deploy parity across methods, and exact spectral initialisation.
 
+use overparam_fuse::RandomTensor;
 use overparam_fuse::fold::deploy_spec;
 use overparam_fuse::init::{InitOptions, init_train_weights, plain_kernel};
 use overparam_fuse::layout::{deploy_layout, param_count, train_layout};

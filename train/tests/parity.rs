@@ -2,6 +2,7 @@
 //! layout, and in eval mode the tch forward of the overparameterised model equals the folded
 //! deploy model run by the reference executor.
 
+use overparam_fuse::RandomTensor;
 use overparam_fuse::exec::run;
 use overparam_fuse::init::random_weights;
 use overparam_fuse::layout::train_layout;

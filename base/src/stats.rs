@@ -1,6 +1,15 @@
 //! Paired comparisons over seeds: mean difference, its standard error, a two-sided paired
 //! t-test (Student's t CDF through the regularised incomplete beta function) and a two-sided
-//! exact sign test.
+//! exact sign test; and the nearest-rank percentile of latency reports.
+
+/// The p-th percentile (nearest rank) of sorted samples; NaN for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
 
 /// `ln Γ(x)` for `x > 0`: Lanczos' approximation with Numerical Recipes' coefficients
 /// (Press et al., *Numerical Recipes*, 3rd ed., §6.1, `gammln`; |error| < 2e-10).
