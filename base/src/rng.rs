@@ -54,9 +54,8 @@ mod tests {
     #[test]
     fn streams_are_stable_and_derived_streams_independent() {
         // Golden values: changing them changes every init and synthetic dataset.
-        let mut r = Rng::new(0);
-        let first = r.next_u64();
-        assert_eq!(first, Rng::new(0).next_u64());
+        // SplitMix64 of seed 0 ^ 0x5DEECE66D1CE4E5B, computed independently (Python).
+        assert_eq!(Rng::new(0).next_u64(), 0x95b1_6f87_c43b_de85);
         assert_ne!(
             Rng::derive(0, "a").next_u64(),
             Rng::derive(0, "b").next_u64()
