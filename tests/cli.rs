@@ -42,6 +42,18 @@ fn init(dir: &Path, model: &str, method: &str, width: &str) -> PathBuf {
     p
 }
 
+/// A tiny vgg_small run config (`[run]` into `dir`, one thread) with the given method and the
+/// sections after `[model]` as written, at `dir/c.toml`.
+fn vgg_config(dir: &Path, method: &str, rest: &str) -> PathBuf {
+    let cfg = dir.join("c.toml");
+    let head = format!(
+        "[run]\nname = \"x\"\ndir = \"{}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"{method}\" }}\n",
+        dir.display()
+    );
+    std::fs::write(&cfg, head + rest).unwrap();
+    cfg
+}
+
 #[test]
 fn init_fuse_inspect_for_every_method() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,20 +191,10 @@ fn checkpoints_load_strictly_into_pytorch() {
 #[test]
 fn train_killed_and_resumed_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[run]
-name = "x"
-dir = "{}"
-threads = 1
-[model]
-kind = "vgg_small"
-width = 0.125
-method = {{ kind = "fnl" }}
-[data]
+    let cfg = vgg_config(
+        dir.path(),
+        "fnl",
+        r#"[data]
 synthetic_train = 600
 synthetic_test = 100
 [optim]
@@ -200,12 +202,9 @@ epochs = 4
 batch_size = 20
 lr = 0.05
 weight_decay = 5e-4
-schedule = {{ kind = "cosine" }}
+schedule = { kind = "cosine" }
 "#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    );
     let c = cfg.to_str().unwrap();
     let o = run(&["train", "--config", c, "--set", "run.name=straight"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -424,20 +423,10 @@ fn synthetic_data_never_overwrites_a_dataset_unasked() {
 #[test]
 fn a_train_that_failed_at_start_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[run]
-name = "x"
-dir = "{}"
-threads = 1
-[model]
-kind = "vgg_small"
-width = 0.125
-method = {{ kind = "plain" }}
-[data]
+    let cfg = vgg_config(
+        dir.path(),
+        "plain",
+        r#"[data]
 synthetic_train = 40
 synthetic_test = 20
 augment = false
@@ -446,10 +435,7 @@ epochs = 1
 batch_size = 64
 lr = 0.05
 "#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    );
     let c = cfg.to_str().unwrap();
     // batch_size 64 > 40 images: fails after the run directory was made.
     for name in ["fresh", "resumed"] {

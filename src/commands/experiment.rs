@@ -957,9 +957,14 @@ mod tests {
             deploy_macs: 10,
             int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
         };
-        let d = dir.join(format!("{label}-s{seed}"));
+        write_cell(dir, &r);
+    }
+
+    /// A finished cell's `cell.json` in its directory under the grid `dir`.
+    fn write_cell(dir: &Path, r: &CellResult) {
+        let d = dir.join(format!("{}-s{}", r.label, r.seed));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(CELL_FILE), serde_json::to_string(&r).unwrap()).unwrap();
+        std::fs::write(d.join(CELL_FILE), serde_json::to_string(r).unwrap()).unwrap();
     }
 
     fn read(dir: &Path) -> (String, String) {
@@ -989,9 +994,7 @@ mod tests {
             deploy_macs: 10,
             int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
         };
-        let d = dir.join(format!("{label}-s{seed}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(CELL_FILE), serde_json::to_string(&r).unwrap()).unwrap();
+        write_cell(dir, &r);
     }
 
     /// Paired by seed against plain, by hand: differences −2, −4, −3 → mean −3, sd 1,

@@ -90,13 +90,7 @@ pub fn fold_and_gate(
     let path = dir.join(FOLD_FILE);
     let json = serde_json::to_string_pretty(&f.report).expect("a fold report serialises");
     overparam_fuse::checkpoint::write_file_atomic(&path, json.as_bytes()).map_err(io(&path))?;
-    let v = &f.report.exact;
-    let exact = v.blocks.iter().all(|d| d.rel <= v.block_tolerance)
-        && v.outputs
-            .iter()
-            .filter(|d| checked(&d.name))
-            .all(|d| d.rel <= v.output_tolerance);
-    if !exact {
+    if !f.report.exact.passed_for(checked) {
         return Err(Error::Run {
             dir: dir.into(),
             message: format!(
