@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
                 OrtRuntime::new(&to_bytes(&export(&dspec, &dw, &o).unwrap()), Some(THREADS))
                     .unwrap();
             let batches = calibration_batches(&calib_set, &norm, 128.max(batch), batch, 0).unwrap();
-            let hists = collect(&dspec, &dw, &batches, false).unwrap();
+            let hists = collect(&dspec, &dw, &batches, &overparam_base::Silent).unwrap();
             o.precision = Precision::Int8;
             o.quant = Some(plan(
                 &hists,

@@ -19,7 +19,7 @@ const H: usize = 288;
 const W: usize = 384;
 
 fn frame(id: u64) -> FrameOutputs {
-    let mut rng = overparam_fuse::Rng::new(id);
+    let mut rng = overparam_base::Rng::new(id);
     FrameOutputs {
         frame_id: id,
         header: None,

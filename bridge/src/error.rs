@@ -28,10 +28,12 @@ pub enum Error {
     /// An option that cannot work (a rate of 0, no frames), refused before anything runs.
     #[error("{0}")]
     InvalidOption(String),
+    #[cfg(feature = "run")]
     #[error(transparent)]
     Engine(#[from] overparam_engine::Error),
     #[error(transparent)]
     Data(#[from] overparam_data::Error),
+    #[cfg(feature = "run")]
     #[error(transparent)]
     Fuse(#[from] overparam_fuse::Error),
 }

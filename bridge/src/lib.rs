@@ -3,13 +3,14 @@
 //! - [`wire`]: the versioned native format (header + raw tensor) and its validating decoder;
 //! - [`ros2`]: `sensor_msgs/msg/Image` as rmw_zenoh puts it on the wire;
 //! - [`publisher`] / [`listener`]: a topic per task with per-topic QoS, counters on both sides;
-//! - [`source`] and [`run`]: camera frames in, model outputs out.
+//! - [`source`] and `run` (feature `run`): camera frames in, model outputs out.
 
 pub mod counters;
 pub mod error;
 pub mod listener;
 pub mod publisher;
 pub mod ros2;
+#[cfg(feature = "run")]
 pub mod run;
 pub mod session;
 pub mod source;

@@ -619,7 +619,7 @@ mod tests {
         for n in 0..b.len() - 3 {
             assert!(decode_image(&b[..n]).is_err(), "prefix {n}");
         }
-        let mut rng = overparam_fuse::Rng::new(5);
+        let mut rng = overparam_base::Rng::new(5);
         for _ in 0..20_000 {
             let mut c = b.clone();
             let i = (rng.next_u64() as usize) % c.len();

@@ -13,6 +13,8 @@ use zenoh::handlers::FifoChannelHandler;
 use zenoh::pubsub::Subscriber;
 use zenoh::sample::Sample;
 
+use overparam_base::{Progress, Silent};
+
 use crate::error::{Error, Result};
 use crate::ros2::{self, Ros2Names};
 use crate::session::now_ns;
@@ -132,7 +134,7 @@ fn frame(rgb: Vec<f32>, h: usize, w: usize, size: (usize, usize)) -> Frame {
 }
 
 struct Synthetic {
-    rng: overparam_fuse::Rng,
+    rng: overparam_base::Rng,
     size: (usize, usize),
 }
 
@@ -234,11 +236,12 @@ struct ZenohFrames {
     sub: Subscriber<FifoChannelHandler<Sample>>,
     size: (usize, usize),
     timeout: Duration,
+    events: Arc<dyn Progress>,
 }
 
 impl FrameSource for ZenohFrames {
     /// Waits for the next valid camera frame; `None` after `timeout` without one. Invalid
-    /// samples are reported on stderr and skipped.
+    /// samples are reported as events and skipped.
     fn next_frame(&mut self) -> Result<Option<Frame>> {
         loop {
             let Some(s) = self.sub.recv_timeout(self.timeout)? else {
@@ -247,16 +250,19 @@ impl FrameSource for ZenohFrames {
             let m = match wire::decode(&s.payload().to_bytes()) {
                 Ok(m) if m.task == Task::Camera && m.shape.len() == 3 && m.shape[2] == 3 => m,
                 Ok(m) => {
-                    eprintln!(
+                    self.events.event(&format!(
                         "source {}: skipped a {} message of shape {:?} (want image H×W×3)",
                         s.key_expr(),
                         m.task.name(),
                         m.shape
-                    );
+                    ));
                     continue;
                 }
                 Err(e) => {
-                    eprintln!("source {}: skipped an invalid frame: {e}", s.key_expr());
+                    self.events.event(&format!(
+                        "source {}: skipped an invalid frame: {e}",
+                        s.key_expr()
+                    ));
                     continue;
                 }
             };
@@ -315,9 +321,10 @@ struct Ros2Frames {
     _token: zenoh::liveliness::LivelinessToken,
     size: (usize, usize),
     timeout: Duration,
-    /// Refusals so far; the first of each kind is printed.
+    /// Refusals so far; the first of each kind is reported as an event.
     invalid: u64,
     reported: BTreeSet<String>,
+    events: Arc<dyn Progress>,
 }
 
 impl Ros2Frames {
@@ -362,10 +369,10 @@ impl FrameSource for Ros2Frames {
                         _ => "cdr".into(),
                     };
                     if self.reported.insert(kind) {
-                        eprintln!(
-                            "source {}: refused a frame: {e} (further ones like it are counted, not printed)",
+                        self.events.event(&format!(
+                            "source {}: refused a frame: {e} (further ones like it are counted, not reported)",
                             self.key
-                        );
+                        ));
                     }
                 }
             }
@@ -380,26 +387,35 @@ impl FrameSource for Ros2Frames {
 }
 
 /// Opens a source producing frames of `size` (H, W); a `ros2:` topic is resolved in domain 0
-/// at the root namespace ([`open_with`] takes the names).
+/// at the root namespace, and skipped or refused samples are only counted ([`open_with`] takes
+/// the names and where to report them).
 pub fn open(
     spec: &SourceSpec,
     size: (usize, usize),
     session: Option<&zenoh::Session>,
 ) -> Result<Box<dyn FrameSource>> {
-    open_with(spec, size, session, &Ros2Names::new(0, "", "overparam"))
+    open_with(
+        spec,
+        size,
+        session,
+        &Ros2Names::new(0, "", "overparam"),
+        Arc::new(Silent),
+    )
 }
 
 /// [`open`] with the ROS 2 domain, namespace and node a `ros2:` topic is resolved in and its
-/// subscription appears under.
+/// subscription appears under; a subscribing source reports the samples it skips or refuses
+/// to `events` (the first of each kind, for `ros2:`).
 pub fn open_with(
     spec: &SourceSpec,
     size: (usize, usize),
     session: Option<&zenoh::Session>,
     names: &Ros2Names,
+    events: Arc<dyn Progress>,
 ) -> Result<Box<dyn FrameSource>> {
     Ok(match spec {
         SourceSpec::Synthetic { seed } => Box::new(Synthetic {
-            rng: overparam_fuse::Rng::new(*seed),
+            rng: overparam_base::Rng::new(*seed),
             size,
         }),
         SourceSpec::Nyuv2(dir) => Box::new(Nyu {
@@ -446,6 +462,7 @@ pub fn open_with(
                     .wait()?,
                 size,
                 timeout: Duration::from_secs(10),
+                events,
             })
         }
         SourceSpec::Ros2(topic) => {
@@ -478,6 +495,7 @@ pub fn open_with(
                 timeout: Duration::from_secs(10),
                 invalid: 0,
                 reported: BTreeSet::new(),
+                events,
             })
         }
     })

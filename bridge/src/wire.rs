@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn random_corruption_never_panics() {
         let b = encode(&sample()).unwrap();
-        let mut rng = overparam_fuse::Rng::new(3);
+        let mut rng = overparam_base::Rng::new(3);
         for _ in 0..20_000 {
             let mut c = b.clone();
             for _ in 0..1 + (rng.next_u64() % 4) as usize {

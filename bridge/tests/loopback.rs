@@ -14,7 +14,7 @@ const W: usize = 384;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn frame(id: u64) -> FrameOutputs {
-    let mut rng = overparam_fuse::Rng::new(id + 1);
+    let mut rng = overparam_base::Rng::new(id + 1);
     let seg: Vec<u8> = (0..H * W).map(|_| (rng.next_u64() % 13) as u8).collect();
     let depth: Vec<f32> = (0..H * W).map(|_| rng.uniform() as f32 * 10.0).collect();
     let normals: Vec<f32> = (0..H * W * 3)

@@ -1,8 +1,10 @@
 //! The `ros2:` source keeps only the newest frame: a camera faster than the model never builds
 //! a queue, and every replaced frame is counted. Two zenoh sessions on loopback.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use overparam_base::Recorder;
 use overparam_bridge::ros2::{self, Header, Image, Ros2Names, Time};
 use overparam_bridge::session::{ZenohOptions, free_port};
 use overparam_bridge::source::{SourceSpec, SourceStats, open_with};
@@ -34,7 +36,8 @@ fn a_slow_consumer_gets_the_newest_frame_and_the_rest_are_counted_as_skipped() {
     let s_pub = ZenohOptions::loopback(None, Some(port)).open().unwrap();
     let names = Ros2Names::new(4, "/perception", "overparam");
     let spec = SourceSpec::Ros2("/camera/image_raw".into());
-    let mut src = open_with(&spec, (4, 8), Some(&s_sub), &names).unwrap();
+    let events = Arc::new(Recorder::default());
+    let mut src = open_with(&spec, (4, 8), Some(&s_sub), &names, events.clone()).unwrap();
     let publisher = s_pub
         .declare_publisher(names.topic_key("/camera/image_raw"))
         .congestion_control(zenoh::qos::CongestionControl::Block)
@@ -106,4 +109,26 @@ fn a_slow_consumer_gets_the_newest_frame_and_the_rest_are_counted_as_skipped() {
         14_000_000_042
     );
     assert_eq!(src.stats().received, 14);
+    // A sample without rmw_zenoh's attachment is refused: the first is reported as an event,
+    // the second only counted; the valid frame after each still comes through.
+    for n in 0..2u64 {
+        s_pub
+            .put(names.topic_key("/camera/image_raw"), image(50))
+            .wait()
+            .unwrap();
+        wait_received(src.as_ref(), 15 + 2 * n);
+        let sec = 20 + n as i32;
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                put(sec);
+            });
+            let f = src.next_frame().unwrap().unwrap();
+            assert_eq!(f.header.unwrap().stamp.sec, sec);
+        });
+    }
+    assert_eq!(src.stats().invalid, 2);
+    let lines = events.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("attachment"), "{lines:?}");
 }

@@ -49,7 +49,7 @@ fn golden_in(img: &ros2::Image, little_endian: bool) -> (Vec<u8>, String) {
 
 #[test]
 fn cdr_bytes_and_type_hash_equal_rosbags() {
-    let mut rng = overparam_fuse::Rng::new(11);
+    let mut rng = overparam_base::Rng::new(11);
     // Odd sizes and frame ids of every length mod 4 exercise CDR alignment after the strings.
     for (task, h, w, frame) in [
         (Task::Segmentation, 3, 5, "c"),

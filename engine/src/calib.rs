@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use overparam_base::Progress;
 use overparam_data::cifar::ImageSet;
 use overparam_data::loader::{Normalize, prepare};
 use overparam_fuse::spec::DeploySpec;
@@ -235,7 +236,7 @@ pub fn collect(
     spec: &DeploySpec,
     w: &Weights<f32>,
     batches: &[Vec<f32>],
-    progress: bool,
+    progress: &dyn Progress,
 ) -> Result<BTreeMap<String, Histogram>> {
     let tensors: Vec<String> = {
         // Inputs of every conv/linear layer, and their outputs (conv outputs are quantised too
@@ -268,18 +269,7 @@ pub fn collect(
         .cloned()
         .collect();
     let mut rt = OrtRuntime::new(&to_bytes(&export(spec, w, &opts)?), None)?;
-    let bar = if progress {
-        indicatif::ProgressBar::new(2 * batches.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    // indicatif's default template has no {msg}, which would hide "calibrating".
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message("calibrating");
+    progress.start("calibrating (batches, 2 passes)", 2 * batches.len() as u64);
     // Pass 1: the range of each tensor; pass 2: histograms over that range.
     let mut hists: BTreeMap<String, Histogram> = tensors
         .iter()
@@ -314,10 +304,10 @@ pub fn collect(
                     }
                 }
             }
-            bar.inc(1);
+            progress.inc(1);
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(hists)
 }
 
@@ -339,7 +329,7 @@ pub fn plan(
 }
 
 /// The whole calibration: a seeded set of `images` from `set`, histograms through the FP32
-/// model, and the plan of calibrator `c` (with a progress bar on a terminal).
+/// model (a bar on `progress`), and the plan of calibrator `c`.
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate(
     spec: &DeploySpec,
@@ -350,16 +340,12 @@ pub fn calibrate(
     batch: usize,
     c: Calibrator,
     encoding: ActivationEncoding,
+    progress: &dyn Progress,
 ) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
     let i = &spec.input;
     crate::accuracy::check_input([i.channels, i.height, i.width], set, norm)?;
     let batches = calibration_batches(set, norm, images, batch, 0)?;
-    let hists = collect(
-        spec,
-        w,
-        &batches,
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    )?;
+    let hists = collect(spec, w, &batches, progress)?;
     Ok((plan(&hists, c, encoding), hists, batches.len() * batch))
 }
 

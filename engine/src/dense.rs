@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use overparam_base::Progress;
 use overparam_data::metrics::{Confusion, GeometryErrors};
 use overparam_data::nyuv2::{CLASSES, NyuSample, NyuSplit};
 use overparam_fuse::Weights;
@@ -97,7 +98,7 @@ pub fn calibrate(
     images: usize,
     c: Calibrator,
     encoding: ActivationEncoding,
-    progress: bool,
+    progress: &dyn Progress,
 ) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
     let batches = calibration_inputs(split, images, 0)?;
     let hists = collect(spec, w, &batches, progress)?;
@@ -126,7 +127,7 @@ pub fn precision_table(
     calib_images: usize,
     c: Calibrator,
     encoding: ActivationEncoding,
-    progress: bool,
+    progress: &dyn Progress,
 ) -> Result<(Vec<PrecisionRow>, Models, QuantPlan)> {
     let (p, _, _) = calibrate(spec, w, calib, calib_images, c, encoding, progress)?;
     let mut rows = vec![];

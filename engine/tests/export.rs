@@ -1,6 +1,7 @@
 //! Exports of every method's folded model: the FP32 ONNX run by ONNX Runtime equals the fuse
 //! reference executor, FP16 and INT8 stay close, and every variant passes the ONNX checker.
 
+use overparam_base::Silent;
 use std::path::Path;
 use std::process::Command;
 
@@ -94,7 +95,7 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
             assert!(r <= 3e-2, "{model:?} {kind:?} fp16: {r:e}");
 
             let batches = calibration_batches(&set, &norm, 32, batch, 0).unwrap();
-            let hists = collect(&spec, &w, &batches, false).unwrap();
+            let hists = collect(&spec, &w, &batches, &Silent).unwrap();
             let mut variants = vec![("fp32", fp32), ("fp16", fp16)];
             for enc in [
                 ActivationEncoding::SignedSymmetric,
@@ -140,7 +141,7 @@ fn int8_case(kind: MethodKind) -> Int8Case {
         std: vec![0.25; 3],
     };
     let batches = calibration_batches(&synthetic_set(), &norm, 16, 1, 0).unwrap();
-    let hists = collect(&spec, &w, &batches, false).unwrap();
+    let hists = collect(&spec, &w, &batches, &Silent).unwrap();
     let fp32 = to_bytes(&export(&spec, &w, &ExportOptions::new(Precision::Fp32)).unwrap());
     let want = OrtRuntime::new(&fp32, Some(1))
         .unwrap()
@@ -219,7 +220,7 @@ fn bad_inputs_are_refused() {
     // A calibration batch of the wrong shape.
     let mut b = calibration_batches(&set, &norm, 4, 2, 0).unwrap();
     b[1].pop();
-    let e = collect(&spec, &w, &b, false).unwrap_err().to_string();
+    let e = collect(&spec, &w, &b, &Silent).unwrap_err().to_string();
     assert!(e.contains("does not match the model input"), "{e}");
     // NaN weights.
     w.get_mut("features.0.weight").unwrap().data[0] = f32::NAN;
@@ -439,6 +440,7 @@ fn one_channel_models_export_calibrate_and_evaluate() {
         8,
         Calibrator::Entropy,
         ActivationEncoding::SignedSymmetric,
+        &Silent,
     )
     .unwrap();
     assert_eq!(used, 32);
@@ -471,7 +473,7 @@ fn cpu_encoding_leaves_output_convs_in_float() {
     let w = random_weights::<f32>(&train_layout(&t).unwrap(), 6);
     let (spec, dw) = fold(&t, &w).unwrap();
     let x: Tensor<f32> = Rng::new(2).normal_tensor(&[1, 3, 36, 44], 1.0);
-    let hists = collect(&spec, &dw, std::slice::from_ref(&x.data), false).unwrap();
+    let hists = collect(&spec, &dw, std::slice::from_ref(&x.data), &Silent).unwrap();
     let mut o = ExportOptions::new(Precision::Int8);
     o.quant = Some(plan(
         &hists,

@@ -221,7 +221,7 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
                     );
                     let batches = calibration_batches(&set, &norm, 256, o.batch, 0)
                         .with_context(|| format!("calibrating {file}"))?;
-                    let hists = collect(&spec, &w, &batches, false)
+                    let hists = collect(&spec, &w, &batches, &overparam_base::Silent)
                         .with_context(|| format!("calibrating {file}"))?;
                     o.quant = Some(plan(
                         &hists,

@@ -177,7 +177,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .context("opening the zenoh session")?;
             // A ros2: source is resolved in the same domain and namespace as ROS 2 outputs.
             let names = Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node);
-            let mut src = source::open_with(&spec, m.size, Some(&session), &names)?;
+            // Refused camera samples are reported above the frame bar.
+            use overparam_base::Progress;
+            let bars = std::sync::Arc::new(crate::progress::Bars::stderr());
+            let mut src = source::open_with(&spec, m.size, Some(&session), &names, bars.clone())?;
             let mut cfg = PublishConfig::native(&prefix, &camera);
             if ros.ros2 {
                 cfg.ros2 = Some(names.clone());
@@ -217,22 +220,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     names.topic_key(&names.resolve_topic(topic)?)
                 );
             }
-            let bar = indicatif::ProgressBar::new(frames.unwrap_or(0));
-            if frames.is_none() {
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {pos} frames {per_sec}")
-                        .expect("template"),
-                );
-            }
+            bars.start("frames", frames.unwrap_or(0));
             let s = run_until(
                 &mut m,
                 src.as_mut(),
                 &publisher,
                 &opts,
                 super::stop::stop_requested,
-                |_| bar.inc(1),
+                |_| bars.inc(1),
             )?;
-            bar.finish_and_clear();
+            bars.finish();
             if let Some(sig) = super::stop::requested() {
                 eprintln!("bridge: stopped by {sig}");
             }

@@ -149,6 +149,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 batch,
                 calibrator,
                 enc,
+                &crate::progress::Bars::stderr(),
             )?;
             let int8 =
                 evaluate(&model(Precision::Int8, Some(int8_plan))?, &test, &norm)?.top1_error();
@@ -274,7 +275,7 @@ fn dense_accuracy(
     use overparam_engine::dense::{METRICS, precision_table};
     let train = NyuSplit::open(data, "train")?;
     let val = NyuSplit::open(data, "val")?;
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = crate::progress::Bars::stderr();
     let (rows, _, _) = precision_table(
         spec,
         w,
@@ -283,7 +284,7 @@ fn dense_accuracy(
         calib_images,
         calibrator,
         enc,
-        progress,
+        &progress,
     )?;
     println!(
         "{} on {} val scenes ({calibrator:?} calibration on up to {calib_images} train scenes):",

@@ -388,19 +388,19 @@ fn run_cell(e: &Experiment, path: &Path, dir: &Path, c: &Cell) -> Result<CellRes
         // Killed before its first epoch finished: nothing worth keeping.
         std::fs::remove_dir_all(&cdir).with_context(|| format!("clearing {}", cdir.display()))?;
     }
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = crate::progress::Bars::stderr();
     let t0 = std::time::Instant::now();
     let mtl = overparam_train::mtl_trainer::is_mtl(&cfg);
     let mut metrics = BTreeMap::new();
     let mut images_per_s = None;
     if mtl {
-        let s = overparam_train::mtl_trainer::train_mtl(&cfg, resume, progress, None)?
+        let s = overparam_train::mtl_trainer::train_mtl(&cfg, resume, &progress, None)?
             .context("training stopped early")?;
         for (k, v) in overparam_engine::dense::METRICS.iter().zip(s.metrics) {
             metrics.insert(k.to_string(), v);
         }
     } else {
-        let s = overparam_train::trainer::train(&cfg, resume, progress, None)?
+        let s = overparam_train::trainer::train(&cfg, resume, &progress, None)?
             .context("training stopped early")?;
         metrics.insert("top-1 err %".into(), s.last.test_top1_err);
         metrics.insert("top-5 err %".into(), s.last.test_top5_err);
@@ -486,7 +486,7 @@ fn int8_drop(
             calib_images,
             Calibrator::Entropy,
             enc,
-            false,
+            &overparam_base::Silent,
         )?;
         let fp32 = overparam_engine::dense::evaluate(
             &to_bytes(&export(spec, w, &ExportOptions::new(Precision::Fp32))?),
@@ -519,6 +519,7 @@ fn int8_drop(
             batch,
             Calibrator::Entropy,
             enc,
+            &crate::progress::Bars::stderr(),
         )?;
         let int8 =
             overparam_engine::accuracy::evaluate(&model(Precision::Int8, Some(p))?, &test, &norm)?;

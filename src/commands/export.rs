@@ -219,6 +219,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.batch,
             a.calibrator,
             enc,
+            &crate::progress::Bars::stderr(),
         )?;
         let (p, kept) = partial_plan(&spec, p, &a.keep, a.kept_precision)?;
         let json = serde_json::json!({

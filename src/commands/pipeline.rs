@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let mtl = overparam_train::mtl_trainer::is_mtl(&cfg);
     let dir = cfg.run_dir();
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = crate::progress::Bars::stderr();
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -142,9 +142,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         let resume = dir.join("train_state.safetensors").exists();
         if mtl {
-            overparam_train::mtl_trainer::train_mtl(&cfg, resume, progress, None)?;
+            overparam_train::mtl_trainer::train_mtl(&cfg, resume, &progress, None)?;
         } else {
-            overparam_train::trainer::train(&cfg, resume, progress, None)?;
+            overparam_train::trainer::train(&cfg, resume, &progress, None)?;
         }
     }
     let train_s = t_train.elapsed().as_secs_f64();
@@ -239,7 +239,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.calib_images,
             a.calibrator,
             enc,
-            progress,
+            &progress,
         )?;
         let mut models = variants(models);
         let cpu = int8_cpu_variant(&spec, &w, &plan)?;
@@ -454,8 +454,17 @@ fn classification_accuracy(
 ) -> Result<(Vec<Variant>, QuantPlan)> {
     let (train, test) = overparam_train::trainer::load_data(cfg)?;
     let norm = overparam_engine::accuracy::normalization(spec)?;
-    let (plan, _, used) =
-        overparam_engine::calib::calibrate(spec, w, &train, &norm, calib_images, 1, c, enc)?;
+    let (plan, _, used) = overparam_engine::calib::calibrate(
+        spec,
+        w,
+        &train,
+        &norm,
+        calib_images,
+        1,
+        c,
+        enc,
+        &crate::progress::Bars::stderr(),
+    )?;
     let mut models = vec![];
     let _ = writeln!(
         md,

@@ -24,9 +24,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     use overparam_train::config::TrainConfig;
     let cfg = TrainConfig::load(&a.config, &a.overrides)?;
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = crate::progress::Bars::stderr();
     if overparam_train::mtl_trainer::is_mtl(&cfg) {
-        match overparam_train::mtl_trainer::train_mtl(&cfg, a.resume, progress, a.epochs_now)? {
+        match overparam_train::mtl_trainer::train_mtl(&cfg, a.resume, &progress, a.epochs_now)? {
             Some(s) => {
                 let m = s.metrics;
                 println!(
@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    match overparam_train::trainer::train(&cfg, a.resume, progress, a.epochs_now)? {
+    match overparam_train::trainer::train(&cfg, a.resume, &progress, a.epochs_now)? {
         Some(s) => println!(
             "run {}: test top-1 error {:.2}% (top-5 {:.2}%); fold exact in f64; deploy model top-1 error {:.2}% (top-5 {:.2}%), {} predictions moved by the device's rounding (max logit rel diff {:.1e})",
             s.run_dir.display(),

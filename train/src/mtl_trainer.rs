@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use overparam_base::{Progress, Silent};
 use overparam_data::metrics::{Confusion, GeometryErrors, delta_m_nash, delta_p_libmtl};
 use overparam_data::nyuv2::{CLASSES, NyuSample, NyuSplit, augment};
 use overparam_fuse::checkpoint;
@@ -28,6 +29,14 @@ pub const HEADER: &str = "epoch,lr,loss_seg,loss_depth,loss_normal,miou,pix_acc,
 /// NYUv2 train and val splits: `data.dir`, or synthetic scenes generated once under
 /// `<run.dir>/_data/`.
 pub fn load_splits(cfg: &TrainConfig) -> Result<(NyuSplit, NyuSplit)> {
+    load_splits_with(cfg, &Silent)
+}
+
+/// [`load_splits`], reporting the generation of synthetic scenes to `progress`.
+pub fn load_splits_with(
+    cfg: &TrainConfig,
+    progress: &dyn Progress,
+) -> Result<(NyuSplit, NyuSplit)> {
     let d = &cfg.data;
     let root = match &d.dir {
         Some(dir) => dir.clone(),
@@ -41,10 +50,10 @@ pub fn load_splits(cfg: &TrainConfig) -> Result<(NyuSplit, NyuSplit)> {
                 d.synthetic_seed
             ));
             if !root.join("val/normal").exists() {
-                eprintln!(
+                progress.event(&format!(
                     "data: generating synthetic NYUv2 scenes into {}",
                     root.display()
-                );
+                ));
                 overparam_data::scenes::write_synthetic_nyuv2(
                     &root,
                     d.synthetic_train,
@@ -194,7 +203,7 @@ pub struct MtlSummary {
 pub fn train_mtl(
     cfg: &TrainConfig,
     resume: bool,
-    progress: bool,
+    progress: &dyn Progress,
     stop_after: Option<usize>,
 ) -> Result<Option<MtlSummary>> {
     if matches!(cfg.routine, Routine::R3 { .. }) {
@@ -202,8 +211,8 @@ pub fn train_mtl(
             "routine r3 is not available for the multi-task network yet".into(),
         ));
     }
-    let (device, dir, state_path, resume) = prepare_run(cfg, resume)?;
-    let (train, val) = load_splits(cfg)?;
+    let (device, dir, state_path, resume) = prepare_run(cfg, resume, progress)?;
+    let (train, val) = load_splits_with(cfg, progress)?;
     let first = train.get(0)?;
     let spec = mtl_net(&MtlOptions {
         width: cfg.model.width,
@@ -279,18 +288,7 @@ pub fn train_mtl(
         if stop_after.is_some_and(|n| epoch - first_epoch >= n) {
             return Ok(None);
         }
-        let bar = if progress {
-            indicatif::ProgressBar::new(steps as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        // indicatif's default template has no {msg}: the per-task losses need one.
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{}/{total}", epoch + 1));
+        progress.start(&format!("epoch {}/{total}", epoch + 1), steps as u64);
         let order = overparam_data::loader::epoch_order(train.len(), cfg.run.seed, epoch, true);
         let mut sums = [0.0f64; 3];
         let mut lr = 0.0;
@@ -349,22 +347,22 @@ pub fn train_mtl(
                 *s += v;
             }
             step += 1;
-            bar.inc(1);
-            bar.set_message(format!(
+            progress.inc(1);
+            progress.message(&format!(
                 "loss seg {:.3} depth {:.3} normal {:.3}",
                 sums[0] / (b + 1) as f64,
                 sums[1] / (b + 1) as f64,
                 sums[2] / (b + 1) as f64
             ));
         }
-        bar.finish_and_clear();
+        progress.finish();
         let means: Vec<f64> = sums.iter().map(|s| s / steps as f64).collect();
         weighter.end_epoch(means.clone());
         let m = evaluate(&model, &val, bs, device)?;
         let (dm, dp) = baseline.map_or((f64::NAN, f64::NAN), |b| {
             (delta_m_nash(&m, &b), delta_p_libmtl(&m, &b))
         });
-        eprintln!(
+        progress.event(&format!(
             "epoch {}/{total} loss seg {:.3} depth {:.3} normal {:.3} · mIoU {:.2}% pixacc {:.2}% · depth abs {:.3} rel {:.3} · normals mean {:.1}° median {:.1}°",
             epoch + 1,
             means[0],
@@ -376,7 +374,7 @@ pub fn train_mtl(
             m[3],
             m[4],
             m[5]
-        );
+        ));
         let row = std::iter::once(format!("{}", epoch + 1))
             .chain(std::iter::once(format!("{lr:.6e}")))
             .chain(means.iter().map(|v| format!("{v:.6}")))
@@ -418,7 +416,7 @@ pub fn train_mtl(
             .as_ref()
             .is_none_or(|t| t.iter().any(|x| x == n))
     });
-    let (deploy_metrics, rel) = finish(&dir, &model, &val, bs, device, &checked, &rows)?;
+    let (deploy_metrics, rel) = finish(&dir, &model, &val, bs, device, &checked, &rows, progress)?;
     Ok(Some(MtlSummary {
         metrics,
         deploy_metrics,
@@ -441,6 +439,7 @@ fn finish(
     device: Device,
     checked: &[bool; 3],
     metrics: &[String],
+    progress: &dyn Progress,
 ) -> Result<([f64; 9], f64)> {
     let names = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| t.0);
     let is_checked = |name: &str| names.iter().zip(checked).any(|(n, on)| *on && *n == name);
@@ -483,13 +482,13 @@ fn finish(
             &normals,
         )?;
     }
-    eprintln!(
+    progress.event(&format!(
         "{}\nfold: deploy model ({}) on validation: {}; wrote {}",
         f.report.summary(),
         crate::fold_gate::device_precision(device),
         format_metrics(&deployed),
         dir.join(DEPLOY_FILE).display()
-    );
+    ));
     Ok((deployed, worst))
 }
 

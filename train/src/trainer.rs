@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use overparam_base::{Progress, Silent};
 use overparam_data::cifar::{ImageSet, ImageShape, Split};
 use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, batches_per_epoch};
 use overparam_data::metrics::TopK;
@@ -106,6 +107,11 @@ pub fn device(choice: DeviceChoice) -> Result<Device> {
 /// Debian's `dataset-fashion-mnist` installs it), or synthetic CIFAR-100 generated once (in the
 /// real binary format) under `<run.dir>/_data/`.
 pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
+    load_data_with(cfg, &Silent)
+}
+
+/// [`load_data`], reporting the generation of synthetic data to `progress`.
+pub fn load_data_with(cfg: &TrainConfig, progress: &dyn Progress) -> Result<(ImageSet, ImageSet)> {
     let d = &cfg.data;
     let kind = d.kind.or(d.dataset.map(|x| x.kind()));
     let dir = match (&d.dir, d.dataset) {
@@ -117,7 +123,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(ImageSet, ImageSet)> {
                 cfg.data.synthetic_train, cfg.data.synthetic_test, cfg.data.synthetic_seed
             ));
             if !(d.join("train.bin").exists() && d.join("test.bin").exists()) {
-                eprintln!("data: generating synthetic CIFAR-100 into {}", d.display());
+                progress.event(&format!(
+                    "data: generating synthetic CIFAR-100 into {}",
+                    d.display()
+                ));
                 overparam_data::synth::write_synthetic_cifar100(
                     &d,
                     cfg.data.synthetic_train,
@@ -504,6 +513,7 @@ fn function_change(
 pub(crate) fn prepare_run(
     cfg: &TrainConfig,
     resume: bool,
+    progress: &dyn Progress,
 ) -> Result<(Device, PathBuf, PathBuf, bool)> {
     cfg.validate()?;
     if let Some(t) = cfg.run.threads {
@@ -512,11 +522,11 @@ pub(crate) fn prepare_run(
     let device = device(cfg.run.device)?;
     crate::model::set_allow_tf32(cfg.run.tf32);
     if device.is_cuda() {
-        eprintln!(
+        progress.event(&format!(
             "train: {} (run.tf32 = {}); the fold is verified in f64 either way",
             crate::fold_gate::device_precision(device),
             cfg.run.tf32
-        );
+        ));
     }
     let dir = cfg.run_dir();
     let run_err = |m: String| Error::Run {
@@ -638,21 +648,22 @@ pub fn train_step(
     Ok((ce, y))
 }
 
-/// Trains (or resumes) a run and returns its summary. `progress` draws bars on stderr;
+/// Trains (or resumes) a run and returns its summary. `progress` gets a bar per epoch and a
+/// line per epoch, phase change and fold;
 /// `stop_after` ends the invocation after that many epochs, as a kill at an epoch boundary
 /// would (for tests and time-sliced jobs); the summary then has no deploy model.
 pub fn train(
     cfg: &TrainConfig,
     resume: bool,
-    progress: bool,
+    progress: &dyn Progress,
     stop_after: Option<usize>,
 ) -> Result<Option<RunSummary>> {
-    let (device, dir, state_path, resume) = prepare_run(cfg, resume)?;
+    let (device, dir, state_path, resume) = prepare_run(cfg, resume, progress)?;
     let run_err = |m: String| Error::Run {
         dir: dir.clone(),
         message: m,
     };
-    let (train_set, test_set) = load_data(cfg)?;
+    let (train_set, test_set) = load_data_with(cfg, progress)?;
     let test_set = Arc::new(test_set);
     let (mean, std) = train_set.channel_stats();
     let norm = Normalize { mean, std };
@@ -726,26 +737,19 @@ pub fn train(
                     "phase `{phase}` at epoch {start}: re-parameterisation changed the outputs by {change:e}"
                 )));
             }
-            eprintln!(
+            progress.event(&format!(
                 "phase `{phase}`: re-parameterised at epoch {epoch} (outputs changed by {change:.2e}, fp32 rounding)"
-            );
+            ));
             model = new_model;
             spec = target.clone();
             opts = optimisers(cfg, &model); // fresh optimiser state for the new parameters
         }
 
         let t0 = Instant::now();
-        let bar = if progress {
-            indicatif::ProgressBar::new(steps as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-                .expect("template")
-                .progress_chars("=> "),
+        progress.start(
+            &format!("epoch {}/{total} {phase}", epoch + 1),
+            steps as u64,
         );
-        bar.set_prefix(format!("{}/{total} {phase}", epoch + 1));
         let (mut loss_sum, mut seen) = (0.0, 0usize);
         let mut top = TopK::default();
         let mut lr = 0.0;
@@ -772,14 +776,14 @@ pub fn train(
                 Vec::<f32>::try_from(&y.f_detach()?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
             top.add(&logits, train_arc.num_classes, &b.labels);
             step += 1;
-            bar.inc(1);
-            bar.set_message(format!(
+            progress.inc(1);
+            progress.message(&format!(
                 "loss {:.3} · {:.0} img/s",
                 loss_sum / seen as f64,
                 seen as f64 / t0.elapsed().as_secs_f64()
             ));
         }
-        bar.finish_and_clear();
+        progress.finish();
         let ips = seen as f64 / t0.elapsed().as_secs_f64();
         let (test_loss, test_top, _) = evaluate(&model, &test_set, &norm, device)?;
         let m = EpochMetrics {
@@ -793,7 +797,7 @@ pub fn train(
             test_top5_err: test_top.top5_error(),
             images_per_s: ips,
         };
-        eprintln!(
+        progress.event(&format!(
             "epoch {}/{total} [{phase}] loss {:.4} train err {:.2}% · test loss {:.4} top-1 err {:.2}% top-5 err {:.2}% · {:.0} img/s",
             m.epoch,
             m.train_loss,
@@ -802,7 +806,7 @@ pub fn train(
             m.test_top1_err,
             m.test_top5_err,
             ips
-        );
+        ));
         metrics.push(m.csv());
         epoch += 1;
         // State first, then the user-facing artefacts: resume reads only the state file.
@@ -841,13 +845,17 @@ pub fn train(
             }
         }
     };
-    finish(&dir, &model, &test_set, &norm, device, last, &metrics).map(Some)
+    finish(
+        &dir, &model, &test_set, &norm, device, last, &metrics, progress,
+    )
+    .map(Some)
 }
 
 /// Folds the final model, gates on exactness in f64 ([`crate::fold_gate`]), evaluates the
 /// deploy model on the test set next to the train model (a measurement: how many predictions
 /// the device's rounding moves), writes the deploy checkpoint and adds a `deploy` row to
 /// `metrics.csv`.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     dir: &Path,
     model: &OpModel,
@@ -856,6 +864,7 @@ fn finish(
     device: Device,
     last: EpochMetrics,
     metrics: &[String],
+    progress: &dyn Progress,
 ) -> Result<RunSummary> {
     let (f, dmodel) = crate::fold_gate::fold_and_gate(dir, model, device, &|_| true)?;
     let (_, _, a) = evaluate(model, test, norm, device)?;
@@ -892,7 +901,7 @@ fn finish(
     let mut rows = metrics.to_vec();
     rows.push(deploy_row.csv());
     write_metrics(dir, EpochMetrics::HEADER, &rows)?;
-    eprintln!(
+    progress.event(&format!(
         "{}
 fold: on the {} test images the deploy model ({}) gives top-1 error {:.2}% against the train model's {:.2}%; {mismatches} predictions differ (max logit rel diff {max_rel:.2e}); wrote {}",
         f.report.summary(),
@@ -901,7 +910,7 @@ fold: on the {} test images the deploy model ({}) gives top-1 error {:.2}% again
         dtop.top1_error(),
         last.test_top1_err,
         dir.join(DEPLOY_FILE).display()
-    );
+    ));
     Ok(RunSummary {
         run_dir: dir.into(),
         last,

@@ -1,6 +1,7 @@
 //! Multi-task training on tiny synthetic scenes: all three tasks improve well beyond the
 //! untrained network, the run folds to matching outputs, and resume is bit-identical.
 
+use overparam_base::Silent;
 use std::path::Path;
 
 use overparam_fuse::models::ModelKind;
@@ -58,7 +59,7 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
 #[test]
 fn all_three_tasks_improve_and_the_fold_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let s = train_mtl(&cfg(dir.path(), "learn", 8), false, false, None)
+    let s = train_mtl(&cfg(dir.path(), "learn", 8), false, &Silent, None)
         .unwrap()
         .unwrap();
     let (m, u) = (s.metrics, s.untrained.unwrap());
@@ -131,9 +132,9 @@ fn mtl_resume_is_bit_identical_with_uncertainty_weighting_and_r2() {
     a.data.synthetic_test = 2;
     let mut b = a.clone();
     b.run.name = "split".into();
-    train_mtl(&a, false, false, None).unwrap().unwrap();
-    assert!(train_mtl(&b, false, false, Some(1)).unwrap().is_none());
-    train_mtl(&b, true, false, None).unwrap().unwrap();
+    train_mtl(&a, false, &Silent, None).unwrap().unwrap();
+    assert!(train_mtl(&b, false, &Silent, Some(1)).unwrap().is_none());
+    train_mtl(&b, true, &Silent, None).unwrap().unwrap();
     let x = std::fs::read(a.run_dir().join("train_state.safetensors")).unwrap();
     let y = std::fs::read(b.run_dir().join("train_state.safetensors")).unwrap();
     assert!(x == y, "state after resume differs");

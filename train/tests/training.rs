@@ -1,6 +1,7 @@
 //! Training runs on tiny synthetic data: real learning, bit-identical resume, R2 alternation,
 //! R3 phases, and refusals that leave the run directory as it was.
 
+use overparam_base::{Recorder, Silent};
 use std::path::Path;
 
 use overparam_fuse::models::ModelKind;
@@ -56,7 +57,23 @@ fn sfo_learns_far_above_chance_and_folds_with_identical_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path(), "learn", MethodKind::Sfo, 6);
     c.data.synthetic_train = 3000;
-    let s = train(&c, false, false, None).unwrap().unwrap();
+    let log = Recorder::default();
+    let s = train(&c, false, &log, None).unwrap().unwrap();
+    // The library prints nothing: the data generation, each epoch and the fold are events.
+    let lines = log.lines();
+    assert!(
+        lines[0].starts_with("data: generating synthetic CIFAR-100"),
+        "{lines:?}"
+    );
+    for e in 1..=6 {
+        let want = format!("epoch {e}/6 [train]");
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(&want)).count(),
+            1,
+            "{lines:?}"
+        );
+    }
+    assert!(lines.last().unwrap().contains("fold: on the"), "{lines:?}");
     // ≤ 85% top-1 error is ≥ 15× chance accuracy.
     assert!(s.last.test_top1_err < 85.0, "{:?}", s.last);
     assert!(s.last.train_loss < 4.0, "{:?}", s.last);
@@ -106,9 +123,9 @@ fn resume_is_bit_identical() {
         let name = |r: &Routine| format!("{r:?}");
         straight.run.name = format!("straight-{}", name(&routine));
         split.run.name = format!("split-{}", name(&routine));
-        train(&straight, false, false, None).unwrap();
-        assert!(train(&split, false, false, Some(1)).unwrap().is_none());
-        train(&split, true, false, None).unwrap().unwrap();
+        train(&straight, false, &Silent, None).unwrap();
+        assert!(train(&split, false, &Silent, Some(1)).unwrap().is_none());
+        train(&split, true, &Silent, None).unwrap().unwrap();
         let a = std::fs::read(straight.run_dir().join("model.op.safetensors")).unwrap();
         let b = std::fs::read(split.run_dir().join("model.op.safetensors")).unwrap();
         assert!(a.len() > 1000);
@@ -127,7 +144,7 @@ fn resume_is_bit_identical() {
     let mut done = cfg(dir.path(), "killed-while-folding", MethodKind::Sfo, 1);
     done.data.synthetic_train = 200;
     done.data.synthetic_test = 50;
-    train(&done, false, false, None).unwrap().unwrap();
+    train(&done, false, &Silent, None).unwrap().unwrap();
     let deploy = done.run_dir().join("model.deploy.safetensors");
     let (op, metrics) = (
         done.run_dir().join("model.op.safetensors"),
@@ -139,7 +156,7 @@ fn resume_is_bit_identical() {
         std::fs::read(&metrics).unwrap(),
     );
     std::fs::remove_file(&deploy).unwrap();
-    let s = train(&done, true, false, None).unwrap().unwrap();
+    let s = train(&done, true, &Silent, None).unwrap().unwrap();
     assert_eq!(s.last.phase, "resumed");
     assert_eq!(std::fs::read(&deploy).unwrap(), before_deploy);
     assert_eq!(std::fs::read(&op).unwrap(), before_op);
@@ -157,7 +174,7 @@ fn r3_runs_its_three_phases() {
         op_epochs: 1,
         finetune_epochs: 1,
     };
-    let s = train(&c, false, false, None).unwrap().unwrap();
+    let s = train(&c, false, &Silent, None).unwrap().unwrap();
     let csv = std::fs::read_to_string(s.run_dir.join("metrics.csv")).unwrap();
     let phases: Vec<&str> = csv
         .lines()
@@ -168,8 +185,8 @@ fn r3_runs_its_three_phases() {
     // Resuming across a phase boundary re-parameterises the same way.
     let mut d = c.clone();
     d.run.name = "r3-split".into();
-    train(&d, false, false, Some(1)).unwrap();
-    train(&d, true, false, None).unwrap().unwrap();
+    train(&d, false, &Silent, Some(1)).unwrap();
+    train(&d, true, &Silent, None).unwrap().unwrap();
     assert!(
         std::fs::read(s.run_dir.join("model.op.safetensors")).unwrap()
             == std::fs::read(d.run_dir().join("model.op.safetensors")).unwrap()
@@ -182,7 +199,7 @@ fn refusals_leave_the_run_directory_untouched() {
     let mut c = cfg(dir.path(), "r", MethodKind::Plain, 2);
     c.data.synthetic_train = 200;
     c.data.synthetic_test = 50;
-    train(&c, false, false, Some(1)).unwrap();
+    train(&c, false, &Silent, Some(1)).unwrap();
     let snapshot = |d: &Path| {
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
             .unwrap()
@@ -199,12 +216,12 @@ fn refusals_leave_the_run_directory_untouched() {
     };
     let before = snapshot(&c.run_dir());
     // Starting again over an existing run.
-    let e = train(&c, false, false, None).unwrap_err().to_string();
+    let e = train(&c, false, &Silent, None).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
     // Resuming with a different config.
     let mut other = c.clone();
     other.optim.lr = 0.2;
-    let e = train(&other, true, false, None).unwrap_err().to_string();
+    let e = train(&other, true, &Silent, None).unwrap_err().to_string();
     assert!(e.contains("different config"), "{e}");
     assert!(snapshot(&c.run_dir()) == before);
 
@@ -216,7 +233,7 @@ fn refusals_leave_the_run_directory_untouched() {
     std::fs::write(&f, &raw[..raw.len() - 7]).unwrap();
     let mut bad = cfg(dir.path(), "bad-data", MethodKind::Plain, 1);
     bad.data.dir = Some(data.path().to_path_buf());
-    let e = train(&bad, false, false, None).unwrap_err().to_string();
+    let e = train(&bad, false, &Silent, None).unwrap_err().to_string();
     assert!(e.contains("train.bin") && e.contains("truncated"), "{e}");
 }
 
@@ -265,7 +282,7 @@ fn idx_data_trains_a_one_channel_model() {
     c.optim.batch_size = 16;
     let (train_set, _) = trainer::load_data(&c).unwrap();
     assert_eq!(train_set.shape.channels, 1);
-    let s = train(&c, false, false, None).unwrap().unwrap();
+    let s = train(&c, false, &Silent, None).unwrap().unwrap();
     assert!(s.fold.passed());
     // Ten bar angles are easy: far better than chance (90% error) after three epochs.
     assert!(s.last.test_top1_err < 50.0, "{:?}", s.last);
