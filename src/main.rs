@@ -9,7 +9,13 @@ mod commands;
 mod progress;
 
 #[derive(Parser)]
-#[command(name = "overparam", version, about, long_about = None)]
+#[command(
+    name = "overparam",
+    version,
+    about,
+    long_about = None,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +51,16 @@ enum Command {
     /// Check that libtorch loads and run one overparameterised training step (needs `train`).
     Doctor(commands::doctor::Args),
 }
+
+/// The exit statuses every subcommand shares, shown under `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0    success
+  1    an error (the message on stderr names the file or option); `experiment`: a cell failed
+  2    a usage error; `fuse`: the fold is not exact in f64 (nothing written)
+  3    `bench --enforce`: the p99 latency is over --budget-ms
+  141  the output pipe closed early (`| head`)
+  128+N  `bridge`: a second signal N ended it at once (the first stops it cleanly, status 0)";
 
 /// Exit status for a closed output pipe, as if killed by SIGPIPE (what `cat`, `ls` … give
 /// under `| head`).

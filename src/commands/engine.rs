@@ -47,9 +47,10 @@ enum EngineCommand {
         data: PathBuf,
         #[arg(long, default_value = "entropy")]
         calibrator: Calibrator,
-        /// INT8 activation encoding, trt or cpu.
-        #[arg(long, default_value = "cpu")]
-        encoding: String,
+        /// INT8 activation encoding: `cpu` (uint8, what ONNX Runtime runs fast) or `trt`
+        /// (int8 with zero point 0, TensorRT's).
+        #[arg(long, value_enum, default_value_t = super::export::Encoding::Cpu)]
+        encoding: super::export::Encoding,
         #[arg(long, default_value_t = 512)]
         calib_images: usize,
         #[arg(long, default_value_t = 50)]
@@ -123,7 +124,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         } => {
             use overparam_data::cifar::Split;
             let (spec, w) = super::export::load_deploy(&deploy)?;
-            let enc = super::export::encoding(&encoding)?;
+            let enc = overparam_engine::export::ActivationEncoding::from(encoding);
             if spec.model == overparam_fuse::models::ModelKind::Mtl.as_str() {
                 return dense_accuracy(&deploy, &spec, &w, &data, calibrator, enc, calib_images);
             }

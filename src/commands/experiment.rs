@@ -21,7 +21,7 @@ pub struct Args {
     config: Option<PathBuf>,
     /// Run only every N-th cell starting at I (0-based), e.g. `--shard 2/8`.
     #[arg(long, value_name = "I/N")]
-    shard: Option<String>,
+    shard: Option<Shard>,
     /// Write a Slurm job-array script running N shards (`--shards`) to this file and exit.
     /// The job runs this overparam binary (by its absolute path), or `$OVERPARAM_BIN` if that
     /// is set when the job runs; it asks for a GPU only if the cells train on `cuda`.
@@ -164,13 +164,28 @@ fn exp_dir(e: &Experiment) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("runs").join(&e.name))
 }
 
-fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').context("--shard wants I/N")?;
-    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
-    if n == 0 || i >= n {
-        bail!("--shard {s}: need 0 ≤ I < N");
+/// `--shard I/N`: every N-th cell starting at I (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shard {
+    i: usize,
+    n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or("want I/N, e.g. 2/8")?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("`{x}` is not a count: {e}"))
+        };
+        let (i, n) = (num(i)?, num(n)?);
+        if n == 0 || i >= n {
+            return Err(format!("need 0 ≤ I < N, got {i}/{n}"));
+        }
+        Ok(Shard { i, n })
     }
-    Ok((i, n))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -196,12 +211,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (si, sn) = a
-        .shard
-        .as_deref()
-        .map(parse_shard)
-        .transpose()?
-        .unwrap_or((0, 1));
+    let Shard { i: si, n: sn } = a.shard.unwrap_or(Shard { i: 0, n: 1 });
     if a.list {
         // Resolving every cell's config here catches a broken grid before it is queued.
         #[cfg(feature = "train")]
@@ -927,6 +937,15 @@ fn baseline(rows: &[CellResult]) -> Option<[f64; 9]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_parses_i_of_n_and_refuses_the_rest() {
+        assert_eq!("2/8".parse::<Shard>(), Ok(Shard { i: 2, n: 8 }));
+        assert_eq!("0/1".parse::<Shard>(), Ok(Shard { i: 0, n: 1 }));
+        for bad in ["8/8", "1/0", "a/2", "3", "-1/4", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
 
     fn cell(dir: &Path, label: &str, seed: u64, baseline_for: Option<&str>, v: f64) {
         cell_timed(dir, label, seed, baseline_for, v, (10.0, false));

@@ -31,8 +31,8 @@ pub struct Args {
     calib_images: usize,
     /// INT8 activation encoding: `trt` (int8, zero point 0; what TensorRT requires) or `cpu`
     /// (the same grid as uint8 with zero point 128; fast int8 kernels in ONNX Runtime).
-    #[arg(long, default_value = "trt")]
-    encoding: String,
+    #[arg(long, value_enum, default_value_t = Encoding::Trt)]
+    encoding: Encoding,
     /// Conv/linear layers to keep out of INT8 (partial INT8), comma-separated names as
     /// `overparam inspect` and `overparam engine accuracy --sensitivity` print them.
     #[arg(long, value_delimiter = ',')]
@@ -60,12 +60,22 @@ pub fn load_deploy(path: &Path) -> Result<(DeploySpec, Weights)> {
     }
 }
 
-pub fn encoding(s: &str) -> Result<ActivationEncoding> {
-    Ok(match s {
-        "trt" => ActivationEncoding::SignedSymmetric,
-        "cpu" => ActivationEncoding::UnsignedOffset,
-        _ => bail!("unknown encoding `{s}` (trt or cpu)"),
-    })
+/// `--encoding` as users name it: by where the INT8 model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// TensorRT's: int8 activations with zero point 0 (symmetric Q/DQ).
+    Trt,
+    /// ONNX Runtime's fast CPU path: the same grid as uint8 with zero point 128.
+    Cpu,
+}
+
+impl From<Encoding> for ActivationEncoding {
+    fn from(e: Encoding) -> Self {
+        match e {
+            Encoding::Trt => ActivationEncoding::SignedSymmetric,
+            Encoding::Cpu => ActivationEncoding::UnsignedOffset,
+        }
+    }
 }
 
 /// The class count of a classifier: the width of the linear layer behind its first output
@@ -198,7 +208,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (spec, w) = load_deploy(&a.input)?;
     let mut o = ExportOptions::new(a.precision);
     o.batch = a.batch;
-    let enc = encoding(&a.encoding)?;
+    let enc = ActivationEncoding::from(a.encoding);
     if a.precision != Precision::Int8 && !a.keep.is_empty() {
         bail!("--keep selects layers to keep out of INT8; it needs --precision int8");
     }
