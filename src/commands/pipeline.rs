@@ -97,16 +97,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg.model.width,
         cfg.model.method.kind.as_str(),
         routine_name(&cfg),
-        match (&cfg.data.dir, mtl) {
-            (Some(d), _) => format!("`{}`", d.display()),
-            (None, true) => format!(
+        match (&cfg.data.dir, cfg.data.dataset, mtl) {
+            (Some(d), _, _) => format!("`{}`", d.display()),
+            // A named dataset without a directory is read from its system path.
+            (None, Some(ds), false) => format!("`{}`", ds.system_dir().0.display()),
+            (None, _, true) => format!(
                 "synthetic NYUv2-layout scenes ({} train / {} val at {}×{})",
                 cfg.data.synthetic_train,
                 cfg.data.synthetic_test,
                 cfg.data.synthetic_height,
                 cfg.data.synthetic_width
             ),
-            (None, false) => format!(
+            (None, None, false) => format!(
                 "synthetic CIFAR-100 ({} train / {} test)",
                 cfg.data.synthetic_train, cfg.data.synthetic_test
             ),
@@ -121,7 +123,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // 1–2. Data and training.
     stage(
         1,
-        "data: the dataset (synthetic scenes are generated once and reused)",
+        if cfg.data.dir.is_some() || cfg.data.dataset.is_some() {
+            "data: the dataset"
+        } else {
+            "data: synthetic data (generated once and reused)"
+        },
     );
     stage(
         2,
