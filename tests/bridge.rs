@@ -2,44 +2,10 @@
 //! and ROS 2, from synthetic scenes and from a directory of PNGs.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_overparam"))
-}
-
-fn ok(o: &Output) -> String {
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{t}");
-    t
-}
-
-fn deploy_mtl(dir: &Path) -> std::path::PathBuf {
-    let op = dir.join("m.op.safetensors");
-    let d = dir.join("m.deploy.safetensors");
-    ok(&bin()
-        .args([
-            "init", "--model", "mtl", "--method", "sfo", "--width", "0.125",
-        ])
-        .args([
-            "--image-size",
-            "48",
-            "--random-bn",
-            "-o",
-            op.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap());
-    ok(&bin()
-        .args(["fuse", op.to_str().unwrap(), "-o", d.to_str().unwrap()])
-        .output()
-        .unwrap());
-    d
-}
+mod common;
+use common::{bin, deploy_mtl, ok};
 
 fn port() -> u16 {
     overparam_bridge::session::free_port().unwrap()

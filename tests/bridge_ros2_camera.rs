@@ -10,40 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_overparam"))
-}
-
-fn ok(o: &Output) -> String {
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{t}");
-    t
-}
-
-fn deploy_mtl(dir: &Path) -> PathBuf {
-    let op = dir.join("m.op.safetensors");
-    let d = dir.join("m.deploy.safetensors");
-    ok(&bin()
-        .args([
-            "init", "--model", "mtl", "--method", "sfo", "--width", "0.125",
-        ])
-        .args(["--image-size", "48", "--random-bn", "-o"])
-        .arg(&op)
-        .output()
-        .unwrap());
-    ok(&bin()
-        .arg("fuse")
-        .arg(&op)
-        .arg("-o")
-        .arg(&d)
-        .output()
-        .unwrap());
-    d
-}
+mod common;
+use common::{bin, deploy_mtl, ok};
 
 /// Starts the Python camera on `job` and waits for its `ready` (its session listens).
 fn camera(job: &Value) -> (Child, BufReader<std::process::ChildStdout>) {

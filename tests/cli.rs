@@ -2,44 +2,28 @@
 //! PyTorch golden checks of the weight names.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_overparam"))
-}
+mod common;
+use common::{bin, run, text};
 
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run overparam")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
+/// A train checkpoint of `model` with `method` (10 classes, seed 3) in `dir`.
 fn init(dir: &Path, model: &str, method: &str, width: &str) -> PathBuf {
-    let p = dir.join(format!("{model}.{method}.op.safetensors"));
-    let o = run(&[
-        "init",
-        "--model",
-        model,
-        "--method",
-        method,
-        "--width",
-        width,
-        "--num-classes",
-        "10",
-        "--random-bn",
-        "--seed",
-        "3",
-        "-o",
-        p.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    p
+    common::init(
+        dir.join(format!("{model}.{method}.op.safetensors")),
+        &[
+            "--model",
+            model,
+            "--method",
+            method,
+            "--width",
+            width,
+            "--num-classes",
+            "10",
+            "--seed",
+            "3",
+        ],
+    )
 }
 
 /// A tiny vgg_small run config (`[run]` into `dir`, one thread) with the given method and the

@@ -3,35 +3,23 @@
 //! refused before anything is read or written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_overparam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{run, text};
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
-
+/// A resnet18_cifar train checkpoint (width 0.125) with `method` in `dir`.
 fn init(dir: &Path, method: &str) -> PathBuf {
-    let p = dir.join(format!("{method}.op.safetensors"));
-    let o = run(&[
-        "init",
-        "--model",
-        "resnet18_cifar",
-        "--method",
-        method,
-        "--width",
-        "0.125",
-        "--random-bn",
-        "-o",
-        p.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    p
+    common::init(
+        dir.join(format!("{method}.op.safetensors")),
+        &[
+            "--model",
+            "resnet18_cifar",
+            "--method",
+            method,
+            "--width",
+            "0.125",
+        ],
+    )
 }
 
 #[test]

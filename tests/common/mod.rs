@@ -1,0 +1,72 @@
+//! Helpers the binary's end-to-end tests share: running `overparam`, reading its output, and
+//! the checkpoints most tests start from. Each test file uses a subset, hence the allow.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `overparam` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_overparam"))
+}
+
+/// Runs `overparam ARGS` to the end.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run overparam")
+}
+
+/// stdout then stderr, as one text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// [`text`] of a run that must have succeeded.
+pub fn ok(o: &Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "{t}");
+    t
+}
+
+/// `overparam init ARGS --random-bn -o PATH` (random BatchNorm statistics, so folds are tested
+/// against non-trivial statistics); returns `path`.
+pub fn init(path: PathBuf, args: &[&str]) -> PathBuf {
+    ok(&bin()
+        .arg("init")
+        .args(args)
+        .arg("--random-bn")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("run overparam init"));
+    path
+}
+
+/// A tiny multi-task SFO model (width 0.125, 48×48) folded to `dir/m.deploy.safetensors`.
+pub fn deploy_mtl(dir: &Path) -> PathBuf {
+    let op = init(
+        dir.join("m.op.safetensors"),
+        &[
+            "--model",
+            "mtl",
+            "--method",
+            "sfo",
+            "--width",
+            "0.125",
+            "--image-size",
+            "48",
+        ],
+    );
+    let d = dir.join("m.deploy.safetensors");
+    ok(&bin()
+        .arg("fuse")
+        .arg(&op)
+        .arg("-o")
+        .arg(&d)
+        .output()
+        .unwrap());
+    d
+}
