@@ -28,6 +28,25 @@ PARTIAL = re.compile(
 
 
 def accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
+    """`engine accuracy` on one deploy model, parsed; cached beside the model (keyed by the
+    arguments and the model's size and mtime), so a growing grid can be studied as it runs."""
+    key = f"{encoding} {calib_images} {sensitivity} {budget} {deploy.stat().st_size} {deploy.stat().st_mtime_ns}"
+    cache = deploy.parent / "int8_study.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    out = run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget)
+    known[key] = out
+    tmp = cache.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(cache)
+    return out
+
+
+def run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
     cmd = [binary, "engine", "accuracy", str(deploy), "--data", str(data),
            "--encoding", encoding, "--calib-images", str(calib_images)]
     if sensitivity:
