@@ -27,10 +27,12 @@ PARTIAL = re.compile(
 )
 
 
-def accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
+def accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget,
+             calibrator="entropy"):
     """`engine accuracy` on one deploy model, parsed; cached beside the model (keyed by the
     arguments and the model's size and mtime), so a growing grid can be studied as it runs."""
-    key = f"{encoding} {calib_images} {sensitivity} {budget} {deploy.stat().st_size} {deploy.stat().st_mtime_ns}"
+    key = (f"{encoding} {calib_images} {sensitivity} {budget} {calibrator} "
+           f"{deploy.stat().st_size} {deploy.stat().st_mtime_ns}")
     cache = deploy.parent / "int8_study.json"
     try:
         known = json.loads(cache.read_text())
@@ -38,7 +40,8 @@ def accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
         known = {}
     if key in known:
         return known[key]
-    out = run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget)
+    out = run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget,
+                       calibrator)
     known[key] = out
     tmp = cache.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(known, indent=1))
@@ -46,9 +49,10 @@ def accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
     return out
 
 
-def run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget):
+def run_accuracy(binary, deploy, data, encoding, calib_images, sensitivity, budget, calibrator):
     cmd = [binary, "engine", "accuracy", str(deploy), "--data", str(data),
-           "--encoding", encoding, "--calib-images", str(calib_images)]
+           "--encoding", encoding, "--calib-images", str(calib_images),
+           "--calibrator", calibrator]
     if sensitivity:
         cmd += ["--sensitivity", "--budget", str(budget)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -82,6 +86,8 @@ def main():
     ap.add_argument("--seeds", default="0", help="seeds to scan (comma-separated)")
     ap.add_argument("--budget", type=float, default=0.5, help="partial-INT8 budget, points")
     ap.add_argument("--calib-images", type=int, default=512)
+    ap.add_argument("--calibrators", default="",
+                    help="other calibrators to measure in TensorRT's encoding (e.g. max,mse)")
     ap.add_argument("--bin", default="target/release/overparam")
     a = ap.parse_args()
     cells = sorted((json.loads(p.read_text()) | {"dir": p.parent}
@@ -90,13 +96,20 @@ def main():
         sys.exit(f"{a.exp_dir}: no finished cells (*/cell.json)")
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    calibrators = [c for c in a.calibrators.split(",") if c]
     for i, c in enumerate(cells):
         print(f"[{i + 1}/{len(cells)}] {c['dir'].name}: cpu encoding", file=sys.stderr)
         r = accuracy(a.bin, c["dir"] / "model.deploy.safetensors", a.data, "cpu",
                      a.calib_images, False, a.budget)
-        rows.append({"label": c["label"], "seed": c["seed"], "fp32 top-1 err %": r["fp32"],
-                     "int8 trt drop": c["int8_drop"]["top-1 err %"],
-                     "int8 cpu drop": r["int8"] - r["fp32"]})
+        row = {"label": c["label"], "seed": c["seed"], "fp32 top-1 err %": r["fp32"],
+               "int8 trt drop": c["int8_drop"]["top-1 err %"],
+               "int8 cpu drop": r["int8"] - r["fp32"]}
+        for cal in calibrators:
+            print(f"[{i + 1}/{len(cells)}] {c['dir'].name}: {cal} calibrator", file=sys.stderr)
+            q = accuracy(a.bin, c["dir"] / "model.deploy.safetensors", a.data, "trt",
+                         a.calib_images, False, a.budget, cal)
+            row[f"int8 trt drop ({cal})"] = q["int8"] - q["fp32"]
+        rows.append(row)
     with open(a.out / "int8_encodings.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -107,7 +120,9 @@ def main():
           f"(CPU) on the test split; entropy calibration on {a.calib_images} seeded training "
           "images; mean ± std over seeds. `trt`: TensorRT's encoding (the grid's own number), "
           "`cpu`: the CPU encoding. Per cell: [int8_encodings.csv](int8_encodings.csv).", "",
-          "| method | seeds | int8 trt drop | int8 cpu drop |", "|---|---|---|---|"]
+          "| method | seeds | int8 trt drop | int8 cpu drop |"
+          + "".join(f" int8 trt drop, {c} calibrator |" for c in calibrators),
+          "|---|---|---|---|" + "---|" * len(calibrators)]
     # Rows in the grid's order (experiment.json), as `experiment summarize` writes them.
     grid = json.loads((a.exp_dir / "experiment.json").read_text())
     done = {r["label"] for r in rows}
@@ -120,7 +135,9 @@ def main():
     for l in order:
         rs = [r for r in rows if r["label"] == l]
         md.append(f"| {l} | {len(rs)} | {ms([r['int8 trt drop'] for r in rs])} | "
-                  f"{ms([r['int8 cpu drop'] for r in rs])} |")
+                  f"{ms([r['int8 cpu drop'] for r in rs])} |"
+                  + "".join(f" {ms([r[f'int8 trt drop ({c})'] for r in rs])} |"
+                            for c in calibrators))
     labels = [l for l in a.sensitivity.split(",") if l]
     seeds = [int(s) for s in a.seeds.split(",") if s]
     if labels:
