@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod args;
 mod commands;
 mod progress;
+mod stop;
 
 #[derive(Parser)]
 #[command(

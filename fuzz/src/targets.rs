@@ -25,7 +25,7 @@ fn whole(b: &[u8]) -> usize {
 }
 
 pub fn all() -> Vec<Target> {
-    let mut t = vec![
+    vec![
         Target {
             name: "checkpoint",
             run: checkpoint_target,
@@ -82,16 +82,14 @@ pub fn all() -> Vec<Target> {
             header: |_| 64,
             text: false,
         },
-    ];
-    #[cfg(feature = "train")]
-    t.push(Target {
-        name: "config",
-        run: config_target,
-        seeds: config_seeds,
-        header: whole,
-        text: true,
-    });
-    t
+        Target {
+            name: "config",
+            run: config_target,
+            seeds: config_seeds,
+            header: whole,
+            text: true,
+        },
+    ]
 }
 
 fn err<E: std::fmt::Display>(e: E) -> String {
@@ -378,7 +376,6 @@ fn cdr_target(b: &[u8]) -> Outcome {
 
 // ---- training config TOML ----------------------------------------------------------------
 
-#[cfg(feature = "train")]
 fn config_seeds() -> Vec<Vec<u8>> {
     vec![
         include_bytes!("../../configs/demo.toml").to_vec(),
@@ -388,9 +385,8 @@ fn config_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
-#[cfg(feature = "train")]
 fn config_target(b: &[u8]) -> Outcome {
-    use overparam_train::config::TrainConfig;
+    use overparam_config::TrainConfig;
     let text = std::str::from_utf8(b).map_err(err)?;
     let c = TrainConfig::parse(text, Path::new("fuzz.toml"), &[]).map_err(err)?;
     let back = TrainConfig::parse(&c.to_toml(), Path::new("again.toml"), &[])

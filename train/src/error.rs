@@ -29,6 +29,16 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A config error keeps its message (`config: …`); a method error inside it stays a fuse error.
+impl From<overparam_config::Error> for Error {
+    fn from(e: overparam_config::Error) -> Self {
+        match e {
+            overparam_config::Error::Config(m) => Error::Config(m),
+            overparam_config::Error::Fuse(f) => Error::Fuse(f),
+        }
+    }
+}
+
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e)

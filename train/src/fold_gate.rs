@@ -18,7 +18,7 @@ use crate::model::OpModel;
 use crate::trainer::{DEPLOY_FILE, io, to_f};
 
 /// The fold report of a run (verdict and measurements), written next to the deploy checkpoint.
-pub const FOLD_FILE: &str = "fold.json";
+pub use overparam_config::files::FOLD_FILE;
 
 /// How the training device runs fp32, e.g. `cuda:0 fp32, TF32 on` or `cpu fp32 (libtorch)`.
 pub fn device_precision(device: Device) -> String {

@@ -5,7 +5,6 @@
 //! mode.
 
 pub mod bench;
-pub mod config;
 pub mod error;
 pub mod fold_gate;
 pub mod model;
@@ -16,6 +15,8 @@ pub mod trainer;
 
 pub use error::{Error, Result};
 pub use model::OpModel;
+/// The run config lives in its own crate (no libtorch); re-exported under its old path.
+pub use overparam_config as config;
 
 /// A short report that libtorch loads, what it sees, and that one overparameterised training
 /// step runs.

@@ -45,19 +45,7 @@ pub fn normal_loss(pred: &Tensor, gt: &Tensor) -> Result<Tensor> {
     Ok(dot.f_div(&n)?.f_neg()?.f_add_scalar(1.0)?)
 }
 
-/// How the task losses are combined.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Weighting {
-    /// Σ L_t.
-    #[default]
-    Equal,
-    /// Kendall et al.: Σ ½e^{−s_t}·L_t + ½s_t with learned s_t = log σ_t², initialised −0.5 (MTAN).
-    Uncertainty,
-    /// Dynamic weight average (Liu et al.): λ_t = T·softmax(r/τ), r_t = L̄_t(e−1)/L̄_t(e−2),
-    /// λ = 1 for the first two epochs; τ = 2.
-    Dwa,
-}
+pub use overparam_config::Weighting;
 
 pub const DWA_TEMPERATURE: f64 = 2.0;
 

@@ -23,11 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::optim::{Param, Sgd, learning_rate};
 
-pub const CONFIG_FILE: &str = "config.toml";
-pub const MODEL_FILE: &str = "model.op.safetensors";
-pub const STATE_FILE: &str = "train_state.safetensors";
-pub const METRICS_FILE: &str = "metrics.csv";
-pub const DEPLOY_FILE: &str = "model.deploy.safetensors";
+pub use overparam_config::files::{CONFIG_FILE, DEPLOY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE};
 
 /// One row of `metrics.csv`.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,9 @@
-//! Run configuration (TOML). Unknown keys are errors; the resolved config is written into the
-//! run directory, and `--resume` refuses a run directory made from a different config.
+//! overparam-config: the run configuration (TOML) and its validation. Unknown keys are errors;
+//! the resolved config is written into the run directory, and `--resume` refuses a run
+//! directory made from a different config.
+//!
+//! It lives outside the libtorch crate (`overparam-train`) so that a deploy-only build checks
+//! configs and experiment grids, and the fuzzer fuzzes config TOML, without linking libtorch.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +15,34 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::error::{Error, Result};
+/// A config that does not parse or validate; the message names the file and line, or the
+/// `--set` override, and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Fuse(#[from] overparam_fuse::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The files of a run directory (`<run.dir>/<run.name>/`), named once for every crate that
+/// writes or reads them.
+pub mod files {
+    /// The resolved config the run was made from (`--resume` compares against it).
+    pub const CONFIG_FILE: &str = "config.toml";
+    /// The train-time (overparameterised) checkpoint.
+    pub const MODEL_FILE: &str = "model.op.safetensors";
+    /// Optimiser, schedule and RNG state for a bit-identical resume.
+    pub const STATE_FILE: &str = "train_state.safetensors";
+    /// One row per epoch, then a `deploy` row for the folded model.
+    pub const METRICS_FILE: &str = "metrics.csv";
+    /// The folded plain checkpoint.
+    pub const DEPLOY_FILE: &str = "model.deploy.safetensors";
+    /// The fold verdict and the training device's deviation.
+    pub const FOLD_FILE: &str = "fold.json";
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +63,7 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields)]
 pub struct MtlConfig {
     #[serde(default = "equal")]
-    pub weighting: crate::mtl::Weighting,
+    pub weighting: Weighting,
     /// Single-task baseline of the nine NYUv2 metrics (mIoU, pixel acc, abs err, rel err, mean°,
     /// median°, and the three threshold fractions) for Δm; absent = no Δm column.
     #[serde(default)]
@@ -42,8 +73,22 @@ pub struct MtlConfig {
     pub tasks: Option<Vec<String>>,
 }
 
-fn equal() -> crate::mtl::Weighting {
-    crate::mtl::Weighting::Equal
+fn equal() -> Weighting {
+    Weighting::Equal
+}
+
+/// How the task losses of a multi-task run are combined (`mtl.weighting`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// Σ L_t.
+    #[default]
+    Equal,
+    /// Kendall et al.: Σ ½e^{−s_t}·L_t + ½s_t with learned s_t = log σ_t², initialised −0.5 (MTAN).
+    Uncertainty,
+    /// Dynamic weight average (Liu et al.): λ_t = T·softmax(r/τ), r_t = L̄_t(e−1)/L̄_t(e−2),
+    /// λ = 1 for the first two epochs; τ = 2.
+    Dwa,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

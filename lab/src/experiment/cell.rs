@@ -1,0 +1,247 @@
+//! One cell of a grid: train it (resuming a partial run), measure its INT8 drop, and record
+//! the result in `<cell>/cell.json`; and a shard of cells run one after another.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "train")]
+use super::{CELL_FILE, Cell, Grid, Shard, Summary};
+#[cfg(feature = "train")]
+use crate::{Error, Result};
+#[cfg(feature = "train")]
+use overparam_base::Progress;
+
+/// What a finished cell records in `<cell>/cell.json`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CellResult {
+    pub label: String,
+    pub seed: u64,
+    /// `classification` or `nyuv2`.
+    pub task: String,
+    /// Metric name → value (classification: top-1/top-5 error in %; multi-task: the nine
+    /// NYUv2 metrics).
+    pub metrics: BTreeMap<String, f64>,
+    pub baseline_for: Option<String>,
+    pub train_seconds: f64,
+    /// The training ran in more than one invocation (seconds are partial).
+    pub resumed: bool,
+    pub images_per_s: Option<f64>,
+    pub train_params: usize,
+    pub deploy_params: usize,
+    pub deploy_macs: usize,
+    /// Metric name → INT8 minus FP32 ONNX (through ONNX Runtime).
+    pub int8_drop: BTreeMap<String, f64>,
+}
+
+/// The `task` of a multi-task cell.
+pub const TASK_NYUV2: &str = "nyuv2";
+/// The `task` of a classification cell.
+pub const TASK_CLASSIFICATION: &str = "classification";
+/// The primary metric of a classification cell.
+pub const TOP1: &str = "top-1 err %";
+pub const TOP5: &str = "top-5 err %";
+
+/// What a shard's run ended with: the cells that failed (`name: error`) and the summary of
+/// everything finished so far.
+#[cfg(feature = "train")]
+#[derive(Debug)]
+pub struct ShardOutcome {
+    pub failed: Vec<String>,
+    pub summary: Summary,
+}
+
+/// Runs the cells of one shard that have not finished, then summarises the grid. A failing
+/// cell is reported and left for the next run; the grid goes on.
+#[cfg(feature = "train")]
+pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<ShardOutcome> {
+    grid.record()?;
+    let mine = grid.shard(shard);
+    progress.event(&format!(
+        "experiment {}: {} cells ({} in shard {}/{}) under {}",
+        grid.experiment.name,
+        grid.cells().len(),
+        mine.len(),
+        shard.i,
+        shard.n,
+        grid.dir.display()
+    ));
+    let mut failed = vec![];
+    for (k, (_, c)) in mine.iter().enumerate() {
+        let at = format!("[{}/{}] {}", k + 1, mine.len(), c.name);
+        if grid.cell_dir(c).join(CELL_FILE).exists() {
+            progress.event(&format!("{at}: done, skipped"));
+            continue;
+        }
+        progress.event(&format!("{at}: training"));
+        match run_cell(grid, c, progress) {
+            Ok(r) => progress.event(&format!(
+                "{at}: {} in {:.0} s",
+                r.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.train_seconds
+            )),
+            Err(err) => {
+                let err = error_chain(&err);
+                progress.event(&format!("{at}: FAILED: {err}"));
+                failed.push(format!("{}: {err}", c.name));
+            }
+        }
+    }
+    let summary = super::summarize(&grid.dir)?;
+    Ok(ShardOutcome { failed, summary })
+}
+
+/// An error and its sources on one line (`a: b: c`), as the CLI prints errors.
+#[cfg(feature = "train")]
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Trains one cell (resuming a partial run), measures its INT8 drop, writes `cell.json`.
+#[cfg(feature = "train")]
+pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellResult> {
+    use overparam_config::files::{DEPLOY_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE};
+    use overparam_train::{mtl_trainer, trainer};
+    let cfg = grid.cell_config(c)?;
+    let cdir = cfg.run_dir();
+    let resume = cdir.join(STATE_FILE).exists();
+    if !resume && cdir.exists() {
+        // Killed before its first epoch finished: nothing worth keeping.
+        std::fs::remove_dir_all(&cdir).map_err(Error::io(&cdir))?;
+    }
+    let stopped = || Error::Run("training stopped early".into());
+    let t0 = std::time::Instant::now();
+    let mtl = mtl_trainer::is_mtl(&cfg);
+    let mut metrics = BTreeMap::new();
+    let mut images_per_s = None;
+    if mtl {
+        let s = mtl_trainer::train_mtl(&cfg, resume, progress, None)?.ok_or_else(stopped)?;
+        for (k, v) in overparam_engine::dense::METRICS.iter().zip(s.metrics) {
+            metrics.insert(k.to_string(), v);
+        }
+    } else {
+        let s = trainer::train(&cfg, resume, progress, None)?.ok_or_else(stopped)?;
+        metrics.insert(TOP1.into(), s.last.test_top1_err);
+        metrics.insert(TOP5.into(), s.last.test_top5_err);
+        let csv = crate::metrics_csv::MetricsCsv::read(&cdir.join(METRICS_FILE))?;
+        images_per_s = Some(
+            csv.mean("images_per_s")
+                .ok_or_else(|| Error::file(&cdir.join(METRICS_FILE), "no images_per_s column"))?,
+        );
+    }
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let op = overparam_fuse::checkpoint::load(&cdir.join(MODEL_FILE))?;
+    let dep = overparam_fuse::checkpoint::load(&cdir.join(DEPLOY_FILE))?;
+    let si = overparam_fuse::inspect::summarize(&op.spec)?;
+    let sd = overparam_fuse::inspect::summarize(&dep.spec)?;
+    let int8_drop = if grid.experiment.int8 {
+        progress.event(&format!("{}: INT8 drop through ONNX Runtime…", c.name));
+        int8_drop(&cfg, &dep, grid.experiment.calib_images, mtl, progress)?
+    } else {
+        BTreeMap::new()
+    };
+    let r = CellResult {
+        label: c.spec.label.clone(),
+        seed: c.seed,
+        task: if mtl { TASK_NYUV2 } else { TASK_CLASSIFICATION }.into(),
+        metrics,
+        baseline_for: c.spec.baseline_for.clone(),
+        train_seconds,
+        resumed: resume,
+        images_per_s,
+        train_params: si.total_params,
+        deploy_params: sd.total_params,
+        deploy_macs: sd.total_macs,
+        int8_drop,
+    };
+    crate::write(
+        &cdir.join(CELL_FILE),
+        serde_json::to_string_pretty(&r)?.as_bytes(),
+    )?;
+    Ok(r)
+}
+
+/// INT8 (entropy calibration, TensorRT's symmetric encoding) minus FP32 ONNX, per metric.
+#[cfg(feature = "train")]
+fn int8_drop(
+    cfg: &overparam_config::TrainConfig,
+    dep: &overparam_fuse::checkpoint::Checkpoint,
+    calib_images: usize,
+    mtl: bool,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, f64>> {
+    use overparam_engine::calib::Calibrator;
+    use overparam_engine::export::{
+        ActivationEncoding, ExportOptions, Precision, export, to_bytes,
+    };
+    let overparam_fuse::AnySpec::Deploy(spec) = &dep.spec else {
+        return Err(Error::Run(format!(
+            "{} holds a train spec",
+            overparam_config::files::DEPLOY_FILE
+        )));
+    };
+    let w = &dep.weights;
+    let enc = ActivationEncoding::SignedSymmetric;
+    let mut out = BTreeMap::new();
+    if mtl {
+        use overparam_engine::dense;
+        let (train, val) = overparam_train::mtl_trainer::load_splits(cfg)?;
+        let (p, _, _) = dense::calibrate(
+            spec,
+            w,
+            &train,
+            calib_images,
+            Calibrator::Entropy,
+            enc,
+            progress,
+        )?;
+        let fp32 = dense::evaluate(
+            &to_bytes(&export(spec, w, &ExportOptions::new(Precision::Fp32))?),
+            &val,
+        )?;
+        let mut o = ExportOptions::new(Precision::Int8);
+        o.quant = Some(p);
+        let int8 = dense::evaluate(&to_bytes(&export(spec, w, &o)?), &val)?;
+        for (k, name) in dense::METRICS.iter().enumerate() {
+            out.insert(name.to_string(), int8[k] - fp32[k]);
+        }
+    } else {
+        use overparam_engine::accuracy;
+        let (train, test) = overparam_train::trainer::load_data(cfg)?;
+        let norm = accuracy::normalization(spec)?;
+        // Batch 50 for export and calibration: the batch the committed grids were measured with.
+        let batch = 50;
+        let model = |p: Precision, q| -> Result<Vec<u8>> {
+            let mut o = ExportOptions::new(p);
+            o.batch = batch;
+            o.quant = q;
+            Ok(to_bytes(&export(spec, w, &o)?))
+        };
+        let fp32 = accuracy::evaluate(&model(Precision::Fp32, None)?, &test, &norm)?;
+        let (p, _, _) = overparam_engine::calib::calibrate(
+            spec,
+            w,
+            &train,
+            &norm,
+            calib_images,
+            batch,
+            Calibrator::Entropy,
+            enc,
+            progress,
+        )?;
+        let int8 = accuracy::evaluate(&model(Precision::Int8, Some(p))?, &test, &norm)?;
+        out.insert(TOP1.into(), int8.top1_error() - fp32.top1_error());
+        out.insert(TOP5.into(), int8.top5_error() - fp32.top5_error());
+    }
+    Ok(out)
+}

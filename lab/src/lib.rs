@@ -1,0 +1,47 @@
+//! overparam-lab: runs and grids. It owns what sits above one training run:
+//! - [`experiment`]: a grid of method × routine × seed, each cell a normal run directory;
+//!   shards, Slurm scripts, and summaries (results.csv/md, paired statistics, plots);
+//! - [`pipeline`]: the main job's stages (train → fold → export → accuracy → latency →
+//!   bridge) as functions that return data, and [`pipeline::report`] rendering them as
+//!   markdown;
+//! - [`deploy`]: what the deploy-side commands share (loading a deploy checkpoint, the
+//!   calibration set, partial-INT8 plans, the model + calibration-record pair);
+//! - [`metrics_csv`]: the one reader of a run's `metrics.csv`.
+//!
+//! It never prints: long work and events go through [`overparam_base::Progress`], and results
+//! come back as values for the CLI to show. Training needs the `train` feature (libtorch);
+//! without it, grids still resolve and validate, and summaries work.
+
+pub mod deploy;
+pub mod error;
+pub mod experiment;
+pub mod metrics_csv;
+pub mod pipeline;
+
+pub use error::{Error, Result};
+
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees a
+/// half-written file and a failed write leaves the old one.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    overparam_base::write_file_atomic(path, bytes).map_err(Error::io(path))
+}
+
+pub(crate) fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(Error::io(path))
+}
+
+/// Human-readable counts: 23.71M, 1.30G.
+pub fn si(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}G", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}

@@ -1,0 +1,596 @@
+//! The main job end to end: data, training, fold and verification, FP32/FP16/INT8 export with
+//! calibration, accuracy per precision, latency against a budget, publishing over zenoh to an
+//! in-process listener, and `runs/<name>/report.md` with plots.
+//!
+//! Each stage is a function that returns data; [`report`] renders them. [`run`] chains them.
+#![cfg_attr(not(feature = "train"), allow(dead_code, unused_imports))]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use overparam_base::Progress;
+use overparam_config::TrainConfig;
+use overparam_engine::calib::Calibrator;
+use overparam_engine::export::{
+    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export, to_bytes,
+};
+use overparam_engine::latency::{LatencyReport, measure_ort};
+use overparam_engine::runtime::Provider;
+use overparam_fuse::{DeploySpec, Weights};
+
+use crate::{Error, Result};
+
+pub mod report;
+
+/// The embedded default run (multi-task SFO on synthetic scenes).
+pub const DEMO: &str = include_str!("../../../configs/demo.toml");
+pub const STAGES: usize = 8;
+pub const REPORT_FILE: &str = "report.md";
+/// Warm-up runs before the timed ones, per model.
+pub const WARMUP_RUNS: usize = 20;
+
+/// What the pipeline runs, beside the training config.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Training config; `None`: [`DEMO`].
+    pub config: Option<PathBuf>,
+    /// A real dataset directory instead of synthetic data.
+    pub data: Option<PathBuf>,
+    /// `key=value` overrides, as `train --set`.
+    pub overrides: Vec<String>,
+    /// p99 latency budget, ms.
+    pub budget_ms: f64,
+    /// Timed inference runs per precision.
+    pub iters: usize,
+    /// Frames published over zenoh.
+    pub frames: u64,
+    pub calib_images: usize,
+    pub calibrator: Calibrator,
+}
+
+/// The run config: the file or the embedded demo, with `--data` and the overrides applied.
+pub fn resolve(o: &Options) -> Result<TrainConfig> {
+    let mut overrides = o.overrides.clone();
+    if let Some(d) = &o.data {
+        if !d.is_dir() {
+            return Err(Error::file(d, "--data: not a directory"));
+        }
+        overrides.push(format!("data.dir=\"{}\"", d.display()));
+    }
+    Ok(match &o.config {
+        Some(p) => TrainConfig::load(p, &overrides)?,
+        None => TrainConfig::parse(DEMO, Path::new("configs/demo.toml"), &overrides)?,
+    })
+}
+
+fn stage(p: &dyn Progress, k: usize, what: &str) {
+    p.event(&format!("== [{k}/{STAGES}] {what}"));
+}
+
+/// Stage 2: the training, unless the run directory already has a deploy model.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    /// An earlier run's model was reused.
+    pub reused: bool,
+    pub seconds: f64,
+}
+
+#[cfg(feature = "train")]
+pub fn train(cfg: &TrainConfig, mtl: bool, progress: &dyn Progress) -> Result<Trained> {
+    use overparam_config::files::{DEPLOY_FILE, STATE_FILE};
+    let dir = cfg.run_dir();
+    let t = Instant::now();
+    let deploy = dir.join(DEPLOY_FILE);
+    let reused = deploy.exists();
+    if reused {
+        progress.event(&format!(
+            "train: {} exists; reusing the trained model (delete the run directory to retrain)",
+            deploy.display()
+        ));
+    } else {
+        let resume = dir.join(STATE_FILE).exists();
+        if mtl {
+            overparam_train::mtl_trainer::train_mtl(cfg, resume, progress, None)?;
+        } else {
+            overparam_train::trainer::train(cfg, resume, progress, None)?;
+        }
+    }
+    Ok(Trained {
+        reused,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Stage 3: the trained model folded and verified with the pure-Rust executor (independent of
+/// libtorch), and both models' sizes.
+pub struct Fold {
+    pub folded: overparam_fuse::verify::Folded,
+    pub train: overparam_fuse::inspect::Summary,
+    pub deploy: overparam_fuse::inspect::Summary,
+}
+
+pub fn fold(dir: &Path) -> Result<Fold> {
+    use overparam_fuse::AnySpec;
+    let path = dir.join(overparam_config::files::MODEL_FILE);
+    let op = overparam_fuse::checkpoint::load(&path)?;
+    let AnySpec::Train(train_spec) = &op.spec else {
+        return Err(Error::file(&path, "holds a deploy spec"));
+    };
+    let opts = overparam_fuse::verify::VerifyOptions {
+        batch: 1,
+        seed: 0,
+        measure: overparam_fuse::verify::Precision::ALL.to_vec(),
+    };
+    let folded = overparam_fuse::verify::fold_verified(train_spec, &op.weights, &opts)?;
+    Ok(Fold {
+        train: overparam_fuse::inspect::summarize(&op.spec)?,
+        deploy: overparam_fuse::inspect::summarize(&AnySpec::Deploy(folded.spec.clone()))?,
+        folded,
+    })
+}
+
+/// One exported model: what the report calls it, where it is written, and its bytes.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub label: &'static str,
+    pub file: &'static str,
+    pub precision: Precision,
+    pub bytes: Vec<u8>,
+}
+
+impl Variant {
+    /// FP32, FP16, or INT8 in TensorRT's encoding (the engine's default export).
+    pub fn new(precision: Precision, bytes: Vec<u8>) -> Self {
+        let (label, file) = match precision {
+            Precision::Fp32 => ("fp32", "model.onnx"),
+            Precision::Fp16 => ("fp16", "model.fp16.onnx"),
+            Precision::Int8 => ("int8 trt", "model.int8.onnx"),
+        };
+        Self {
+            label,
+            file,
+            precision,
+            bytes,
+        }
+    }
+
+    /// The INT8 model in the CPU encoding, from the same thresholds as TensorRT's: the same
+    /// grid as uint8 with zero point 128, conv outputs quantised too, so ONNX Runtime's CPU
+    /// provider runs fused int8 QLinearConv kernels instead of dequantising around FP32 ones.
+    pub fn int8_cpu(spec: &DeploySpec, w: &Weights, trt: &QuantPlan) -> Result<Self> {
+        let enc = ActivationEncoding::UnsignedOffset;
+        let mut o = ExportOptions::new(Precision::Int8);
+        o.quant = Some(QuantPlan {
+            encoding: enc,
+            kept: KeptPrecision::for_encoding(enc),
+            ..trt.clone()
+        });
+        Ok(Self {
+            label: "int8 cpu",
+            file: "model.int8.cpu.onnx",
+            precision: Precision::Int8,
+            bytes: to_bytes(&export(spec, w, &o)?),
+        })
+    }
+}
+
+/// Stages 4–5: the exports and their accuracy through ONNX Runtime.
+pub struct Accuracy {
+    /// fp32, fp16, int8 trt, int8 cpu.
+    pub models: Vec<Variant>,
+    /// The INT8 thresholds both INT8 models share.
+    pub plan: QuantPlan,
+    pub table: AccuracyTable,
+}
+
+/// The accuracy per model, in `models`' order.
+pub enum AccuracyTable {
+    /// The nine NYUv2 metrics per model.
+    Dense {
+        scenes: usize,
+        calib_scenes: usize,
+        metrics: Vec<[f64; 9]>,
+    },
+    /// Top-1 and top-5 error (%) per model.
+    Classification {
+        images: usize,
+        calib_images: usize,
+        errors: Vec<(f64, f64)>,
+    },
+}
+
+/// Calibrates INT8 on the training split (TensorRT's encoding), exports every precision and
+/// evaluates each on the test split.
+#[cfg(feature = "train")]
+pub fn accuracy(
+    cfg: &TrainConfig,
+    spec: &DeploySpec,
+    w: &Weights,
+    o: &Options,
+    mtl: bool,
+    progress: &dyn Progress,
+) -> Result<Accuracy> {
+    use overparam_engine::{accuracy, calib, dense};
+    let enc = ActivationEncoding::SignedSymmetric;
+    if mtl {
+        let (train, val) = overparam_train::mtl_trainer::load_splits(cfg)?;
+        let (rows, models, plan) = dense::precision_table(
+            spec,
+            w,
+            &train,
+            &val,
+            o.calib_images,
+            o.calibrator,
+            enc,
+            progress,
+        )?;
+        let mut models: Vec<Variant> = models
+            .into_iter()
+            .map(|(p, b)| Variant::new(p, b))
+            .collect();
+        let cpu = Variant::int8_cpu(spec, w, &plan)?;
+        let mut metrics: Vec<[f64; 9]> = rows.into_iter().map(|r| r.metrics).collect();
+        metrics.push(dense::evaluate(&cpu.bytes, &val)?);
+        models.push(cpu);
+        return Ok(Accuracy {
+            models,
+            plan,
+            table: AccuracyTable::Dense {
+                scenes: val.len(),
+                calib_scenes: o.calib_images.min(train.len()),
+                metrics,
+            },
+        });
+    }
+    let (train, test) = overparam_train::trainer::load_data(cfg)?;
+    let norm = accuracy::normalization(spec)?;
+    let (plan, _, used) = calib::calibrate(
+        spec,
+        w,
+        &train,
+        &norm,
+        o.calib_images,
+        1,
+        o.calibrator,
+        enc,
+        progress,
+    )?;
+    let mut models = vec![];
+    for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
+        let mut eo = ExportOptions::new(p);
+        if p == Precision::Int8 {
+            eo.quant = Some(plan.clone());
+        }
+        models.push(Variant::new(p, to_bytes(&export(spec, w, &eo)?)));
+    }
+    models.push(Variant::int8_cpu(spec, w, &plan)?);
+    let mut errors = vec![];
+    for v in &models {
+        let t = accuracy::evaluate(&v.bytes, &test, &norm)?;
+        errors.push((t.top1_error(), t.top5_error()));
+    }
+    Ok(Accuracy {
+        models,
+        plan,
+        table: AccuracyTable::Classification {
+            images: test.len(),
+            calib_images: used,
+            errors,
+        },
+    })
+}
+
+/// Writes the exports and `calib.json` into the run directory.
+pub fn write_exports(dir: &Path, a: &Accuracy, o: &Options) -> Result<()> {
+    for v in &a.models {
+        crate::write(&dir.join(v.file), &v.bytes)?;
+    }
+    crate::write(
+        &dir.join("calib.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "calibrator": o.calibrator, "images": o.calib_images, "encoding": a.plan.encoding,
+            "thresholds": a.plan.thresholds,
+            "models": {
+                "model.int8.onnx": ActivationEncoding::SignedSymmetric,
+                "model.int8.cpu.onnx": ActivationEncoding::UnsignedOffset,
+            },
+        }))?
+        .as_bytes(),
+    )
+}
+
+/// Stage 6: every model's latency on the CPU runtime, and which one is published.
+pub struct Latency {
+    pub reports: Vec<LatencyReport>,
+    /// Index of the lowest p50.
+    pub chosen: usize,
+}
+
+pub fn latency(models: &[Variant], threads: Option<usize>, o: &Options) -> Result<Latency> {
+    let mut reports = vec![];
+    for v in models {
+        reports.push(measure_ort(
+            &v.bytes,
+            threads,
+            &Provider::Cpu,
+            WARMUP_RUNS,
+            o.iters,
+            Some(o.budget_ms),
+        )?);
+    }
+    let p50: Vec<f64> = reports.iter().map(|r| r.p50_ms).collect();
+    let chosen = fastest(&p50).ok_or_else(|| Error::Run("no latency was measured".into()))?;
+    Ok(Latency { reports, chosen })
+}
+
+/// Writes `latency.json` and the published model's latency histogram.
+pub fn write_latency(dir: &Path, models: &[Variant], l: &Latency, budget_ms: f64) -> Result<()> {
+    let (chosen, cr) = (&models[l.chosen], &l.reports[l.chosen]);
+    crate::write(
+        &dir.join("latency.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "runtime": l.reports[0].runtime,
+            "device": l.reports[0].device,
+            "budget_ms": budget_ms,
+            "published": chosen.file,
+            "models": models.iter().zip(&l.reports).map(|(v, r)| serde_json::json!({
+                "label": v.label, "file": v.file, "precision": v.precision,
+                "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+                "within_budget": r.within_budget,
+            })).collect::<Vec<_>>(),
+        }))?
+        .as_bytes(),
+    )?;
+    overparam_data::plot::histogram(
+        &format!(
+            "{} latency per frame (onnx runtime, cpu)",
+            chosen.label.to_uppercase()
+        ),
+        "milliseconds",
+        &cr.samples_ms,
+        40,
+        &[
+            ("p50", cr.p50_ms),
+            ("p99", cr.p99_ms),
+            ("budget", budget_ms),
+        ],
+    )
+    .save(&dir.join("latency_hist.png"))?;
+    Ok(())
+}
+
+/// Index of the lowest p50 (the first on a tie; NaN never wins).
+pub fn fastest(p50_ms: &[f64]) -> Option<usize> {
+    p50_ms
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+}
+
+/// Stage 7: what the in-process listener received from the published model.
+pub struct Bridged {
+    pub run: overparam_bridge::run::RunSummary,
+    pub received: u64,
+    pub expected: u64,
+    pub dropped: u64,
+    pub decode_errors: u64,
+    pub size: (usize, usize),
+    pub topics: usize,
+    pub per_topic: Vec<overparam_bridge::listener::TopicReport>,
+}
+
+/// Runs the published model on synthetic frames, publishes every output over zenoh on
+/// loopback and counts what an in-process listener received.
+pub fn bridge(
+    model: &Variant,
+    frames: u64,
+    threads: Option<usize>,
+    progress: &dyn Progress,
+) -> Result<Bridged> {
+    use overparam_bridge::listener::{Event, ListenConfig, Listener};
+    use overparam_bridge::publisher::{PerceptionPublisher, PublishConfig};
+    use overparam_bridge::run::{Model, RunOptions, run};
+    use overparam_bridge::session::{ZenohOptions, free_port};
+    use overparam_bridge::source::{SourceSpec, open};
+    let port = free_port()?;
+    let s_sub = ZenohOptions::loopback(Some(port), None).open()?;
+    let s_pub = ZenohOptions::loopback(None, Some(port)).open()?;
+    let mut cfg = ListenConfig::native("overparam");
+    cfg.payloads = false; // counted and timed, not looked at
+    let mut l = Listener::new(&s_sub, cfg)?;
+    let mut m = Model::from_onnx(&model.bytes, threads, &Provider::Cpu)?;
+    let publisher = PerceptionPublisher::new(&s_pub, PublishConfig::native("overparam", "cam0"))?;
+    if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
+        return Err(Error::Run(
+            "bridge: the in-process listener never matched the publisher".into(),
+        ));
+    }
+    let expected = frames * m.tasks.len() as u64;
+    let rx = std::thread::spawn(move || -> Result<Listener> {
+        let t0 = Instant::now();
+        let mut n = 0;
+        while n < expected && t0.elapsed() < Duration::from_secs(120) {
+            if let Some(Event::Header { .. }) = l.recv(Duration::from_millis(200))? {
+                n += 1;
+            }
+        }
+        Ok(l)
+    });
+    let mut src = open(&SourceSpec::Synthetic { seed: 7 }, m.size, None)?;
+    progress.start("publishing", frames);
+    let s = run(
+        &mut m,
+        src.as_mut(),
+        &publisher,
+        &RunOptions {
+            frames: Some(frames),
+            fps: None,
+        },
+        |_| progress.inc(1),
+    );
+    progress.finish();
+    let s = s?;
+    let l = rx
+        .join()
+        .map_err(|_| Error::Run("bridge: the listener thread panicked".into()))??;
+    let c = l.counters();
+    let b = Bridged {
+        run: s,
+        received: c.received,
+        expected,
+        dropped: c.dropped,
+        decode_errors: c.decode_errors,
+        size: m.size,
+        topics: m.tasks.len(),
+        per_topic: l.report(),
+    };
+    Ok(b)
+}
+
+/// What [`run`] produced: the report's text and where it was written.
+pub struct Outcome {
+    pub markdown: String,
+    pub report: PathBuf,
+}
+
+/// Every stage in order, writing the artefacts and the report into the run directory. A fold
+/// that is not exact writes the report so far and fails; so does a bridge that lost messages.
+#[cfg(feature = "train")]
+pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
+    let t_all = Instant::now();
+    let cfg = resolve(o)?;
+    let mtl = overparam_train::mtl_trainer::is_mtl(&cfg);
+    let dir = cfg.run_dir();
+    let report_path = dir.join(REPORT_FILE);
+    let mut md = report::header(&cfg, mtl);
+
+    stage(
+        progress,
+        1,
+        if cfg.data.dir.is_some() || cfg.data.dataset.is_some() {
+            "data: the dataset"
+        } else {
+            "data: synthetic data (generated once and reused)"
+        },
+    );
+    stage(
+        progress,
+        2,
+        &format!(
+            "train: {} into {}",
+            cfg.model.method.kind.as_str(),
+            dir.display()
+        ),
+    );
+    let trained = train(&cfg, mtl, progress)?;
+    md += &report::training(&cfg, &trained, &dir, mtl)?;
+
+    stage(
+        progress,
+        3,
+        "fuse: fold the trained model and verify it against the unfolded one (eval mode)",
+    );
+    let f = fold(&dir)?;
+    md += &report::fold(&cfg, &f);
+    let r = &f.folded.report;
+    if !r.passed() {
+        crate::write(&report_path, md.as_bytes())?;
+        let v = &r.exact;
+        return Err(Error::Run(format!(
+            "the fold is not exact in f64 (worst block {:e}, output {:e}); see {}",
+            v.worst_block().map_or(0.0, |d| d.rel),
+            v.worst_output().map_or(0.0, |d| d.rel),
+            report_path.display()
+        )));
+    }
+    let (spec, w) = (&f.folded.spec, &f.folded.weights);
+
+    stage(
+        progress,
+        4,
+        "export: FP32, FP16 and INT8 (calibrated; TensorRT's Q/DQ and the CPU encoding) ONNX",
+    );
+    stage(progress, 5, "accuracy per precision through ONNX Runtime");
+    let acc = accuracy(&cfg, spec, w, o, mtl, progress)?;
+    md += &report::accuracy(&acc, o.calibrator);
+    write_exports(&dir, &acc, o)?;
+
+    stage(
+        progress,
+        6,
+        &format!(
+            "latency: {} timed runs per precision against a {} ms p99 budget",
+            o.iters, o.budget_ms
+        ),
+    );
+    let threads = cfg.run.threads;
+    let lat = latency(&acc.models, threads, o)?;
+    md += &report::latency(&acc.models, &lat, threads, o);
+    write_latency(&dir, &acc.models, &lat, o.budget_ms)?;
+
+    stage(
+        progress,
+        7,
+        &format!(
+            "bridge: publish {} frames over zenoh (loopback) to an in-process listener",
+            o.frames
+        ),
+    );
+    let chosen = &acc.models[lat.chosen];
+    if mtl {
+        let b = bridge(chosen, o.frames, threads, progress)?;
+        md += &report::bridge(chosen, &b);
+        if b.received != b.expected {
+            return Err(Error::Run(format!(
+                "bridge: received {} of {} messages",
+                b.received, b.expected
+            )));
+        }
+    } else {
+        md += report::BRIDGE_SKIPPED;
+    }
+
+    stage(progress, 8, "report");
+    md += &report::footer(t_all.elapsed().as_secs_f64(), o.config.as_deref());
+    crate::write(&report_path, md.as_bytes())?;
+    Ok(Outcome {
+        markdown: md,
+        report: report_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fastest_is_the_lowest_p50_and_ignores_nan() {
+        assert_eq!(fastest(&[10.0, 12.0, 21.0, 6.5]), Some(3));
+        assert_eq!(fastest(&[f64::NAN, 12.0, 11.0]), Some(2));
+        assert_eq!(fastest(&[5.0, 5.0]), Some(0));
+        assert_eq!(fastest(&[]), None);
+    }
+
+    #[test]
+    fn the_embedded_demo_resolves_and_data_must_be_a_directory() {
+        let mut o = Options {
+            config: None,
+            data: None,
+            overrides: vec!["optim.epochs=2".into()],
+            budget_ms: 50.0,
+            iters: 1,
+            frames: 1,
+            calib_images: 1,
+            calibrator: Calibrator::Entropy,
+        };
+        assert_eq!(resolve(&o).unwrap().optim.epochs, 2);
+        o.data = Some(PathBuf::from("/nonexistent/overparam"));
+        let e = resolve(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/overparam") && e.contains("not a directory"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Argument types that several subcommands share, so commands never import each other.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use overparam_engine::export::ActivationEncoding;
+
+/// `--encoding` as users name it: by where the INT8 model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// TensorRT's: int8 activations with zero point 0 (symmetric Q/DQ).
+    Trt,
+    /// ONNX Runtime's fast CPU path: the same grid as uint8 with zero point 128.
+    Cpu,
+}
+
+impl From<Encoding> for ActivationEncoding {
+    fn from(e: Encoding) -> Self {
+        match e {
+            Encoding::Trt => ActivationEncoding::SignedSymmetric,
+            Encoding::Cpu => ActivationEncoding::UnsignedOffset,
+        }
+    }
+}
+
+/// Where a model runs (`--runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// ONNX Runtime's TensorRT execution provider (onnxruntime-gpu builds only).
+    OrtTrt,
+    /// trtexec on a plan built by `overparam engine build` (`bench` only).
+    Trt,
+    /// The same plan on the native TensorRT runtime (cargo feature `tensorrt`; `bench` only).
+    TrtNative,
+}
+
+/// Where a model runs; shared by `bench` and `bridge run`.
+#[derive(clap::Args, Clone)]
+pub struct RuntimeArgs {
+    /// Runtime: cpu, ort-trt (ONNX Runtime's TensorRT execution provider); `bench` also takes
+    /// trt (trtexec on a plan) and trt-native (the plan on the native runtime).
+    #[arg(long, value_enum, default_value_t = Runtime::Cpu)]
+    pub runtime: Runtime,
+    /// CUDA device index for ort-trt and trt-native (as `engine build --device-id`).
+    #[arg(long, default_value_t = 0)]
+    pub device_id: u32,
+    /// ort-trt: directory for TensorRT engine and timing caches (builds are slow; reuse them).
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The ONNX Runtime provider (`trt` and `trt-native` are not: they run plans).
+    pub fn provider(&self) -> Result<overparam_engine::runtime::Provider> {
+        use overparam_engine::runtime::{Provider, TrtEpOptions};
+        Ok(match self.runtime {
+            Runtime::Cpu => Provider::Cpu,
+            Runtime::OrtTrt => Provider::TensorRt(TrtEpOptions {
+                device_id: self.device_id as i32,
+                cache_dir: self.trt_cache.clone(),
+                ..Default::default()
+            }),
+            Runtime::Trt | Runtime::TrtNative => bail!(
+                "--runtime {}: runs TensorRT plans, not ONNX models; use cpu or ort-trt here",
+                if self.runtime == Runtime::Trt {
+                    "trt"
+                } else {
+                    "trt-native"
+                }
+            ),
+        })
+    }
+}
+
+/// `--budget-ms`: a positive, finite number of milliseconds.
+pub fn budget(s: &str) -> std::result::Result<f64, String> {
+    let b: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    overparam_engine::latency::check_budget(Some(b))
+        .map(|_| b)
+        .map_err(|_| "want a positive, finite number of milliseconds".into())
+}
+
+/// Why `--native` / `--runtime trt-native` cannot run in this build.
+#[cfg(not(feature = "tensorrt"))]
+pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";

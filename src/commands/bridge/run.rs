@@ -1,0 +1,165 @@
+//! `overparam bridge run`: a deploy model on frames from a source, one topic per task.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use overparam_bridge::listener::fmt_value;
+use overparam_bridge::publisher::{PerceptionPublisher, PublishConfig, TopicQos};
+use overparam_bridge::ros2::Ros2Names;
+use overparam_bridge::run::{Model, RunOptions, run_until};
+use overparam_bridge::source::{self, SourceSpec};
+use overparam_bridge::wire::Task;
+
+use crate::stop;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A deploy checkpoint (exported to FP32 ONNX in memory) or an ONNX model.
+    #[arg(long)]
+    model: PathBuf,
+    /// synthetic[:SEED], nyuv2:DIR, images:DIR (PNG/JPEG), zenoh:KEY (native camera
+    /// frames) or ros2:TOPIC (a sensor_msgs/Image topic through rmw_zenoh, in --domain-id;
+    /// a relative TOPIC is under --namespace; rgb8, bgr8, rgba8, bgra8 or mono8 at any
+    /// size; the newest frame is kept when the model is slower than the camera, the others
+    /// counted as skipped; outputs carry the frame's header.stamp and frame_id).
+    #[arg(long, default_value = "synthetic")]
+    source: String,
+    /// Pace publishing to this rate, at least 0.01 (default: as fast as inference allows).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Stop after this many frames (at least 1; default: until the source ends or Ctrl-C).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Camera name: topics are <prefix>/<camera>/<task>.
+    #[arg(long, default_value = "cam0")]
+    camera: String,
+    /// Native key prefix.
+    #[arg(long, default_value = "overparam")]
+    prefix: String,
+    /// QoS of every output topic: comma-separated reliable|best-effort, block|drop,
+    /// express, priority=realtime|interactive-high|...|data-high|data|data-low|background.
+    #[arg(long, default_value = "reliable,block,priority=data-high")]
+    qos: String,
+    /// Per-topic QoS on top of --qos, e.g. `segmentation=drop,express` (repeatable).
+    #[arg(long = "topic-qos", value_name = "TASK=ITEMS")]
+    topic_qos: Vec<String>,
+    /// Wait up to this many seconds for subscribers on every topic before the first frame.
+    #[arg(long, default_value_t = 0.0)]
+    wait_subscribers: f64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    runtime: crate::args::RuntimeArgs,
+    #[command(flatten)]
+    ros: super::Ros2Args,
+    #[command(flatten)]
+    zenoh: super::ZenohArgs,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let Args {
+        model,
+        source,
+        fps,
+        frames,
+        camera,
+        prefix,
+        qos,
+        topic_qos,
+        wait_subscribers,
+        threads,
+        runtime,
+        ros,
+        zenoh,
+    } = a;
+    let opts = RunOptions { frames, fps };
+    opts.check()?;
+    let spec: SourceSpec = source.parse()?;
+    stop::install()?;
+    let mut m = Model::load(&model, threads, &runtime.provider()?)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let session = zenoh
+        .options()
+        .open()
+        .context("opening the zenoh session")?;
+    // A ros2: source is resolved in the same domain and namespace as ROS 2 outputs.
+    let names = Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node);
+    // Refused camera samples are reported above the frame bar.
+    use overparam_base::Progress;
+    let bars = std::sync::Arc::new(crate::progress::Bars::stderr());
+    let mut src = source::open_with(&spec, m.size, Some(&session), &names, bars.clone())?;
+    let mut cfg = PublishConfig::native(&prefix, &camera);
+    if ros.ros2 {
+        cfg.ros2 = Some(names.clone());
+    }
+    let base = TopicQos::default().apply(&qos)?;
+    cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
+    for tq in &topic_qos {
+        let (task, items) = tq
+            .split_once('=')
+            .with_context(|| format!("--topic-qos {tq}: want TASK=ITEMS"))?;
+        let t = Task::from_name(task)
+            .filter(|t| cfg.qos.contains_key(t))
+            .with_context(|| format!("--topic-qos {tq}: the model has no output {task}"))?;
+        let q = cfg.qos[&t].apply(items)?;
+        cfg.qos.insert(t, q);
+    }
+    let publisher = PerceptionPublisher::new(&session, cfg)?;
+    eprintln!(
+        "bridge: {} ({}×{}) from {source} → {}",
+        model.display(),
+        m.size.0,
+        m.size.1,
+        publisher.keys().join(", ")
+    );
+    if wait_subscribers > 0.0
+        && !publisher.wait_for_subscribers(Duration::from_secs_f64(wait_subscribers))?
+    {
+        eprintln!(
+            "bridge: no subscriber on every topic after {wait_subscribers} s; publishing anyway"
+        );
+    }
+    if let SourceSpec::Ros2(topic) = &spec {
+        eprintln!(
+            "bridge: camera {} (domain {}) on {}",
+            names.resolve_topic(topic)?,
+            ros.domain_id,
+            names.topic_key(&names.resolve_topic(topic)?)
+        );
+    }
+    bars.start("frames", frames.unwrap_or(0));
+    let s = run_until(
+        &mut m,
+        src.as_mut(),
+        &publisher,
+        &opts,
+        stop::stop_requested,
+        |_| bars.inc(1),
+    )?;
+    bars.finish();
+    if let Some(sig) = stop::requested() {
+        eprintln!("bridge: stopped by {sig}");
+    }
+    println!(
+        "published {} frames in {:.1} s ({:.1} frames/s); inference p50 {} ms p99 {} ms; sent {} messages ({} with no subscriber), {:.1} MB",
+        s.frames,
+        s.seconds,
+        s.fps,
+        fmt_value(s.inference_ms_p50, 1),
+        fmt_value(s.inference_ms_p99, 1),
+        s.counters.sent,
+        s.counters.sent_unmatched,
+        s.counters.bytes_sent as f64 / 1e6
+    );
+    if let SourceSpec::Ros2(_) = &spec {
+        let c = &s.counters;
+        println!(
+            "camera input: received {} frames, skipped {} (a newer frame replaced them before the model was free), refused {}",
+            c.input_received, c.input_skipped, c.input_invalid
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
