@@ -175,6 +175,7 @@ fn latency_bench_reports_percentiles_and_enforces_budgets() {
 
 /// A stand-in trtexec (a shell script printing TensorRT 10.3's banner and device lines, and
 /// writing the plan) checks the flags, the manifest, and the refusal of a mismatched plan.
+/// One scenario from build to refusal, so it stays one test.
 #[cfg(unix)]
 #[test]
 fn trt_builds_write_manifests_and_mismatched_plans_are_refused() {

@@ -1,14 +1,17 @@
 //! overparam-base: what every crate of the workspace shares and none owns, with no
 //! dependencies: the seeded, version-stable [`Rng`], [`write_file_atomic`], and the statistics
-//! the experiment summaries and latency reports use ([`stats`]), and [`Progress`], the one way a
-//! library reports long work and events (it never prints). Datasets (`data`) and models
+//! the experiment summaries and latency reports use ([`stats`]), [`Progress`], the one way a
+//! library reports long work and events (it never prints), and the multi-task vocabulary
+//! ([`Task`], [`NYU_METRICS`]). Datasets (`data`) and models
 //! (`fuse`) both build on it without depending on each other.
 
 pub mod fs;
 pub mod progress;
 pub mod rng;
 pub mod stats;
+pub mod task;
 
 pub use fs::write_file_atomic;
 pub use progress::{Progress, Recorder, Silent};
 pub use rng::Rng;
+pub use task::{NYU_METRICS, NyuMetric, Task};

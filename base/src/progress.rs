@@ -16,6 +16,9 @@ pub trait Progress: Send + Sync {
     fn finish(&self) {}
     /// A line worth keeping in the log: an epoch's metrics, a resume, a fold verdict.
     fn event(&self, _line: &str) {}
+    /// Where the work that holds the bars stands (a grid's cells, the pipeline's stages):
+    /// `pos` of `len` done, `label` the current part. `pos == len` ends it.
+    fn outer(&self, _label: &str, _pos: u64, _len: u64) {}
 }
 
 /// Reports nothing.
@@ -24,10 +27,12 @@ pub struct Silent;
 
 impl Progress for Silent {}
 
-/// Keeps every event line (for tests and for callers that want the log as data).
+/// Keeps every event line and outer position (for tests and for callers that want the log
+/// as data).
 #[derive(Debug, Default)]
 pub struct Recorder {
     lines: std::sync::Mutex<Vec<String>>,
+    outer: std::sync::Mutex<Vec<(String, u64, u64)>>,
 }
 
 impl Recorder {
@@ -35,12 +40,22 @@ impl Recorder {
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
+
+    /// The outer positions so far: (label, pos, len).
+    pub fn outer_positions(&self) -> Vec<(String, u64, u64)> {
+        self.outer.lock().map(|l| l.clone()).unwrap_or_default()
+    }
 }
 
 impl Progress for Recorder {
     fn event(&self, line: &str) {
         if let Ok(mut l) = self.lines.lock() {
             l.push(line.to_string());
+        }
+    }
+    fn outer(&self, label: &str, pos: u64, len: u64) {
+        if let Ok(mut l) = self.outer.lock() {
+            l.push((label.to_string(), pos, len));
         }
     }
 }
@@ -59,7 +74,9 @@ mod tests {
         p.event("first");
         p.finish();
         p.event("second");
+        p.outer("cell a", 0, 2);
         assert_eq!(r.lines(), ["first", "second"]);
+        assert_eq!(r.outer_positions(), [("cell a".to_string(), 0, 2)]);
         let s: &dyn Progress = &Silent;
         s.event("dropped");
     }

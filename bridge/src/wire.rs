@@ -65,14 +65,27 @@ pub enum Task {
     Normals,
 }
 
+/// The model's dense tasks on the wire (the wire adds the camera image).
+impl From<overparam_base::Task> for Task {
+    fn from(t: overparam_base::Task) -> Self {
+        match t {
+            overparam_base::Task::Segmentation => Task::Segmentation,
+            overparam_base::Task::Depth => Task::Depth,
+            overparam_base::Task::Normals => Task::Normals,
+        }
+    }
+}
+
 impl Task {
     pub const OUTPUTS: [Task; 3] = [Task::Segmentation, Task::Depth, Task::Normals];
+    /// The topic name: the dense tasks' names from `overparam_base::Task`, and `image`.
     pub fn name(self) -> &'static str {
+        use overparam_base::Task as Dense;
         match self {
             Task::Camera => "image",
-            Task::Segmentation => "segmentation",
-            Task::Depth => "depth",
-            Task::Normals => "normals",
+            Task::Segmentation => Dense::Segmentation.name(),
+            Task::Depth => Dense::Depth.name(),
+            Task::Normals => Dense::Normals.name(),
         }
     }
     pub fn from_name(s: &str) -> Option<Task> {

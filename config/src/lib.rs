@@ -406,7 +406,7 @@ impl TrainConfig {
         if let Some(t) = &self.mtl.tasks
             && (t.is_empty()
                 || t.iter()
-                    .any(|x| !["segmentation", "depth", "normals"].contains(&x.as_str())))
+                    .any(|x| overparam_base::Task::from_name(x).is_none()))
         {
             return bad(format!(
                 "mtl.tasks {t:?}: choose from segmentation, depth, normals"

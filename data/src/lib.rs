@@ -1,5 +1,7 @@
-//! overparam-data: dataset readers (CIFAR-10/100 binary, the MNIST family's IDX), synthetic generators that write the
-//! same formats, augmentation, a prefetching deterministic loader, and classification metrics.
+//! overparam-data: dataset readers (CIFAR-10/100 binary, the MNIST family's IDX, NYUv2 as
+//! MTAN's `.npy` files), synthetic generators that write the same formats, augmentation, a
+//! prefetching deterministic loader, metrics (top-k; mIoU, depth and normal errors, Δm), and
+//! PNG plots.
 
 pub mod cifar;
 pub mod dataset;

@@ -173,12 +173,8 @@ pub fn nyu_metrics(conf: &Confusion, geo: &GeometryErrors) -> [f64; 9] {
     ]
 }
 
-/// The nine NYUv2 metrics in the usual order: mIoU, pixel acc, abs err, rel err, mean°,
-/// median°, <11.25°, <22.5°, <30° (fractions, not percent), and whether higher is better.
-pub const NYU_HIGHER_IS_BETTER: [bool; 9] =
-    [true, true, false, false, false, false, true, true, true];
-/// Metrics per task in that order: segmentation 2, depth 2, normals 5.
-pub const NYU_TASK_SIZES: [usize; 3] = [2, 2, 5];
+/// Whether higher is better, per metric of `overparam_base::NYU_METRICS` (named there).
+pub use overparam_base::task::NYU_HIGHER_IS_BETTER;
 
 /// Δm% as CAGrad/Nash-MTL compute it: the mean over all nine metrics of the relative change
 /// against the single-task baseline, signed so that **positive is worse** (methods.md §3.3).
@@ -196,18 +192,17 @@ pub fn delta_m_nash(m: &[f64; 9], base: &[f64; 9]) -> f64 {
 /// LibMTL's `count_improvement`: relative changes averaged per task first, then over tasks;
 /// **positive is better** (methods.md §3.3).
 pub fn delta_p_libmtl(m: &[f64; 9], base: &[f64; 9]) -> f64 {
-    let mut k = 0;
+    let tasks = overparam_base::Task::ALL;
     let mut total = 0.0;
-    for size in NYU_TASK_SIZES {
+    for task in tasks {
         let mut t = 0.0;
-        for _ in 0..size {
+        for k in task.metrics() {
             let s = if NYU_HIGHER_IS_BETTER[k] { 1.0 } else { -1.0 };
             t += s * (m[k] - base[k]) / base[k];
-            k += 1;
         }
-        total += t / size as f64;
+        total += t / task.metrics().len() as f64;
     }
-    100.0 * total / NYU_TASK_SIZES.len() as f64
+    100.0 * total / tasks.len() as f64
 }
 
 #[cfg(test)]

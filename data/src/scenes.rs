@@ -136,6 +136,10 @@ fn random_colour(rng: &mut Rng, base: V3) -> V3 {
 }
 
 /// Renders one scene at `h`×`w`.
+///
+/// Long on purpose: the draws from `rng` happen in one fixed order (room, pose, boxes, then
+/// per-pixel ray casting) and that order is the golden stream of every synthetic NYUv2 set;
+/// keeping it in one function keeps the order visible.
 pub fn render(h: usize, w: usize, rng: &mut Rng) -> NyuSample {
     let f = 0.82 * w as f64; // ≈ NYUv2's horizontal field of view
     let (cx, cy) = (w as f64 / 2.0, h as f64 / 2.0);

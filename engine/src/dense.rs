@@ -14,19 +14,9 @@ use crate::error::{Error, Result};
 use crate::export::{ActivationEncoding, ExportOptions, Precision, QuantPlan, export, to_bytes};
 use crate::runtime::OrtRuntime;
 
-/// Names of the nine metrics, in the order of [`evaluate`]'s result (MTAN's table; fractions,
-/// not percent; whether higher is better: `overparam_data::metrics::NYU_HIGHER_IS_BETTER`).
-pub const METRICS: [&str; 9] = [
-    "mIoU",
-    "pixel acc",
-    "depth abs err",
-    "depth rel err",
-    "normals mean °",
-    "normals median °",
-    "within 11.25°",
-    "within 22.5°",
-    "within 30°",
-];
+/// Names of the nine metrics, in the order of [`evaluate`]'s result (named once, in
+/// `overparam_base::NYU_METRICS`).
+pub const METRICS: [&str; 9] = overparam_base::task::NYU_METRIC_NAMES;
 
 /// One sample as the network's NCHW input (batch 1).
 pub fn input(s: &NyuSample) -> Vec<f32> {
@@ -49,13 +39,15 @@ pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
     for i in 0..split.len() {
         let s = split.get(i)?;
         let outs = rt.run(&input(&s))?;
-        let get = |name: &str| {
+        use overparam_base::Task;
+        let get = |t: Task| {
+            let name = t.name();
             outs.iter()
                 .find(|o| o.0 == name)
                 .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))
         };
         let hw = s.height * s.width;
-        let (_, shape, seg) = get("segmentation")?;
+        let (_, shape, seg) = get(Task::Segmentation)?;
         if shape[2] * shape[3] != hw {
             return Err(Error::Runtime(format!(
                 "model output {shape:?} does not match the data's {}×{}",
@@ -71,8 +63,8 @@ pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
             })
             .collect();
         conf.add(&pred, &s.label);
-        let depth = &get("depth")?.2;
-        let n = &get("normals")?.2;
+        let depth = &get(Task::Depth)?.2;
+        let n = &get(Task::Normals)?.2;
         let normals: Vec<f32> = (0..hw * 3).map(|j| n[(j % 3) * hw + j / 3]).collect();
         geo.add_batch(depth, &s.depth, &normals, &s.normal);
     }

@@ -334,6 +334,10 @@ pub fn nonnegative_tensors(spec: &DeploySpec) -> BTreeSet<String> {
 }
 
 /// Exports a deploy spec and its weights as an ONNX model (opset 17, static shapes).
+///
+/// Long on purpose: one pass over the nodes with one arm per op, all sharing the builder,
+/// the tensor-name map and the quantisation plan; split up, each arm would take them all as
+/// arguments and the order of emitted nodes (which fixes the bytes) would be harder to see.
 pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Result<ModelProto> {
     spec.validate()?;
     overparam_fuse::checkpoint::check_against_layout(

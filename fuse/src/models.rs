@@ -399,7 +399,12 @@ pub struct MtlOptions {
 
 /// The task heads of the multi-task network: (name, output channels).
 pub fn mtl_tasks(classes: usize) -> [(&'static str, usize); 3] {
-    [("segmentation", classes), ("depth", 1), ("normals", 3)]
+    use overparam_base::Task;
+    [
+        (Task::Segmentation.name(), classes),
+        (Task::Depth.name(), 1),
+        (Task::Normals.name(), 3),
+    ]
 }
 
 /// A SegNet-sized encoder–decoder with hard parameter sharing (MTAN's "split" layout):
@@ -413,6 +418,9 @@ pub fn mtl_tasks(classes: usize) -> [(&'static str, usize); 3] {
 /// (group `heads.hidden`, d = min(T·O, I·9)); with `include_1x1` the output convs (different
 /// widths) share V (group `heads.output`, d = min(ΣO_t, I)). RepVGG-style methods apply to the
 /// conv-BN layers; the BN-free heads stay plain.
+///
+/// Long on purpose: the network written out layer by layer, in the order of its PyTorch
+/// reference (MTAN), which fixes its tensor names.
 pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
     opts.method.validate()?;
     if !(opts.width > 0.0 && opts.width.is_finite()) || opts.height < 32 || opts.width_px < 32 {
@@ -530,7 +538,7 @@ pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
             out_rank,
             false,
         );
-        if task == "normals" {
+        if task == overparam_base::Task::Normals.name() {
             y = b.push("heads.normals.norm", &[&y], Op::L2Norm);
         }
         outputs.push(OutputSpec {

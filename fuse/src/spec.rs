@@ -332,6 +332,8 @@ impl<C: ConvLike> Graph<C> {
     }
 
     /// Checks names, wiring and shapes; returns the activation shape of every node.
+    ///
+    /// Long on purpose: one arm per op of one `match`, each a few lines of shape rules.
     pub fn infer_shapes(&self) -> Result<HashMap<String, ActShape>> {
         let err = |m: String| Err(Error::Spec(m));
         let mut shapes: HashMap<String, ActShape> = HashMap::new();

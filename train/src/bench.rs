@@ -7,9 +7,10 @@ use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{MethodConfig, MethodKind};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::config::OptimizerKind;
 use crate::error::Result;
 use crate::model::OpModel;
-use crate::optim::{Param, Sgd};
+use crate::optim::{Optimizer, Param};
 
 #[derive(Clone, Debug)]
 pub struct StepStats {
@@ -67,10 +68,10 @@ pub fn train_step_time(
         })
         .collect();
     let train_params = params.iter().map(|p| p.tensor.numel()).sum();
-    let mut opt = Sgd {
+    let mut opt = Optimizer {
+        kind: OptimizerKind::Sgd,
         momentum: 0.9,
         nesterov: false,
-        adam: false,
         params,
         buffers: Default::default(),
         steps: 0,

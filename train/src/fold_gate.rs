@@ -15,7 +15,8 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::error::{Error, Result};
 use crate::model::OpModel;
-use crate::trainer::{DEPLOY_FILE, io, to_f};
+use crate::state::{io, to_f};
+use crate::trainer::DEPLOY_FILE;
 
 /// The fold report of a run (verdict and measurements), written next to the deploy checkpoint.
 pub use overparam_config::files::FOLD_FILE;

@@ -6,11 +6,13 @@
 
 pub mod bench;
 pub mod error;
+pub mod fit;
 pub mod fold_gate;
 pub mod model;
 pub mod mtl;
 pub mod mtl_trainer;
 pub mod optim;
+pub mod state;
 pub mod trainer;
 
 pub use error::{Error, Result};

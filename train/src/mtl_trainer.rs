@@ -4,7 +4,8 @@
 //! validation set.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use overparam_base::{Progress, Silent};
 use overparam_data::metrics::{Confusion, GeometryErrors, delta_m_nash, delta_p_libmtl};
@@ -17,14 +18,25 @@ use tch::{Device, Tensor, nn};
 
 use crate::config::{Routine, TrainConfig};
 use crate::error::{Error, Result};
+use crate::fit::{Phase, RunDir, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
-use crate::optim::{Sgd, learning_rate};
-use crate::trainer::{
-    DEPLOY_FILE, MODEL_FILE, load_state, prepare_run, save_state, to_f, write_metrics,
-};
+use crate::optim::Optimizer;
+use crate::state::{Extra, from_f, prepare_run, to_f, write_metrics};
+use crate::trainer::DEPLOY_FILE;
 
-pub const HEADER: &str = "epoch,lr,loss_seg,loss_depth,loss_normal,miou,pix_acc,abs_err,rel_err,mean_deg,median_deg,within_11_25,within_22_5,within_30,delta_m_nash,delta_p_libmtl";
+/// The header of a multi-task `metrics.csv`: epoch, lr, the three task losses, the nine
+/// metrics (columns named in `overparam_base::NYU_METRICS`), Δm (Nash-MTL) and Δp (LibMTL).
+pub static HEADER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let losses = overparam_base::Task::ALL.map(|t| t.loss_column());
+    ["epoch", "lr"]
+        .into_iter()
+        .chain(losses)
+        .chain(overparam_base::task::NYU_METRIC_COLUMNS)
+        .chain(["delta_m_nash", "delta_p_libmtl"])
+        .collect::<Vec<_>>()
+        .join(",")
+});
 
 /// NYUv2 train and val splits: `data.dir`, or synthetic scenes generated once under
 /// `<run.dir>/_data/`.
@@ -129,13 +141,13 @@ fn make_batch(samples: &[NyuSample], device: Device) -> Result<Batch> {
 
 /// Parameter groups for R2: shared (trunk and shared head factors) vs task-specific (each
 /// task's own head tensors, `heads.<task>.*`). Uncertainty log-variances go with the shared.
-fn optimisers(cfg: &TrainConfig, model: &OpModel, log_vars: Option<&Tensor>) -> Vec<Sgd> {
+fn optimisers(cfg: &TrainConfig, model: &OpModel, log_vars: Option<&Tensor>) -> Vec<Optimizer> {
     let tasks = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| format!("heads.{}.", t.0));
     let extra: Vec<(&str, &Tensor)> = log_vars
         .map(|t| ("weighting.log_vars", t))
         .into_iter()
         .collect();
-    crate::trainer::grouped_optimisers(
+    grouped_optimisers(
         cfg,
         model,
         |name, _| tasks.iter().any(|t| name.starts_with(t.as_str())),
@@ -199,6 +211,200 @@ pub struct MtlSummary {
     pub max_output_rel_diff: f64,
 }
 
+/// Multi-task training as a [`Task`]: scenes with their own augmentation, three losses
+/// combined by the weighting, the MTAN metrics on the validation split.
+struct MultiTask<'a> {
+    cfg: &'a TrainConfig,
+    dir: PathBuf,
+    device: Device,
+    train: Arc<NyuSplit>,
+    val: NyuSplit,
+    steps: usize,
+    weighter: Weighter,
+    /// Single-task baseline for Δm in `metrics.csv`.
+    baseline: Option<[f64; 9]>,
+    /// The validation metrics before the first step (a new run only).
+    untrained: Option<[f64; 9]>,
+    /// The epoch's running sums of the three task losses.
+    sums: [f64; 3],
+}
+
+impl Task for MultiTask<'_> {
+    type Batch = Batch;
+    /// The three task losses (before weighting).
+    type Step = [Tensor; 3];
+    type Eval = [f64; 9];
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn header(&self) -> &'static str {
+        HEADER.as_str()
+    }
+
+    fn optimisers(&self, cfg: &TrainConfig, model: &OpModel) -> Vec<Optimizer> {
+        optimisers(cfg, model, self.weighter.log_vars.as_ref())
+    }
+
+    fn batches(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<Batch>>> {
+        let (train, device) = (self.train.clone(), self.device);
+        let (bs, seed, aug) = (
+            self.cfg.optim.batch_size,
+            self.cfg.run.seed,
+            self.cfg.data.augment,
+        );
+        let order = overparam_data::loader::epoch_order(train.len(), seed, epoch, true);
+        Box::new((0..self.steps).map(move |b| {
+            let samples: Vec<NyuSample> = order[b * bs..(b + 1) * bs]
+                .iter()
+                .map(|&i| {
+                    let s = train.get(i)?;
+                    Ok(if aug {
+                        augment(
+                            &s,
+                            &mut Rng::derive(seed, &format!("nyu.augment.epoch{epoch}.{i}")),
+                        )
+                    } else {
+                        s
+                    })
+                })
+                .collect::<Result<_>>()?;
+            make_batch(&samples, device)
+        }))
+    }
+
+    fn start(&mut self, model: &OpModel) -> Result<()> {
+        self.untrained = Some(evaluate(
+            model,
+            &self.val,
+            self.cfg.optim.batch_size,
+            self.device,
+        )?);
+        Ok(())
+    }
+
+    fn begin_epoch(&mut self) {
+        self.sums = [0.0; 3];
+    }
+
+    fn forward(
+        &mut self,
+        model: &OpModel,
+        x: &Batch,
+    ) -> Result<(Tensor, Option<Tensor>, [Tensor; 3])> {
+        let (ys, frob) = model.forward_with_frobenius(&x.image)?;
+        let losses = [
+            segmentation_loss(&ys[0], &x.label)?,
+            depth_loss(&ys[1], &x.depth)?,
+            normal_loss(&ys[2], &x.normal)?,
+        ];
+        let objective = self.weighter.combine(&active_losses(
+            &self.cfg.mtl.tasks,
+            losses.each_ref().map(|l| l.shallow_clone()),
+        )?)?;
+        Ok((objective, frob, losses))
+    }
+
+    fn record(
+        &mut self,
+        losses: [Tensor; 3],
+        _batch: &Batch,
+        epoch: usize,
+        index: usize,
+    ) -> Result<String> {
+        for (s, l) in self.sums.iter_mut().zip(&losses) {
+            let v = l.f_double_value(&[])?;
+            if !v.is_finite() {
+                return Err(Error::Run {
+                    dir: self.dir.clone(),
+                    message: format!("a task loss became {v} at epoch {}", epoch + 1),
+                });
+            }
+            *s += v;
+        }
+        let n = (index + 1) as f64;
+        Ok(format!(
+            "loss seg {:.3} depth {:.3} normal {:.3}",
+            self.sums[0] / n,
+            self.sums[1] / n,
+            self.sums[2] / n
+        ))
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &OpModel,
+        epoch: usize,
+        _phase: &str,
+        lr: f64,
+    ) -> Result<([f64; 9], String, String)> {
+        let means: Vec<f64> = self.sums.iter().map(|s| s / self.steps as f64).collect();
+        self.weighter.end_epoch(means.clone());
+        let m = self.evaluate(model)?;
+        let (dm, dp) = self.baseline.map_or((f64::NAN, f64::NAN), |b| {
+            (delta_m_nash(&m, &b), delta_p_libmtl(&m, &b))
+        });
+        let line = format!(
+            "epoch {}/{} loss seg {:.3} depth {:.3} normal {:.3} · mIoU {:.2}% pixacc {:.2}% · depth abs {:.3} rel {:.3} · normals mean {:.1}° median {:.1}°",
+            epoch + 1,
+            self.cfg.optim.epochs,
+            means[0],
+            means[1],
+            means[2],
+            100.0 * m[0],
+            100.0 * m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        );
+        let row = std::iter::once(format!("{}", epoch + 1))
+            .chain(std::iter::once(format!("{lr:.6e}")))
+            .chain(means.iter().map(|v| format!("{v:.6}")))
+            .chain(m.iter().map(|v| format!("{v:.6}")))
+            .chain([dm, dp].iter().map(|v| format!("{v:.4}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok((m, row, line))
+    }
+
+    fn evaluate(&self, model: &OpModel) -> Result<[f64; 9]> {
+        evaluate(model, &self.val, self.cfg.optim.batch_size, self.device)
+    }
+
+    /// The multi-task routines have one phase: no transition to check.
+    fn function_change(&self, _: &OpModel, _: &OpModel) -> Result<f64> {
+        Err(Error::Config(
+            "routine r3 is not available for the multi-task network yet".into(),
+        ))
+    }
+
+    fn extra_state(&self) -> Result<Extra> {
+        let mut extra: Extra = (Weights::new(), BTreeMap::new());
+        if let Some(lv) = &self.weighter.log_vars {
+            extra.0.insert("weighting.log_vars".into(), to_f(lv)?);
+        }
+        extra.1.insert(
+            "dwa_history".into(),
+            serde_json::to_string(&self.weighter.epoch_means).expect("json"),
+        );
+        Ok(extra)
+    }
+
+    fn restore(&mut self, (tensors, meta): &Extra) -> Result<()> {
+        if let (Some(lv), Some(t)) = (&self.weighter.log_vars, tensors.get("weighting.log_vars")) {
+            let mut lv = lv.shallow_clone();
+            tch::no_grad(|| lv.f_copy_(&from_f(t, self.device)?).map_err(Error::from))?;
+        }
+        if let Some(h) = meta.get("dwa_history") {
+            self.weighter.epoch_means =
+                serde_json::from_str(h).map_err(|e| Error::Config(format!("dwa_history: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Trains (or resumes) a multi-task run; `stop_after` as in [`crate::trainer::train`].
 pub fn train_mtl(
     cfg: &TrainConfig,
@@ -221,7 +427,6 @@ pub fn train_mtl(
         classes: CLASSES,
         method: cfg.model.method.clone(),
     })?;
-    let total = cfg.optim.epochs;
     let bs = cfg.optim.batch_size;
     let steps = train.len() / bs;
     if steps == 0 {
@@ -229,48 +434,6 @@ pub fn train_mtl(
             "optim.batch_size {bs} exceeds the {} training scenes",
             train.len()
         )));
-    }
-    let vs = nn::VarStore::new(device);
-    let weighter_vs = nn::VarStore::new(device);
-    let mut weighter = Weighter::new(cfg.mtl.weighting, 3, &weighter_vs.root())?;
-    let (mut epoch, mut step, mut metrics, weights, state) = if resume {
-        let s = load_state(&state_path, 2)?;
-        (
-            s.epoch,
-            s.step,
-            s.metrics.clone(),
-            s.weights.clone(),
-            Some(s),
-        )
-    } else {
-        (
-            0,
-            0,
-            vec![],
-            crate::trainer::fresh_weights(cfg, &spec)?,
-            None,
-        )
-    };
-    let model = OpModel::new(&vs.root(), &spec, &weights)?;
-    let untrained = if resume {
-        None
-    } else {
-        Some(evaluate(&model, &val, bs, device)?)
-    };
-    let mut opts = optimisers(cfg, &model, weighter.log_vars.as_ref());
-    if let Some(s) = state {
-        crate::trainer::restore_optimisers(&mut opts, s.buffers, s.steps, device)?;
-        if let (Some(lv), Some(t)) = (&weighter.log_vars, s.extra.0.get("weighting.log_vars")) {
-            let mut lv = lv.shallow_clone();
-            tch::no_grad(|| {
-                lv.f_copy_(&crate::trainer::from_f(t, device)?)
-                    .map_err(Error::from)
-            })?;
-        }
-        if let Some(h) = s.extra.1.get("dwa_history") {
-            weighter.epoch_means =
-                serde_json::from_str(h).map_err(|e| Error::Config(format!("dwa_history: {e}")))?;
-        }
     }
     let baseline: Option<[f64; 9]> = match &cfg.mtl.baseline {
         Some(b) if b.len() == 9 => Some(std::array::from_fn(|i| b[i])),
@@ -282,130 +445,34 @@ pub fn train_mtl(
         }
         None => None,
     };
-    let first_epoch = epoch;
-    let mut last = None;
-    while epoch < total {
-        if stop_after.is_some_and(|n| epoch - first_epoch >= n) {
-            return Ok(None);
-        }
-        progress.start(&format!("epoch {}/{total}", epoch + 1), steps as u64);
-        let order = overparam_data::loader::epoch_order(train.len(), cfg.run.seed, epoch, true);
-        let mut sums = [0.0f64; 3];
-        let mut lr = 0.0;
-        for b in 0..steps {
-            lr = learning_rate(&cfg.optim, epoch as f64 + b as f64 / steps as f64, total);
-            let samples: Vec<NyuSample> = order[b * bs..(b + 1) * bs]
-                .iter()
-                .map(|&i| {
-                    let s = train.get(i)?;
-                    Ok(if cfg.data.augment {
-                        augment(
-                            &s,
-                            &mut Rng::derive(
-                                cfg.run.seed,
-                                &format!("nyu.augment.epoch{epoch}.{i}"),
-                            ),
-                        )
-                    } else {
-                        s
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let x = make_batch(&samples, device)?;
-            let (ys, frob) = model.forward_with_frobenius(&x.image)?;
-            let losses = [
-                segmentation_loss(&ys[0], &x.label)?,
-                depth_loss(&ys[1], &x.depth)?,
-                normal_loss(&ys[2], &x.normal)?,
-            ];
-            let mut loss = weighter.combine(&active_losses(
-                &cfg.mtl.tasks,
-                losses.each_ref().map(|l| l.shallow_clone()),
-            )?)?;
-            if let Some(f) = frob
-                && cfg.optim.weight_decay > 0.0
-            {
-                loss = loss.f_add(&f.f_mul_scalar(cfg.optim.weight_decay / 2.0)?)?;
-            }
-            let active = match cfg.routine {
-                Routine::R2 { period } => (step / period) % opts.len(),
-                _ => 0,
-            };
-            for o in &mut opts {
-                o.zero_grad()?;
-            }
-            loss.f_backward()?;
-            opts[active].step(lr)?;
-            for (s, l) in sums.iter_mut().zip(&losses) {
-                let v = l.f_double_value(&[])?;
-                if !v.is_finite() {
-                    return Err(Error::Run {
-                        dir: dir.clone(),
-                        message: format!("a task loss became {v} at epoch {}", epoch + 1),
-                    });
-                }
-                *s += v;
-            }
-            step += 1;
-            progress.inc(1);
-            progress.message(&format!(
-                "loss seg {:.3} depth {:.3} normal {:.3}",
-                sums[0] / (b + 1) as f64,
-                sums[1] / (b + 1) as f64,
-                sums[2] / (b + 1) as f64
-            ));
-        }
-        progress.finish();
-        let means: Vec<f64> = sums.iter().map(|s| s / steps as f64).collect();
-        weighter.end_epoch(means.clone());
-        let m = evaluate(&model, &val, bs, device)?;
-        let (dm, dp) = baseline.map_or((f64::NAN, f64::NAN), |b| {
-            (delta_m_nash(&m, &b), delta_p_libmtl(&m, &b))
-        });
-        progress.event(&format!(
-            "epoch {}/{total} loss seg {:.3} depth {:.3} normal {:.3} · mIoU {:.2}% pixacc {:.2}% · depth abs {:.3} rel {:.3} · normals mean {:.1}° median {:.1}°",
-            epoch + 1,
-            means[0],
-            means[1],
-            means[2],
-            100.0 * m[0],
-            100.0 * m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5]
-        ));
-        let row = std::iter::once(format!("{}", epoch + 1))
-            .chain(std::iter::once(format!("{lr:.6e}")))
-            .chain(means.iter().map(|v| format!("{v:.6}")))
-            .chain(m.iter().map(|v| format!("{v:.6}")))
-            .chain([dm, dp].iter().map(|v| format!("{v:.4}")))
-            .collect::<Vec<_>>()
-            .join(",");
-        metrics.push(row);
-        epoch += 1;
-        let mut extra: crate::trainer::Extra = (Weights::new(), BTreeMap::new());
-        if let Some(lv) = &weighter.log_vars {
-            extra.0.insert("weighting.log_vars".into(), to_f(lv)?);
-        }
-        extra.1.insert(
-            "dwa_history".into(),
-            serde_json::to_string(&weighter.epoch_means).expect("json"),
-        );
-        save_state(&state_path, &model, &opts, epoch, step, &metrics, &extra)?;
-        checkpoint::save(
-            &dir.join(MODEL_FILE),
-            &AnySpec::Train(spec.clone()),
-            &model.weights()?,
-        )?;
-        write_metrics(&dir, HEADER, &metrics)?;
-        last = Some(m);
-    }
-    // Resuming a run whose epochs had all finished (killed while folding): evaluate again.
-    let rows = metrics;
-    let metrics = match last {
-        Some(m) => m,
-        None => evaluate(&model, &val, bs, device)?,
+    // The weighting's parameters (uncertainty's log-variances) live as long as the run.
+    let weighter_vs = nn::VarStore::new(device);
+    let mut task = MultiTask {
+        cfg,
+        dir: dir.clone(),
+        device,
+        train: Arc::new(train),
+        val,
+        steps,
+        weighter: Weighter::new(cfg.mtl.weighting, 3, &weighter_vs.root())?,
+        baseline,
+        untrained: None,
+        sums: [0.0; 3],
+    };
+    let phases = [Phase {
+        name: "train".into(),
+        start: 0,
+        end: cfg.optim.epochs,
+        spec,
+    }];
+    let run = RunDir {
+        device,
+        dir,
+        state: state_path,
+        resume,
+    };
+    let Some(fitted) = fit(cfg, &mut task, &phases, &run, progress, stop_after)? else {
+        return Ok(None);
     };
     // Single-task baselines check only the output they train: an untrained head (its logits
     // grow unchecked, normals of near-zero vectors) says nothing about the fold.
@@ -416,11 +483,20 @@ pub fn train_mtl(
             .as_ref()
             .is_none_or(|t| t.iter().any(|x| x == n))
     });
-    let (deploy_metrics, rel) = finish(&dir, &model, &val, bs, device, &checked, &rows, progress)?;
+    let (deploy_metrics, rel) = finish(
+        &run.dir,
+        &fitted.model,
+        &task.val,
+        bs,
+        device,
+        &checked,
+        &fitted.rows,
+        progress,
+    )?;
     Ok(Some(MtlSummary {
-        metrics,
+        metrics: fitted.last,
         deploy_metrics,
-        untrained,
+        untrained: task.untrained,
         max_output_rel_diff: rel,
     }))
 }
@@ -462,7 +538,7 @@ fn finish(
         .join(",");
     let mut rows = metrics.to_vec();
     rows.push(row);
-    write_metrics(dir, HEADER, &rows)?;
+    write_metrics(dir, &HEADER, &rows)?;
     let panels = dir.join("panels");
     std::fs::create_dir_all(&panels).map_err(|e| Error::Io {
         path: panels.clone(),
@@ -613,6 +689,15 @@ pub fn is_mtl(cfg: &TrainConfig) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The columns every written multi-task metrics.csv has (readers find them by name).
+    #[test]
+    fn the_header_is_the_one_runs_have_always_written() {
+        assert_eq!(
+            *HEADER,
+            "epoch,lr,loss_seg,loss_depth,loss_normal,miou,pix_acc,abs_err,rel_err,mean_deg,median_deg,within_11_25,within_22_5,within_30,delta_m_nash,delta_p_libmtl"
+        );
+    }
 
     #[test]
     fn single_task_runs_train_only_their_task() {

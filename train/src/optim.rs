@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::{OptimConfig, Schedule};
+use crate::config::{OptimConfig, OptimizerKind, Schedule};
 use crate::error::Result;
 
 #[derive(Debug)]
@@ -22,12 +22,14 @@ pub struct Param {
 /// Adam's β₁, β₂ and ε (PyTorch's defaults).
 pub const ADAM: (f64, f64, f64) = (0.9, 0.999, 1e-8);
 
+/// SGD (with momentum, optionally Nesterov) or Adam over a group of parameters, with its
+/// state in plain tensors.
 #[derive(Debug)]
-pub struct Sgd {
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    /// SGD's momentum μ (0: plain SGD).
     pub momentum: f64,
     pub nesterov: bool,
-    /// Adam instead of SGD.
-    pub adam: bool,
     pub params: Vec<Param>,
     /// Momentum buffers by parameter name (SGD), or `m.<name>` / `v.<name>` (Adam); absent
     /// until the first step.
@@ -36,12 +38,12 @@ pub struct Sgd {
     pub steps: usize,
 }
 
-impl Sgd {
+impl Optimizer {
     pub fn new(cfg: &OptimConfig, params: Vec<Param>) -> Self {
         Self {
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
-            adam: cfg.optimizer == crate::config::OptimizerKind::Adam,
+            kind: cfg.optimizer,
             params,
             buffers: BTreeMap::new(),
             steps: 0,
@@ -99,7 +101,7 @@ impl Sgd {
     }
 
     pub fn step(&mut self, lr: f64) -> Result<()> {
-        if self.adam {
+        if self.kind == OptimizerKind::Adam {
             return tch::no_grad(|| self.adam_step(lr));
         }
         tch::no_grad(|| -> Result<()> {
@@ -202,7 +204,7 @@ mod tests {
     fn matches_torch_sgd_update_rule() {
         for nesterov in [false, true] {
             let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
-            let mut opt = Sgd::new(
+            let mut opt = Optimizer::new(
                 &cfg(Schedule::Constant, nesterov),
                 vec![Param {
                     name: "p".into(),
@@ -234,7 +236,7 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
         let mut c = cfg(Schedule::Constant, false);
         c.optimizer = crate::config::OptimizerKind::Adam;
-        let mut opt = Sgd::new(
+        let mut opt = Optimizer::new(
             &c,
             vec![Param {
                 name: "p".into(),

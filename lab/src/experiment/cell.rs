@@ -67,7 +67,9 @@ pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<S
         grid.dir.display()
     ));
     let mut failed = vec![];
+    let n = mine.len() as u64;
     for (k, (_, c)) in mine.iter().enumerate() {
+        progress.outer(&c.name, k as u64, n);
         let at = format!("[{}/{}] {}", k + 1, mine.len(), c.name);
         if grid.cell_dir(c).join(CELL_FILE).exists() {
             progress.event(&format!("{at}: done, skipped"));
@@ -91,6 +93,7 @@ pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<S
             }
         }
     }
+    progress.outer("", n, n);
     let summary = super::summarize(&grid.dir)?;
     Ok(ShardOutcome { failed, summary })
 }

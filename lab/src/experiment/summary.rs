@@ -461,15 +461,15 @@ fn pm(v: &[f64], d: usize) -> String {
 /// baseline cells, depth from `depth`, normals from `normals` (means over seeds).
 fn baseline(rows: &[CellResult]) -> Option<[f64; 9]> {
     let mut b = [f64::NAN; 9];
-    for (task, range) in [("segmentation", 0..2), ("depth", 2..4), ("normals", 4..9)] {
+    for task in overparam_base::Task::ALL {
         let g: Vec<&CellResult> = rows
             .iter()
-            .filter(|r| r.baseline_for.as_deref() == Some(task))
+            .filter(|r| r.baseline_for.as_deref() == Some(task.name()))
             .collect();
         if g.is_empty() {
             return None;
         }
-        for k in range {
+        for k in task.metrics() {
             let v: Vec<f64> = g
                 .iter()
                 .filter_map(|r| r.metrics.get(METRICS[k]).copied())

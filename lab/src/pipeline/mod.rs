@@ -64,6 +64,7 @@ pub fn resolve(o: &Options) -> Result<TrainConfig> {
 }
 
 fn stage(p: &dyn Progress, k: usize, what: &str) {
+    p.outer(what, (k - 1) as u64, STAGES as u64);
     p.event(&format!("== [{k}/{STAGES}] {what}"));
 }
 
@@ -555,6 +556,7 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
     stage(progress, 8, "report");
     md += &report::footer(t_all.elapsed().as_secs_f64(), o.config.as_deref());
     crate::write(&report_path, md.as_bytes())?;
+    progress.outer("", STAGES as u64, STAGES as u64);
     Ok(Outcome {
         markdown: md,
         report: report_path,

@@ -94,29 +94,21 @@ struct Columns {
 }
 
 fn columns(mtl: bool) -> Columns {
+    use overparam_base::Task;
+    use overparam_base::task::NYU_METRIC_COLUMNS as C;
     if mtl {
+        const LOSSES: [&str; 3] = [
+            Task::Segmentation.loss_column(),
+            Task::Depth.loss_column(),
+            Task::Normals.loss_column(),
+        ];
+        // The fractions and depth errors share a scale; the angles in degrees do not.
+        const PLOTTED: [&str; 6] = [C[0], C[1], C[2], C[3], C[6], C[8]];
         Columns {
-            losses: &["loss_seg", "loss_depth", "loss_normal"],
-            metrics: &[
-                "miou",
-                "pix_acc",
-                "abs_err",
-                "rel_err",
-                "within_11_25",
-                "within_30",
-            ],
+            losses: &LOSSES,
+            metrics: &PLOTTED,
             metrics_title: "validation metrics (fractions; depth errors in metres)",
-            compared: &[
-                "miou",
-                "pix_acc",
-                "abs_err",
-                "rel_err",
-                "mean_deg",
-                "median_deg",
-                "within_11_25",
-                "within_22_5",
-                "within_30",
-            ],
+            compared: &C,
         }
     } else {
         Columns {
