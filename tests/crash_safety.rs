@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use overparam_base::write_file_atomic;
 use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
 use overparam_engine::trt::Manifest;
-use overparam_fuse::checkpoint::{self, write_file_atomic};
+use overparam_fuse::checkpoint;
 use overparam_fuse::init::{InitOptions, init_train_weights};
 use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{AnySpec, MethodConfig, MethodKind, Weights, fold};

@@ -4,6 +4,9 @@
 
 use std::ops::Range;
 
+/// NYUv2's semantic classes in the MTAN protocol (13: the 40-class labels grouped).
+pub const NYU_CLASSES: usize = 13;
+
 /// A dense task, in the network's output order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Task {

@@ -17,5 +17,3 @@ pub mod scenes;
 pub mod synth;
 
 pub use error::{Error, Result};
-/// The paired statistics moved to `overparam-base`; this path keeps working.
-pub use overparam_base::stats;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::npy;
 
-pub const CLASSES: usize = 13;
+/// NYUv2's 13 semantic classes (MTAN protocol), named in `overparam_base::task`.
+pub const CLASSES: usize = overparam_base::task::NYU_CLASSES;
 pub const KINDS: [&str; 4] = ["image", "label", "depth", "normal"];
 
 /// One sample, all maps row-major at the same H×W.

@@ -34,7 +34,7 @@ pub struct LatencyReport {
     pub samples_ms: Vec<f64>,
 }
 
-pub use overparam_base::stats::percentile;
+use overparam_base::stats::percentile;
 
 /// The CPU model name, for the record.
 pub fn cpu_name() -> String {

@@ -280,7 +280,7 @@ pub(crate) fn read_onnx(onnx: &Path) -> Result<(Vec<u8>, InputShapes)> {
 /// Writes `<plan>.manifest.json` atomically.
 pub(crate) fn write_manifest(plan: &Path, m: &Manifest) -> Result<()> {
     let mp = manifest_path(plan);
-    overparam_fuse::checkpoint::write_file_atomic(
+    overparam_base::write_file_atomic(
         &mp,
         serde_json::to_string_pretty(m).expect("json").as_bytes(),
     )

@@ -239,8 +239,7 @@ pub fn build(
     let b = build_plan(&bytes, workspace_mib, dla_core, &cache)?;
     let _ = std::fs::write(plan.with_extension("build.log"), &b.log);
     if !b.timing_cache.is_empty() {
-        overparam_fuse::checkpoint::write_file_atomic(&cache_path, &b.timing_cache)
-            .map_err(io(&cache_path))?;
+        overparam_base::write_file_atomic(&cache_path, &b.timing_cache).map_err(io(&cache_path))?;
     }
     let mut flags = vec![
         "native".to_string(),
@@ -261,7 +260,7 @@ pub fn build(
         flags,
         dla_core,
     };
-    overparam_fuse::checkpoint::write_file_atomic(plan, &b.plan).map_err(io(plan))?;
+    overparam_base::write_file_atomic(plan, &b.plan).map_err(io(plan))?;
     write_manifest(plan, &m)?;
     Ok(m)
 }

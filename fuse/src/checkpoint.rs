@@ -166,8 +166,9 @@ fn serialize_sorted(
     out
 }
 
-pub use overparam_base::write_file_atomic;
+use overparam_base::write_file_atomic;
 
+/// [`write_file_atomic`] with this crate's error naming the file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }

@@ -385,8 +385,8 @@ pub fn shared_heads_example() -> TrainSpec {
     }
 }
 
-/// NYUv2's 13 semantic classes (MTAN protocol).
-pub const NYU_CLASSES: usize = 13;
+/// NYUv2's 13 semantic classes (MTAN protocol), named in `overparam_base::task`.
+pub const NYU_CLASSES: usize = overparam_base::task::NYU_CLASSES;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MtlOptions {

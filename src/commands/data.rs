@@ -14,12 +14,16 @@ enum DataCommand {
     /// Write a synthetic CIFAR-100 (100 procedural classes) in the real binary layout:
     /// DIR/train.bin and DIR/test.bin.
     SynthCifar {
+        /// The dataset directory DIR to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Training images.
         #[arg(long, default_value_t = 50_000)]
         train: usize,
+        /// Test images.
         #[arg(long, default_value_t = 10_000)]
         test: usize,
+        /// Seed of the generator (the same seed gives the same files).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Replace DIR if it already holds files (the new dataset is written beside it and
@@ -30,16 +34,22 @@ enum DataCommand {
     /// Write synthetic indoor scenes in the NYUv2 (MTAN) layout: DIR/{train,val}/{image,label,
     /// depth,normal}/<i>.npy, with exact classes, depth and normals from a ray caster.
     SynthNyuv2 {
+        /// The dataset directory DIR to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// Training scenes (NYUv2 has 795).
         #[arg(long, default_value_t = 795)]
         train: usize,
+        /// Validation scenes (NYUv2 has 654).
         #[arg(long, default_value_t = 654)]
         val: usize,
+        /// Scene height in pixels (MTAN's 288).
         #[arg(long, default_value_t = 288)]
         height: usize,
+        /// Scene width in pixels (MTAN's 384).
         #[arg(long, default_value_t = 384)]
         width: usize,
+        /// Seed of the generator (the same seed gives the same files).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Replace DIR if it already holds files (the new dataset is written beside it and

@@ -21,7 +21,7 @@ pub struct Args {
 
 #[cfg(feature = "train")]
 pub fn run(a: Args) -> Result<ExitCode> {
-    use overparam_train::config::DeviceChoice;
+    use overparam_config::DeviceChoice;
     let choice = match a.device.as_str() {
         "cpu" => DeviceChoice::Cpu,
         "cuda" => DeviceChoice::Cuda,

@@ -20,8 +20,10 @@ pub struct Args {
     /// Width multiplier on every channel count (tests use tiny widths such as 0.125).
     #[arg(long, default_value_t = 1.0)]
     width: f64,
+    /// Seed of the weight initialisation (the same seed gives the same bytes).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Classes of a classifier's last layer.
     #[arg(long, default_value_t = 100)]
     num_classes: usize,
     /// Square input size the spec (and MAC counts) assume.

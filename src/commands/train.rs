@@ -22,7 +22,7 @@ pub struct Args {
 
 #[cfg(feature = "train")]
 pub fn run(a: Args) -> Result<ExitCode> {
-    use overparam_train::config::TrainConfig;
+    use overparam_config::TrainConfig;
     let cfg = TrainConfig::load(&a.config, &a.overrides)?;
     let progress = crate::progress::Bars::stderr();
     if overparam_train::mtl_trainer::is_mtl(&cfg) {

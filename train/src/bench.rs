@@ -7,10 +7,10 @@ use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{MethodConfig, MethodKind};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::config::OptimizerKind;
 use crate::error::Result;
 use crate::model::OpModel;
 use crate::optim::{Optimizer, Param};
+use overparam_config::OptimizerKind;
 
 #[derive(Clone, Debug)]
 pub struct StepStats {

@@ -12,13 +12,13 @@ use overparam_fuse::layout::ParamKind;
 use overparam_fuse::{AnySpec, TrainSpec};
 use tch::{Device, Tensor, nn};
 
-use crate::config::{Routine, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::optim::{Optimizer, Param, learning_rate};
 use crate::state::{
     Extra, fresh_weights, load_state, restore_optimisers, save_state, write_metrics,
 };
+use overparam_config::{Routine, TrainConfig};
 
 /// Epochs `start..end` of a routine, trained with one spec: R1 and R2 have one phase, R3
 /// three (plain, overparameterised, plain fine-tuning).

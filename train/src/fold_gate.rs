@@ -90,7 +90,7 @@ pub fn fold_and_gate(
     }
     let path = dir.join(FOLD_FILE);
     let json = serde_json::to_string_pretty(&f.report).expect("a fold report serialises");
-    overparam_fuse::checkpoint::write_file_atomic(&path, json.as_bytes()).map_err(io(&path))?;
+    overparam_base::write_file_atomic(&path, json.as_bytes()).map_err(io(&path))?;
     if !f.report.exact.passed_for(checked) {
         return Err(Error::Run {
             dir: dir.into(),

@@ -17,8 +17,12 @@ pub mod trainer;
 
 pub use error::{Error, Result};
 pub use model::OpModel;
-/// The run config lives in its own crate (no libtorch); re-exported under its old path.
-pub use overparam_config as config;
+
+/// Sets libtorch's intra-op threads (what `run.threads` does for a run), for callers that
+/// drive libtorch without a run config (`bench train`'s worker).
+pub fn set_threads(n: usize) {
+    tch::set_num_threads(n as i32);
+}
 
 /// A short report that libtorch loads, what it sees, and that one overparameterised training
 /// step runs.

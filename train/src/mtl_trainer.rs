@@ -16,7 +16,6 @@ use overparam_fuse::models::{MtlOptions, mtl_net};
 use overparam_fuse::{AnySpec, Rng, Weights};
 use tch::{Device, Tensor, nn};
 
-use crate::config::{Routine, TrainConfig};
 use crate::error::{Error, Result};
 use crate::fit::{Phase, RunDir, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
@@ -24,6 +23,7 @@ use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
 use crate::optim::Optimizer;
 use crate::state::{Extra, from_f, prepare_run, to_f, write_metrics};
 use crate::trainer::DEPLOY_FILE;
+use overparam_config::{Routine, TrainConfig};
 
 /// The header of a multi-task `metrics.csv`: epoch, lr, the three task losses, the nine
 /// metrics (columns named in `overparam_base::NYU_METRICS`), Δm (Nash-MTL) and Δp (LibMTL).

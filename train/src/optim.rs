@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-use crate::config::{OptimConfig, OptimizerKind, Schedule};
 use crate::error::Result;
+use overparam_config::{OptimConfig, OptimizerKind, Schedule};
 
 #[derive(Debug)]
 pub struct Param {
@@ -235,7 +235,7 @@ mod tests {
     fn matches_torch_adam_update_rule() {
         let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
         let mut c = cfg(Schedule::Constant, false);
-        c.optimizer = crate::config::OptimizerKind::Adam;
+        c.optimizer = overparam_config::OptimizerKind::Adam;
         let mut opt = Optimizer::new(
             &c,
             vec![Param {

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use overparam_base::Progress;
 use overparam_config::files::{CONFIG_FILE, METRICS_FILE, STATE_FILE};
-use overparam_fuse::checkpoint::{self, load_tensors, save_tensors};
+use overparam_fuse::checkpoint::{load_tensors, save_tensors};
 use overparam_fuse::{Tensor as FTensor, TrainSpec, Weights};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DeviceChoice, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
+use overparam_config::{DeviceChoice, TrainConfig};
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io {
@@ -178,7 +178,7 @@ pub(crate) fn write_metrics(dir: &Path, header: &str, rows: &[String]) -> Result
         text.push('\n');
     }
     let path = dir.join(METRICS_FILE);
-    checkpoint::write_file_atomic(&path, text.as_bytes()).map_err(io(&path))
+    overparam_base::write_file_atomic(&path, text.as_bytes()).map_err(io(&path))
 }
 
 /// Validates the config, sets threads, picks the device, and prepares the run directory: a
@@ -237,7 +237,8 @@ pub(crate) fn prepare_run(
         ));
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    checkpoint::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes()).map_err(io(&cfg_path))?;
+    overparam_base::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
+        .map_err(io(&cfg_path))?;
     Ok((device, dir, state_path, false))
 }
 

@@ -17,12 +17,12 @@ use overparam_fuse::spec::Normalization;
 use overparam_fuse::{AnySpec, MethodConfig, MethodKind, TrainSpec};
 use tch::{Device, Tensor, nn};
 
-use crate::config::{DataKindChoice, Dataset, Routine, TrainConfig};
 use crate::error::{Error, Result};
 use crate::fit::{Phase, RunDir, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
 use crate::state::{prepare_run, to_f, write_metrics};
+use overparam_config::{DataKindChoice, Dataset, Routine, TrainConfig};
 
 /// Where the device choice is made; kept under its old path.
 pub use crate::state::device;
@@ -701,7 +701,9 @@ pub fn evaluate_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataConfig, DeviceChoice, ModelConfig, OptimConfig, RunConfig, Schedule};
+    use overparam_config::{
+        DataConfig, DeviceChoice, ModelConfig, OptimConfig, RunConfig, Schedule,
+    };
     use tch::Kind;
 
     /// R2: during group A's phase, every tensor of group B stays bit-identical, and vice versa.

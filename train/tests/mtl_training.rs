@@ -4,9 +4,9 @@
 use overparam_base::Silent;
 use std::path::Path;
 
+use overparam_config::*;
 use overparam_fuse::models::ModelKind;
 use overparam_fuse::{MethodConfig, MethodKind};
-use overparam_train::config::*;
 use overparam_train::mtl::Weighting;
 use overparam_train::mtl_trainer::train_mtl;
 

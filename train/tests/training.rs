@@ -4,11 +4,11 @@
 use overparam_base::{Recorder, Silent};
 use std::path::Path;
 
-use overparam_fuse::models::ModelKind;
-use overparam_fuse::{MethodConfig, MethodKind};
-use overparam_train::config::{
+use overparam_config::{
     DataConfig, DeviceChoice, ModelConfig, OptimConfig, Routine, RunConfig, Schedule, TrainConfig,
 };
+use overparam_fuse::models::ModelKind;
+use overparam_fuse::{MethodConfig, MethodKind};
 use overparam_train::trainer::{self, STATE_FILE, train};
 
 fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig {
@@ -244,7 +244,7 @@ fn every_shipped_config_parses_and_validates() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            overparam_train::config::TrainConfig::load(&p, &[])
+            overparam_config::TrainConfig::load(&p, &[])
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
@@ -307,7 +307,7 @@ fn idx_data_trains_a_one_channel_model() {
 fn missing_fashion_mnist_names_the_debian_package() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path(), "fm", MethodKind::Plain, 1);
-    c.data.dataset = Some(overparam_train::config::Dataset::FashionMnist);
+    c.data.dataset = Some(overparam_config::Dataset::FashionMnist);
     c.data.dir = Some(dir.path().join("empty"));
     let e = trainer::load_data(&c).unwrap_err().to_string();
     assert!(
@@ -318,7 +318,7 @@ fn missing_fashion_mnist_names_the_debian_package() {
     );
     // data.kind = idx without a dataset still points at the package.
     c.data.dataset = None;
-    c.data.kind = Some(overparam_train::config::DataKindChoice::Idx);
+    c.data.kind = Some(overparam_config::DataKindChoice::Idx);
     let e = trainer::load_data(&c).unwrap_err().to_string();
     assert!(e.contains("dataset-fashion-mnist"), "{e}");
 }

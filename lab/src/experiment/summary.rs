@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use overparam_base::stats::{Paired, paired};
 use overparam_data::plot::{Bar, bar_chart};
-use overparam_data::stats::{Paired, paired};
 use overparam_engine::dense::METRICS;
 
 use super::cell::{TASK_NYUV2, TOP1};

@@ -10,13 +10,16 @@ use overparam_fuse::models::ModelKind;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
+    /// Model builder: resnet18_cifar, resnet50_cifar, vgg_small or mtl.
     #[arg(long, default_value = "resnet18_cifar")]
     model: ModelKind,
+    /// Width multiplier on every channel count.
     #[arg(long, default_value_t = 1.0)]
     width: f64,
     /// Methods to compare (default: all); `plain` is always measured as the baseline.
     #[arg(long, value_delimiter = ',')]
     method: Vec<MethodKind>,
+    /// Images per training step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Timed steps per method (after 2 warm-up steps); the median is reported.
@@ -26,6 +29,7 @@ pub struct TrainArgs {
     /// the multi-task net 3×96×128).
     #[arg(long)]
     in_channels: Option<usize>,
+    /// A classifier's input side (square), with `--in-channels`.
     #[arg(long)]
     image_size: Option<usize>,
     /// libtorch intra-op threads.
@@ -92,9 +96,9 @@ fn train_input(t: &TrainArgs) -> Option<(usize, usize)> {
 
 #[cfg(feature = "train")]
 fn worker(t: &TrainArgs) -> Result<ExitCode> {
-    use overparam_train::config::DeviceChoice;
+    use overparam_config::DeviceChoice;
     if let Some(n) = t.threads {
-        tch::set_num_threads(n as i32);
+        overparam_train::set_threads(n);
     }
     let device = overparam_train::trainer::device(match t.device {
         Device::Cuda => DeviceChoice::Cuda,
