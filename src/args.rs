@@ -36,11 +36,11 @@ pub enum Runtime {
     TrtNative,
 }
 
-/// Where a model runs; shared by `bench` and `bridge run`.
+/// Where `bench` runs a model: ONNX Runtime, or a TensorRT plan.
 #[derive(clap::Args, Clone)]
 pub struct RuntimeArgs {
-    /// Runtime: cpu, ort-trt (ONNX Runtime's TensorRT execution provider); `bench` also takes
-    /// trt (trtexec on a plan) and trt-native (the plan on the native runtime).
+    /// Runtime: cpu, ort-trt (ONNX Runtime's TensorRT execution provider), trt (trtexec on a
+    /// plan) or trt-native (the plan on the native runtime).
     #[arg(long, value_enum, default_value_t = Runtime::Cpu)]
     pub runtime: Runtime,
     /// CUDA device index for ort-trt and trt-native (as `engine build --device-id`).
@@ -54,23 +54,59 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// The ONNX Runtime provider (`trt` and `trt-native` are not: they run plans).
     pub fn provider(&self) -> Result<overparam_engine::runtime::Provider> {
-        use overparam_engine::runtime::{Provider, TrtEpOptions};
-        Ok(match self.runtime {
-            Runtime::Cpu => Provider::Cpu,
-            Runtime::OrtTrt => Provider::TensorRt(TrtEpOptions {
-                device_id: self.device_id as i32,
-                cache_dir: self.trt_cache.clone(),
-                ..Default::default()
-            }),
-            Runtime::Trt | Runtime::TrtNative => bail!(
-                "--runtime {}: runs TensorRT plans, not ONNX models; use cpu or ort-trt here",
-                if self.runtime == Runtime::Trt {
-                    "trt"
-                } else {
-                    "trt-native"
-                }
-            ),
-        })
+        let ort = match self.runtime {
+            Runtime::Cpu => OrtRuntime::Cpu,
+            Runtime::OrtTrt => OrtRuntime::OrtTrt,
+            Runtime::Trt | Runtime::TrtNative => {
+                bail!("TensorRT plans do not run through ONNX Runtime; use cpu or ort-trt here")
+            }
+        };
+        Ok(provider(ort, self.device_id, self.trt_cache.clone()))
+    }
+}
+
+/// Where `bridge run` runs its model: ONNX Runtime's providers only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrtRuntime {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// ONNX Runtime's TensorRT execution provider (onnxruntime-gpu builds only).
+    OrtTrt,
+}
+
+/// [`RuntimeArgs`] for commands that run ONNX models only (`bridge run`).
+#[derive(clap::Args, Clone)]
+pub struct OrtRuntimeArgs {
+    /// Runtime: cpu or ort-trt (ONNX Runtime's TensorRT execution provider).
+    #[arg(long, value_enum, default_value_t = OrtRuntime::Cpu)]
+    pub runtime: OrtRuntime,
+    /// CUDA device index for ort-trt (as `engine build --device-id`).
+    #[arg(long, default_value_t = 0)]
+    pub device_id: u32,
+    /// ort-trt: directory for TensorRT engine and timing caches (builds are slow; reuse them).
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl OrtRuntimeArgs {
+    pub fn provider(&self) -> overparam_engine::runtime::Provider {
+        provider(self.runtime, self.device_id, self.trt_cache.clone())
+    }
+}
+
+fn provider(
+    r: OrtRuntime,
+    device_id: u32,
+    cache_dir: Option<PathBuf>,
+) -> overparam_engine::runtime::Provider {
+    use overparam_engine::runtime::{Provider, TrtEpOptions};
+    match r {
+        OrtRuntime::Cpu => Provider::Cpu,
+        OrtRuntime::OrtTrt => Provider::TensorRt(TrtEpOptions {
+            device_id: device_id as i32,
+            cache_dir,
+            ..Default::default()
+        }),
     }
 }
 

@@ -18,7 +18,11 @@ pub struct Bars {
 
 /// A bar of `len` steps (0: a counter) with `template`'s `{bar}` drawn `width` wide.
 fn styled(len: u64, width: usize) -> ProgressBar {
-    let b = ProgressBar::new(len);
+    let b = if len > 0 {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::no_length()
+    };
     // indicatif's default template has no {msg}: a message set later would never show.
     let template = if len > 0 {
         format!("{{prefix}} [{{bar:{width}}}] {{pos}}/{{len}} {{msg}}")
@@ -53,6 +57,13 @@ impl Bars {
         if let Some(b) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             f(b);
         }
+    }
+}
+
+/// A command that fails leaves no half-drawn bars above its error.
+impl Drop for Bars {
+    fn drop(&mut self) {
+        let _ = self.multi.clear();
     }
 }
 

@@ -34,7 +34,8 @@ pub mod files {
     pub const CONFIG_FILE: &str = "config.toml";
     /// The train-time (overparameterised) checkpoint.
     pub const MODEL_FILE: &str = "model.op.safetensors";
-    /// Optimiser, schedule and RNG state for a bit-identical resume.
+    /// Model, optimiser state, epoch and step counters for a bit-identical resume (data order
+    /// and augmentation follow from the seed and the epoch).
     pub const STATE_FILE: &str = "train_state.safetensors";
     /// One row per epoch, then a `deploy` row for the folded model.
     pub const METRICS_FILE: &str = "metrics.csv";

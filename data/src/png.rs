@@ -1,57 +1,40 @@
-//! A minimal PNG writer (8-bit RGB, deflate by miniz_oxide): enough for diagnostic panels and
-//! charts without an image crate.
+//! PNG output for diagnostic panels and charts (8-bit RGB, through the `png` crate), and the
+//! colour maps that draw class maps, depth and normals.
 
 use std::path::Path;
 
-use crate::error::Result;
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
+use crate::error::{Error, Result};
 
 /// PNG bytes of a `w`×`h` RGB image (row-major, 3 bytes per pixel).
-pub fn encode_rgb(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
-    assert_eq!(rgb.len(), w * h * 3);
-    let mut raw = Vec::with_capacity(h * (w * 3 + 1));
-    for row in rgb.chunks(w * 3) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
+pub fn encode_rgb(w: usize, h: usize, rgb: &[u8]) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::Invalid(format!("png {w}×{h}: {m}"));
+    if rgb.len() != w * h * 3 {
+        return Err(bad(format!(
+            "{} bytes of RGB, want {}",
+            rgb.len(),
+            w * h * 3
+        )));
     }
-    // zlib stream (header, deflate, Adler-32); level 6 shrinks charts ~50×.
-    let z = miniz_oxide::deflate::compress_to_vec_zlib(&raw, 6);
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &z);
-    chunk(&mut out, b"IEND", &[]);
-    out
+    let (pw, ph) = (
+        u32::try_from(w).map_err(|_| bad("too wide".into()))?,
+        u32::try_from(h).map_err(|_| bad("too tall".into()))?,
+    );
+    let mut out = Vec::new();
+    let mut e = png::Encoder::new(&mut out, pw, ph);
+    e.set_color(png::ColorType::Rgb);
+    e.set_depth(png::BitDepth::Eight);
+    // Charts are mostly flat colour: the best deflate keeps them a few KB.
+    e.set_compression(png::Compression::Best);
+    let mut writer = e.write_header().map_err(|x| bad(x.to_string()))?;
+    writer
+        .write_image_data(rgb)
+        .map_err(|x| bad(x.to_string()))?;
+    writer.finish().map_err(|x| bad(x.to_string()))?;
+    Ok(out)
 }
 
 pub fn write_rgb(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<()> {
-    crate::cifar::write_atomic(path, &encode_rgb(w, h, rgb))
+    crate::cifar::write_atomic(path, &encode_rgb(w, h, rgb)?)
 }
 
 /// 13 distinct class colours (NYUv2's 13 classes); index ≥ 13 wraps.
@@ -101,8 +84,22 @@ pub fn normal_colour(n: &[f32]) -> [u8; 3] {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What is written decodes back to the same pixels; sizes that do not match are errors.
     #[test]
-    fn checksums_match_known_values() {
-        assert_eq!(super::crc32(b"IEND"), 0xAE42_6082);
+    fn encoded_images_decode_to_the_same_pixels() {
+        let (w, h) = (5, 3);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let bytes = encode_rgb(w, h, &rgb).unwrap();
+        let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut back = vec![0; r.output_buffer_size()];
+        let info = r.next_frame(&mut back).unwrap();
+        assert_eq!((info.width, info.height), (w as u32, h as u32));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(&back[..info.buffer_size()], &rgb[..]);
+        assert!(encode_rgb(w, h, &rgb[1..]).is_err());
     }
 }

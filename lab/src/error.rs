@@ -41,6 +41,8 @@ pub enum Error {
     Train(#[from] overparam_train::Error),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("csv: {0}")]
+    Csv(#[from] csv::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,6 +28,22 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     overparam_base::write_file_atomic(path, bytes).map_err(Error::io(path))
 }
 
+/// CSV text of `rows` (the first is the header), quoted where a field needs it.
+pub(crate) fn csv_text<R, F>(rows: impl IntoIterator<Item = R>) -> Result<String>
+where
+    R: IntoIterator<Item = F>,
+    F: AsRef<[u8]>,
+{
+    let mut w = csv::Writer::from_writer(vec![]);
+    for r in rows {
+        w.write_record(r)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Run(format!("csv: {}", e.error())))?;
+    String::from_utf8(bytes).map_err(|e| Error::Run(format!("csv: {e}")))
+}
+
 pub(crate) fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(Error::io(path))
 }

@@ -17,17 +17,22 @@ const DEPLOY_ROW: &str = "deploy";
 
 impl MetricsCsv {
     pub fn read(path: &Path) -> Result<Self> {
-        Ok(Self::parse(&crate::read_to_string(path)?))
+        Self::parse(&crate::read_to_string(path)?)
+            .map_err(|e| crate::Error::file(path, format!("not a metrics table: {e}")))
     }
 
-    pub fn parse(text: &str) -> Self {
-        let mut lines = text.lines();
-        let split = |l: &str| l.split(',').map(str::to_string).collect::<Vec<_>>();
-        let head = lines.next().map(split).unwrap_or_default();
-        Self {
-            head,
-            rows: lines.map(split).collect(),
-        }
+    /// Rows may differ in length (the `deploy` row of a multi-task run is shorter).
+    pub fn parse(text: &str) -> Result<Self, csv::Error> {
+        let mut r = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let fields = |rec: &csv::StringRecord| rec.iter().map(str::to_string).collect::<Vec<_>>();
+        let head = fields(r.headers()?);
+        let rows = r
+            .records()
+            .map(|rec| rec.map(|rec| fields(&rec)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { head, rows })
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
@@ -79,13 +84,14 @@ mod tests {
 
     #[test]
     fn columns_are_read_by_name_and_the_deploy_row_is_not_an_epoch() {
-        let t = MetricsCsv::parse("epoch,loss,images_per_s\n1,2.0,100\n2,1.5,300\ndeploy,1.4,\n");
+        let t = MetricsCsv::parse("epoch,loss,images_per_s\n1,2.0,100\n2,1.5,300\ndeploy,1.4,\n")
+            .unwrap();
         assert_eq!(t.series("loss"), Some(vec![(1.0, 2.0), (2.0, 1.5)]));
         assert_eq!(t.series("nope"), None);
         assert_eq!(t.deploy().unwrap()[1], "1.4");
         assert_eq!(t.epochs().last().unwrap()[0], "2");
         // The deploy row's empty throughput is skipped, not read as 0.
         assert_eq!(t.mean("images_per_s"), Some(200.0));
-        assert_eq!(MetricsCsv::parse("a,b\n").mean("a"), Some(0.0));
+        assert_eq!(MetricsCsv::parse("a,b\n").unwrap().mean("a"), Some(0.0));
     }
 }

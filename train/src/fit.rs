@@ -167,6 +167,14 @@ pub(crate) fn fit<T: Task>(
         let w = fresh_weights(cfg, &spec)?;
         (0, 0, vec![], spec, w, None)
     };
+    if run.resume && !phases.iter().any(|p| p.spec == spec) {
+        return Err(Error::Run {
+            dir: run.dir.clone(),
+            message: "cannot resume: the saved state's model is not one this config's routine \
+                      trains (did the model builder change?); nothing was changed"
+                .into(),
+        });
+    }
     let mut model = OpModel::new(&nn::VarStore::new(device).root(), &spec, &weights)?;
     let mut opts = task.optimisers(cfg, &model);
     match restored {

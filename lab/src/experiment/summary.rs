@@ -127,11 +127,11 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
     let rows = Rows::read(dir)?;
     let paired = paired_vs_plain(&rows.rows, &rows.labels, |r| rows.primary(r));
     let mut files = vec![dir.join(RESULTS_CSV)];
-    crate::write(&files[0], results_csv(&rows).as_bytes())?;
+    crate::write(&files[0], results_csv(&rows)?.as_bytes())?;
     let paired_path = dir.join(PAIRED_FILE);
     if !paired.is_empty() {
         let metric = if rows.mtl { "delta_m_pct" } else { TOP1 };
-        crate::write(&paired_path, paired_csv(&paired, metric).as_bytes())?;
+        crate::write(&paired_path, paired_csv(&paired, metric)?.as_bytes())?;
         files.push(paired_path);
     } else if paired_path.exists() {
         // A stale table from an earlier summary with plain would contradict this one.
@@ -148,58 +148,70 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
 }
 
 /// results.csv: one row per cell.
-fn results_csv(t: &Rows) -> String {
-    let mut csv = String::from("label,seed");
-    for m in &t.metric_names {
-        csv += &format!(",{m}");
-    }
+fn results_csv(t: &Rows) -> Result<String> {
+    let mut head = vec!["label".to_string(), "seed".to_string()];
+    head.extend(t.metric_names.iter().cloned());
     if t.mtl {
-        csv += ",delta_m_pct";
+        head.push("delta_m_pct".into());
     }
-    for m in &t.metric_names {
-        csv += &format!(",int8_drop {m}");
-    }
-    csv += ",train_seconds,resumed,images_per_s,train_params,deploy_params,deploy_macs\n";
-    for r in &t.rows {
-        csv += &format!("{},{}", r.label, r.seed);
-        for m in &t.metric_names {
-            csv += &format!(",{:.6}", r.metrics.get(m).copied().unwrap_or(f64::NAN));
-        }
+    head.extend(t.metric_names.iter().map(|m| format!("int8_drop {m}")));
+    head.extend(
+        [
+            "train_seconds",
+            "resumed",
+            "images_per_s",
+            "train_params",
+            "deploy_params",
+            "deploy_macs",
+        ]
+        .map(String::from),
+    );
+    let f6 = |v: Option<f64>| format!("{:.6}", v.unwrap_or(f64::NAN));
+    let rows = t.rows.iter().map(|r| {
+        let mut row = vec![r.label.clone(), r.seed.to_string()];
+        row.extend(t.metric_names.iter().map(|m| f6(r.metrics.get(m).copied())));
         if t.mtl {
             // Empty where Δm is undefined (a baseline cell) or not yet known (baselines missing).
-            csv += &t
-                .dm(r)
-                .map(|v| format!(",{v:.6}"))
-                .unwrap_or_else(|| ",".into());
+            row.push(t.dm(r).map(|v| format!("{v:.6}")).unwrap_or_default());
         }
-        for m in &t.metric_names {
-            csv += &format!(",{:.6}", r.int8_drop.get(m).copied().unwrap_or(f64::NAN));
-        }
-        csv += &format!(
-            ",{:.1},{},{},{},{},{}\n",
-            r.train_seconds,
-            r.resumed,
+        row.extend(
+            t.metric_names
+                .iter()
+                .map(|m| f6(r.int8_drop.get(m).copied())),
+        );
+        row.extend([
+            format!("{:.1}", r.train_seconds),
+            r.resumed.to_string(),
             r.images_per_s
                 .map(|v| format!("{v:.1}"))
                 .unwrap_or_default(),
-            r.train_params,
-            r.deploy_params,
-            r.deploy_macs
-        );
-    }
-    csv
+            r.train_params.to_string(),
+            r.deploy_params.to_string(),
+            r.deploy_macs.to_string(),
+        ]);
+        row
+    });
+    crate::csv_text(std::iter::once(head).chain(rows))
 }
 
 /// paired.csv: its own table, so results.csv stays one rectangular table of cells.
-fn paired_csv(paired: &[(String, Paired)], metric: &str) -> String {
-    let mut pc = format!("{PAIRED_CSV_HEADER}\n");
-    for (l, p) in paired {
-        pc += &format!(
-            "{l},{metric},{},{:.6},{:.6},{:.6},{:.6},{},{},{:.6}\n",
-            p.n, p.mean_diff, p.se, p.t, p.p_t, p.below, p.above, p.p_sign
-        );
-    }
-    pc
+fn paired_csv(paired: &[(String, Paired)], metric: &str) -> Result<String> {
+    let head = PAIRED_CSV_HEADER.split(',').map(String::from).collect();
+    let rows = paired.iter().map(|(l, p)| {
+        vec![
+            l.clone(),
+            metric.to_string(),
+            p.n.to_string(),
+            format!("{:.6}", p.mean_diff),
+            format!("{:.6}", p.se),
+            format!("{:.6}", p.t),
+            format!("{:.6}", p.p_t),
+            p.below.to_string(),
+            p.above.to_string(),
+            format!("{:.6}", p.p_sign),
+        ]
+    });
+    crate::csv_text(std::iter::once(head).chain(rows))
 }
 
 /// The three bar charts' data: the primary metric, training time and INT8 drop per method.

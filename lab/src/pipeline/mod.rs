@@ -53,7 +53,10 @@ pub fn resolve(o: &Options) -> Result<TrainConfig> {
     let mut overrides = o.overrides.clone();
     if let Some(d) = &o.data {
         if !d.is_dir() {
-            return Err(Error::file(d, "--data: not a directory"));
+            return Err(Error::Run(format!(
+                "--data {}: not a directory",
+                d.display()
+            )));
         }
         overrides.push(format!("data.dir=\"{}\"", d.display()));
     }

@@ -379,13 +379,14 @@ mod tests {
         let csv = MetricsCsv::parse(
             "epoch,phase,lr,train_loss,train_top1_err,test_loss,test_top1_err,test_top5_err\n\
              1,r1,0.1,2,50,2,60,20\n2,r1,0.1,1,40,1.5,45,10\ndeploy,,,,,1.5,45.01,10\n",
-        );
+        )
+        .unwrap();
         let md = train_vs_deploy(&csv, false);
         assert!(md.contains("| test_top1_err | 45 | 45.01 |"), "{md}");
         assert!(!md.contains("| 60 |"), "{md}");
         // Without a deploy row (a run stopped before its fold) there is no table.
         assert_eq!(
-            train_vs_deploy(&MetricsCsv::parse("epoch,test_loss\n1,2\n"), false),
+            train_vs_deploy(&MetricsCsv::parse("epoch,test_loss\n1,2\n").unwrap(), false),
             ""
         );
     }

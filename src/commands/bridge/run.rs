@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
-    runtime: crate::args::RuntimeArgs,
+    runtime: crate::args::OrtRuntimeArgs,
     #[command(flatten)]
     ros: super::Ros2Args,
     #[command(flatten)]
@@ -79,7 +79,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     opts.check()?;
     let spec: SourceSpec = source.parse()?;
     stop::install()?;
-    let mut m = Model::load(&model, threads, &runtime.provider()?)
+    let mut m = Model::load(&model, threads, &runtime.provider())
         .with_context(|| format!("loading {}", model.display()))?;
     let session = zenoh
         .options()
