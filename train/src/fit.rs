@@ -4,19 +4,17 @@
 //! the learning-rate schedule, the Frobenius decay, R2's alternating optimiser groups, the
 //! progress bar, the per-epoch save sequence (state, model, metrics) and the resume.
 
-use std::path::PathBuf;
-
 use overparam_base::Progress;
 use overparam_config::files::MODEL_FILE;
 use overparam_fuse::layout::ParamKind;
 use overparam_fuse::{AnySpec, TrainSpec};
-use tch::{Device, Tensor, nn};
+use tch::{Tensor, nn};
 
 use crate::error::{Error, Result};
 use crate::model::OpModel;
 use crate::optim::{Optimizer, Param, learning_rate};
 use crate::state::{
-    Extra, fresh_weights, load_state, restore_optimisers, save_state, write_metrics,
+    Extra, RunDir, fresh_weights, load_state, restore_optimisers, save_state, write_metrics,
 };
 use overparam_config::{Routine, TrainConfig};
 
@@ -90,14 +88,6 @@ pub(crate) trait Task {
     fn restore(&mut self, _extra: &Extra) -> Result<()> {
         Ok(())
     }
-}
-
-/// Where a run lives, from [`crate::state::prepare_run`].
-pub(crate) struct RunDir {
-    pub device: Device,
-    pub dir: PathBuf,
-    pub state: PathBuf,
-    pub resume: bool,
 }
 
 /// The trained model, its last evaluation and the `metrics.csv` rows so far.

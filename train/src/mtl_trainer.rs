@@ -17,7 +17,7 @@ use overparam_fuse::{AnySpec, Rng, Weights};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, RunDir, Task, fit, grouped_optimisers};
+use crate::fit::{Phase, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
 use crate::optim::Optimizer;
@@ -417,7 +417,8 @@ pub fn train_mtl(
             "routine r3 is not available for the multi-task network yet".into(),
         ));
     }
-    let (device, dir, state_path, resume) = prepare_run(cfg, resume, progress)?;
+    let run = prepare_run(cfg, resume, progress)?;
+    let (device, dir) = (run.device, run.dir.clone());
     let (train, val) = load_splits_with(cfg, progress)?;
     let first = train.get(0)?;
     let spec = mtl_net(&MtlOptions {
@@ -465,12 +466,6 @@ pub fn train_mtl(
         end: cfg.optim.epochs,
         spec,
     }];
-    let run = RunDir {
-        device,
-        dir,
-        state: state_path,
-        resume,
-    };
     let Some(fitted) = fit(cfg, &mut task, &phases, &run, progress, stop_after)? else {
         return Ok(None);
     };

@@ -185,13 +185,12 @@ pub(crate) fn write_metrics(dir: &Path, header: &str, rows: &[String]) -> Result
 /// new run refuses an existing one; a resumed run needs the same config and a state file.
 /// A directory with nothing but its `config.toml` is a run that never finished an epoch (it
 /// failed at start or was killed in its first epoch): nothing in it is worth keeping, so a
-/// fresh start (with or without `--resume`) replaces it. Returns the device, the run
-/// directory, the state path, and whether the run resumes.
+/// fresh start (with or without `--resume`) replaces it.
 pub(crate) fn prepare_run(
     cfg: &TrainConfig,
     resume: bool,
     progress: &dyn Progress,
-) -> Result<(Device, PathBuf, PathBuf, bool)> {
+) -> Result<RunDir> {
     cfg.validate()?;
     if let Some(t) = cfg.run.threads {
         tch::set_num_threads(t as i32);
@@ -229,7 +228,12 @@ pub(crate) fn prepare_run(
                 "cannot resume: no {STATE_FILE} (the run never finished an epoch)"
             )));
         }
-        return Ok((device, dir, state_path, true));
+        return Ok(RunDir {
+            device,
+            dir,
+            state: state_path,
+            resume: true,
+        });
     }
     if !never_started && (cfg_path.exists() || state_path.exists()) {
         return Err(run_err(
@@ -239,7 +243,21 @@ pub(crate) fn prepare_run(
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     overparam_base::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
         .map_err(io(&cfg_path))?;
-    Ok((device, dir, state_path, false))
+    Ok(RunDir {
+        device,
+        dir,
+        state: state_path,
+        resume: false,
+    })
+}
+
+/// Where a run lives and whether it resumes, from [`prepare_run`].
+pub(crate) struct RunDir {
+    pub device: Device,
+    pub dir: PathBuf,
+    /// The training state file.
+    pub state: PathBuf,
+    pub resume: bool,
 }
 
 /// Whether `dir` exists and holds a `config.toml` and nothing else (no epoch ever finished).

@@ -18,7 +18,7 @@ use overparam_fuse::{AnySpec, MethodConfig, MethodKind, TrainSpec};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, RunDir, Task, fit, grouped_optimisers};
+use crate::fit::{Phase, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
 use crate::state::{prepare_run, to_f, write_metrics};
@@ -501,7 +501,8 @@ pub fn train(
     progress: &dyn Progress,
     stop_after: Option<usize>,
 ) -> Result<Option<RunSummary>> {
-    let (device, dir, state_path, resume) = prepare_run(cfg, resume, progress)?;
+    let run = prepare_run(cfg, resume, progress)?;
+    let (device, dir) = (run.device, run.dir.clone());
     let (train_set, test_set) = load_data_with(cfg, progress)?;
     let (mean, std) = train_set.channel_stats();
     let norm = Normalize { mean, std };
@@ -538,12 +539,6 @@ pub fn train(
         loss_sum: 0.0,
         seen: 0,
         top: TopK::default(),
-    };
-    let run = RunDir {
-        device,
-        dir,
-        state: state_path,
-        resume,
     };
     let Some(fitted) = fit(cfg, &mut task, &phases, &run, progress, stop_after)? else {
         return Ok(None);
