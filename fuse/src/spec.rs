@@ -324,6 +324,16 @@ impl<C> Graph<C> {
             outputs: self.outputs.clone(),
         })
     }
+
+    /// A classifier's class count: the width of the linear layer behind its first output
+    /// (none if that output is not a linear layer).
+    pub fn classifier_classes(&self) -> Option<usize> {
+        let first = self.outputs.first()?;
+        match self.nodes.iter().find(|n| n.name == first.node)?.op {
+            Op::Linear { out_features, .. } => Some(out_features),
+            _ => None,
+        }
+    }
 }
 
 impl<C: ConvLike> Graph<C> {

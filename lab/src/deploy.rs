@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use overparam_base::Progress;
 use overparam_data::cifar::ImageSet;
+use overparam_data::metrics::TopK;
 use overparam_engine::export::{KeptPrecision, QuantPlan, quantizable_layers};
 use overparam_fuse::{DeploySpec, Weights};
 
@@ -26,17 +27,10 @@ pub fn load_deploy(path: &Path) -> Result<(DeploySpec, Weights)> {
     })
 }
 
-/// The class count of a classifier: the width of the linear layer behind its first output
-/// (10 if the spec has none; an IDX file does not record its class count).
-pub fn classifier_classes<C>(spec: &overparam_fuse::spec::Graph<C>) -> usize {
-    spec.outputs
-        .first()
-        .and_then(|o| spec.nodes.iter().find(|n| n.name == o.node))
-        .and_then(|n| match n.op {
-            overparam_fuse::spec::Op::Linear { out_features, .. } => Some(out_features),
-            _ => None,
-        })
-        .unwrap_or(10)
+/// The class count of a classifier (10 if the spec has no linear output: an IDX file does not
+/// record its class count, and the MNIST family has 10).
+fn classes_or_ten(spec: &DeploySpec) -> usize {
+    spec.classifier_classes().unwrap_or(10)
 }
 
 /// The calibration images: the given directory's train split (CIFAR binary or IDX), or seeded
@@ -50,7 +44,7 @@ pub fn calibration_set(
     use overparam_data::cifar::Split;
     let i = &spec.input;
     Ok(match dir {
-        Some(d) => overparam_data::dataset::load(d, Split::Train, None, classifier_classes(spec))?,
+        Some(d) => overparam_data::dataset::load(d, Split::Train, None, classes_or_ten(spec))?,
         None if i.channels == 1 => {
             progress.event(
                 "calibration: no --calib given; using 1000 synthetic 1-channel images (fine for checking an export, not for accuracy claims)",
@@ -140,53 +134,58 @@ pub fn export_for_timing(
     Ok(to_bytes(&g))
 }
 
-/// A classifier's top-1 error per precision on a dataset's test split, INT8 calibrated on
-/// its train split; the test set, normalisation and histograms come back for a sensitivity
-/// study.
-pub struct ClassificationAccuracy {
-    pub test: ImageSet,
+/// An INT8 model against its FP32 export on a test set, INT8 calibrated on a training set;
+/// the normalisation and histograms come back for a sensitivity study.
+pub struct Int8Eval {
     pub norm: overparam_data::loader::Normalize,
-    pub fp32: f64,
-    pub fp16: f64,
-    pub int8: f64,
+    pub fp32: TopK,
+    pub int8: TopK,
     pub hists: std::collections::BTreeMap<String, overparam_engine::calib::Histogram>,
     /// Calibration images used.
     pub calib_used: usize,
 }
 
-/// [`ClassificationAccuracy`] of a deploy model: exports at static `batch`, evaluated through
-/// ONNX Runtime on the CPU.
-#[allow(clippy::too_many_arguments)]
-pub fn classification_accuracy(
+/// The ONNX bytes of a deploy model at `precision`, static `batch`, with an INT8 plan.
+pub fn export_bytes(
     spec: &DeploySpec,
     w: &Weights,
-    data: &Path,
+    precision: overparam_engine::export::Precision,
+    batch: usize,
+    quant: Option<QuantPlan>,
+) -> Result<Vec<u8>> {
+    use overparam_engine::export::{ExportOptions, export, to_bytes};
+    let mut o = ExportOptions::new(precision);
+    o.batch = batch;
+    o.quant = quant;
+    Ok(to_bytes(&export(spec, w, &o)?))
+}
+
+/// [`Int8Eval`] of a classifier: both exports at static `batch`, evaluated through ONNX
+/// Runtime on the CPU. `engine accuracy` and each grid cell's INT8 drop use it.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_against_fp32(
+    spec: &DeploySpec,
+    w: &Weights,
+    train: &ImageSet,
+    test: &ImageSet,
     calibrator: overparam_engine::calib::Calibrator,
     encoding: overparam_engine::export::ActivationEncoding,
     calib_images: usize,
     batch: usize,
     progress: &dyn Progress,
-) -> Result<ClassificationAccuracy> {
-    use overparam_data::cifar::Split;
+) -> Result<Int8Eval> {
     use overparam_engine::accuracy::{evaluate, normalization};
-    use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
+    use overparam_engine::export::Precision;
     let norm = normalization(spec)?;
-    let classes = classifier_classes(spec);
-    let load = |split| overparam_data::dataset::load(data, split, None, classes);
-    let test = load(Split::Test)?;
-    let train = load(Split::Train)?;
-    let model = |p: Precision, q| -> Result<Vec<u8>> {
-        let mut o = ExportOptions::new(p);
-        o.batch = batch;
-        o.quant = q;
-        Ok(to_bytes(&export(spec, w, &o)?))
-    };
-    let fp32 = evaluate(&model(Precision::Fp32, None)?, &test, &norm)?.top1_error();
-    let fp16 = evaluate(&model(Precision::Fp16, None)?, &test, &norm)?.top1_error();
+    let fp32 = evaluate(
+        &export_bytes(spec, w, Precision::Fp32, batch, None)?,
+        test,
+        &norm,
+    )?;
     let (plan, hists, calib_used) = overparam_engine::calib::calibrate(
         spec,
         w,
-        &train,
+        train,
         &norm,
         calib_images,
         batch,
@@ -194,16 +193,25 @@ pub fn classification_accuracy(
         encoding,
         progress,
     )?;
-    let int8 = evaluate(&model(Precision::Int8, Some(plan))?, &test, &norm)?.top1_error();
-    Ok(ClassificationAccuracy {
+    let int8 = evaluate(
+        &export_bytes(spec, w, Precision::Int8, batch, Some(plan))?,
         test,
+        &norm,
+    )?;
+    Ok(Int8Eval {
         norm,
         fp32,
-        fp16,
         int8,
         hists,
         calib_used,
     })
+}
+
+/// A dataset directory's train and test splits for a classifier.
+pub fn classifier_splits(spec: &DeploySpec, data: &Path) -> Result<(ImageSet, ImageSet)> {
+    use overparam_data::cifar::Split;
+    let load = |split| overparam_data::dataset::load(data, split, None, classes_or_ten(spec));
+    Ok((load(Split::Train)?, load(Split::Test)?))
 }
 
 /// Where an INT8 model's calibration record lives: beside it, as `<model>.calib.json`.

@@ -647,15 +647,12 @@ pub fn evaluate_checkpoint(
         mean: n.mean.clone(),
         std: n.std.clone(),
     };
-    let idx_classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
-        Some(overparam_fuse::spec::Op::Linear { out_features, .. }) => *out_features,
-        _ => 10,
-    };
+    // An IDX set does not record its class count: the model's, else the MNIST family's 10.
     let test = Arc::new(overparam_data::dataset::load(
         data,
         Split::Test,
         None,
-        idx_classes,
+        spec.classifier_classes().unwrap_or(10),
     )?);
     let i = &spec.input;
     let s = test.shape;
@@ -679,10 +676,7 @@ pub fn evaluate_checkpoint(
     }
     let vs = nn::VarStore::new(device);
     let model = OpModel::new(&vs.root(), &spec, &ck.weights)?;
-    let classes = match spec.node(&spec.outputs[0].node).map(|n| &n.op) {
-        Some(overparam_fuse::spec::Op::Linear { out_features, .. }) => *out_features,
-        _ => test.num_classes,
-    };
+    let classes = spec.classifier_classes().unwrap_or(test.num_classes);
     if classes != test.num_classes {
         return Err(Error::Run {
             dir: path.into(),

@@ -183,10 +183,9 @@ fn int8_drop(
     mtl: bool,
     progress: &dyn Progress,
 ) -> Result<BTreeMap<String, f64>> {
+    use crate::deploy::export_bytes;
     use overparam_engine::calib::Calibrator;
-    use overparam_engine::export::{
-        ActivationEncoding, ExportOptions, Precision, export, to_bytes,
-    };
+    use overparam_engine::export::{ActivationEncoding, Precision};
     let overparam_fuse::AnySpec::Deploy(spec) = &dep.spec else {
         return Err(Error::Run(format!(
             "{} holds a train spec",
@@ -208,41 +207,26 @@ fn int8_drop(
             enc,
             progress,
         )?;
-        let fp32 = dense::evaluate(
-            &to_bytes(&export(spec, w, &ExportOptions::new(Precision::Fp32))?),
-            &val,
-        )?;
-        let mut o = ExportOptions::new(Precision::Int8);
-        o.quant = Some(p);
-        let int8 = dense::evaluate(&to_bytes(&export(spec, w, &o)?), &val)?;
+        let fp32 = dense::evaluate(&export_bytes(spec, w, Precision::Fp32, 1, None)?, &val)?;
+        let int8 = dense::evaluate(&export_bytes(spec, w, Precision::Int8, 1, Some(p))?, &val)?;
         for (k, name) in dense::METRICS.iter().enumerate() {
             out.insert(name.to_string(), int8[k] - fp32[k]);
         }
     } else {
-        use overparam_engine::accuracy;
         let (train, test) = overparam_train::trainer::load_data(cfg)?;
-        let norm = accuracy::normalization(spec)?;
         // Batch 50 for export and calibration: the batch the committed grids were measured with.
-        let batch = 50;
-        let model = |p: Precision, q| -> Result<Vec<u8>> {
-            let mut o = ExportOptions::new(p);
-            o.batch = batch;
-            o.quant = q;
-            Ok(to_bytes(&export(spec, w, &o)?))
-        };
-        let fp32 = accuracy::evaluate(&model(Precision::Fp32, None)?, &test, &norm)?;
-        let (p, _, _) = overparam_engine::calib::calibrate(
+        let e = crate::deploy::int8_against_fp32(
             spec,
             w,
             &train,
-            &norm,
-            calib_images,
-            batch,
+            &test,
             Calibrator::Entropy,
             enc,
+            calib_images,
+            50,
             progress,
         )?;
-        let int8 = accuracy::evaluate(&model(Precision::Int8, Some(p))?, &test, &norm)?;
+        let (fp32, int8) = (e.fp32, e.int8);
         out.insert(TOP1.into(), int8.top1_error() - fp32.top1_error());
         out.insert(TOP5.into(), int8.top5_error() - fp32.top5_error());
     }

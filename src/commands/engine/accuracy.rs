@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use overparam_engine::accuracy::{Int8Study, weight_ranges};
+use overparam_engine::accuracy::{Int8Study, evaluate, weight_ranges};
 use overparam_engine::calib::Calibrator;
-use overparam_engine::export::{
-    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export, to_bytes,
-};
+use overparam_engine::export::{ActivationEncoding, KeptPrecision, Precision, QuantPlan};
 use overparam_fuse::{DeploySpec, Weights};
-use overparam_lab::deploy::{classification_accuracy, load_deploy, write_model_and_calib};
+use overparam_lab::deploy::{
+    classifier_splits, export_bytes, int8_against_fp32, load_deploy, write_model_and_calib,
+};
 
 use crate::args::Encoding;
 
@@ -60,21 +60,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if spec.model == overparam_fuse::models::ModelKind::Mtl.as_str() {
         return dense(&a, &spec, &w, enc, &progress);
     }
-    let r = classification_accuracy(
+    let (train, test) = classifier_splits(&spec, &a.data)?;
+    let r = int8_against_fp32(
         &spec,
         &w,
-        &a.data,
+        &train,
+        &test,
         a.calibrator,
         enc,
         a.calib_images,
         a.batch,
         &progress,
     )?;
-    let (fp32, fp16, int8) = (r.fp32, r.fp16, r.int8);
+    let fp16 = export_bytes(&spec, &w, Precision::Fp16, a.batch, None)?;
+    let fp16 = evaluate(&fp16, &test, &r.norm)?.top1_error();
+    let (fp32, int8) = (r.fp32.top1_error(), r.int8.top1_error());
     println!(
         "{} on {} test images ({:?} calibration, {} images):",
         a.deploy.display(),
-        r.test.len(),
+        test.len(),
         a.calibrator,
         r.calib_used
     );
@@ -101,7 +105,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         calibrator: a.calibrator,
         encoding: enc,
         kept: a.kept_precision.unwrap_or(KeptPrecision::for_encoding(enc)),
-        set: &r.test,
+        set: &test,
         norm: &r.norm,
         batch: a.batch,
         fp32_top1_err: fp32,
@@ -146,9 +150,7 @@ fn write_partial(
         "kept_precision": p.kept.as_str(),
         "thresholds": p.thresholds,
     });
-    let mut o = ExportOptions::new(Precision::Int8);
-    o.quant = Some(p);
-    let bytes = to_bytes(&export(spec, w, &o)?);
+    let bytes = export_bytes(spec, w, Precision::Int8, 1, Some(p))?;
     let calib = write_model_and_calib(out, &bytes, &json)?;
     println!("wrote {} and {}", out.display(), calib.display());
     Ok(())
