@@ -2,7 +2,7 @@
 //! dependencies: the seeded, version-stable [`Rng`], [`write_file_atomic`], and the statistics
 //! the experiment summaries and latency reports use ([`stats`]), [`Progress`], the one way a
 //! library reports long work and events (it never prints), and the multi-task vocabulary
-//! ([`Task`], [`NYU_METRICS`]). Datasets (`data`) and models
+//! ([`Task`], [`Role`], [`NYU_METRICS`]). Datasets (`data`) and models
 //! (`fuse`) both build on it without depending on each other.
 
 pub mod fs;
@@ -14,4 +14,4 @@ pub mod task;
 pub use fs::write_file_atomic;
 pub use progress::{Progress, Recorder, Silent};
 pub use rng::Rng;
-pub use task::{NYU_METRICS, NyuMetric, Task};
+pub use task::{NYU_METRICS, NyuMetric, Role, Task};

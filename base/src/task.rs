@@ -52,6 +52,103 @@ impl Task {
     }
 }
 
+/// What a model output means, so training, accuracy and the bridge read it instead of its
+/// name: class logits (N×K), per-pixel class logits (N×K×H×W), depth in metres (N×1×H×W),
+/// unit surface normals (N×3×H×W), or a tensor passed through as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    ClassLogits,
+    SegmentationLogits,
+    Depth,
+    Normals,
+    Raw,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::ClassLogits,
+        Role::SegmentationLogits,
+        Role::Depth,
+        Role::Normals,
+        Role::Raw,
+    ];
+
+    /// The name in specs, `--output NAME=ROLE` and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::ClassLogits => "class_logits",
+            Role::SegmentationLogits => "segmentation_logits",
+            Role::Depth => "depth",
+            Role::Normals => "normals",
+            Role::Raw => "raw",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    /// The role an output name implies: the dense task names (and `normal`, MTAN's folder),
+    /// `logits`/`class_logits`/`classes`, `segmentation_logits`/`seg`; anything else is raw.
+    pub fn implied_by(output: &str) -> Role {
+        match output.to_ascii_lowercase().as_str() {
+            "logits" | "class_logits" | "classes" | "classification" => Role::ClassLogits,
+            "segmentation" | "segmentation_logits" | "seg" | "semantic" => Role::SegmentationLogits,
+            "depth" => Role::Depth,
+            "normals" | "normal" | "surface_normals" => Role::Normals,
+            _ => Role::Raw,
+        }
+    }
+
+    /// The dense task this role is trained and evaluated as, if any.
+    pub const fn task(self) -> Option<Task> {
+        match self {
+            Role::SegmentationLogits => Some(Task::Segmentation),
+            Role::Depth => Some(Task::Depth),
+            Role::Normals => Some(Task::Normals),
+            Role::ClassLogits | Role::Raw => None,
+        }
+    }
+
+    /// Checks that an output of per-image shape `shape` can carry this role.
+    pub fn check_shape(self, shape: &[usize]) -> Result<(), String> {
+        let ok = match self {
+            Role::ClassLogits => shape.len() == 1 || (shape.len() == 3 && shape[1..] == [1, 1]),
+            Role::SegmentationLogits => shape.len() == 3 && shape[0] >= 2,
+            Role::Depth => shape.len() == 3 && shape[0] == 1,
+            Role::Normals => shape.len() == 3 && shape[0] == 3,
+            Role::Raw => true,
+        };
+        if ok {
+            return Ok(());
+        }
+        let want = match self {
+            Role::ClassLogits => "K (or K×1×1) class scores",
+            Role::SegmentationLogits => "K×H×W with K ≥ 2 classes",
+            Role::Depth => "1×H×W",
+            Role::Normals => "3×H×W",
+            Role::Raw => "",
+        };
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        Err(format!(
+            "role {} needs {want} per image, the output is {}",
+            self.name(),
+            dims.join("×")
+        ))
+    }
+}
+
+impl Task {
+    /// The output role that carries this task.
+    pub const fn role(self) -> Role {
+        match self {
+            Task::Segmentation => Role::SegmentationLogits,
+            Task::Depth => Role::Depth,
+            Task::Normals => Role::Normals,
+        }
+    }
+}
+
 /// One NYUv2 metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NyuMetric {
@@ -141,6 +238,20 @@ mod tests {
         assert_eq!(Task::from_name("normal"), None);
         assert_eq!(NYU_METRIC_NAMES[4], "normals mean °");
         assert_eq!(NYU_METRIC_COLUMNS[8], "within_30");
+        for r in Role::ALL {
+            assert_eq!(Role::from_name(r.name()), Some(r));
+        }
+        for t in Task::ALL {
+            assert_eq!(t.role().task(), Some(t));
+            assert_eq!(Role::implied_by(t.name()), t.role());
+        }
+        assert_eq!(Role::implied_by("logits"), Role::ClassLogits);
+        assert_eq!(Role::implied_by("feature_map"), Role::Raw);
+        assert!(Role::Depth.check_shape(&[1, 4, 5]).is_ok());
+        let e = Role::Depth.check_shape(&[3, 4, 5]).unwrap_err();
+        assert!(e.contains("3×4×5") && e.contains("1×H×W"), "{e}");
+        assert!(Role::ClassLogits.check_shape(&[10]).is_ok());
+        assert!(Role::SegmentationLogits.check_shape(&[10]).is_err());
         assert_eq!(
             NYU_HIGHER_IS_BETTER,
             [true, true, false, false, false, false, true, true, true]

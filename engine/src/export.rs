@@ -4,7 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use overparam_fuse::spec::{DeploySpec, INPUT, Op};
+use overparam_fuse::ops::{
+    AvgPool, Backend, BinaryKind, ConvBackend, ConvTranspose, NodeCx, Resize, ResizeMode, Unary,
+    Window,
+};
+use overparam_fuse::spec::{DeployConv, DeploySpec, INPUT, Op};
 use overparam_fuse::{Tensor, Weights};
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +142,7 @@ impl ExportOptions {
 pub fn quantizable_layers(spec: &DeploySpec) -> Vec<(String, String)> {
     spec.nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::Conv(_) | Op::Linear { .. }))
+        .filter(|n| n.op.is_weighted_layer())
         .map(|n| (n.name.clone(), n.inputs[0].clone()))
         .collect()
 }
@@ -161,11 +165,17 @@ pub fn quantize_weight(w: &Tensor<f32>) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// The ONNX writer: the third [`Backend`] of the ops (after the reference executor and
+/// libtorch). Every primitive appends ONNX nodes and returns the name of the tensor it wrote;
+/// [`Backend::finish`] names each spec node's final tensor after the node, so calibration can
+/// expose any node's activation by name.
 struct Builder<'a> {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     w: &'a Weights<f32>,
     opts: &'a ExportOptions,
+    spec: &'a DeploySpec,
+    plan: Option<&'a QuantPlan>,
     /// Activation tensor → its Q/DQ output (one pair per tensor, shared by its consumers).
     dq: HashMap<String, String>,
     /// Tensors that are already Q/DQ outputs (conv outputs in the CPU encoding).
@@ -176,6 +186,8 @@ struct Builder<'a> {
     half: HashMap<String, String>,
     /// Weights written as FP16 that FP16 cannot hold: (name, largest |w|).
     fp16_overflow: Vec<(String, f32)>,
+    /// Temporary tensor names handed out (renamed at each node's end).
+    temps: usize,
 }
 
 impl Builder<'_> {
@@ -192,25 +204,63 @@ impl Builder<'_> {
         Ok(t)
     }
 
+    fn half_precision(&self) -> bool {
+        self.opts.precision == Precision::Fp16
+    }
+
     /// A float initializer in the graph's float type.
     fn float_init(&mut self, name: &str) -> Result<String> {
-        let half = self.opts.precision == Precision::Fp16;
-        self.init(name, half)
+        self.init(name, self.half_precision())
     }
 
     fn init(&mut self, name: &str, half: bool) -> Result<String> {
+        let shape = self.weight(name)?.shape.clone();
+        self.init_as(name, &shape, half)
+    }
+
+    /// The weight `name` written with `dims` (a broadcastable view of the same values).
+    fn init_as(&mut self, name: &str, dims: &[usize], half: bool) -> Result<String> {
         let t = self.weight(name)?;
         let (proto, amax) = if half {
             let amax = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-            (tensor_f16(name, &t.shape, &t.data), amax)
+            (tensor_f16(name, dims, &t.data), amax)
         } else {
-            (tensor_f32(name, &t.shape, &t.data), 0.0)
+            (tensor_f32(name, dims, &t.data), 0.0)
         };
         if amax > half::f16::MAX.to_f32() {
             self.fp16_overflow.push((name.to_string(), amax));
         }
         self.inits.push(proto);
         Ok(name.to_string())
+    }
+
+    /// A scalar constant in the graph's float type.
+    fn float_scalar(&mut self, name: &str, v: f32) -> String {
+        self.inits.push(if self.half_precision() {
+            tensor_f16(name, &[], &[v])
+        } else {
+            tensor_f32(name, &[], &[v])
+        });
+        name.to_string()
+    }
+
+    /// A fresh tensor name for a primitive's output.
+    fn temp(&mut self, cx: &NodeCx) -> String {
+        self.temps += 1;
+        format!("{}__t{}", cx.name, self.temps)
+    }
+
+    /// One node `op` reading `inputs`, named after the spec node; returns its output.
+    fn emit(
+        &mut self,
+        cx: &NodeCx,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<crate::pb::AttributeProto>,
+    ) -> String {
+        let out = self.temp(cx);
+        self.nodes.push(node(op, cx.name, inputs, &[&out], attrs));
+        out
     }
 
     /// `tensor` cast to FP16 (one Cast per tensor, shared by the kept layers reading it).
@@ -311,33 +361,293 @@ impl Builder<'_> {
         self.dq.insert(tensor.to_string(), dn.clone());
         Ok(dn)
     }
+
+    /// The INT8 plan when it quantises this layer.
+    fn quantised(&self, layer: &str) -> Option<&QuantPlan> {
+        self.plan
+            .filter(|p| p.layers.as_ref().is_none_or(|l| l.contains(layer)))
+    }
+
+    /// A conv or linear layer `op` on `x` with the node's weight and bias, quantised (Q/DQ on
+    /// its input and its weight), kept in FP16 (Cast → FP16 layer → Cast back, so the
+    /// quantised layers around it keep their FP32 Q/DQ boundaries; opset 17 DQ is FP32), or
+    /// in the graph's float type.
+    fn layer(
+        &mut self,
+        cx: &NodeCx,
+        op: &str,
+        x: &str,
+        attrs: Vec<crate::pb::AttributeProto>,
+    ) -> Result<String> {
+        let (weight, bias) = (cx.param("weight"), cx.param("bias"));
+        let quantised = self.quantised(cx.name).cloned();
+        let kept_half =
+            quantised.is_none() && self.plan.is_some_and(|p| p.kept == KeptPrecision::Fp16);
+        let (x, wt, b) = match &quantised {
+            Some(p) => (
+                self.quant_act(x, &cx.inputs[0], p)?,
+                self.quant_weight(&weight)?,
+                self.float_init(&bias)?,
+            ),
+            None if kept_half => (
+                self.half_of(x),
+                self.init(&weight, true)?,
+                self.init(&bias, true)?,
+            ),
+            None => (
+                x.to_string(),
+                self.float_init(&weight)?,
+                self.float_init(&bias)?,
+            ),
+        };
+        if !kept_half {
+            return Ok(self.emit(cx, op, &[&x, &wt, &b], attrs));
+        }
+        let half_out = format!("{}_fp16_out", cx.name);
+        self.nodes
+            .push(node(op, cx.name, &[&x, &wt, &b], &[&half_out], attrs));
+        let out = self.temp(cx);
+        self.cast(
+            &format!("{}_to_fp32", cx.name),
+            &half_out,
+            &out,
+            DataType::Float,
+        );
+        Ok(out)
+    }
 }
 
-/// Tensors that cannot be negative: ReLU outputs, and pools, flattens and sums of them.
+fn ints(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+impl Backend for Builder<'_> {
+    type T = String;
+    type Error = Error;
+
+    fn param(&mut self, cx: &NodeCx, leaf: &str) -> Result<String> {
+        self.float_init(&cx.param(leaf))
+    }
+    fn unary(&mut self, cx: &NodeCx, x: &String, f: Unary) -> Result<String> {
+        Ok(match f {
+            Unary::Relu => self.emit(cx, "Relu", &[x], vec![]),
+            Unary::LeakyRelu { alpha } => {
+                self.emit(cx, "LeakyRelu", &[x], vec![attr_float("alpha", alpha)])
+            }
+            Unary::Clip { min, max } => {
+                let lo = if min.is_finite() {
+                    self.float_scalar(&format!("{}_min", cx.name), min)
+                } else {
+                    String::new()
+                };
+                let hi = if max.is_finite() {
+                    self.float_scalar(&format!("{}_max", cx.name), max)
+                } else {
+                    String::new()
+                };
+                self.emit(cx, "Clip", &[x, &lo, &hi], vec![])
+            }
+            Unary::Sigmoid => self.emit(cx, "Sigmoid", &[x], vec![]),
+            Unary::HardSigmoid { alpha, beta } => self.emit(
+                cx,
+                "HardSigmoid",
+                &[x],
+                vec![attr_float("alpha", alpha), attr_float("beta", beta)],
+            ),
+            Unary::HardSwish => self.emit(cx, "HardSwish", &[x], vec![]),
+        })
+    }
+    fn binary(&mut self, cx: &NodeCx, a: &String, b: &String, f: BinaryKind) -> Result<String> {
+        Ok(self.emit(cx, f.onnx(), &[a, b], vec![]))
+    }
+    fn affine(&mut self, cx: &NodeCx, x: &String) -> Result<String> {
+        // [C] parameters as [C, 1, 1] (or [C] on flat features) so they broadcast per channel.
+        let mut dims = vec![cx.out[0]];
+        dims.extend(std::iter::repeat_n(1, cx.out.len() - 1));
+        let half = self.half_precision();
+        let scale = self.init_as(&cx.param("weight"), &dims, half)?;
+        let shift = self.init_as(&cx.param("bias"), &dims, half)?;
+        let y = self.emit(cx, "Mul", &[x, &scale], vec![]);
+        let out = self.temp(cx);
+        self.nodes.push(node(
+            "Add",
+            &format!("{}_shift", cx.name),
+            &[&y, &shift],
+            &[&out],
+            vec![],
+        ));
+        Ok(out)
+    }
+    fn conv_transpose(&mut self, cx: &NodeCx, x: &String, op: &ConvTranspose) -> Result<String> {
+        let (w, b) = (
+            self.float_init(&cx.param("weight"))?,
+            self.float_init(&cx.param("bias"))?,
+        );
+        let mut attrs = vec![
+            attr_ints("kernel_shape", &ints(&op.kernel)),
+            attr_ints("strides", &ints(&op.stride)),
+            attr_ints("pads", &ints(&op.padding)),
+            attr_ints("dilations", &ints(&op.dilation)),
+            attr_int("group", op.groups as i64),
+        ];
+        if op.output_padding != [0, 0] {
+            attrs.push(attr_ints("output_padding", &ints(&op.output_padding)));
+        }
+        Ok(self.emit(cx, "ConvTranspose", &[x, &w, &b], attrs))
+    }
+    fn max_pool(&mut self, cx: &NodeCx, x: &String, w: &Window) -> Result<String> {
+        let mut attrs = vec![
+            attr_ints("kernel_shape", &ints(&w.kernel)),
+            attr_ints("strides", &ints(&w.stride)),
+            attr_ints("pads", &ints(&w.padding)),
+        ];
+        if w.dilation != [1, 1] {
+            attrs.push(attr_ints("dilations", &ints(&w.dilation)));
+        }
+        Ok(self.emit(cx, "MaxPool", &[x], attrs))
+    }
+    fn avg_pool(&mut self, cx: &NodeCx, x: &String, op: &AvgPool) -> Result<String> {
+        let w = &op.window;
+        let attrs = vec![
+            attr_ints("kernel_shape", &ints(&w.kernel)),
+            attr_ints("strides", &ints(&w.stride)),
+            attr_ints("pads", &ints(&w.padding)),
+            attr_int("count_include_pad", op.count_include_pad as i64),
+        ];
+        Ok(self.emit(cx, "AveragePool", &[x], attrs))
+    }
+    fn global_avg_pool(&mut self, cx: &NodeCx, x: &String) -> Result<String> {
+        Ok(self.emit(cx, "GlobalAveragePool", &[x], vec![]))
+    }
+    fn concat(&mut self, cx: &NodeCx, xs: &[&String]) -> Result<String> {
+        let ins: Vec<&str> = xs.iter().map(|s| s.as_str()).collect();
+        Ok(self.emit(cx, "Concat", &ins, vec![attr_int("axis", 1)]))
+    }
+    fn flatten(&mut self, cx: &NodeCx, x: &String) -> Result<String> {
+        Ok(self.emit(cx, "Flatten", &[x], vec![attr_int("axis", 1)]))
+    }
+    fn linear(&mut self, cx: &NodeCx, x: &String) -> Result<String> {
+        self.layer(cx, "Gemm", x, vec![attr_int("transB", 1)])
+    }
+    fn resize(&mut self, cx: &NodeCx, x: &String, op: &Resize) -> Result<String> {
+        let sizes = format!("{}_sizes", cx.name);
+        self.inits.push(crate::onnx::tensor_i64(
+            &sizes,
+            &[4],
+            &[
+                self.opts.batch as i64,
+                cx.out[0] as i64,
+                op.height as i64,
+                op.width as i64,
+            ],
+        ));
+        let attrs = match op.mode {
+            ResizeMode::Nearest => vec![
+                attr_str("mode", "nearest"),
+                attr_str("coordinate_transformation_mode", "asymmetric"),
+                attr_str("nearest_mode", "floor"),
+            ],
+            ResizeMode::Bilinear => vec![
+                attr_str("mode", "linear"),
+                attr_str("coordinate_transformation_mode", "half_pixel"),
+            ],
+            ResizeMode::BilinearAlignCorners => vec![
+                attr_str("mode", "linear"),
+                attr_str("coordinate_transformation_mode", "align_corners"),
+            ],
+        };
+        Ok(self.emit(cx, "Resize", &[x, "", "", &sizes], attrs))
+    }
+    fn l2_norm(&mut self, cx: &NodeCx, x: &String) -> Result<String> {
+        // ReduceL2 → Max(·, eps) → Div: F.normalize's clamp, which LpNormalization lacks.
+        let (norm, clamped, eps) = (
+            format!("{}_norm", cx.name),
+            format!("{}_norm_clamped", cx.name),
+            format!("{}_eps", cx.name),
+        );
+        self.nodes.push(node(
+            "ReduceL2",
+            &norm,
+            &[x],
+            &[&norm],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+        ));
+        self.inits.push(if self.half_precision() {
+            tensor_f16(&eps, &[], &[1e-7])
+        } else {
+            tensor_f32(&eps, &[], &[1e-12])
+        });
+        self.nodes
+            .push(node("Max", &clamped, &[&norm, &eps], &[&clamped], vec![]));
+        Ok(self.emit(cx, "Div", &[x, &clamped], vec![]))
+    }
+    fn finish<C>(&mut self, cx: &NodeCx, op: &Op<C>, y: String) -> Result<String> {
+        // The node's tensor takes the node's name.
+        match self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.first() == Some(&y))
+        {
+            Some(n) if y.starts_with(&format!("{}__t", cx.name)) => {
+                n.output[0] = cx.name.to_string();
+            }
+            _ => {
+                self.nodes
+                    .push(node("Identity", cx.name, &[&y], &[cx.name], vec![]));
+            }
+        }
+        let out = cx.name.to_string();
+        // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
+        // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv. Not on
+        // a conv that is a model output: rounding the prediction itself to 8 bits (and
+        // clipping it at a calibrated threshold) costs accuracy where nothing is gained, e.g.
+        // a depth head in metres.
+        if let (Some(p), Op::Conv(_)) = (self.quantised(cx.name).cloned(), op)
+            && p.encoding == ActivationEncoding::UnsignedOffset
+            && !self.spec.outputs.iter().any(|o| o.node == cx.name)
+        {
+            let d = self.quant_act(&out, cx.name, &p)?;
+            self.dq_outputs.insert(d.clone());
+            return Ok(d);
+        }
+        Ok(out)
+    }
+}
+
+impl ConvBackend<DeployConv> for Builder<'_> {
+    fn conv(&mut self, cx: &NodeCx, c: &DeployConv, x: &String) -> Result<String> {
+        let s = &c.shape;
+        self.layer(
+            cx,
+            "Conv",
+            x,
+            vec![
+                attr_ints("kernel_shape", &ints(&s.kernel)),
+                attr_ints("strides", &ints(&s.stride)),
+                attr_ints("pads", &ints(&s.padding)),
+                attr_ints("dilations", &ints(&s.dilation)),
+                attr_int("group", s.groups as i64),
+            ],
+        )
+    }
+}
+
+/// Tensors that cannot be negative: ReLU outputs, and pools, flattens and sums of them (each
+/// op's own rule, [`overparam_fuse::ops::OpShape::nonnegative`]).
 pub fn nonnegative_tensors(spec: &DeploySpec) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for n in &spec.nodes {
-        let all_in = n.inputs.iter().all(|i| out.contains(i));
-        let nonneg = match n.op {
-            Op::Relu => true,
-            Op::MaxPool { .. } | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::Resize { .. } => {
-                all_in
-            }
-            Op::L2Norm => false,
-            Op::Conv(_) | Op::Linear { .. } => false,
-        };
-        if nonneg {
+        let ins: Vec<bool> = n.inputs.iter().map(|i| out.contains(i)).collect();
+        if n.op.nonnegative(&ins) {
             out.insert(n.name.clone());
         }
     }
     out
 }
 
-/// Exports a deploy spec and its weights as an ONNX model (opset 17, static shapes).
-///
-/// Long on purpose: one pass over the nodes with one arm per op, all sharing the builder,
-/// the tensor-name map and the quantisation plan; split up, each arm would take them all as
-/// arguments and the order of emitted nodes (which fixes the bytes) would be harder to see.
+/// Exports a deploy spec and its weights as an ONNX model (opset 17, static shapes): every
+/// node through its op's forward on the ONNX writer.
 pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Result<ModelProto> {
     spec.validate()?;
     overparam_fuse::checkpoint::check_against_layout(
@@ -370,200 +680,22 @@ pub fn export(spec: &DeploySpec, w: &Weights<f32>, opts: &ExportOptions) -> Resu
         inits: vec![],
         w,
         opts,
+        spec,
+        plan,
         dq: HashMap::new(),
         dq_outputs: BTreeSet::new(),
         nonneg: nonnegative_tensors(spec),
         half: HashMap::new(),
         fp16_overflow: vec![],
+        temps: 0,
     };
-    // Tensor names: the input, then one tensor per node named after the node.
-    let mut name_of: HashMap<String, String> = HashMap::new();
     let input_name = INPUT.to_string();
     let input = if opts.precision == Precision::Fp16 {
         b.half_of(INPUT)
     } else {
         input_name.clone()
     };
-    name_of.insert(INPUT.into(), input);
-    for n in &spec.nodes {
-        let ins: Vec<String> = n.inputs.iter().map(|i| name_of[i].clone()).collect();
-        let out = n.name.clone();
-        let quantised = plan.filter(|p| p.layers.as_ref().is_none_or(|l| l.contains(&n.name)));
-        // A layer a partial INT8 plan keeps in FP16: Cast → FP16 layer → Cast back, so the
-        // quantised layers around it keep their FP32 Q/DQ boundaries (opset 17 DQ is FP32).
-        let kept_half = matches!(n.op, Op::Conv(_) | Op::Linear { .. })
-            && quantised.is_none()
-            && plan.is_some_and(|p| p.kept == KeptPrecision::Fp16);
-        let layer_out = if kept_half {
-            format!("{}_fp16_out", n.name)
-        } else {
-            out.clone()
-        };
-        let layer_inputs = |b: &mut Builder| -> Result<(String, String, String)> {
-            let (weight, bias) = (format!("{}.weight", n.name), format!("{}.bias", n.name));
-            Ok(match quantised {
-                Some(p) => (
-                    b.quant_act(&ins[0], &n.inputs[0], p)?,
-                    b.quant_weight(&weight)?,
-                    b.float_init(&bias)?,
-                ),
-                None if kept_half => (
-                    b.half_of(&ins[0]),
-                    b.init(&weight, true)?,
-                    b.init(&bias, true)?,
-                ),
-                None => (ins[0].clone(), b.float_init(&weight)?, b.float_init(&bias)?),
-            })
-        };
-        match &n.op {
-            Op::Conv(c) => {
-                let s = &c.shape;
-                let (x, wt, bias) = layer_inputs(&mut b)?;
-                let p = s.padding as i64;
-                b.nodes.push(node(
-                    "Conv",
-                    &n.name,
-                    &[&x, &wt, &bias],
-                    &[&layer_out],
-                    vec![
-                        attr_ints("kernel_shape", &[s.kernel as i64; 2]),
-                        attr_ints("strides", &[s.stride as i64; 2]),
-                        attr_ints("pads", &[p, p, p, p]),
-                        attr_ints("dilations", &[1, 1]),
-                        attr_int("group", s.groups as i64),
-                    ],
-                ));
-            }
-            Op::Linear { .. } => {
-                let (x, wt, bias) = layer_inputs(&mut b)?;
-                b.nodes.push(node(
-                    "Gemm",
-                    &n.name,
-                    &[&x, &wt, &bias],
-                    &[&layer_out],
-                    vec![attr_int("transB", 1)],
-                ));
-            }
-            Op::Relu => b
-                .nodes
-                .push(node("Relu", &n.name, &[&ins[0]], &[&out], vec![])),
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => {
-                let p = *padding as i64;
-                b.nodes.push(node(
-                    "MaxPool",
-                    &n.name,
-                    &[&ins[0]],
-                    &[&out],
-                    vec![
-                        attr_ints("kernel_shape", &[*kernel as i64; 2]),
-                        attr_ints("strides", &[*stride as i64; 2]),
-                        attr_ints("pads", &[p, p, p, p]),
-                    ],
-                ));
-            }
-            Op::GlobalAvgPool => b.nodes.push(node(
-                "GlobalAveragePool",
-                &n.name,
-                &[&ins[0]],
-                &[&out],
-                vec![],
-            )),
-            Op::Add => b
-                .nodes
-                .push(node("Add", &n.name, &[&ins[0], &ins[1]], &[&out], vec![])),
-            Op::Flatten => b.nodes.push(node(
-                "Flatten",
-                &n.name,
-                &[&ins[0]],
-                &[&out],
-                vec![attr_int("axis", 1)],
-            )),
-            Op::Resize {
-                height,
-                width,
-                mode,
-            } => {
-                let sizes = format!("{}_sizes", n.name);
-                let c = shapes[&n.name][0];
-                b.inits.push(crate::onnx::tensor_i64(
-                    &sizes,
-                    &[4],
-                    &[opts.batch as i64, c as i64, *height as i64, *width as i64],
-                ));
-                let attrs = match mode {
-                    overparam_fuse::spec::ResizeMode::Nearest => vec![
-                        attr_str("mode", "nearest"),
-                        attr_str("coordinate_transformation_mode", "asymmetric"),
-                        attr_str("nearest_mode", "floor"),
-                    ],
-                    overparam_fuse::spec::ResizeMode::Bilinear => vec![
-                        attr_str("mode", "linear"),
-                        attr_str("coordinate_transformation_mode", "half_pixel"),
-                    ],
-                };
-                b.nodes.push(node(
-                    "Resize",
-                    &n.name,
-                    &[&ins[0], "", "", &sizes],
-                    &[&out],
-                    attrs,
-                ));
-            }
-            Op::L2Norm => {
-                // ReduceL2 → Max(·, eps) → Div: F.normalize's clamp, which LpNormalization lacks.
-                let (norm, clamped, eps) = (
-                    format!("{}_norm", n.name),
-                    format!("{}_norm_clamped", n.name),
-                    format!("{}_eps", n.name),
-                );
-                b.nodes.push(node(
-                    "ReduceL2",
-                    &norm,
-                    &[&ins[0]],
-                    &[&norm],
-                    vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
-                ));
-                b.inits.push(if float == DataType::Float16 {
-                    tensor_f16(&eps, &[], &[1e-7])
-                } else {
-                    tensor_f32(&eps, &[], &[1e-12])
-                });
-                b.nodes
-                    .push(node("Max", &clamped, &[&norm, &eps], &[&clamped], vec![]));
-                b.nodes
-                    .push(node("Div", &n.name, &[&ins[0], &clamped], &[&out], vec![]));
-            }
-        }
-        if kept_half {
-            b.cast(
-                &format!("{}_to_fp32", n.name),
-                &layer_out,
-                &out,
-                DataType::Float,
-            );
-        }
-        // CPU encoding: Q/DQ on conv outputs too, so ONNX Runtime sees DQ→Conv→Q and runs
-        // QLinearConv (int8 in, int8 out) instead of dequantising around a float conv. Not on
-        // a conv that is a model output: rounding the prediction itself to 8 bits (and
-        // clipping it at a calibrated threshold) costs accuracy where nothing is gained, e.g.
-        // a depth head in metres.
-        let out = match (quantised, &n.op) {
-            (Some(p), Op::Conv(_))
-                if p.encoding == ActivationEncoding::UnsignedOffset
-                    && !spec.outputs.iter().any(|o| o.node == n.name) =>
-            {
-                let d = b.quant_act(&out, &n.name, p)?;
-                b.dq_outputs.insert(d.clone());
-                d
-            }
-            _ => out,
-        };
-        name_of.insert(n.name.clone(), out);
-    }
+    let name_of = overparam_fuse::ops::run_graph(spec, &shapes, &mut b, input)?;
     if !b.fp16_overflow.is_empty() {
         return Err(Error::Fp16Range(b.fp16_overflow));
     }

@@ -31,6 +31,22 @@ pub enum Error {
         expected: &'static str,
         found: &'static str,
     },
+    /// An ONNX node the importer cannot take as it is.
+    #[error("ONNX node `{node}` ({op_type}): {message}")]
+    Import {
+        node: String,
+        op_type: String,
+        message: String,
+    },
+    #[error("ONNX node `{node}`: op `{op_type}` is not supported (import takes: {supported})")]
+    Unsupported {
+        node: String,
+        op_type: String,
+        supported: String,
+    },
+    /// The ONNX graph as a whole (inputs, outputs, opset).
+    #[error("ONNX graph: {0}")]
+    ImportGraph(String),
     #[error("executor: node `{node}`: {message}")]
     Exec { node: String, message: String },
     /// The cause is the source (error reports print the chain), not part of this message.

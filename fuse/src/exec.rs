@@ -1,69 +1,27 @@
-//! A naive reference executor for both graph kinds, so fold correctness is testable in pure
-//! Rust. The train graph runs in eval mode with its branches in feature space (RepVGG) or its
-//! kernel composed from factors (FNL, SFO), i.e. the *unfolded* computation.
+//! The reference executor: the [`Backend`] that runs every op's f64 (or f32) reference kernel,
+//! so folds, imports and exports are checked in pure Rust. The train graph runs in eval mode
+//! with its branches in feature space (RepVGG) or its kernel composed from factors (FNL,
+//! SFO), i.e. the *unfolded* computation.
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::fold::{Bn, Weights, compose_kernel, get};
 use crate::method::{Method, has_identity};
+use crate::ops::{
+    self, AvgPool, Backend, BinaryKind, ConvBackend, ConvTranspose, NodeCx, Resize, Unary, Window,
+};
 use crate::spec::{ConvLike, ConvShape, DeployConv, Graph, INPUT, Op, TrainConv};
 use crate::tensor::{Real, Tensor};
+
+pub use crate::ops::conv::conv2d;
+pub use crate::ops::resize::resize;
 
 fn exec_err(node: &str, message: impl Into<String>) -> Error {
     Error::Exec {
         node: node.to_string(),
         message: message.into(),
     }
-}
-
-/// 2-D cross-correlation, NCHW, zero padding, via im2col + GEMM per sample and group.
-pub fn conv2d<F: Real>(x: &Tensor<F>, w: &Tensor<F>, b: Option<&[F]>, s: &ConvShape) -> Tensor<F> {
-    let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    assert_eq!(c, s.in_channels, "conv input channels");
-    assert_eq!(w.shape, s.weight_shape(), "conv weight shape");
-    let (g, k, st, p) = (s.groups, s.kernel, s.stride, s.padding);
-    let (ig, og) = (c / g, s.out_channels / g);
-    let (ho, wo) = s.out_size(h, wd);
-    let hw = ho * wo;
-    let rows = ig * k * k;
-    let mut out = Tensor::zeros(&[n, s.out_channels, ho, wo]);
-    let mut cols = vec![F::zero(); rows * hw];
-    for ni in 0..n {
-        for gi in 0..g {
-            cols.iter_mut().for_each(|v| *v = F::zero());
-            for ci in 0..ig {
-                let plane = &x.data[((ni * c) + gi * ig + ci) * h * wd..][..h * wd];
-                for u in 0..k {
-                    for v in 0..k {
-                        let row = &mut cols[((ci * k + u) * k + v) * hw..][..hw];
-                        for oy in 0..ho {
-                            let iy = (oy * st + u) as isize - p as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for ox in 0..wo {
-                                let ix = (ox * st + v) as isize - p as isize;
-                                if ix >= 0 && ix < wd as isize {
-                                    row[oy * wo + ox] = plane[iy as usize * wd + ix as usize];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let wg = &w.data[gi * og * rows..(gi + 1) * og * rows];
-            let dst = &mut out.data[(ni * s.out_channels + gi * og) * hw..][..og * hw];
-            F::gemm(og, rows, hw, wg, &cols, F::zero(), dst);
-            if let Some(b) = b {
-                for (oc, chunk) in dst.chunks_mut(hw).enumerate() {
-                    let bv = b[gi * og + oc];
-                    chunk.iter_mut().for_each(|v| *v = *v + bv);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Eval-mode BatchNorm, computed as written, `(x − μ)/√(σ²+ε)·γ + β` (not via the folded scale).
@@ -90,81 +48,10 @@ fn add<F: Real>(a: &Tensor<F>, b: &Tensor<F>) -> Tensor<F> {
     out
 }
 
-fn max_pool<F: Real>(x: &Tensor<F>, k: usize, st: usize, p: usize) -> Tensor<F> {
-    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let f = |v: usize| (v + 2 * p - k) / st + 1;
-    let (ho, wo) = (f(h), f(w));
-    let mut out = Tensor::zeros(&[n, c, ho, wo]);
-    for nc in 0..n * c {
-        let plane = &x.data[nc * h * w..][..h * w];
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let mut m = F::neg_infinity();
-                for u in 0..k {
-                    for v in 0..k {
-                        let (iy, ix) = (
-                            (oy * st + u) as isize - p as isize,
-                            (ox * st + v) as isize - p as isize,
-                        );
-                        if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
-                            m = m.max(plane[iy as usize * w + ix as usize]);
-                        }
-                    }
-                }
-                out.data[(nc * ho + oy) * wo + ox] = m;
-            }
-        }
-    }
-    out
-}
-
-/// Resizes NCHW maps to `h`×`w` (see [`crate::spec::Op::Resize`] for the conventions).
-pub fn resize<F: Real>(
-    x: &Tensor<F>,
-    h: usize,
-    w: usize,
-    mode: crate::spec::ResizeMode,
-) -> Tensor<F> {
-    use crate::spec::ResizeMode;
-    let (n, c, ih, iw) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let mut out = Tensor::zeros(&[n, c, h, w]);
-    let (sy, sx) = (ih as f64 / h as f64, iw as f64 / w as f64);
-    for nc in 0..n * c {
-        let src = &x.data[nc * ih * iw..][..ih * iw];
-        let dst = &mut out.data[nc * h * w..][..h * w];
-        for oy in 0..h {
-            for ox in 0..w {
-                dst[oy * w + ox] = match mode {
-                    ResizeMode::Nearest => {
-                        let iy = ((oy as f64 * sy).floor() as usize).min(ih - 1);
-                        let ix = ((ox as f64 * sx).floor() as usize).min(iw - 1);
-                        src[iy * iw + ix]
-                    }
-                    ResizeMode::Bilinear => {
-                        // Half-pixel centres, clamped at the border.
-                        let fy = ((oy as f64 + 0.5) * sy - 0.5).max(0.0);
-                        let fx = ((ox as f64 + 0.5) * sx - 0.5).max(0.0);
-                        let (y0, x0) = (
-                            (fy.floor() as usize).min(ih - 1),
-                            (fx.floor() as usize).min(iw - 1),
-                        );
-                        let (y1, x1) = ((y0 + 1).min(ih - 1), (x0 + 1).min(iw - 1));
-                        let (ly, lx) = (F::from_f64(fy - y0 as f64), F::from_f64(fx - x0 as f64));
-                        let one = F::one();
-                        let top = src[y0 * iw + x0] * (one - lx) + src[y0 * iw + x1] * lx;
-                        let bot = src[y1 * iw + x0] * (one - lx) + src[y1 * iw + x1] * lx;
-                        top * (one - ly) + bot * ly
-                    }
-                };
-            }
-        }
-    }
-    out
-}
-
 /// How the executor runs one conv node of a graph kind.
 pub trait ConvEval<F: Real>: ConvLike {
-    fn eval(&self, node: &str, x: &Tensor<F>, w: &Weights<F>) -> Result<Tensor<F>>;
+    /// `prefix` is the node's tensor prefix ([`crate::spec::Node::prefix`]).
+    fn eval(&self, prefix: &str, x: &Tensor<F>, w: &Weights<F>) -> Result<Tensor<F>>;
 }
 
 impl<F: Real> ConvEval<F> for DeployConv {
@@ -172,6 +59,18 @@ impl<F: Real> ConvEval<F> for DeployConv {
         let k = get(w, &format!("{node}.weight"))?;
         let b = get(w, &format!("{node}.bias"))?;
         Ok(conv2d(x, k, Some(&b.data), &self.shape))
+    }
+}
+
+/// The centred 1×1 branch of a RepVGG-style block: same stride, no padding (the block is
+/// centred, [`ConvShape::is_centred`]), so its tap is the dense kernel's centre.
+pub fn one_by_one(s: &ConvShape) -> ConvShape {
+    ConvShape {
+        kernel: [1, 1],
+        padding: [0; 4],
+        dilation: [1, 1],
+        bias: false,
+        ..s.clone()
     }
 }
 
@@ -192,13 +91,7 @@ impl<F: Real> ConvEval<F> for TrainConv {
                 None => y,
             })
         };
-        // The 1×1 branch: same stride, padding p − k/2 so its window is centred.
-        let one_by_one = ConvShape {
-            kernel: 1,
-            padding: s.padding - s.kernel / 2,
-            bias: false,
-            ..s.clone()
-        };
+        let one = one_by_one(s);
         match &self.method {
             Method::Plain => conv_bn(get(w, &format!("{node}.weight"))?),
             Method::Fnl { .. } | Method::Sfo { .. } => conv_bn(&compose_kernel(node, self, w)?),
@@ -210,9 +103,9 @@ impl<F: Real> ConvEval<F> for TrainConv {
                     s,
                 );
                 let mut y = batch_norm(&dense, &bn_at(&format!("{node}.rbr_dense.bn"))?);
-                if s.kernel > 1 {
+                if !s.is_1x1() {
                     let w1 = get(w, &format!("{node}.rbr_1x1.conv.weight"))?;
-                    let b1 = conv2d(x, w1, None, &one_by_one);
+                    let b1 = conv2d(x, w1, None, &one);
                     y = add(&y, &batch_norm(&b1, &bn_at(&format!("{node}.rbr_1x1.bn"))?));
                 }
                 if has_identity(s) {
@@ -228,9 +121,9 @@ impl<F: Real> ConvEval<F> for TrainConv {
                     s,
                 );
                 let mut y = batch_norm(&dense, &bn_at(&format!("{node}.rbr_dense.bn"))?);
-                if s.kernel > 1 {
+                if !s.is_1x1() {
                     let w1 = get(w, &format!("{node}.rbr_1x1.weight"))?;
-                    y = add(&y, &conv2d(x, w1, None, &one_by_one));
+                    y = add(&y, &conv2d(x, w1, None, &one));
                 }
                 if has_identity(s) {
                     y = add(&y, x);
@@ -241,97 +134,134 @@ impl<F: Real> ConvEval<F> for TrainConv {
     }
 }
 
+/// The reference [`Backend`]: every primitive is the op's naive kernel on [`Tensor`]s, with
+/// an optional hook on every node's output (rounding to a reduced precision between layers).
+pub struct Reference<'a, F: Real> {
+    pub weights: &'a Weights<F>,
+    pub after: Option<AfterHook<'a, F>>,
+}
+
+/// A hook on every node's output.
+pub type AfterHook<'a, F> = &'a mut dyn FnMut(&mut Tensor<F>);
+
+impl<F: Real> Reference<'_, F> {
+    fn w(&self, cx: &NodeCx, leaf: &str) -> Result<&Tensor<F>> {
+        get(self.weights, &cx.param(leaf))
+    }
+}
+
+impl<F: Real> Backend for Reference<'_, F> {
+    type T = Tensor<F>;
+    type Error = Error;
+
+    fn param(&mut self, cx: &NodeCx, leaf: &str) -> Result<Tensor<F>> {
+        Ok(self.w(cx, leaf)?.clone())
+    }
+    fn unary(&mut self, _cx: &NodeCx, x: &Tensor<F>, f: Unary) -> Result<Tensor<F>> {
+        let mut y = x.clone();
+        y.data.iter_mut().for_each(|v| *v = f.apply(*v));
+        Ok(y)
+    }
+    fn binary(
+        &mut self,
+        _cx: &NodeCx,
+        a: &Tensor<F>,
+        b: &Tensor<F>,
+        f: BinaryKind,
+    ) -> Result<Tensor<F>> {
+        Ok(ops::binary::apply_broadcast(a, b, f))
+    }
+    fn affine(&mut self, cx: &NodeCx, x: &Tensor<F>) -> Result<Tensor<F>> {
+        Ok(ops::affine::affine(
+            x,
+            &self.w(cx, "weight")?.data,
+            &self.w(cx, "bias")?.data,
+        ))
+    }
+    fn conv_transpose(
+        &mut self,
+        cx: &NodeCx,
+        x: &Tensor<F>,
+        op: &ConvTranspose,
+    ) -> Result<Tensor<F>> {
+        Ok(ops::conv_transpose::conv_transpose(
+            x,
+            self.w(cx, "weight")?,
+            &self.w(cx, "bias")?.data,
+            op,
+        ))
+    }
+    fn max_pool(&mut self, _cx: &NodeCx, x: &Tensor<F>, w: &Window) -> Result<Tensor<F>> {
+        Ok(ops::pool::pool(x, w, None))
+    }
+    fn avg_pool(&mut self, _cx: &NodeCx, x: &Tensor<F>, op: &AvgPool) -> Result<Tensor<F>> {
+        Ok(ops::pool::pool(x, &op.window, Some(op.count_include_pad)))
+    }
+    fn global_avg_pool(&mut self, _cx: &NodeCx, x: &Tensor<F>) -> Result<Tensor<F>> {
+        Ok(ops::pool::global_avg_pool(x))
+    }
+    fn concat(&mut self, _cx: &NodeCx, xs: &[&Tensor<F>]) -> Result<Tensor<F>> {
+        Ok(ops::concat::concat(xs))
+    }
+    fn flatten(&mut self, _cx: &NodeCx, x: &Tensor<F>) -> Result<Tensor<F>> {
+        let n = x.shape[0];
+        Ok(Tensor::new(vec![n, x.numel() / n], x.data.clone()))
+    }
+    fn linear(&mut self, cx: &NodeCx, x: &Tensor<F>) -> Result<Tensor<F>> {
+        let (w, b) = (self.w(cx, "weight")?, self.w(cx, "bias")?);
+        let f = w.shape[1];
+        if x.shape.len() != 2 || x.shape[1] != f {
+            return Err(exec_err(
+                cx.name,
+                format!("input {:?}, expected [N, {f}]", x.shape),
+            ));
+        }
+        Ok(ops::linear::linear(x, w, &b.data))
+    }
+    fn resize(&mut self, _cx: &NodeCx, x: &Tensor<F>, op: &Resize) -> Result<Tensor<F>> {
+        Ok(resize(x, op.height, op.width, op.mode))
+    }
+    fn l2_norm(&mut self, _cx: &NodeCx, x: &Tensor<F>) -> Result<Tensor<F>> {
+        Ok(ops::l2norm::l2_norm(x))
+    }
+    fn finish<C>(&mut self, _cx: &NodeCx, _op: &Op<C>, mut y: Tensor<F>) -> Result<Tensor<F>> {
+        if let Some(f) = self.after.as_mut() {
+            f(&mut y);
+        }
+        Ok(y)
+    }
+}
+
+impl<F: Real, C: ConvEval<F>> ConvBackend<C> for Reference<'_, F> {
+    fn conv(&mut self, cx: &NodeCx, c: &C, x: &Tensor<F>) -> Result<Tensor<F>> {
+        c.eval(cx.prefix, x, self.weights)
+    }
+}
+
 /// Every node's output (and the input), keyed by node name.
 pub type Activations<F> = HashMap<String, Tensor<F>>;
 
 /// Runs one node on its (already computed) inputs.
 pub fn eval_node<F: Real, C: ConvEval<F>>(
-    name: &str,
-    op: &Op<C>,
+    g: &Graph<C>,
+    node: &crate::spec::Node<C>,
     ins: &[&Tensor<F>],
     w: &Weights<F>,
 ) -> Result<Tensor<F>> {
-    let x = ins[0];
-    Ok(match op {
-        Op::Conv(c) => c.eval(name, x, w)?,
-        Op::Relu => {
-            let mut y = x.clone();
-            y.data.iter_mut().for_each(|v| *v = v.max(F::zero()));
-            y
-        }
-        Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        } => max_pool(x, *kernel, *stride, *padding),
-        Op::GlobalAvgPool => {
-            let (n, c) = (x.shape[0], x.shape[1]);
-            let plane = x.numel() / (n * c);
-            let scale = F::from_f64(1.0 / plane as f64);
-            let data = x
-                .data
-                .chunks(plane)
-                .map(|ch| ch.iter().copied().sum::<F>() * scale)
-                .collect();
-            Tensor::new(vec![n, c, 1, 1], data)
-        }
-        Op::Add => add(x, ins[1]),
-        Op::Resize {
-            height,
-            width,
-            mode,
-        } => resize(x, *height, *width, *mode),
-        Op::L2Norm => {
-            let (n, c) = (x.shape[0], x.shape[1]);
-            let plane = x.numel() / (n * c);
-            let mut y = x.clone();
-            let eps = F::from_f64(1e-12);
-            for b in 0..n {
-                for p in 0..plane {
-                    let idx = |ch: usize| (b * c + ch) * plane + p;
-                    let norm = (0..c)
-                        .map(|ch| x.data[idx(ch)] * x.data[idx(ch)])
-                        .sum::<F>()
-                        .sqrt()
-                        .max(eps);
-                    for ch in 0..c {
-                        y.data[idx(ch)] = x.data[idx(ch)] / norm;
-                    }
-                }
-            }
-            y
-        }
-        Op::Flatten => {
-            let n = x.shape[0];
-            Tensor::new(vec![n, x.numel() / n], x.data.clone())
-        }
-        Op::Linear {
-            in_features,
-            out_features,
-        } => {
-            let (wt, b) = (
-                get(w, &format!("{name}.weight"))?,
-                get(w, &format!("{name}.bias"))?,
-            );
-            let n = x.shape[0];
-            if x.shape != [n, *in_features] {
-                return Err(exec_err(
-                    name,
-                    format!("input {:?}, expected [N, {in_features}]", x.shape),
-                ));
-            }
-            let mut y = vec![F::zero(); n * out_features];
-            for i in 0..n {
-                for o in 0..*out_features {
-                    let row = &wt.data[o * in_features..][..*in_features];
-                    let xi = &x.data[i * in_features..][..*in_features];
-                    y[i * out_features + o] =
-                        row.iter().zip(xi).map(|(a, b)| *a * *b).sum::<F>() + b.data[o];
-                }
-            }
-            Tensor::new(vec![n, *out_features], y)
-        }
-    })
+    let shapes = g.infer_shapes()?;
+    let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+    let cx = NodeCx {
+        name: &node.name,
+        prefix: node.prefix(),
+        inputs: &node.inputs,
+        ins: &in_shapes,
+        out: &shapes[&node.name],
+    };
+    let mut b = Reference {
+        weights: w,
+        after: None,
+    };
+    node.op.forward(&mut b, &cx, ins)
 }
 
 /// Runs the whole graph on an NCHW batch and returns every node's output.
@@ -361,24 +291,14 @@ pub fn run_all_with<F: Real, C: ConvEval<F>>(
             ),
         ));
     }
-    let mut acts: Activations<F> = HashMap::new();
+    let shapes = g.infer_shapes()?;
     let mut x = x.clone();
     after(&mut x);
-    acts.insert(INPUT.to_string(), x);
-    for n in &g.nodes {
-        let ins: Vec<&Tensor<F>> = n
-            .inputs
-            .iter()
-            .map(|i| {
-                acts.get(i)
-                    .ok_or_else(|| exec_err(&n.name, format!("input `{i}` not computed")))
-            })
-            .collect::<Result<_>>()?;
-        let mut y = eval_node(&n.name, &n.op, &ins, w)?;
-        after(&mut y);
-        acts.insert(n.name.clone(), y);
-    }
-    Ok(acts)
+    let mut b = Reference {
+        weights: w,
+        after: Some(after),
+    };
+    ops::run_graph(g, &shapes, &mut b, x)
 }
 
 /// Runs the graph and returns its named outputs in spec order.

@@ -66,24 +66,27 @@ pub fn fold_bn<F: Real>(w: &Tensor<F>, b: Option<&[F]>, bn: &Bn<F>) -> (Tensor<F
     (out, bias)
 }
 
-/// transVI: zero-pad a centred 1×1 kernel `[O, I, 1, 1]` to `[O, I, k, k]`.
-pub fn pad_1x1<F: Real>(w: &Tensor<F>, k: usize) -> Tensor<F> {
+/// transVI: zero-pad a centred 1×1 kernel `[O, I, 1, 1]` to `[O, I, kh, kw]` (its tap at the
+/// centre `(kh/2, kw/2)`, which a centred conv's dilation does not move).
+pub fn pad_1x1<F: Real>(w: &Tensor<F>, kernel: [usize; 2]) -> Tensor<F> {
     let (o, i) = (w.shape[0], w.shape[1]);
-    let mut out = Tensor::zeros(&[o, i, k, k]);
-    let c = k / 2;
+    let [kh, kw] = kernel;
+    let mut out = Tensor::zeros(&[o, i, kh, kw]);
+    let centre = (kh / 2) * kw + kw / 2;
     for oi in 0..o * i {
-        out.data[oi * k * k + c * k + c] = w.data[oi];
+        out.data[oi * kh * kw + centre] = w.data[oi];
     }
     out
 }
 
-/// The identity as a grouped k×k kernel: `Id[o, o mod (I/g), k/2, k/2] = 1` (methods.md §1.3).
+/// The identity as a grouped kh×kw kernel: `Id[o, o mod (I/g), kh/2, kw/2] = 1`
+/// (methods.md §1.3).
 pub fn identity_kernel<F: Real>(s: &ConvShape) -> Tensor<F> {
-    let [o, ig, k, _] = s.weight_shape();
-    let mut out = Tensor::zeros(&[o, ig, k, k]);
-    let c = k / 2;
+    let [o, ig, kh, kw] = s.weight_shape();
+    let mut out = Tensor::zeros(&[o, ig, kh, kw]);
+    let centre = (kh / 2) * kw + kw / 2;
     for oc in 0..o {
-        out.data[((oc * ig + oc % ig) * k + c) * k + c] = F::one();
+        out.data[(oc * ig + oc % ig) * kh * kw + centre] = F::one();
     }
     out
 }
@@ -123,7 +126,7 @@ fn check_factor<F>(t: &Tensor<F>, name: &str, want: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// SFO: `W = reshape((U·M)·V)` on the O×(I·k²) view, per group (methods.md §5.1).
+/// SFO: `W = reshape((U·M)·V)` on the O×(I·kh·kw) view, per group (methods.md §5.1).
 pub fn compose_sfo<F: Real>(
     s: &ConvShape,
     rank: usize,
@@ -136,11 +139,7 @@ pub fn compose_sfo<F: Real>(
     check_factor(m, "M", &sm)?;
     check_factor(v, "V", &sv)?;
     let g = s.groups;
-    let (o, ikk, d) = (
-        s.out_channels / g,
-        s.in_channels / g * s.kernel * s.kernel,
-        rank,
-    );
+    let (o, ikk, d) = (s.out_channels / g, s.fan_in(), rank);
     let mut data = Vec::with_capacity(g * o * ikk);
     for gi in 0..g {
         let ug = &u.data[gi * o * d..(gi + 1) * o * d];
@@ -152,8 +151,8 @@ pub fn compose_sfo<F: Real>(
     Ok(Tensor::new(s.weight_shape().to_vec(), data))
 }
 
-/// FNL: `Ŵ = (U·M)·Vᵀ` on the (O·k)×(I·k) view with rows (o,u) and columns (i,v), the index
-/// order the forward pass uses (methods.md §1.9; the reference SI's raw reshape differs).
+/// FNL: `Ŵ = (U·M)·Vᵀ` on the (O·kh)×(I·kw) view with rows (o,u) and columns (i,v), the
+/// index order the forward pass uses (methods.md §1.9; the reference SI's raw reshape differs).
 pub fn compose_fnl<F: Real>(
     s: &ConvShape,
     rank: usize,
@@ -166,20 +165,21 @@ pub fn compose_fnl<F: Real>(
     check_factor(m, "M", &sm)?;
     check_factor(v, "V", &sv)?;
     let g = s.groups;
-    let (o, i, k, r) = (s.out_channels / g, s.in_channels / g, s.kernel, rank);
+    let (o, i, r) = (s.out_channels / g, s.in_channels / g, rank);
+    let [kh, kw] = s.kernel;
     let mut out = Tensor::zeros(&s.weight_shape());
     for gi in 0..g {
-        let ug = &u.data[gi * o * k * r..(gi + 1) * o * k * r];
+        let ug = &u.data[gi * o * kh * r..(gi + 1) * o * kh * r];
         let mg = &m.data[gi * r * r..(gi + 1) * r * r];
-        let vg = &v.data[gi * i * k * r..(gi + 1) * i * k * r];
-        let um = matmul(o * k, r, r, ug, mg);
-        let what = matmul(o * k, r, i * k, &um, &transpose(i * k, r, vg));
+        let vg = &v.data[gi * i * kw * r..(gi + 1) * i * kw * r];
+        let um = matmul(o * kh, r, r, ug, mg);
+        let what = matmul(o * kh, r, i * kw, &um, &transpose(i * kw, r, vg));
         for oo in 0..o {
-            for uu in 0..k {
+            for uu in 0..kh {
                 for ii in 0..i {
-                    for vv in 0..k {
-                        out.data[(((gi * o + oo) * i + ii) * k + uu) * k + vv] =
-                            what[(oo * k + uu) * (i * k) + ii * k + vv];
+                    for vv in 0..kw {
+                        out.data[(((gi * o + oo) * i + ii) * kh + uu) * kw + vv] =
+                            what[(oo * kh + uu) * (i * kw) + ii * kw + vv];
                     }
                 }
             }
@@ -237,7 +237,7 @@ pub fn fold_conv<F: Real>(
                 None,
                 &Bn::from_weights(w, &format!("{node}.rbr_dense.bn"), eps)?,
             );
-            if s.kernel > 1 {
+            if !s.is_1x1() {
                 let w1 = get(w, &format!("{node}.rbr_1x1.conv.weight"))?;
                 let (k1, b1) = fold_bn(
                     w1,
@@ -265,7 +265,7 @@ pub fn fold_conv<F: Real>(
                 None,
                 &Bn::from_weights(w, &format!("{node}.rbr_dense.bn"), eps)?,
             );
-            if s.kernel > 1 {
+            if !s.is_1x1() {
                 add_into(
                     &mut k,
                     &pad_1x1(get(w, &format!("{node}.rbr_1x1.weight"))?, s.kernel),
@@ -303,21 +303,22 @@ pub fn deploy_spec(spec: &TrainSpec) -> Result<DeploySpec> {
 pub fn fold<F: Real>(spec: &TrainSpec, w: &Weights<F>) -> Result<(DeploySpec, Weights<F>)> {
     let deploy = deploy_spec(spec)?;
     crate::checkpoint::check_against_layout(&train_layout(spec)?, w)?;
+    let shapes = spec.infer_shapes()?;
     let mut out_w = Weights::new();
     for n in &spec.nodes {
         match &n.op {
             Op::Conv(c) => {
-                let (k, b) = fold_conv(&n.name, c, w)?;
-                out_w.insert(format!("{}.weight", n.name), k);
-                out_w.insert(format!("{}.bias", n.name), Tensor::new(vec![b.len()], b));
+                let p = n.prefix();
+                let (k, b) = fold_conv(p, c, w)?;
+                out_w.insert(format!("{p}.weight"), k);
+                out_w.insert(format!("{p}.bias"), Tensor::new(vec![b.len()], b));
             }
-            Op::Linear { .. } => {
-                for p in ["weight", "bias"] {
-                    let name = format!("{}.{p}", n.name);
-                    out_w.insert(name.clone(), get(w, &name)?.clone());
+            // Every other op's tensors are the same at both stages.
+            _ => {
+                for p in crate::layout::train_node_params(n, &shapes) {
+                    out_w.insert(p.name.clone(), get(w, &p.name)?.clone());
                 }
             }
-            _ => {}
         }
     }
     Ok((deploy, out_w))
@@ -326,11 +327,5 @@ pub fn fold<F: Real>(spec: &TrainSpec, w: &Weights<F>) -> Result<(DeploySpec, We
 /// A deploy graph as a train graph of plain convs with bias and no BN: the same function, so
 /// a deploy checkpoint runs wherever a train spec does (the tch model, the executor).
 pub fn as_train_spec(deploy: &DeploySpec) -> Result<TrainSpec> {
-    deploy.try_map_convs(|c| {
-        Ok(TrainConv {
-            shape: c.shape.clone(),
-            bn: None,
-            method: Method::Plain,
-        })
-    })
+    deploy.try_map_convs(|c| Ok(TrainConv::new(c.shape.clone(), None, Method::Plain)))
 }

@@ -31,7 +31,7 @@ pub struct InitOptions {
 
 /// torchvision's ResNet conv init: kaiming normal, fan_out, ReLU gain: std = √(2 / (O·k²)).
 pub fn plain_kernel(node: &str, s: &ConvShape, seed: u64) -> Tensor<f64> {
-    let std = (2.0 / (s.out_channels * s.kernel * s.kernel) as f64).sqrt();
+    let std = (2.0 / (s.out_channels * s.taps()) as f64).sqrt();
     Rng::derive(seed, &format!("{node}.kernel")).normal_tensor(&s.weight_shape(), std)
 }
 
@@ -46,32 +46,22 @@ pub fn init_train_weights(spec: &TrainSpec, opts: &InitOptions) -> Result<Weight
     )?;
     for n in &spec.nodes {
         let Op::Conv(c) = &n.op else { continue };
-        let s = &c.shape;
+        let (s, p) = (&c.shape, n.prefix());
         match &c.method {
             Method::Plain => {
-                w64.insert(
-                    format!("{}.weight", n.name),
-                    plain_kernel(&n.name, s, opts.seed),
-                );
+                w64.insert(format!("{p}.weight"), plain_kernel(p, s, opts.seed));
             }
             Method::Repvgg | Method::Qarepvgg => {
                 let one = if matches!(c.method, Method::Repvgg) {
-                    format!("{}.rbr_1x1.conv.weight", n.name)
+                    format!("{p}.rbr_1x1.conv.weight")
                 } else {
-                    format!("{}.rbr_1x1.weight", n.name)
+                    format!("{p}.rbr_1x1.weight")
                 };
-                let s1 = ConvShape {
-                    kernel: 1,
-                    padding: 0,
-                    ..s.clone()
-                };
+                let s1 = crate::exec::one_by_one(s);
+                w64.insert(one, plain_kernel(&format!("{p}.rbr_1x1"), &s1, opts.seed));
                 w64.insert(
-                    one,
-                    plain_kernel(&format!("{}.rbr_1x1", n.name), &s1, opts.seed),
-                );
-                w64.insert(
-                    format!("{}.rbr_dense.conv.weight", n.name),
-                    plain_kernel(&n.name, s, opts.seed),
+                    format!("{p}.rbr_dense.conv.weight"),
+                    plain_kernel(p, s, opts.seed),
                 );
             }
             Method::Fnl { .. } | Method::Sfo { .. } => {}
@@ -105,12 +95,16 @@ fn default_param(
         ParamKind::BnWeight | ParamKind::BnVar => Tensor::full(shape, 1.0),
         ParamKind::BnBias | ParamKind::BnMean | ParamKind::BnCount => Tensor::zeros(shape),
         // PyTorch's default for Linear and for conv biases: U(±1/√fan_in).
-        ParamKind::LinearWeight | ParamKind::Bias => {
+        ParamKind::LinearWeight | ParamKind::Bias | ParamKind::TransposedWeight => {
             let fan_in = fan_in_of(name, spec).unwrap_or(shape.get(1).copied().unwrap_or(1));
             let b = 1.0 / (fan_in.max(1) as f64).sqrt();
             rng.uniform_tensor(shape, -b, b)
         }
-        ParamKind::ConvWeight | ParamKind::FactorU | ParamKind::FactorM | ParamKind::FactorV => {
+        ParamKind::ConvWeight
+        | ParamKind::FactorU
+        | ParamKind::FactorM
+        | ParamKind::FactorV
+        | ParamKind::Constant => {
             return Err(Error::weights(name, "no initialiser produced this tensor"));
         }
     })
@@ -118,13 +112,11 @@ fn default_param(
 
 /// Fan-in of the layer that owns a bias or linear weight.
 fn fan_in_of(tensor: &str, spec: &TrainSpec) -> Option<usize> {
-    let node = tensor.rsplit_once('.')?.0;
-    match &spec.node(node)?.op {
-        Op::Conv(c) => {
-            let s = &c.shape;
-            Some(s.in_channels / s.groups * s.kernel * s.kernel)
-        }
-        Op::Linear { in_features, .. } => Some(*in_features),
+    let prefix = tensor.rsplit_once('.')?.0;
+    match &spec.nodes.iter().find(|n| n.prefix() == prefix)?.op {
+        Op::Conv(c) => Some(c.shape.fan_in()),
+        Op::Linear(l) => Some(l.in_features),
+        Op::ConvTranspose(t) => Some(t.in_channels / t.groups * t.kernel[0] * t.kernel[1]),
         _ => None,
     }
 }
@@ -156,7 +148,7 @@ fn embed3(p: &Mat, a: &Mat, q: &Mat, d: usize, rngs: [&mut Rng; 3]) -> (Mat, Mat
     (u, mm, v)
 }
 
-/// A kernel group's matrix view `[O/g, I/g·k²]` (SFO) as a Mat.
+/// A kernel group's matrix view `[O/g, I/g·kh·kw]` (SFO) as a Mat.
 fn sfo_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
     let o = s.out_channels / s.groups;
     let n = w.numel() / s.out_channels;
@@ -165,18 +157,15 @@ fn sfo_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
 
 /// The FNL view Ŵ[(o,u),(i,v)] = W[o,i,u,v] of one group.
 fn fnl_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
-    let (o, i, k) = (
-        s.out_channels / s.groups,
-        s.in_channels / s.groups,
-        s.kernel,
-    );
-    let mut m = Mat::zeros(o * k, i * k);
+    let (o, i) = (s.out_channels / s.groups, s.in_channels / s.groups);
+    let [kh, kw] = s.kernel;
+    let mut m = Mat::zeros(o * kh, i * kw);
     for oo in 0..o {
         for ii in 0..i {
-            for u in 0..k {
-                for v in 0..k {
-                    let src = (((g * o + oo) * i + ii) * k + u) * k + v;
-                    m.set(oo * k + u, ii * k + v, w.data[src]);
+            for u in 0..kh {
+                for v in 0..kw {
+                    let src = (((g * o + oo) * i + ii) * kh + u) * kw + v;
+                    m.set(oo * kh + u, ii * kw + v, w.data[src]);
                 }
             }
         }
@@ -200,10 +189,11 @@ pub fn factorise_all(
     let mut groups: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
     for n in &spec.nodes {
         let Op::Conv(c) = &n.op else { continue };
+        let p = n.prefix();
         match &c.method {
             Method::Fnl { .. } | Method::Sfo { share: None, .. } => {
-                let k = kernel_of(&n.name, c)?;
-                out.extend(factorise(&[(&n.name, c, &k)], seed)?);
+                let k = kernel_of(p, c)?;
+                out.extend(factorise(&[(p, c, &k)], seed)?);
             }
             Method::Sfo {
                 share: Some(sh), ..
@@ -211,7 +201,7 @@ pub fn factorise_all(
                 groups
                     .entry(&sh.group)
                     .or_default()
-                    .push((&n.name, c, kernel_of(&n.name, c)?));
+                    .push((p, c, kernel_of(p, c)?));
             }
             _ => {}
         }

@@ -17,7 +17,11 @@
 //!   next to the block's usual BN. Grouped convs get a leading group dimension. Shared SFO
 //!   head factors are `<group>.U` / `<group>.V`, and each head keeps `<conv>.M` (and `<conv>.U`
 //!   when output widths differ).
-//! - Deploy: `<conv>.weight`, `<conv>.bias` for every conv; `<linear>.weight|bias`.
+//! - Deploy: `<conv>.weight`, `<conv>.bias` for every conv; `<linear>.weight|bias`; an
+//!   affine's `weight|bias` (scale, shift), a transposed conv's `weight|bias`, and an
+//!   elementwise op's constant `value`.
+//! - `<conv>` is the node's tensor prefix ([`crate::spec::Node::prefix`]): its name, or for
+//!   an imported node the PyTorch module path the exporter kept.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +44,10 @@ pub enum ParamKind {
     FactorM,
     FactorV,
     LinearWeight,
+    /// A ConvTranspose kernel `[I, O/g, kh, kw]`.
+    TransposedWeight,
+    /// A constant operand of an elementwise op (never trained).
+    Constant,
 }
 
 impl ParamKind {
@@ -47,7 +55,7 @@ impl ParamKind {
     pub fn is_buffer(self) -> bool {
         matches!(
             self,
-            ParamKind::BnMean | ParamKind::BnVar | ParamKind::BnCount
+            ParamKind::BnMean | ParamKind::BnVar | ParamKind::BnCount | ParamKind::Constant
         )
     }
     pub fn is_factor(self) -> bool {
@@ -58,7 +66,10 @@ impl ParamKind {
     }
     /// Ordinary weight decay applies (not to BN, biases or factors, which get Frobenius decay).
     pub fn takes_weight_decay(self) -> bool {
-        matches!(self, ParamKind::ConvWeight | ParamKind::LinearWeight)
+        matches!(
+            self,
+            ParamKind::ConvWeight | ParamKind::LinearWeight | ParamKind::TransposedWeight
+        )
     }
 }
 
@@ -70,7 +81,7 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
-    fn new(name: String, shape: Vec<usize>, kind: ParamKind) -> Self {
+    pub fn new(name: String, shape: Vec<usize>, kind: ParamKind) -> Self {
         Self { name, shape, kind }
     }
     pub fn numel(&self) -> usize {
@@ -106,25 +117,27 @@ fn grouped(g: usize, shape: &[usize]) -> Vec<usize> {
     }
 }
 
-/// Shapes of the SFO factors `(U, M, V)` for one conv.
+/// Shapes of the SFO factors `(U, M, V)` for one conv: W = U·M·V on the O×(I·kh·kw) view.
 pub fn sfo_shapes(s: &ConvShape, rank: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let g = s.groups;
-    let (o, i, k) = (s.out_channels / g, s.in_channels / g, s.kernel);
+    let o = s.out_channels / g;
     (
         grouped(g, &[o, rank]),
         grouped(g, &[rank, rank]),
-        grouped(g, &[rank, i * k * k]),
+        grouped(g, &[rank, s.fan_in()]),
     )
 }
 
-/// Shapes of the FNL factors `(U, M, V)` for one conv: Ŵ = U·M·Vᵀ, Ŵ ∈ R^{(O·k)×(I·k)}.
+/// Shapes of the FNL factors `(U, M, V)` for one conv: Ŵ = U·M·Vᵀ, Ŵ ∈ R^{(O·kh)×(I·kw)}
+/// (rows (o, u), columns (i, v); the square (O·k)×(I·k) of Khodak et al. for k×k kernels).
 pub fn fnl_shapes(s: &ConvShape, rank: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let g = s.groups;
-    let (o, i, k) = (s.out_channels / g, s.in_channels / g, s.kernel);
+    let (o, i) = (s.out_channels / g, s.in_channels / g);
+    let [kh, kw] = s.kernel;
     (
-        grouped(g, &[o * k, rank]),
+        grouped(g, &[o * kh, rank]),
         grouped(g, &[rank, rank]),
-        grouped(g, &[i * k, rank]),
+        grouped(g, &[i * kw, rank]),
     )
 }
 
@@ -181,7 +194,7 @@ pub fn conv_params(node: &str, c: &TrainConv) -> Vec<ParamSpec> {
                 ConvWeight,
             ));
             out.extend(bn_params(&format!("{node}.rbr_dense.bn"), o));
-            if s.kernel > 1 {
+            if !s.is_1x1() {
                 let w1 = vec![o, s.in_channels / s.groups, 1, 1];
                 if qa {
                     out.push(ParamSpec::new(
@@ -221,32 +234,63 @@ pub fn conv_params(node: &str, c: &TrainConv) -> Vec<ParamSpec> {
     out
 }
 
-fn linear_params(node: &str, i: usize, o: usize) -> [ParamSpec; 2] {
-    [
+/// The tensors of a deploy conv: `<prefix>.weight`, `<prefix>.bias`.
+pub fn deploy_conv_params(prefix: &str, s: &ConvShape) -> Vec<ParamSpec> {
+    vec![
         ParamSpec::new(
-            format!("{node}.weight"),
-            vec![o, i],
-            ParamKind::LinearWeight,
+            format!("{prefix}.weight"),
+            s.weight_shape().to_vec(),
+            ParamKind::ConvWeight,
         ),
-        ParamSpec::new(format!("{node}.bias"), vec![o], ParamKind::Bias),
+        ParamSpec::new(
+            format!("{prefix}.bias"),
+            vec![s.out_channels],
+            ParamKind::Bias,
+        ),
     ]
+}
+
+/// The tensors a non-conv node owns (linear layers, affines, constants, transposed convs),
+/// from its op's own rule, under the node's prefix.
+fn op_params<C: crate::spec::ConvLike>(
+    n: &crate::spec::Node<C>,
+    shapes: &std::collections::HashMap<String, crate::spec::ActShape>,
+) -> Vec<ParamSpec> {
+    let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+    n.op.shape_rules()
+        .map_or_else(Vec::new, |r| r.params(n.prefix(), &ins))
+}
+
+/// The tensors of one train-time node.
+pub fn train_node_params(
+    n: &crate::spec::Node<TrainConv>,
+    shapes: &std::collections::HashMap<String, crate::spec::ActShape>,
+) -> Vec<ParamSpec> {
+    match &n.op {
+        Op::Conv(c) => conv_params(n.prefix(), c),
+        _ => op_params(n, shapes),
+    }
+}
+
+/// The tensors of one deploy-time node.
+pub fn deploy_node_params(
+    n: &crate::spec::Node<crate::spec::DeployConv>,
+    shapes: &std::collections::HashMap<String, crate::spec::ActShape>,
+) -> Vec<ParamSpec> {
+    match &n.op {
+        Op::Conv(c) => deploy_conv_params(n.prefix(), &c.shape),
+        _ => op_params(n, shapes),
+    }
 }
 
 /// Every tensor of a train spec, in node order; shared tensors appear once (their first
 /// declaration), and declarations that disagree on shape are an error.
 pub fn train_layout(spec: &TrainSpec) -> Result<Vec<ParamSpec>> {
+    let shapes = spec.infer_shapes()?;
     let mut out: Vec<ParamSpec> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for n in &spec.nodes {
-        let params: Vec<ParamSpec> = match &n.op {
-            Op::Conv(c) => conv_params(&n.name, c),
-            Op::Linear {
-                in_features,
-                out_features,
-            } => linear_params(&n.name, *in_features, *out_features).to_vec(),
-            _ => continue,
-        };
-        for p in params {
+        for p in train_node_params(n, &shapes) {
             if let Some(&i) = seen.get(&p.name) {
                 if out[i].shape != p.shape || out[i].kind != p.kind {
                     return Err(Error::Spec(format!(
@@ -263,31 +307,16 @@ pub fn train_layout(spec: &TrainSpec) -> Result<Vec<ParamSpec>> {
     Ok(out)
 }
 
-/// Every tensor of a deploy spec.
+/// Every tensor of a deploy spec (empty when the spec's shapes do not check: validate it
+/// first).
 pub fn deploy_layout(spec: &DeploySpec) -> Vec<ParamSpec> {
-    let mut out = Vec::new();
-    for n in &spec.nodes {
-        match &n.op {
-            Op::Conv(c) => {
-                out.push(ParamSpec::new(
-                    format!("{}.weight", n.name),
-                    c.shape.weight_shape().to_vec(),
-                    ParamKind::ConvWeight,
-                ));
-                out.push(ParamSpec::new(
-                    format!("{}.bias", n.name),
-                    vec![c.shape.out_channels],
-                    ParamKind::Bias,
-                ));
-            }
-            Op::Linear {
-                in_features,
-                out_features,
-            } => out.extend(linear_params(&n.name, *in_features, *out_features)),
-            _ => {}
-        }
-    }
-    out
+    let Ok(shapes) = spec.infer_shapes() else {
+        return vec![];
+    };
+    spec.nodes
+        .iter()
+        .flat_map(|n| deploy_node_params(n, &shapes))
+        .collect()
 }
 
 /// Trainable parameter count (buffers excluded), as PyTorch's `sum(p.numel() for p in parameters())`.

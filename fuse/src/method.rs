@@ -131,22 +131,48 @@ impl MethodConfig {
 
     /// The method for one conv (plain where this config does not replace it).
     pub fn for_conv(&self, shape: &ConvShape) -> Method {
-        if shape.kernel == 1 && !self.include_1x1 {
-            return Method::Plain;
+        self.for_conv_why(shape).0
+    }
+
+    /// The method for one conv, and why it stays plain where the method was asked for but
+    /// cannot take it: FNL and SFO on a depthwise conv (a 1×(kh·kw) kernel per channel has no
+    /// room to factorise), RepVGG-style branches on a conv that is not centred (their 1×1 and
+    /// identity taps must sit on the kernel's centre).
+    pub fn for_conv_why(&self, shape: &ConvShape) -> (Method, Option<String>) {
+        if shape.is_1x1() && !self.include_1x1 {
+            return (Method::Plain, None);
         }
         let g = shape.groups;
-        let (o, i, k) = (shape.out_channels / g, shape.in_channels / g, shape.kernel);
+        let o = shape.out_channels / g;
+        let plain = |why: String| (Method::Plain, Some(why));
         match self.kind {
-            MethodKind::Plain => Method::Plain,
-            MethodKind::Repvgg => Method::Repvgg,
-            MethodKind::Qarepvgg => Method::Qarepvgg,
-            MethodKind::Fnl => Method::Fnl {
-                rank: ((self.fnl_rank_scale * (o * k) as f64).round() as usize).max(1),
-            },
-            MethodKind::Sfo => Method::Sfo {
-                rank: self.sfo_expand.max(1) * o.min(i * k * k),
-                share: None,
-            },
+            MethodKind::Plain => (Method::Plain, None),
+            MethodKind::Repvgg | MethodKind::Qarepvgg if !shape.is_centred() => plain(format!(
+                "{} needs odd kernel sides with 'same' padding so its 1×1 and identity branches align with the kernel's centre; this conv is {}",
+                self.kind.as_str(),
+                shape.describe()
+            )),
+            MethodKind::Repvgg => (Method::Repvgg, None),
+            MethodKind::Qarepvgg => (Method::Qarepvgg, None),
+            MethodKind::Fnl | MethodKind::Sfo if shape.is_depthwise() => plain(format!(
+                "{} factorises a conv's kernel matrix; a depthwise conv has one input channel per group, so each group's kernel is a single row ({}), with nothing to factorise",
+                self.kind.as_str(),
+                shape.describe()
+            )),
+            MethodKind::Fnl => (
+                Method::Fnl {
+                    rank: ((self.fnl_rank_scale * (o * shape.kernel[0]) as f64).round() as usize)
+                        .max(1),
+                },
+                None,
+            ),
+            MethodKind::Sfo => (
+                Method::Sfo {
+                    rank: self.sfo_expand.max(1) * o.min(shape.fan_in()),
+                    share: None,
+                },
+                None,
+            ),
         }
     }
 
@@ -181,7 +207,7 @@ pub const MAX_EXPANSION: usize = 64;
 
 /// Whether a RepVGG-style identity branch exists for this conv.
 pub fn has_identity(s: &ConvShape) -> bool {
-    s.stride == 1 && s.in_channels == s.out_channels && s.padding == s.kernel / 2
+    s.stride == [1, 1] && s.in_channels == s.out_channels && s.is_centred()
 }
 
 /// Refuses configurations whose fold would not be exact.
@@ -200,12 +226,12 @@ pub fn check_applicable(node: &str, c: &TrainConv) -> Result<()> {
             if c.bn.is_none() {
                 return fail("it replaces a conv and its BatchNorm, and this conv has none".into());
             }
-            if s.kernel.is_multiple_of(2) || s.padding != s.kernel / 2 {
-                // Centred 1×1 and identity branches need an odd kernel with 'same' padding
+            if !s.is_centred() {
+                // Centred 1×1 and identity branches need odd kernel sides with 'same' padding
                 // (methods.md §1.2, transVI).
                 return fail(format!(
-                    "needs an odd kernel with padding k/2, got k={} p={}",
-                    s.kernel, s.padding
+                    "needs odd kernel sides with padding d·(k−1)/2 on each side, got {}",
+                    s.describe()
                 ));
             }
             Ok(())
@@ -297,15 +323,7 @@ mod tests {
 
     #[test]
     fn ranks_beyond_the_bound_are_refused_before_any_layout() {
-        let shape = ConvShape {
-            in_channels: 3,
-            out_channels: 6,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            groups: 1,
-            bias: false,
-        };
+        let shape = ConvShape::new(3, 6, 3, 1);
         for method in [
             Method::Sfo {
                 rank: MAX_RANK + 1,
@@ -314,22 +332,18 @@ mod tests {
             Method::Fnl { rank: 1 << 32 },
             Method::Fnl { rank: 0 },
         ] {
-            let c = TrainConv {
-                shape: shape.clone(),
-                bn: None,
-                method,
-            };
+            let c = TrainConv::new(shape.clone(), None, method);
             let e = check_applicable("conv", &c).unwrap_err().to_string();
             assert!(e.contains("outside 1..="), "{e}");
         }
-        let c = TrainConv {
+        let c = TrainConv::new(
             shape,
-            bn: None,
-            method: Method::Sfo {
+            None,
+            Method::Sfo {
                 rank: MAX_RANK,
                 share: None,
             },
-        };
+        );
         assert!(check_applicable("conv", &c).is_ok());
     }
 }

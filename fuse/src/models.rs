@@ -108,11 +108,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn push(&mut self, name: &str, inputs: &[&str], op: Op<TrainConv>) -> String {
-        self.nodes.push(Node {
-            name: name.to_string(),
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-            op,
-        });
+        self.nodes.push(Node::new(name, inputs, op));
         name.to_string()
     }
     /// A conv (with or without its own bias) followed by a BN named `bn`.
@@ -121,18 +117,15 @@ impl Builder<'_> {
         self.push(
             name,
             &[input],
-            Op::Conv(TrainConv {
+            Op::Conv(TrainConv::new(
                 shape,
-                bn: Some(BatchNorm {
-                    name: bn.to_string(),
-                    eps: 1e-5,
-                }),
+                Some(BatchNorm::new(bn, 1e-5)),
                 method,
-            }),
+            )),
         )
     }
     fn relu(&mut self, name: &str, input: &str) -> String {
-        self.push(name, &[input], Op::Relu)
+        self.push(name, &[input], Op::relu())
     }
 }
 
@@ -232,7 +225,7 @@ fn resnet_cifar(
             } else {
                 identity
             };
-            y = b.push(&format!("{p}.add"), &[&y, &shortcut], Op::Add);
+            y = b.push(&format!("{p}.add"), &[&y, &shortcut], Op::add());
             x = b.relu(&format!("{p}.relu"), &y);
             ch = out_ch;
         }
@@ -247,16 +240,9 @@ fn finish_classifier(
     ch: usize,
     opts: &ClassifierOptions,
 ) -> Result<TrainSpec> {
-    let x = b.push("avgpool", &[x], Op::GlobalAvgPool);
-    let x = b.push("flatten", &[&x], Op::Flatten);
-    let x = b.push(
-        "fc",
-        &[&x],
-        Op::Linear {
-            in_features: ch,
-            out_features: opts.num_classes,
-        },
-    );
+    let x = b.push("avgpool", &[x], Op::global_avg_pool());
+    let x = b.push("flatten", &[&x], Op::flatten());
+    let x = b.push("fc", &[&x], Op::linear(ch, opts.num_classes));
     let spec = TrainSpec {
         model: model.to_string(),
         input: InputSpec {
@@ -266,10 +252,7 @@ fn finish_classifier(
             normalize: None,
         },
         nodes: b.nodes,
-        outputs: vec![OutputSpec {
-            name: "logits".into(),
-            node: x,
-        }],
+        outputs: vec![OutputSpec::new("logits", x)],
     };
     spec.validate()?;
     Ok(spec)
@@ -300,15 +283,7 @@ fn vgg_small(opts: &ClassifierOptions) -> Result<TrainSpec> {
             ch = c;
         }
         if stage < 2 {
-            x = b.push(
-                &format!("features.{idx}"),
-                &[&x],
-                Op::MaxPool {
-                    kernel: 2,
-                    stride: 2,
-                    padding: 0,
-                },
-            );
+            x = b.push(&format!("features.{idx}"), &[&x], Op::max_pool(2, 2, 0));
             idx += 1;
         }
     }
@@ -320,18 +295,16 @@ fn vgg_small(opts: &ClassifierOptions) -> Result<TrainSpec> {
 /// U and M (group `last`). Used by tests of both the fuse and train crates.
 pub fn shared_heads_example() -> TrainSpec {
     let conv = |shape: ConvShape, bn: &str, method: Method| {
-        Op::Conv(TrainConv {
+        Op::Conv(TrainConv::new(
             shape,
-            bn: Some(BatchNorm {
-                name: bn.to_string(),
-                eps: 1e-5,
-            }),
+            Some(BatchNorm::new(bn, 1e-5)),
             method,
-        })
+        ))
     };
     let head = |name: &str, out: usize, group: &str, share_u: bool, rank: usize| Node {
         name: name.into(),
         inputs: vec!["trunk".into()],
+        params: None,
         op: conv(
             ConvShape {
                 bias: true,
@@ -350,6 +323,7 @@ pub fn shared_heads_example() -> TrainSpec {
     let trunk = Node {
         name: "trunk".into(),
         inputs: vec![INPUT.into()],
+        params: None,
         op: conv(
             ConvShape::new(3, 6, 3, 1),
             "trunk_bn",
@@ -380,6 +354,7 @@ pub fn shared_heads_example() -> TrainSpec {
             .map(|n| OutputSpec {
                 name: n.to_string(),
                 node: n.to_string(),
+                role: overparam_base::Role::Raw,
             })
             .collect(),
     }
@@ -452,15 +427,7 @@ pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
             ch = w(c);
         }
         sizes.push((h, wd));
-        x = b.push(
-            &format!("encoder.{s}.pool"),
-            &[&x],
-            Op::MaxPool {
-                kernel: 2,
-                stride: 2,
-                padding: 0,
-            },
-        );
+        x = b.push(&format!("encoder.{s}.pool"), &[&x], Op::max_pool(2, 2, 0));
         (h, wd) = (h / 2, wd / 2);
     }
     for (s, &(c, n)) in stages.iter().enumerate().rev() {
@@ -468,11 +435,7 @@ pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
         x = b.push(
             &format!("decoder.{s}.up"),
             &[&x],
-            Op::Resize {
-                height: th,
-                width: tw,
-                mode: ResizeMode::Nearest,
-            },
+            Op::resize(th, tw, ResizeMode::Nearest),
         );
         // Mirror the encoder: the last conv of a stage maps to the previous stage's width.
         let out = if s == 0 { w(64) } else { w(stages[s - 1].0) };
@@ -509,11 +472,7 @@ pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
             b.push(
                 &name,
                 &[input],
-                Op::Conv(TrainConv {
-                    shape,
-                    bn: None,
-                    method,
-                }),
+                Op::Conv(TrainConv::new(shape, None, method)),
             )
         };
         let hidden = head(
@@ -539,12 +498,9 @@ pub fn mtl_net(opts: &MtlOptions) -> Result<TrainSpec> {
             false,
         );
         if task == overparam_base::Task::Normals.name() {
-            y = b.push("heads.normals.norm", &[&y], Op::L2Norm);
+            y = b.push("heads.normals.norm", &[&y], Op::l2_norm());
         }
-        outputs.push(OutputSpec {
-            name: task.to_string(),
-            node: y,
-        });
+        outputs.push(OutputSpec::new(task, y));
     }
     let spec = TrainSpec {
         model: ModelKind::Mtl.as_str().to_string(),

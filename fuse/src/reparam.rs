@@ -17,6 +17,7 @@ fn same_graph(a: &TrainSpec, b: &TrainSpec) -> Result<()> {
         && a.nodes.iter().zip(&b.nodes).all(|(x, y)| {
             x.name == y.name
                 && x.inputs == y.inputs
+                && x.params == y.params
                 && match (&x.op, &y.op) {
                     (Op::Conv(p), Op::Conv(q)) => p.shape == q.shape && p.bn == q.bn,
                     (p, q) => p == q,
@@ -88,8 +89,9 @@ pub fn collapse(spec: &TrainSpec, w: &Weights<f32>) -> Result<(TrainSpec, Weight
             match &c.method {
                 Method::Plain => {}
                 Method::Fnl { .. } | Method::Sfo { .. } => {
-                    let k = compose_kernel(&n.name, c, &w64)?;
-                    out.insert(format!("{}.weight", n.name), k.cast());
+                    let p = n.params.clone().unwrap_or_else(|| n.name.clone());
+                    let k = compose_kernel(&p, c, &w64)?;
+                    out.insert(format!("{p}.weight"), k.cast());
                     c.method = Method::Plain;
                 }
                 m => {

@@ -2,66 +2,153 @@
 //! train-time graph ([`TrainSpec`]) and the deploy-time graph ([`DeploySpec`]) are
 //! different types. Only a deploy spec has no BatchNorm and no method, and only a deploy
 //! spec can reach export.
+//!
+//! The ops themselves (shape rules, reference execution, MACs, ONNX import, and the forward
+//! every backend runs) are units in [`crate::ops`]; this module holds the graph around them.
 
 use std::collections::HashMap;
 
+use overparam_base::Role;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::method::Method;
+use crate::ops::window::{is_ones, ones, out_len, pair, quad};
 
-/// Shape of a square-kernel 2-D convolution (dilation 1, zero padding).
+pub use crate::ops::Op;
+pub use crate::ops::resize::ResizeMode;
+
+/// Shape of a 2-D convolution: any kernel h×w, stride, dilation, four-sided zero padding
+/// (`[top, left, bottom, right]`, ONNX's order) and groups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvShape {
     pub in_channels: usize,
     pub out_channels: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub padding: usize,
+    #[serde(with = "pair")]
+    pub kernel: [usize; 2],
+    #[serde(with = "pair")]
+    pub stride: [usize; 2],
+    #[serde(with = "quad")]
+    pub padding: [usize; 4],
     pub groups: usize,
     /// Whether the conv itself carries a bias (before any BatchNorm).
     pub bias: bool,
+    #[serde(default = "ones", skip_serializing_if = "is_ones", with = "pair")]
+    pub dilation: [usize; 2],
 }
 
 impl ConvShape {
+    /// A square k×k conv with 'same' padding k/2 on every side, dilation 1, one group.
     pub fn new(in_channels: usize, out_channels: usize, kernel: usize, stride: usize) -> Self {
         Self {
             in_channels,
             out_channels,
-            kernel,
-            stride,
-            padding: kernel / 2,
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            padding: [kernel / 2; 4],
             groups: 1,
             bias: false,
+            dilation: [1, 1],
         }
     }
-    /// Weight shape `[O, I/g, k, k]` (PyTorch layout).
+    /// Weight shape `[O, I/g, kh, kw]` (PyTorch layout).
     pub fn weight_shape(&self) -> [usize; 4] {
         [
             self.out_channels,
             self.in_channels / self.groups,
-            self.kernel,
-            self.kernel,
+            self.kernel[0],
+            self.kernel[1],
         ]
     }
-    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        let f = |x: usize| (x + 2 * self.padding - self.kernel) / self.stride + 1;
-        (f(h), f(w))
+    /// `kh·kw`.
+    pub fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+    /// Terms of one output's dot product: `I/g·kh·kw`.
+    pub fn fan_in(&self) -> usize {
+        self.in_channels / self.groups * self.taps()
+    }
+    /// Whether the kernel is 1×1.
+    pub fn is_1x1(&self) -> bool {
+        self.kernel == [1, 1]
+    }
+    /// A depthwise conv: one input channel per group (more than one group).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.in_channels == self.groups
+    }
+    /// Odd kernel sides with 'same' padding `d·(k−1)/2` on both ends of each axis: the kernel's
+    /// centre tap sees the pixel at the output position (times the stride), so a 1×1 branch
+    /// and an identity branch align with it (methods.md §1.2, transVI).
+    pub fn is_centred(&self) -> bool {
+        let [kh, kw] = self.kernel;
+        let [dh, dw] = self.dilation;
+        let [t, l, b, r] = self.padding;
+        kh % 2 == 1
+            && kw % 2 == 1
+            && t == dh * (kh - 1) / 2
+            && b == t
+            && l == dw * (kw - 1) / 2
+            && r == l
+    }
+    /// Output height and width, or `None` when the window does not fit the input.
+    pub fn out_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let [t, l, b, r] = self.padding;
+        Some((
+            out_len(h, self.kernel[0], self.stride[0], self.dilation[0], t, b)?,
+            out_len(w, self.kernel[1], self.stride[1], self.dilation[1], l, r)?,
+        ))
+    }
+    /// A one-line description for messages: `3×3 s2 p1 g1` (with `d2` and asymmetric pads
+    /// when they are not the default).
+    pub fn describe(&self) -> String {
+        let side = |v: &[usize]| {
+            if v.iter().all(|&x| x == v[0]) {
+                v[0].to_string()
+            } else {
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        let mut s = format!(
+            "{}×{} s{} p{}",
+            self.kernel[0],
+            self.kernel[1],
+            side(&self.stride),
+            side(&self.padding)
+        );
+        if self.dilation != [1, 1] {
+            s += &format!(" d{}", side(&self.dilation));
+        }
+        if self.groups != 1 {
+            s += &format!(" g{}", self.groups);
+        }
+        s
     }
     pub fn validate(&self, node: &str) -> Result<()> {
         let bad = |m: String| Err(Error::Spec(format!("conv `{node}`: {m}")));
-        if self.in_channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
-            return bad("channels, kernel and stride must be positive".into());
+        if self.in_channels == 0
+            || self.out_channels == 0
+            || self.kernel.contains(&0)
+            || self.stride.contains(&0)
+            || self.dilation.contains(&0)
+        {
+            return bad("channels, kernel, stride and dilation must be positive".into());
         }
         // Bounds first: every later size computation then fits in usize.
         if self.in_channels > MAX_DIM
             || self.out_channels > MAX_DIM
-            || self.kernel > MAX_WINDOW
-            || self.stride > MAX_WINDOW
-            || self.padding > MAX_WINDOW
+            || self
+                .kernel
+                .iter()
+                .chain(&self.stride)
+                .chain(&self.dilation)
+                .chain(&self.padding)
+                .any(|&v| v > MAX_WINDOW)
         {
             return bad(format!(
-                "channels must be ≤ {MAX_DIM} and kernel, stride, padding ≤ {MAX_WINDOW}"
+                "channels must be ≤ {MAX_DIM} and kernel, stride, dilation, padding ≤ {MAX_WINDOW}"
             ));
         }
         if self.groups == 0
@@ -82,6 +169,21 @@ impl ConvShape {
 pub struct BatchNorm {
     pub name: String,
     pub eps: f64,
+    /// Runs on its running statistics in training too (γ and β still train): the BatchNorms
+    /// an exact expansion inserts into a trained network, so the first training forward
+    /// computes the imported function (see `init --from`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
+}
+
+impl BatchNorm {
+    pub fn new(name: impl Into<String>, eps: f64) -> Self {
+        Self {
+            name: name.into(),
+            eps,
+            frozen: false,
+        }
+    }
 }
 
 /// Train-time conv: a conv, the BatchNorm that follows it (if any), and how the conv is
@@ -92,6 +194,20 @@ pub struct TrainConv {
     pub shape: ConvShape,
     pub bn: Option<BatchNorm>,
     pub method: Method,
+    /// Why a method asked for this conv left it plain (shown by `inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_plain: Option<String>,
+}
+
+impl TrainConv {
+    pub fn new(shape: ConvShape, bn: Option<BatchNorm>, method: Method) -> Self {
+        Self {
+            shape,
+            bn,
+            method,
+            kept_plain: None,
+        }
+    }
 }
 
 /// Deploy-time conv: always with bias, never with BN or a method.
@@ -114,101 +230,32 @@ impl ConvLike for DeployConv {
     }
 }
 
-/// Operations. Everything except `Conv` is shared by the train and deploy graphs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op<C> {
-    Conv(C),
-    Relu,
-    MaxPool {
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    },
-    GlobalAvgPool,
-    Add,
-    Flatten,
-    Linear {
-        in_features: usize,
-        out_features: usize,
-    },
-    /// Upsampling to an explicit size (TensorRT's ONNX parser has no MaxUnpool, so decoders
-    /// resize). `nearest` is PyTorch's (source index ⌊dst·in/out⌋; ONNX `asymmetric` + `floor`);
-    /// `bilinear` uses half-pixel centres (PyTorch `align_corners=False`).
-    Resize {
-        height: usize,
-        width: usize,
-        mode: ResizeMode,
-    },
-    /// Per-pixel L2 normalisation over channels, `x / max(‖x‖, 1e-12)` (`F.normalize`).
-    L2Norm,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMode {
-    Nearest,
-    Bilinear,
-}
-
-impl<C> Op<C> {
-    /// The same op with its conv config replaced (every other op carries over).
-    pub fn try_map_conv<D>(&self, f: impl FnOnce(&C) -> Result<D>) -> Result<Op<D>> {
-        Ok(match self {
-            Op::Conv(c) => Op::Conv(f(c)?),
-            Op::Relu => Op::Relu,
-            Op::MaxPool {
-                kernel,
-                stride,
-                padding,
-            } => Op::MaxPool {
-                kernel: *kernel,
-                stride: *stride,
-                padding: *padding,
-            },
-            Op::GlobalAvgPool => Op::GlobalAvgPool,
-            Op::Add => Op::Add,
-            Op::Flatten => Op::Flatten,
-            Op::Resize {
-                height,
-                width,
-                mode,
-            } => Op::Resize {
-                height: *height,
-                width: *width,
-                mode: *mode,
-            },
-            Op::L2Norm => Op::L2Norm,
-            Op::Linear {
-                in_features,
-                out_features,
-            } => Op::Linear {
-                in_features: *in_features,
-                out_features: *out_features,
-            },
-        })
-    }
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Conv(_) => "conv",
-            Op::Relu => "relu",
-            Op::MaxPool { .. } => "max_pool",
-            Op::GlobalAvgPool => "global_avg_pool",
-            Op::Add => "add",
-            Op::Flatten => "flatten",
-            Op::Resize { .. } => "resize",
-            Op::L2Norm => "l2_norm",
-            Op::Linear { .. } => "linear",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node<C> {
     pub name: String,
     pub inputs: Vec<String>,
     #[serde(flatten)]
     pub op: Op<C>,
+    /// The prefix of this node's tensors when it is not the node's name: an imported node
+    /// keeps its ONNX name, and its weights the PyTorch module path the exporter kept
+    /// (`layer1.0.conv1` for `layer1.0.conv1.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+}
+
+impl<C> Node<C> {
+    pub fn new(name: impl Into<String>, inputs: &[&str], op: Op<C>) -> Self {
+        Self {
+            name: name.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            op,
+            params: None,
+        }
+    }
+    /// The prefix of this node's tensor names (`<prefix>.weight`).
+    pub fn prefix(&self) -> &str {
+        self.params.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The network input: one NCHW image tensor named [`INPUT`].
@@ -229,18 +276,73 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
-/// A named model output (one per task) and the node producing it.
+/// A named model output, the node producing it, and what it means.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OutputRepr")]
 pub struct OutputSpec {
     pub name: String,
     pub node: String,
+    #[serde(serialize_with = "role_name::serialize")]
+    pub role: Role,
+}
+
+impl OutputSpec {
+    /// An output whose role is the one its name implies ([`Role::implied_by`]).
+    pub fn new(name: impl Into<String>, node: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            role: Role::implied_by(&name),
+            name,
+            node: node.into(),
+        }
+    }
+}
+
+/// Specs written before outputs had roles: the role is the one the name implies.
+#[derive(Deserialize)]
+struct OutputRepr {
+    name: String,
+    node: String,
+    #[serde(default, with = "role_name_opt")]
+    role: Option<Role>,
+}
+
+impl From<OutputRepr> for OutputSpec {
+    fn from(r: OutputRepr) -> Self {
+        Self {
+            role: r.role.unwrap_or_else(|| Role::implied_by(&r.name)),
+            name: r.name,
+            node: r.node,
+        }
+    }
+}
+
+mod role_name {
+    use overparam_base::Role;
+    use serde::Serializer;
+    pub fn serialize<S: Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.name())
+    }
+}
+
+mod role_name_opt {
+    use overparam_base::Role;
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => Role::from_name(&s).map(Some).ok_or_else(|| {
+                <D::Error as serde::de::Error>::custom(format!("unknown output role `{s}`"))
+            }),
+        }
+    }
 }
 
 /// The name by which nodes refer to the network input.
 pub const INPUT: &str = "input";
 /// Largest channel count, height or width a spec may declare (specs come from files).
 pub const MAX_DIM: usize = 1 << 16;
-/// Largest kernel, stride or padding.
+/// Largest kernel, stride, dilation or padding.
 pub const MAX_WINDOW: usize = 1 << 10;
 /// Largest flattened feature count (linear layers).
 pub const MAX_FEATURES: usize = 1 << 24;
@@ -248,6 +350,8 @@ pub const MAX_FEATURES: usize = 1 << 24;
 /// Every dimension within [`MAX_DIM`] still multiplies out to far more than a run (or the
 /// reference executor) can allocate, so specs are refused here, before anything is allocated.
 pub const MAX_ACTIVATION: usize = 1 << 28;
+/// Most inputs one node may take (concatenation).
+pub const MAX_INPUTS: usize = 1 << 10;
 
 /// Refuses an activation shape with more than [`MAX_ACTIVATION`] elements.
 fn check_activation(what: &str, shape: &[usize]) -> Result<()> {
@@ -264,7 +368,7 @@ fn check_activation(what: &str, shape: &[usize]) -> Result<()> {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph<C> {
-    /// Builder name, e.g. `resnet50_cifar`.
+    /// Builder name, e.g. `resnet50_cifar`, or `imported:<file>` for an imported network.
     pub model: String,
     pub input: InputSpec,
     pub nodes: Vec<Node<C>>,
@@ -293,7 +397,8 @@ impl AnySpec {
     }
 }
 
-/// Per-node activation shape: `[C, H, W]` for feature maps, `[F]` after flatten/linear.
+/// Per-node activation shape of one image: `[C, H, W]` for feature maps, `[F]` after
+/// flatten/linear.
 pub type ActShape = Vec<usize>;
 
 /// Cost of one node at the spec's input size.
@@ -314,6 +419,7 @@ impl<C> Graph<C> {
                     name: n.name.clone(),
                     inputs: n.inputs.clone(),
                     op: n.op.try_map_conv(&mut f)?,
+                    params: n.params.clone(),
                 })
             })
             .collect::<Result<_>>()?;
@@ -325,14 +431,23 @@ impl<C> Graph<C> {
         })
     }
 
-    /// A classifier's class count: the width of the linear layer behind its first output
-    /// (none if that output is not a linear layer).
+    /// A classifier's class count: the width of its class-logits output, when that is a
+    /// linear layer (builders and imported classifiers alike).
     pub fn classifier_classes(&self) -> Option<usize> {
-        let first = self.outputs.first()?;
-        match self.nodes.iter().find(|n| n.name == first.node)?.op {
-            Op::Linear { out_features, .. } => Some(out_features),
+        let out = self
+            .outputs
+            .iter()
+            .find(|o| o.role == Role::ClassLogits)
+            .or_else(|| self.outputs.first())?;
+        match &self.nodes.iter().find(|n| n.name == out.node)?.op {
+            Op::Linear(l) => Some(l.out_features),
             _ => None,
         }
+    }
+
+    /// The outputs with a role, in spec order.
+    pub fn outputs_with(&self, role: Role) -> impl Iterator<Item = &OutputSpec> {
+        self.outputs.iter().filter(move |o| o.role == role)
     }
 }
 
@@ -341,9 +456,8 @@ impl<C: ConvLike> Graph<C> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Checks names, wiring and shapes; returns the activation shape of every node.
-    ///
-    /// Long on purpose: one arm per op of one `match`, each a few lines of shape rules.
+    /// Checks names, wiring and shapes; returns the activation shape of every
+    /// node (each op's own shape rule, [`crate::ops::OpShape::infer`]).
     pub fn infer_shapes(&self) -> Result<HashMap<String, ActShape>> {
         let err = |m: String| Err(Error::Spec(m));
         let mut shapes: HashMap<String, ActShape> = HashMap::new();
@@ -367,7 +481,7 @@ impl<C: ConvLike> Graph<C> {
             let mut ins = Vec::with_capacity(n.inputs.len());
             for i in &n.inputs {
                 match shapes.get(i) {
-                    Some(s) => ins.push(s.clone()),
+                    Some(s) => ins.push(s.as_slice()),
                     None => {
                         return err(format!(
                             "node `{}` reads `{i}`, which is not defined before it",
@@ -376,119 +490,21 @@ impl<C: ConvLike> Graph<C> {
                     }
                 }
             }
-            let arity = if matches!(n.op, Op::Add) { 2 } else { 1 };
-            if ins.len() != arity {
+            let (lo, hi) = n.op.arity();
+            if ins.len() < lo || ins.len() > hi.min(MAX_INPUTS) {
+                let want = if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo} or more")
+                };
                 return err(format!(
-                    "node `{}` ({}) takes {arity} input(s), got {}",
+                    "node `{}` ({}) takes {want} input(s), got {}",
                     n.name,
                     n.op.kind(),
                     ins.len()
                 ));
             }
-            let x = &ins[0];
-            let spatial = |what: &str| -> Result<(usize, usize, usize)> {
-                if x.len() == 3 {
-                    Ok((x[0], x[1], x[2]))
-                } else {
-                    Err(Error::Spec(format!(
-                        "node `{}` ({what}) needs a C×H×W input, got {x:?}",
-                        n.name
-                    )))
-                }
-            };
-            let out = match &n.op {
-                Op::Conv(c) => {
-                    let s = c.conv_shape();
-                    s.validate(&n.name)?;
-                    let (ch, h, w) = spatial("conv")?;
-                    if ch != s.in_channels {
-                        return err(format!(
-                            "conv `{}` expects {} input channels, its input `{}` has {ch}",
-                            n.name, s.in_channels, n.inputs[0]
-                        ));
-                    }
-                    if h + 2 * s.padding < s.kernel || w + 2 * s.padding < s.kernel {
-                        return err(format!(
-                            "conv `{}`: input {h}×{w} smaller than kernel",
-                            n.name
-                        ));
-                    }
-                    let (ho, wo) = s.out_size(h, w);
-                    vec![s.out_channels, ho, wo]
-                }
-                Op::Relu => x.clone(),
-                Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => {
-                    let (ch, h, w) = spatial("max_pool")?;
-                    if *kernel == 0
-                        || *stride == 0
-                        || [*kernel, *stride, *padding].iter().any(|&v| v > MAX_WINDOW)
-                        || h + 2 * padding < *kernel
-                    {
-                        return err(format!("max_pool `{}`: bad window", n.name));
-                    }
-                    let f = |v: usize| (v + 2 * padding - kernel) / stride + 1;
-                    vec![ch, f(h), f(w)]
-                }
-                Op::GlobalAvgPool => {
-                    let (ch, _, _) = spatial("global_avg_pool")?;
-                    vec![ch, 1, 1]
-                }
-                Op::Add => {
-                    if ins[0] != ins[1] {
-                        return err(format!(
-                            "add `{}`: input shapes differ: {:?} vs {:?}",
-                            n.name, ins[0], ins[1]
-                        ));
-                    }
-                    x.clone()
-                }
-                Op::Flatten => {
-                    let f: usize = x.iter().product();
-                    if f > MAX_FEATURES {
-                        return err(format!(
-                            "flatten `{}`: {f} features (more than {MAX_FEATURES})",
-                            n.name
-                        ));
-                    }
-                    vec![f]
-                }
-                Op::Resize { height, width, .. } => {
-                    let (ch, _, _) = spatial("resize")?;
-                    if *height == 0 || *width == 0 || *height > MAX_DIM || *width > MAX_DIM {
-                        return err(format!(
-                            "resize `{}`: output size must be in 1..={MAX_DIM}",
-                            n.name
-                        ));
-                    }
-                    vec![ch, *height, *width]
-                }
-                Op::L2Norm => {
-                    spatial("l2_norm")?;
-                    x.clone()
-                }
-                Op::Linear {
-                    in_features,
-                    out_features,
-                } => {
-                    if *out_features == 0 || *out_features > MAX_FEATURES {
-                        return err(format!(
-                            "linear `{}`: out_features must be in 1..={MAX_FEATURES}",
-                            n.name
-                        ));
-                    }
-                    if x.len() != 1 || x[0] != *in_features {
-                        return err(format!(
-                            "linear `{}` expects [{in_features}], got {x:?}",
-                            n.name
-                        ));
-                    }
-                    vec![*out_features]
-                }
-            };
+            let out = n.op.infer(&n.name, &ins)?;
             check_activation(&format!("node `{}`", n.name), &out)?;
             shapes.insert(n.name.clone(), out);
         }
@@ -506,27 +522,24 @@ impl<C: ConvLike> Graph<C> {
         Ok(shapes)
     }
 
+    /// Every output's shape fits its role (part of `validate`, after everything else).
+    pub fn check_roles(&self) -> Result<()> {
+        let shapes = self.infer_shapes()?;
+        for o in &self.outputs {
+            o.role
+                .check_shape(&shapes[&o.node])
+                .map_err(|m| Error::Spec(format!("output `{}`: {m}", o.name)))?;
+        }
+        Ok(())
+    }
+
     /// MACs per node at the spec's input size (params are counted from the layout).
     pub fn node_macs(&self) -> Result<HashMap<String, usize>> {
         let shapes = self.infer_shapes()?;
         let mut out = HashMap::new();
         for n in &self.nodes {
-            let macs = match &n.op {
-                Op::Conv(c) => {
-                    let s = c.conv_shape();
-                    let o = &shapes[&n.name];
-                    // Saturating: a report figure, and declared sizes are bounded, not small.
-                    [s.in_channels / s.groups, s.kernel, s.kernel, o[1], o[2]]
-                        .iter()
-                        .fold(s.out_channels, |a, &b| a.saturating_mul(b))
-                }
-                Op::Linear {
-                    in_features,
-                    out_features,
-                } => in_features.saturating_mul(*out_features),
-                _ => 0,
-            };
-            out.insert(n.name.clone(), macs);
+            let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+            out.insert(n.name.clone(), n.op.macs(&ins, &shapes[&n.name]));
         }
         Ok(out)
     }
@@ -548,7 +561,8 @@ impl DeploySpec {
                 )));
             }
         }
-        self.infer_shapes().map(|_| ())
+        self.infer_shapes()?;
+        self.check_roles()
     }
 }
 
@@ -561,7 +575,8 @@ impl TrainSpec {
             }
         }
         crate::method::check_share_groups(self)?;
-        crate::layout::train_layout(self).map(|_| ())
+        crate::layout::train_layout(self)?;
+        self.check_roles()
     }
 }
 
@@ -594,5 +609,49 @@ mod tests {
         t.input.width = 8192;
         let e = t.validate().unwrap_err().to_string();
         assert!(e.contains("node `"), "{e}");
+    }
+
+    #[test]
+    fn specs_without_roles_or_windows_as_pairs_still_load() {
+        // A conv and an output as written before roles, dilation and non-square windows.
+        let conv = r#"{"in_channels":3,"out_channels":8,"kernel":3,"stride":1,"padding":1,"groups":1,"bias":true}"#;
+        let s: ConvShape = serde_json::from_str(conv).unwrap();
+        assert_eq!(
+            s,
+            ConvShape {
+                bias: true,
+                ..ConvShape::new(3, 8, 3, 1)
+            }
+        );
+        assert_eq!(serde_json::to_string(&s).unwrap(), conv);
+        let o: OutputSpec = serde_json::from_str(r#"{"name":"depth","node":"d"}"#).unwrap();
+        assert_eq!(o.role, Role::Depth);
+        let o: OutputSpec =
+            serde_json::from_str(r#"{"name":"y","node":"d","role":"normals"}"#).unwrap();
+        assert_eq!(o.role, Role::Normals);
+        let e = serde_json::from_str::<OutputSpec>(r#"{"name":"y","node":"d","role":"x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown output role `x`"), "{e}");
+    }
+
+    #[test]
+    fn conv_geometry_covers_dilation_and_asymmetric_pads() {
+        let s = ConvShape {
+            kernel: [1, 3],
+            padding: [0, 1, 0, 2],
+            dilation: [1, 2],
+            ..ConvShape::new(4, 4, 3, 1)
+        };
+        // Width: 7 + 1 + 2 − 2·2 − 1 + 1 = 6.
+        assert_eq!(s.out_size(5, 7), Some((5, 6)));
+        assert!(!s.is_centred());
+        assert_eq!(s.describe(), "1×3 s1 p0,1,0,2 d1,2");
+        let same = ConvShape {
+            dilation: [2, 2],
+            padding: [2; 4],
+            ..ConvShape::new(4, 4, 3, 1)
+        };
+        assert!(same.is_centred());
+        assert_eq!(same.out_size(5, 5), Some((5, 5)));
     }
 }

@@ -172,7 +172,7 @@ fn compare<F: Real>(
         if let Op::Conv(dc) = &dn.op {
             let input = &acts[&tn.inputs[0]];
             let want = &acts[&tn.name];
-            let got = ConvEval::<F>::eval(dc, &dn.name, input, deploy_w)?;
+            let got = ConvEval::<F>::eval(dc, dn.prefix(), input, deploy_w)?;
             blocks.push(Deviation::between(&tn.name, want, &got));
         }
     }
@@ -286,12 +286,15 @@ pub fn depth<C: ConvLike>(g: &Graph<C>) -> Depth {
             .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
         let weighted = match &n.op {
             Op::Conv(c) => {
-                let s = c.conv_shape();
-                max_fan_in = max_fan_in.max(s.in_channels / s.groups.max(1) * s.kernel * s.kernel);
+                max_fan_in = max_fan_in.max(c.conv_shape().fan_in());
                 1
             }
-            Op::Linear { in_features, .. } => {
-                max_fan_in = max_fan_in.max(*in_features);
+            Op::Linear(l) => {
+                max_fan_in = max_fan_in.max(l.in_features);
+                1
+            }
+            Op::ConvTranspose(t) => {
+                max_fan_in = max_fan_in.max(t.in_channels / t.groups * t.kernel[0] * t.kernel[1]);
                 1
             }
             _ => 0,

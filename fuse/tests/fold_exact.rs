@@ -1,6 +1,7 @@
 //! Property tests: every method's fold reproduces the unfolded layer in eval mode, on random
-//! shapes (kernel 1/3/5, stride 1/2, groups 1/2/4, identity present/absent, conv bias on/off),
-//! randomised BN statistics and affine parameters, and spatial sizes down to 3×3.
+//! shapes (kernel 1/3/5 and non-square kh×kw, stride 1/2 per axis, dilation 1/2, asymmetric
+//! padding for the factorised methods, groups 1/2/4, identity present/absent, conv bias
+//! on/off), randomised BN statistics and affine parameters, and spatial sizes down to 3×3.
 
 use overparam_fuse::RandomTensor;
 use overparam_fuse::exec::run;
@@ -22,28 +23,44 @@ fn single_conv(shape: ConvShape, bn: bool, method: Method, hw: usize) -> TrainSp
             width: hw + 1,
             normalize: None,
         },
-        nodes: vec![Node {
-            name: "block.conv".into(),
-            inputs: vec![INPUT.into()],
-            op: Op::Conv(TrainConv {
+        nodes: vec![Node::new(
+            "block.conv",
+            &[INPUT],
+            Op::Conv(TrainConv::new(
                 shape,
-                bn: bn.then(|| BatchNorm {
-                    name: "block.bn".into(),
-                    eps: 1e-5,
-                }),
+                bn.then(|| BatchNorm::new("block.bn", 1e-5)),
                 method,
-            }),
-        }],
-        outputs: vec![OutputSpec {
-            name: "y".into(),
-            node: "block.conv".into(),
-        }],
+            )),
+        )],
+        outputs: vec![OutputSpec::new("y", "block.conv")],
     }
 }
 
 fn random_case(rng: &mut Rng, method_ix: usize) -> TrainSpec {
-    let k = [1, 3, 5][rng.below(3)];
-    let stride = 1 + rng.below(2);
+    let odd = [1, 3, 5];
+    let repvgg_like = method_ix == 1 || method_ix == 2;
+    // A third of the cases get a non-square kernel, per-axis strides and dilation.
+    let general = rng.below(3) == 0;
+    let kernel = if general {
+        [odd[rng.below(3)], [1, 2, 3][rng.below(3)]]
+    } else {
+        [odd[rng.below(3)]; 2]
+    };
+    let kernel = if repvgg_like {
+        kernel.map(|k| k | 1)
+    } else {
+        kernel
+    };
+    let stride = if general {
+        [1 + rng.below(2), 1 + rng.below(2)]
+    } else {
+        [1 + rng.below(2); 2]
+    };
+    let dilation = if general {
+        [1 + rng.below(2), 1 + rng.below(2)]
+    } else {
+        [1, 1]
+    };
     let groups = [1, 2, 4][rng.below(3)];
     let cin = groups * (1 + rng.below(3));
     let cout = if rng.below(2) == 0 {
@@ -51,38 +68,49 @@ fn random_case(rng: &mut Rng, method_ix: usize) -> TrainSpec {
     } else {
         groups * (1 + rng.below(3))
     };
-    let repvgg_like = method_ix == 1 || method_ix == 2;
+    let same = |a: usize| dilation[a] * (kernel[a] - 1) / 2;
     let padding = if repvgg_like || rng.below(2) == 0 {
-        k / 2
+        [same(0), same(1), same(0), same(1)]
     } else {
-        rng.below(k / 2 + 1)
+        [
+            rng.below(same(0) + 1),
+            rng.below(same(1) + 2),
+            rng.below(same(0) + 2),
+            rng.below(same(1) + 1),
+        ]
     };
     let shape = ConvShape {
         in_channels: cin,
         out_channels: cout,
-        kernel: k,
+        kernel,
         stride,
         padding,
         groups,
         bias: rng.below(2) == 0,
+        dilation,
     };
     let bn = repvgg_like || rng.below(4) != 0;
     let (o, i) = (cout / groups, cin / groups);
+    let taps = kernel[0] * kernel[1];
     let method = match method_ix {
         0 => Method::Plain,
         1 => Method::Repvgg,
         2 => Method::Qarepvgg,
         3 => Method::Fnl {
-            rank: o * k + rng.below(3),
+            rank: o * kernel[0] + rng.below(3),
         },
         _ => Method::Sfo {
-            rank: o.min(i * k * k) * (1 + rng.below(2)) + rng.below(2),
+            rank: o.min(i * taps) * (1 + rng.below(2)) + rng.below(2),
             share: None,
         },
     };
-    // Spatial sizes from 3 so border pixels dominate; large enough for the kernel.
-    let hw = (3 + rng.below(5)).max(k.saturating_sub(2 * padding));
-    single_conv(shape, bn, method, hw)
+    // Spatial sizes from 3 so border pixels dominate; large enough for the dilated kernel.
+    let need =
+        |a: usize| (dilation[a] * (kernel[a] - 1) + 1).saturating_sub(padding[a] + padding[a + 2]);
+    let h = (3 + rng.below(5)).max(need(0));
+    let mut spec = single_conv(shape, bn, method, h);
+    spec.input.width = spec.input.width.max(need(1));
+    spec
 }
 
 fn check_cases<F: Real>(cases: usize, seed: u64) {
@@ -200,19 +228,15 @@ fn shared_sfo_heads_fold_exactly() {
 fn reference_conv_matches_the_formula() {
     let mut rng = Rng::new(2);
     let s = ConvShape {
-        in_channels: 4,
-        out_channels: 6,
-        kernel: 3,
-        stride: 2,
-        padding: 1,
         groups: 2,
         bias: true,
+        ..ConvShape::new(4, 6, 3, 2)
     };
     let x: Tensor<f64> = rng.normal_tensor(&[2, 4, 5, 4], 1.0);
     let w: Tensor<f64> = rng.normal_tensor(&s.weight_shape(), 1.0);
     let b: Vec<f64> = (0..6).map(|_| rng.normal()).collect();
     let y = overparam_fuse::exec::conv2d(&x, &w, Some(&b), &s);
-    let (ho, wo) = s.out_size(5, 4);
+    let (ho, wo) = s.out_size(5, 4).unwrap();
     assert_eq!(y.shape, vec![2, 6, ho, wo]);
     for n in 0..2 {
         for o in 0..6 {
@@ -240,4 +264,51 @@ fn reference_conv_matches_the_formula() {
         }
     }
     let _ = run::<f64, overparam_fuse::spec::DeployConv>;
+}
+
+/// The same for a 2×3 kernel with stride (1, 2), dilation (2, 1) and pads top 1, left 0,
+/// bottom 0, right 2 (what ONNX's asymmetric pads and dilation mean).
+#[test]
+#[allow(clippy::needless_range_loop)] // indices mirror the formula
+fn reference_conv_matches_the_formula_for_any_geometry() {
+    let mut rng = Rng::new(3);
+    let s = ConvShape {
+        in_channels: 3,
+        out_channels: 2,
+        kernel: [2, 3],
+        stride: [1, 2],
+        padding: [1, 0, 0, 2],
+        groups: 1,
+        bias: false,
+        dilation: [2, 1],
+    };
+    let (h, w_) = (6, 7);
+    let x: Tensor<f64> = rng.normal_tensor(&[1, 3, h, w_], 1.0);
+    let w: Tensor<f64> = rng.normal_tensor(&s.weight_shape(), 1.0);
+    let y = overparam_fuse::exec::conv2d(&x, &w, None, &s);
+    // H: 6 + 1 − 2·1 − 1 + 1 = 5; W: (7 + 2 − 2 − 1)/2 + 1 = 4.
+    let (ho, wo) = s.out_size(h, w_).unwrap();
+    assert_eq!((ho, wo), (5, 4));
+    assert_eq!(y.shape, vec![1, 2, ho, wo]);
+    for o in 0..2 {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = 0.0;
+                for ci in 0..3 {
+                    for u in 0..2 {
+                        for v in 0..3 {
+                            let iy = (oy + 2 * u) as isize - 1;
+                            let ix = (2 * ox + v) as isize;
+                            if (0..h as isize).contains(&iy) && (0..w_ as isize).contains(&ix) {
+                                acc += w.data[((o * 3 + ci) * 2 + u) * 3 + v]
+                                    * x.data[(ci * h + iy as usize) * w_ + ix as usize];
+                            }
+                        }
+                    }
+                }
+                let got = y.data[(o * ho + oy) * wo + ox];
+                assert!((got - acc).abs() < 1e-12, "{o} {oy} {ox}");
+            }
+        }
+    }
 }

@@ -4,7 +4,11 @@ use std::collections::HashMap;
 
 use overparam_fuse::layout::{ParamKind, train_layout};
 use overparam_fuse::method::{Method, has_identity};
-use overparam_fuse::spec::{ConvShape, Op, TrainConv, TrainSpec};
+use overparam_fuse::ops::{
+    AvgPool, Backend, BinaryKind, ConvBackend, ConvTranspose, NodeCx, Resize, ResizeMode, Unary,
+    Window,
+};
+use overparam_fuse::spec::{ActShape, ConvShape, TrainConv, TrainSpec};
 use overparam_fuse::{Tensor as FTensor, Weights};
 use tch::{Kind, Tensor, nn};
 
@@ -31,6 +35,8 @@ const BN_MOMENTUM: f64 = 0.1;
 #[derive(Debug)]
 pub struct OpModel {
     spec: TrainSpec,
+    /// Per-image activation shapes of every node (the spec is static).
+    shapes: HashMap<String, ActShape>,
     /// Every layout tensor by its PyTorch name (shared tensors appear once).
     vars: HashMap<String, Tensor>,
     kinds: HashMap<String, ParamKind>,
@@ -75,6 +81,7 @@ impl OpModel {
             kinds.insert(p.name.clone(), p.kind);
         }
         Ok(Self {
+            shapes: spec.infer_shapes()?,
             spec: spec.clone(),
             vars,
             kinds,
@@ -140,68 +147,15 @@ impl OpModel {
         &self,
         x: &Tensor,
         train: bool,
-        mut kernels: Option<&mut Vec<Tensor>>,
+        kernels: Option<&mut Vec<Tensor>>,
     ) -> Result<Vec<Tensor>> {
-        let mut acts: HashMap<&str, Tensor> = HashMap::new();
-        acts.insert(overparam_fuse::spec::INPUT, x.shallow_clone());
-        for n in &self.spec.nodes {
-            let ins: Vec<&Tensor> = n
-                .inputs
-                .iter()
-                .map(|i| {
-                    acts.get(i.as_str()).ok_or_else(|| {
-                        Error::Model(format!("node `{}`: input `{i}` missing", n.name))
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let x = ins[0];
-            let y = match &n.op {
-                Op::Conv(c) => self.conv(&n.name, c, x, train, kernels.as_deref_mut())?,
-                Op::Relu => x.f_relu()?,
-                Op::MaxPool {
-                    kernel,
-                    stride,
-                    padding,
-                } => x.f_max_pool2d(
-                    [*kernel as i64; 2],
-                    [*stride as i64; 2],
-                    [*padding as i64; 2],
-                    [1, 1],
-                    false,
-                )?,
-                Op::GlobalAvgPool => x.f_adaptive_avg_pool2d([1, 1])?,
-                Op::Add => x.f_add(ins[1])?,
-                Op::Flatten => x.f_flatten(1, -1)?,
-                Op::Resize {
-                    height,
-                    width,
-                    mode,
-                } => {
-                    let size = [*height as i64, *width as i64];
-                    match mode {
-                        overparam_fuse::spec::ResizeMode::Nearest => {
-                            x.f_upsample_nearest2d(size, None, None)?
-                        }
-                        overparam_fuse::spec::ResizeMode::Bilinear => {
-                            x.f_upsample_bilinear2d(size, false, None, None)?
-                        }
-                    }
-                }
-                Op::L2Norm => {
-                    let norm = x
-                        .f_square()?
-                        .f_sum_dim_intlist(1, true, Kind::Float)?
-                        .f_sqrt()?
-                        .f_clamp_min(1e-12)?;
-                    x.f_div(&norm)?
-                }
-                Op::Linear { .. } => x.f_linear(
-                    self.var(&format!("{}.weight", n.name))?,
-                    Some(self.var(&format!("{}.bias", n.name))?),
-                )?,
-            };
-            acts.insert(&n.name, y);
-        }
+        let mut b = Tch {
+            model: self,
+            train,
+            kernels,
+        };
+        let acts =
+            overparam_fuse::ops::run_graph(&self.spec, &self.shapes, &mut b, x.shallow_clone())?;
         self.spec
             .outputs
             .iter()
@@ -230,8 +184,20 @@ impl OpModel {
         Ok(y)
     }
 
+    /// A conv with any geometry: asymmetric pads (which libtorch's conv does not take) are
+    /// applied as an explicit zero pad first.
     fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: &ConvShape) -> Result<Tensor> {
-        let (stride, padding) = ([s.stride as i64; 2], [s.padding as i64; 2]);
+        let [t, l, bo, r] = s.padding;
+        let (x, padding) = if t == bo && l == r {
+            (x.shallow_clone(), [t as i64, l as i64])
+        } else {
+            (
+                x.f_constant_pad_nd([l as i64, r as i64, t as i64, bo as i64])?,
+                [0, 0],
+            )
+        };
+        let stride = s.stride.map(|v| v as i64);
+        let dilation = s.dilation.map(|v| v as i64);
         if x.device().is_cuda() {
             // `_convolution` is what conv2d dispatches to; called directly it takes TF32 as an
             // argument instead of libtorch's global cuDNN switch, which tch does not expose.
@@ -240,7 +206,7 @@ impl OpModel {
                 b,
                 stride,
                 padding,
-                [1, 1],
+                dilation,
                 false,
                 [0, 0],
                 s.groups as i64,
@@ -250,7 +216,7 @@ impl OpModel {
                 allow_tf32(),
             )?);
         }
-        Ok(x.f_conv2d(w, b, stride, padding, [1, 1], s.groups as i64)?)
+        Ok(x.f_conv2d(w, b, stride, padding, dilation, s.groups as i64)?)
     }
 
     /// The kernel a factorised conv computes, composed in kernel space (one conv follows).
@@ -258,18 +224,19 @@ impl OpModel {
         let (un, mn, vn) = overparam_fuse::layout::factor_names(node, &c.method);
         let (u, m, v) = (self.var(&un)?, self.var(&mn)?, self.var(&vn)?);
         let s = &c.shape;
-        let (g, k) = (s.groups as i64, s.kernel as i64);
+        let g = s.groups as i64;
+        let (kh, kw) = (s.kernel[0] as i64, s.kernel[1] as i64);
         let (o, i) = (s.out_channels as i64 / g, s.in_channels as i64 / g);
         let um = u.f_matmul(m)?;
         Ok(match &c.method {
-            // Ŵ = (U·M)·Vᵀ on rows (o,u) × columns (i,v), back to [O, I, k, k].
+            // Ŵ = (U·M)·Vᵀ on rows (o,u) × columns (i,v), back to [O, I, kh, kw].
             Method::Fnl { .. } => um
                 .f_matmul(&v.f_transpose(-1, -2)?)?
-                .f_reshape([g, o, k, i, k])?
+                .f_reshape([g, o, kh, i, kw])?
                 .f_permute([0, 1, 3, 2, 4])?
-                .f_reshape([g * o, i, k, k])?,
-            // W = (U·M)·V on the O × (I·k·k) view.
-            Method::Sfo { .. } => um.f_matmul(v)?.f_reshape([g * o, i, k, k])?,
+                .f_reshape([g * o, i, kh, kw])?,
+            // W = (U·M)·V on the O × (I·kh·kw) view.
+            Method::Sfo { .. } => um.f_matmul(v)?.f_reshape([g * o, i, kh, kw])?,
             _ => return Err(Error::Model(format!("`{node}` is not factorised"))),
         })
     }
@@ -284,6 +251,8 @@ impl OpModel {
     ) -> Result<Tensor> {
         let s = &c.shape;
         let eps = c.bn.as_ref().map_or(1e-5, |b| b.eps);
+        // BatchNorms an expansion inserted run on their running statistics in training too.
+        let train = train && !c.bn.as_ref().is_some_and(|b| b.frozen);
         let conv_bn = |w: &Tensor| -> Result<Tensor> {
             let bias = if s.bias {
                 Some(self.var(&format!("{node}.bias"))?)
@@ -296,12 +265,7 @@ impl OpModel {
                 None => Ok(y),
             }
         };
-        let one_by_one = ConvShape {
-            kernel: 1,
-            padding: s.padding - s.kernel / 2,
-            bias: false,
-            ..s.clone()
-        };
+        let one_by_one = overparam_fuse::exec::one_by_one(s);
         // RepVGG and QARepVGG share the k×k branch with its BN.
         let dense_bn = || -> Result<Tensor> {
             let w = self.var(&format!("{node}.rbr_dense.conv.weight"))?;
@@ -323,7 +287,7 @@ impl OpModel {
             }
             Method::Repvgg => {
                 let mut y = dense_bn()?;
-                if s.kernel > 1 {
+                if !s.is_1x1() {
                     let b1 = Self::conv2d(
                         x,
                         self.var(&format!("{node}.rbr_1x1.conv.weight"))?,
@@ -339,7 +303,7 @@ impl OpModel {
             }
             Method::Qarepvgg => {
                 let mut y = dense_bn()?;
-                if s.kernel > 1 {
+                if !s.is_1x1() {
                     y = y.f_add(&Self::conv2d(
                         x,
                         self.var(&format!("{node}.rbr_1x1.weight"))?,
@@ -353,5 +317,153 @@ impl OpModel {
                 self.bn(&format!("{node}.bn"), &y, eps, train)
             }
         }
+    }
+}
+
+/// The libtorch [`Backend`]: the training forward of every op.
+struct Tch<'m, 'k> {
+    model: &'m OpModel,
+    train: bool,
+    kernels: Option<&'k mut Vec<Tensor>>,
+}
+
+/// Pads `[top, left, bottom, right]` as libtorch's `(left, right, top, bottom)`.
+fn torch_pads(p: [usize; 4]) -> [i64; 4] {
+    [p[1] as i64, p[3] as i64, p[0] as i64, p[2] as i64]
+}
+
+/// Whether libtorch's pools take these pads directly: symmetric, and at most half the
+/// (dilated) window, as `max_pool2d`/`avg_pool2d` require.
+fn native_pool_pads(w: &Window) -> bool {
+    let half = |a: usize| (w.dilation[a] * (w.kernel[a] - 1)).div_ceil(2);
+    w.symmetric() && w.padding[0] <= half(0) && w.padding[1] <= half(1)
+}
+
+impl Backend for Tch<'_, '_> {
+    type T = Tensor;
+    type Error = Error;
+
+    fn param(&mut self, cx: &NodeCx, leaf: &str) -> Result<Tensor> {
+        Ok(self.model.var(&cx.param(leaf))?.shallow_clone())
+    }
+    fn unary(&mut self, _cx: &NodeCx, x: &Tensor, f: Unary) -> Result<Tensor> {
+        let hard = |x: &Tensor, alpha: f64, beta: f64| -> Result<Tensor> {
+            Ok(x.f_mul_scalar(alpha)?
+                .f_add_scalar(beta)?
+                .f_clamp(0.0, 1.0)?)
+        };
+        Ok(match f {
+            Unary::Relu => x.f_relu()?,
+            Unary::LeakyRelu { alpha } => {
+                x.f_where_self(&x.f_ge(0.0)?, &x.f_mul_scalar(alpha as f64)?)?
+            }
+            Unary::Clip { min, max } => x.f_clamp(min as f64, max as f64)?,
+            Unary::Sigmoid => x.f_sigmoid()?,
+            Unary::HardSigmoid { alpha, beta } => hard(x, alpha as f64, beta as f64)?,
+            Unary::HardSwish => x.f_mul(&hard(x, 1.0 / 6.0, 0.5)?)?,
+        })
+    }
+    fn binary(&mut self, _cx: &NodeCx, a: &Tensor, b: &Tensor, f: BinaryKind) -> Result<Tensor> {
+        Ok(match f {
+            BinaryKind::Add => a.f_add(b)?,
+            BinaryKind::Sub => a.f_sub(b)?,
+            BinaryKind::Mul => a.f_mul(b)?,
+            BinaryKind::Div => a.f_div(b)?,
+        })
+    }
+    fn affine(&mut self, cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
+        let c = cx.out[0] as i64;
+        let view: Vec<i64> = std::iter::once(1)
+            .chain(std::iter::once(c))
+            .chain(std::iter::repeat_n(1, cx.out.len() - 1))
+            .collect();
+        let (w, b) = (self.param(cx, "weight")?, self.param(cx, "bias")?);
+        Ok(x.f_mul(&w.f_reshape(&view)?)?.f_add(&b.f_reshape(&view)?)?)
+    }
+    fn conv_transpose(&mut self, cx: &NodeCx, x: &Tensor, op: &ConvTranspose) -> Result<Tensor> {
+        let (w, b) = (self.param(cx, "weight")?, self.param(cx, "bias")?);
+        let [t, l, bo, r] = op.padding;
+        let sym = t == bo && l == r;
+        let pad = if sym { [t as i64, l as i64] } else { [0, 0] };
+        let y = x.f_conv_transpose2d(
+            &w,
+            Some(&b),
+            op.stride.map(|v| v as i64),
+            pad,
+            op.output_padding.map(|v| v as i64),
+            op.groups as i64,
+            op.dilation.map(|v| v as i64),
+        )?;
+        if sym {
+            return Ok(y);
+        }
+        // The full output, cropped by the pads on each side.
+        let (h, wd) = (cx.out[1] as i64, cx.out[2] as i64);
+        Ok(y.f_narrow(2, t as i64, h)?.f_narrow(3, l as i64, wd)?)
+    }
+    fn max_pool(&mut self, _cx: &NodeCx, x: &Tensor, w: &Window) -> Result<Tensor> {
+        let k = w.kernel.map(|v| v as i64);
+        let s = w.stride.map(|v| v as i64);
+        let d = w.dilation.map(|v| v as i64);
+        if native_pool_pads(w) {
+            let p = [w.padding[0] as i64, w.padding[1] as i64];
+            return Ok(x.f_max_pool2d(k, s, p, d, false)?);
+        }
+        let padded = x.f_pad(torch_pads(w.padding), "constant", f64::NEG_INFINITY)?;
+        Ok(padded.f_max_pool2d(k, s, [0, 0], d, false)?)
+    }
+    fn avg_pool(&mut self, _cx: &NodeCx, x: &Tensor, op: &AvgPool) -> Result<Tensor> {
+        let w = &op.window;
+        let k = w.kernel.map(|v| v as i64);
+        let s = w.stride.map(|v| v as i64);
+        if native_pool_pads(w) {
+            let p = [w.padding[0] as i64, w.padding[1] as i64];
+            return Ok(x.f_avg_pool2d(k, s, p, false, op.count_include_pad, None)?);
+        }
+        if !op.count_include_pad {
+            return Err(Error::Model(format!(
+                "avg_pool: pads {:?} without count_include_pad have no libtorch equivalent",
+                w.padding
+            )));
+        }
+        // Padding counted as zeros: pad with zeros, then average over whole windows.
+        let padded = x.f_constant_pad_nd(torch_pads(w.padding))?;
+        Ok(padded.f_avg_pool2d(k, s, [0, 0], false, true, None)?)
+    }
+    fn global_avg_pool(&mut self, _cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_adaptive_avg_pool2d([1, 1])?)
+    }
+    fn concat(&mut self, _cx: &NodeCx, xs: &[&Tensor]) -> Result<Tensor> {
+        Ok(Tensor::f_cat(xs, 1)?)
+    }
+    fn flatten(&mut self, _cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_flatten(1, -1)?)
+    }
+    fn linear(&mut self, cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (self.param(cx, "weight")?, self.param(cx, "bias")?);
+        Ok(x.f_linear(&w, Some(&b))?)
+    }
+    fn resize(&mut self, _cx: &NodeCx, x: &Tensor, op: &Resize) -> Result<Tensor> {
+        let size = [op.height as i64, op.width as i64];
+        Ok(match op.mode {
+            ResizeMode::Nearest => x.f_upsample_nearest2d(size, None, None)?,
+            ResizeMode::Bilinear => x.f_upsample_bilinear2d(size, false, None, None)?,
+            ResizeMode::BilinearAlignCorners => x.f_upsample_bilinear2d(size, true, None, None)?,
+        })
+    }
+    fn l2_norm(&mut self, _cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
+        let norm = x
+            .f_square()?
+            .f_sum_dim_intlist(1, true, Kind::Float)?
+            .f_sqrt()?
+            .f_clamp_min(1e-12)?;
+        Ok(x.f_div(&norm)?)
+    }
+}
+
+impl ConvBackend<TrainConv> for Tch<'_, '_> {
+    fn conv(&mut self, cx: &NodeCx, c: &TrainConv, x: &Tensor) -> Result<Tensor> {
+        self.model
+            .conv(cx.prefix, c, x, self.train, self.kernels.as_deref_mut())
     }
 }

@@ -29,11 +29,35 @@ fn from_tch(t: &Tensor) -> FTensor<f32> {
 }
 
 fn grouped_spec(method: Method) -> TrainSpec {
-    let shape = ConvShape {
-        groups: 2,
-        bias: true,
-        ..ConvShape::new(4, 4, 3, 1)
-    };
+    conv_spec(
+        ConvShape {
+            groups: 2,
+            bias: true,
+            ..ConvShape::new(4, 4, 3, 1)
+        },
+        method,
+    )
+}
+
+/// A 1×3 conv with stride (2, 1), dilation (1, 2) and asymmetric pads (libtorch takes those
+/// only as an explicit pad first).
+fn general_spec(method: Method) -> TrainSpec {
+    conv_spec(
+        ConvShape {
+            in_channels: 4,
+            out_channels: 6,
+            kernel: [1, 3],
+            stride: [2, 1],
+            padding: [0, 1, 1, 3],
+            groups: 2,
+            bias: true,
+            dilation: [1, 2],
+        },
+        method,
+    )
+}
+
+fn conv_spec(shape: ConvShape, method: Method) -> TrainSpec {
     TrainSpec {
         model: "grouped".into(),
         input: InputSpec {
@@ -42,22 +66,16 @@ fn grouped_spec(method: Method) -> TrainSpec {
             width: 4,
             normalize: None,
         },
-        nodes: vec![Node {
-            name: "conv".into(),
-            inputs: vec![INPUT.into()],
-            op: Op::Conv(TrainConv {
+        nodes: vec![Node::new(
+            "conv",
+            &[INPUT],
+            Op::Conv(TrainConv::new(
                 shape,
-                bn: Some(BatchNorm {
-                    name: "bn".into(),
-                    eps: 1e-5,
-                }),
+                Some(BatchNorm::new("bn", 1e-5)),
                 method,
-            }),
-        }],
-        outputs: vec![OutputSpec {
-            name: "y".into(),
-            node: "conv".into(),
-        }],
+            )),
+        )],
+        outputs: vec![OutputSpec::new("y", "conv")],
     }
 }
 
@@ -94,6 +112,16 @@ fn specs() -> Vec<TrainSpec> {
         },
     ] {
         out.push(grouped_spec(m));
+    }
+    for m in [
+        Method::Plain,
+        Method::Fnl { rank: 7 },
+        Method::Sfo {
+            rank: 6,
+            share: None,
+        },
+    ] {
+        out.push(general_spec(m));
     }
     out.push(shared_heads_example());
     // The multi-task net: Resize (nearest) and L2Norm against the reference executor.
