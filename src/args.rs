@@ -121,3 +121,28 @@ pub fn budget(s: &str) -> std::result::Result<f64, String> {
 /// Why `--native` / `--runtime trt-native` cannot run in this build.
 #[cfg(not(feature = "tensorrt"))]
 pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";
+
+/// `--output NAME=ROLE`: the role of a model output (class_logits, segmentation_logits,
+/// depth, normals, raw).
+pub fn output_role(s: &str) -> std::result::Result<(String, overparam_base::Role), String> {
+    let (name, role) = s.split_once('=').ok_or_else(|| {
+        format!("`{s}`: expected NAME=ROLE, e.g. out=depth (the file to write is -o)")
+    })?;
+    if name.is_empty() {
+        return Err(format!("`{s}`: the output name is empty"));
+    }
+    let roles: Vec<&str> = overparam_base::Role::ALL.iter().map(|r| r.name()).collect();
+    let r = overparam_base::Role::from_name(role)
+        .ok_or_else(|| format!("`{role}` is not a role (one of {})", roles.join(", ")))?;
+    Ok((name.to_string(), r))
+}
+
+/// A comma-separated list of positive sizes (`--input-shape 1,3,224,224`).
+pub fn shape(s: &str) -> std::result::Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|d| match d.trim().parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("`{d}` in `{s}` is not a positive size")),
+        })
+        .collect()
+}

@@ -28,6 +28,9 @@ enum Command {
     /// The main job: train → fold → verify → export FP32/FP16/INT8 → accuracy → latency →
     /// publish over zenoh → runs/<name>/report.md (default: multi-task SFO on synthetic scenes).
     Pipeline(commands::pipeline::Args),
+    /// Import a trained network from ONNX (PyTorch's exporters) as a deploy checkpoint,
+    /// checked against the original in ONNX Runtime.
+    Import(commands::import::Args),
     /// Build a model spec with a method and write its freshly initialised train checkpoint.
     Init(commands::init::Args),
     /// Fold a train checkpoint into a plain deploy checkpoint and verify it numerically.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Import(a) => commands::import::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Pipeline(a) => commands::pipeline::run(a),
         Command::Fuse(a) => commands::fuse::run(a),

@@ -25,10 +25,8 @@ impl Model {
     /// Loads an ONNX file, or a deploy checkpoint (exported to FP32 ONNX in memory).
     pub fn load(path: &Path, threads: Option<usize>, provider: &Provider) -> Result<Self> {
         let bytes = if path.extension().and_then(|e| e.to_str()) == Some("onnx") {
-            std::fs::read(path).map_err(|e| Error::File {
-                path: path.into(),
-                message: e.to_string(),
-            })?
+            // External data is read from beside the model, whatever the working directory.
+            overparam_engine::onnx_file::model_bytes(path)?
         } else {
             let ck = overparam_fuse::checkpoint::load(path)?;
             let AnySpec::Deploy(spec) = ck.spec else {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod export;
 pub mod latency;
 pub mod onnx;
+pub mod onnx_file;
 pub mod runtime;
 pub mod trt;
 #[cfg(feature = "tensorrt")]

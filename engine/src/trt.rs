@@ -265,11 +265,10 @@ pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<
 pub type InputShapes = Vec<(String, Vec<i64>)>;
 
 /// An ONNX file's bytes and its input names and shapes (for the manifest).
+/// The model's bytes (external data inlined: the native builder parses from memory) and its
+/// inputs.
 pub(crate) fn read_onnx(onnx: &Path) -> Result<(Vec<u8>, InputShapes)> {
-    let bytes = std::fs::read(onnx).map_err(|e| Error::Io {
-        path: onnx.into(),
-        source: e,
-    })?;
+    let bytes = crate::onnx_file::model_bytes(onnx)?;
     let inputs = onnx_inputs(&bytes).map_err(|e| Error::File {
         path: onnx.into(),
         message: e.to_string(),

@@ -265,14 +265,24 @@ pub fn fold_conv<F: Real>(
                 None,
                 &Bn::from_weights(w, &format!("{node}.rbr_dense.bn"), eps)?,
             );
-            if !s.is_1x1() {
-                add_into(
-                    &mut k,
-                    &pad_1x1(get(w, &format!("{node}.rbr_1x1.weight"))?, s.kernel),
-                );
-            }
+            // The 1×1 and identity branches are summed first: an expansion that starts the
+            // 1×1 at −identity (`crate::expand`) then cancels to exactly zero.
+            let mut branches = if !s.is_1x1() {
+                Some(pad_1x1(
+                    get(w, &format!("{node}.rbr_1x1.weight"))?,
+                    s.kernel,
+                ))
+            } else {
+                None
+            };
             if has_identity(s) {
-                add_into(&mut k, &identity_kernel(s));
+                match &mut branches {
+                    Some(b) => add_into(b, &identity_kernel(s)),
+                    None => branches = Some(identity_kernel(s)),
+                }
+            }
+            if let Some(b) = branches {
+                add_into(&mut k, &b);
             }
             Ok(fold_bn(
                 &k,

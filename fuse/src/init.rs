@@ -121,7 +121,7 @@ fn fan_in_of(tensor: &str, spec: &TrainSpec) -> Option<usize> {
     }
 }
 
-fn noise(rng: &mut Rng, rows: usize, cols: usize, std: f64) -> Mat {
+pub(crate) fn noise(rng: &mut Rng, rows: usize, cols: usize, std: f64) -> Mat {
     Mat::new(
         rows,
         cols,
@@ -149,14 +149,14 @@ fn embed3(p: &Mat, a: &Mat, q: &Mat, d: usize, rngs: [&mut Rng; 3]) -> (Mat, Mat
 }
 
 /// A kernel group's matrix view `[O/g, I/g·kh·kw]` (SFO) as a Mat.
-fn sfo_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
+pub(crate) fn sfo_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
     let o = s.out_channels / s.groups;
     let n = w.numel() / s.out_channels;
     Mat::new(o, n, w.data[g * o * n..(g + 1) * o * n].to_vec())
 }
 
 /// The FNL view Ŵ[(o,u),(i,v)] = W[o,i,u,v] of one group.
-fn fnl_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
+pub(crate) fn fnl_view(w: &Tensor<f64>, s: &ConvShape, g: usize) -> Mat {
     let (o, i) = (s.out_channels / s.groups, s.in_channels / s.groups);
     let [kh, kw] = s.kernel;
     let mut m = Mat::zeros(o * kh, i * kw);

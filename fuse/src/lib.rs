@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod exec;
+pub mod expand;
 pub mod fold;
 pub mod import;
 pub mod init;

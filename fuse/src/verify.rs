@@ -160,6 +160,48 @@ pub fn verify_fold<F: Real>(
     })
 }
 
+/// Compares an expanded train model (eval mode) with the plain model it was expanded from, in
+/// f64 on a seeded random batch, per conv block (the plain model's block input into both) and
+/// end to end, against [`EXACT_TOLERANCE`]: the verdict of `init --from`.
+pub fn verify_expansion(
+    plain: &DeploySpec,
+    plain_w: &Weights<f32>,
+    expanded: &TrainSpec,
+    expanded_w: &Weights<f32>,
+    batch: usize,
+    seed: u64,
+) -> Result<Verification> {
+    let widen = |w: &Weights<f32>| -> Weights<f64> {
+        w.iter().map(|(k, v)| (k.clone(), v.cast())).collect()
+    };
+    let (pw, ew) = (widen(plain_w), widen(expanded_w));
+    let x = verification_input(plain, batch.max(1), seed);
+    let acts = run_all(plain, &pw, &x)?;
+    let mut blocks = Vec::new();
+    for (pn, en) in plain.nodes.iter().zip(&expanded.nodes) {
+        if let Op::Conv(tc) = &en.op {
+            let input = &acts[&pn.inputs[0]];
+            let got = ConvEval::<f64>::eval(tc, en.prefix(), input, &ew)?;
+            blocks.push(Deviation::between(&pn.name, &acts[&pn.name], &got));
+        }
+    }
+    let expanded_out = crate::exec::run(expanded, &ew, &x)?;
+    let outputs = plain
+        .outputs
+        .iter()
+        .zip(&expanded_out)
+        .map(|(o, (_, got))| Deviation::between(&o.name, &acts[&o.node], got))
+        .collect();
+    Ok(Verification {
+        precision: "fp64",
+        batch: batch.max(1),
+        blocks,
+        outputs,
+        block_tolerance: EXACT_TOLERANCE,
+        output_tolerance: EXACT_TOLERANCE,
+    })
+}
+
 fn compare<F: Real>(
     train: &TrainSpec,
     acts: &crate::exec::Activations<F>,

@@ -15,6 +15,7 @@
 pub mod deploy;
 pub mod error;
 pub mod experiment;
+pub mod import;
 pub mod metrics_csv;
 pub mod pipeline;
 

@@ -12,8 +12,13 @@ use overparam_fuse::{AnySpec, MethodConfig, MethodKind};
 pub struct Args {
     /// Model builder: resnet18_cifar, resnet50_cifar, vgg_small or mtl (the NYUv2 multi-task
     /// encoder-decoder at image_size × image_size·4/3).
-    #[arg(long)]
-    model: ModelKind,
+    #[arg(long, required_unless_present = "from")]
+    model: Option<ModelKind>,
+    /// Expand a trained deploy checkpoint (from `overparam import` or `fuse`) instead of
+    /// building a fresh model: the same function exactly (checked in f64), overparameterised
+    /// with --method.
+    #[arg(long, conflicts_with_all = ["model", "width", "num_classes", "image_size", "in_channels", "random_bn"])]
+    from: Option<PathBuf>,
     /// Overparameterisation method: plain, repvgg, qarepvgg, fnl or sfo.
     #[arg(long, default_value = "plain")]
     method: MethodKind,
@@ -57,6 +62,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         fnl_rank_scale: a.fnl_rank_scale,
         ..MethodConfig::new(a.method)
     };
+    if let Some(from) = &a.from {
+        return from_deploy(from, &method, &a);
+    }
+    let model = a.model.expect("clap requires --model without --from");
     let opts = ClassifierOptions {
         width: a.width,
         num_classes: a.num_classes,
@@ -64,10 +73,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         in_channels: a.in_channels,
         method,
     };
-    let spec = build(a.model, &opts).context("building the model spec")?;
+    let spec = build(model, &opts).context("building the model spec")?;
     eprintln!(
         "init: {} ({}, width {}), spectral factorisation where the method asks…",
-        a.model.as_str(),
+        model.as_str(),
         a.method.as_str(),
         a.width
     );
@@ -82,6 +91,49 @@ pub fn run(a: Args) -> Result<ExitCode> {
     checkpoint::save(&a.output, &AnySpec::Train(spec), &weights)?;
     println!(
         "wrote {} ({} train-time parameters)",
+        a.output.display(),
+        super::si(params)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--from`: the exact expansion of a trained deploy checkpoint, written only when the f64
+/// verdict passes.
+fn from_deploy(from: &std::path::Path, method: &MethodConfig, a: &Args) -> Result<ExitCode> {
+    eprintln!(
+        "init: expanding {} with {} exactly…",
+        from.display(),
+        a.method.as_str()
+    );
+    let e = overparam_lab::import::expand(from, method, a.seed)?;
+    for (node, why) in &e.expanded.kept_plain {
+        println!("  {node} stays plain: {why}");
+    }
+    let v = &e.verdict;
+    let worst = |d: Option<&overparam_fuse::verify::Deviation>| d.map_or(0.0, |d| d.rel);
+    println!(
+        "exactness: the expanded model (eval mode) against {} in f64: worst block rel {:.2e}, worst output rel {:.2e} (tolerance {:.0e}, {:.2} s)",
+        from.display(),
+        worst(v.worst_block()),
+        worst(v.worst_output()),
+        v.output_tolerance,
+        e.seconds
+    );
+    if !v.passed() {
+        eprintln!(
+            "error: the expansion is not exact; {} not written",
+            a.output.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let params = param_count(&train_layout(&e.expanded.spec)?);
+    checkpoint::save(
+        &a.output,
+        &AnySpec::Train(e.expanded.spec),
+        &e.expanded.weights,
+    )?;
+    println!(
+        "PASS: exact in f64; wrote {} ({} train-time parameters)",
         a.output.display(),
         super::si(params)
     );

@@ -35,20 +35,40 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .max()
         .unwrap_or(4)
         .max(4);
+    let wdetail = s
+        .layers
+        .iter()
+        .map(|l| l.detail.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     println!(
-        "{:<wname$}  {:<15}  {:<8}  {:>12}  {:>12}  {:>10}  {:>10}",
-        "name", "op", "method", "input", "output", "params", "MACs"
+        "{:<wname$}  {:<15}  {:<wdetail$}  {:<8}  {:>12}  {:>12}  {:>10}  {:>10}",
+        "name", "op", "detail", "method", "input", "output", "params", "MACs"
     );
     for l in &s.layers {
         println!(
-            "{:<wname$}  {:<15}  {:<8}  {:>12}  {:>12}  {:>10}  {:>10}",
+            "{:<wname$}  {:<15}  {:<wdetail$}  {:<8}  {:>12}  {:>12}  {:>10}  {:>10}",
             l.name,
             l.op,
+            l.detail,
             l.method,
             shape(&l.input),
             shape(&l.output),
             l.params,
             l.macs
+        );
+    }
+    for l in s.layers.iter().filter(|l| !l.note.is_empty()) {
+        println!("  {} stays plain: {}", l.name, l.note);
+    }
+    for o in &s.outputs {
+        println!(
+            "output `{}` ({}): {}, {}",
+            o.name,
+            o.node,
+            o.role,
+            shape(&o.shape)
         );
     }
     println!(

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 pub mod fuse;
+pub mod import;
 pub mod init;
 pub mod inspect;
 pub mod pipeline;

@@ -152,7 +152,9 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
                     &crate::progress::Bars::stderr(),
                 )?
             } else {
-                std::fs::read(model).with_context(|| format!("reading {file}"))?
+                // External data is read from beside the model, whatever the working directory.
+                overparam_engine::onnx_file::model_bytes(model)
+                    .with_context(|| format!("reading {file}"))?
             };
             // A deploy checkpoint was exported at --batch already.
             let batch = if deploy { None } else { a.batch };
