@@ -137,12 +137,19 @@ pub fn output_role(s: &str) -> std::result::Result<(String, overparam_base::Role
     Ok((name.to_string(), r))
 }
 
-/// A comma-separated list of positive sizes (`--input-shape 1,3,224,224`).
-pub fn shape(s: &str) -> std::result::Result<Vec<usize>, String> {
-    s.split(',')
-        .map(|d| match d.trim().parse::<usize>() {
-            Ok(v) if v > 0 => Ok(v),
-            _ => Err(format!("`{d}` in `{s}` is not a positive size")),
-        })
-        .collect()
+/// A tensor shape given as comma-separated positive sizes (`--input-shape 1,3,224,224`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape(pub Vec<usize>);
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        s.split(',')
+            .map(|d| match d.trim().parse::<usize>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(format!("`{d}` in `{s}` is not a positive size")),
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map(Shape)
+    }
 }

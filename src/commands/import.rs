@@ -16,8 +16,8 @@ pub struct Args {
     #[arg(short = 'o', long = "out")]
     output: PathBuf,
     /// The input shape N,C,H,W, for a model whose input dimensions are dynamic.
-    #[arg(long, value_parser = crate::args::shape)]
-    input_shape: Option<Vec<usize>>,
+    #[arg(long, value_name = "N,C,H,W")]
+    input_shape: Option<crate::args::Shape>,
     /// The role of an output, NAME=ROLE (class_logits, segmentation_logits, depth, normals or
     /// raw); repeatable. Outputs not named get the role their name implies (`logits`,
     /// `segmentation`, `depth`, `normals`), else raw.
@@ -58,7 +58,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         model: a.model,
         output: a.output,
         options: ImportOptions {
-            input_shape: a.input_shape,
+            input_shape: a.input_shape.map(|s| s.0),
             roles: a.roles,
             model: String::new(),
             normalize,

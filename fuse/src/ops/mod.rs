@@ -28,6 +28,7 @@ pub mod binary;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod examples;
 pub mod flatten;
 pub mod l2norm;
 pub mod linear;
