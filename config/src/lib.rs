@@ -127,10 +127,32 @@ pub enum DeviceChoice {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    pub kind: ModelKind,
+    /// A model builder, or (with `from`) none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ModelKind>,
+    /// A trained deploy checkpoint (from `overparam import` or a finished run) to fine-tune:
+    /// it is expanded exactly with `method` before the first step. Takes the place of `kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
     #[serde(default = "one")]
     pub width: f64,
     pub method: MethodConfig,
+}
+
+impl ModelConfig {
+    /// Whether this trains the multi-task builder network (an imported network's task comes
+    /// from its output roles instead).
+    pub fn is_mtl_builder(&self) -> bool {
+        self.kind == Some(ModelKind::Mtl)
+    }
+    /// The builder's name, or `from <file>`.
+    pub fn describe(&self) -> String {
+        match (&self.kind, &self.from) {
+            (Some(k), _) => k.as_str().to_string(),
+            (None, Some(f)) => format!("from {}", f.display()),
+            (None, None) => "no model".into(),
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -365,6 +387,27 @@ impl TrainConfig {
             return bad(
                 "run.threads must be at least 1 (or left out for libtorch's choice)".into(),
             );
+        }
+        match (&self.model.kind, &self.model.from) {
+            (None, None) => {
+                return bad(
+                    "model: give model.kind (a builder) or model.from (a deploy checkpoint to fine-tune)".into(),
+                );
+            }
+            (Some(k), Some(f)) => {
+                return bad(format!(
+                    "model.kind = {} and model.from = {}: give one (model.from brings its own network)",
+                    k.as_str(),
+                    f.display()
+                ));
+            }
+            (None, Some(_)) if self.model.width != 1.0 => {
+                return bad(format!(
+                    "model.width = {} has no meaning with model.from (the imported network has its own widths)",
+                    self.model.width
+                ));
+            }
+            _ => {}
         }
         if !self.model.width.is_finite() || self.model.width <= 0.0 {
             return bad(format!(

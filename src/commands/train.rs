@@ -25,7 +25,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     use overparam_config::TrainConfig;
     let cfg = TrainConfig::load(&a.config, &a.overrides)?;
     let progress = crate::progress::Bars::stderr();
-    if overparam_train::mtl_trainer::is_mtl(&cfg) {
+    if overparam_train::mtl_trainer::is_mtl(&cfg)? {
         match overparam_train::mtl_trainer::train_mtl(&cfg, a.resume, &progress, a.epochs_now)? {
             Some(s) => {
                 let m = s.metrics;

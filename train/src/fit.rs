@@ -126,14 +126,15 @@ pub(crate) fn step(
     Ok(())
 }
 
-/// Trains `task` through `phases` (which cover `0..optim.epochs`), resuming from the state
-/// file when `run.resume`. Every epoch saves the state first, then the train checkpoint and
+/// Trains `task` through `phases` (which cover `0..optim.epochs`) from `init` (or a fresh
+/// initialisation), resuming from the state file when `run.resume`. Every epoch saves the state first, then the train checkpoint and
 /// `metrics.csv` (resume reads only the state). `stop_after` ends the invocation after that
 /// many epochs, as a kill at an epoch boundary would: `None` comes back.
 pub(crate) fn fit<T: Task>(
     cfg: &TrainConfig,
     task: &mut T,
     phases: &[Phase],
+    init: Option<overparam_fuse::Weights<f32>>,
     run: &RunDir,
     progress: &dyn Progress,
     stop_after: Option<usize>,
@@ -154,7 +155,11 @@ pub(crate) fn fit<T: Task>(
         )
     } else {
         let spec = phases[0].spec.clone();
-        let w = fresh_weights(cfg, &spec)?;
+        // A fine-tuning run starts from its expansion, any other from a fresh initialisation.
+        let w = match init {
+            Some(w) => w,
+            None => fresh_weights(cfg, &spec)?,
+        };
         (0, 0, vec![], spec, w, None)
     };
     if run.resume && !phases.iter().any(|p| p.spec == spec) {

@@ -12,6 +12,7 @@ pub mod model;
 pub mod mtl;
 pub mod mtl_trainer;
 pub mod optim;
+pub mod pretrained;
 pub mod state;
 pub mod trainer;
 

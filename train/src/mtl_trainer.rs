@@ -155,7 +155,14 @@ fn optimisers(cfg: &TrainConfig, model: &OpModel, log_vars: Option<&Tensor>) -> 
     )
 }
 
-/// The nine MTAN metrics of a model on a split (eval mode, no augmentation).
+/// Which output carries each task (segmentation, depth, normals), by role; `None` where the
+/// network has no such output (an imported two-head decoder).
+pub fn heads(spec: &overparam_fuse::TrainSpec) -> [Option<usize>; 3] {
+    overparam_base::Task::ALL.map(|t| spec.outputs.iter().position(|o| o.role == t.role()))
+}
+
+/// The nine MTAN metrics of a model on a split (eval mode, no augmentation); the metrics of a
+/// task the network has no output for are NaN.
 pub fn evaluate(
     model: &OpModel,
     split: &NyuSplit,
@@ -164,40 +171,41 @@ pub fn evaluate(
 ) -> Result<[f64; 9]> {
     let mut conf = Confusion::new(CLASSES);
     let mut geo = GeometryErrors::default();
+    let h = heads(model.spec());
     for start in (0..split.len()).step_by(batch.max(1)) {
         let samples: Vec<NyuSample> = (start..(start + batch).min(split.len()))
             .map(|i| split.get(i))
             .collect::<Result<_, _>>()?;
         let b = make_batch(&samples, device)?;
-        let ys = tch::no_grad(|| model.forward(&b.image, false))?;
-        let pred: Vec<usize> = Vec::<i64>::try_from(
-            &ys[0]
-                .f_argmax(1, false)?
-                .f_flatten(0, -1)?
-                .f_to_device(Device::Cpu)?,
-        )?
-        .into_iter()
-        .map(|v| v as usize)
-        .collect();
-        let label: Vec<f32> = samples
-            .iter()
-            .flat_map(|s| s.label.iter().copied())
-            .collect();
-        conf.add(&pred, &label);
-        let depth_pred = to_f(&ys[1])?.data;
-        let depth_gt: Vec<f32> = samples
-            .iter()
-            .flat_map(|s| s.depth.iter().copied())
-            .collect();
-        // Normals channel-last, as the ground truth.
-        let normal_pred = to_f(&ys[2].f_permute([0, 2, 3, 1])?.f_contiguous()?)?.data;
-        let normal_gt: Vec<f32> = samples
-            .iter()
-            .flat_map(|s| s.normal.iter().copied())
-            .collect();
-        geo.add_batch(&depth_pred, &depth_gt, &normal_pred, &normal_gt);
+        let (seg, depth_pred, normal_pred) = predict_with(model, &b.image, &h)?;
+        if h[0].is_some() {
+            let pred: Vec<usize> = seg.iter().map(|&v| v as usize).collect();
+            let label: Vec<f32> = samples
+                .iter()
+                .flat_map(|s| s.label.iter().copied())
+                .collect();
+            conf.add(&pred, &label);
+        }
+        let gt = |f: &dyn Fn(&NyuSample) -> &Vec<f32>, on: bool| -> Vec<f32> {
+            if !on {
+                return vec![];
+            }
+            samples.iter().flat_map(|s| f(s).iter().copied()).collect()
+        };
+        geo.add_batch(
+            &depth_pred,
+            &gt(&|s| &s.depth, h[1].is_some()),
+            &normal_pred,
+            &gt(&|s| &s.normal, h[2].is_some()),
+        );
     }
-    Ok(overparam_data::metrics::nyu_metrics(&conf, &geo))
+    let mut m = overparam_data::metrics::nyu_metrics(&conf, &geo);
+    for (t, head) in overparam_base::Task::ALL.iter().zip(h) {
+        if head.is_none() {
+            m[t.metrics()].iter_mut().for_each(|v| *v = f64::NAN);
+        }
+    }
+    Ok(m)
 }
 
 #[derive(Clone, Debug)]
@@ -227,6 +235,9 @@ struct MultiTask<'a> {
     untrained: Option<[f64; 9]>,
     /// The epoch's running sums of the three task losses.
     sums: [f64; 3],
+    /// The network fine-tuning starts from, checked against the expansion before the first step.
+    pretrained: Option<crate::pretrained::Pretrained>,
+    progress: &'a dyn Progress,
 }
 
 impl Task for MultiTask<'_> {
@@ -275,12 +286,44 @@ impl Task for MultiTask<'_> {
     }
 
     fn start(&mut self, model: &OpModel) -> Result<()> {
-        self.untrained = Some(evaluate(
-            model,
-            &self.val,
-            self.cfg.optim.batch_size,
-            self.device,
-        )?);
+        let bs = self.cfg.optim.batch_size;
+        let expanded = evaluate(model, &self.val, bs, self.device)?;
+        self.untrained = Some(expanded);
+        let Some(p) = &self.pretrained else {
+            return Ok(());
+        };
+        // Fine-tuning: the imported network on the same split, and how far the outputs moved.
+        let imported = OpModel::new(
+            &nn::VarStore::new(self.device).root(),
+            &overparam_fuse::fold::as_train_spec(&p.spec)?,
+            &p.weights,
+        )?;
+        let before = evaluate(&imported, &self.val, bs, self.device)?;
+        let n = self.val.len().min(bs.max(1)).max(1);
+        let samples: Vec<NyuSample> = (0..n).map(|i| self.val.get(i)).collect::<Result<_, _>>()?;
+        let b = make_batch(&samples, self.device)?;
+        let ya = tch::no_grad(|| imported.forward(&b.image, false))?;
+        let yb = tch::no_grad(|| model.forward(&b.image, false))?;
+        let mut rel = 0f64;
+        for (a, c) in ya.iter().zip(&yb) {
+            let (a, c) = (to_f(a)?, to_f(c)?);
+            rel = rel.max((a.max_abs_diff(&c) / a.max_abs().max(1e-12)) as f64);
+        }
+        let (sa, _, _) = predict(&imported, &b.image)?;
+        let (sb, _, _) = predict(model, &b.image)?;
+        let mismatches = sa.iter().zip(&sb).filter(|(x, y)| x != y).count();
+        let line = crate::pretrained::record_start(
+            &self.dir,
+            &crate::pretrained::Start {
+                from: p.path.clone(),
+                metric: "the nine NYUv2 metrics".into(),
+                imported: before.to_vec(),
+                expanded: expanded.to_vec(),
+                prediction_mismatches: mismatches,
+                max_output_rel_diff: rel,
+            },
+        )?;
+        self.progress.event(&line);
         Ok(())
     }
 
@@ -294,10 +337,22 @@ impl Task for MultiTask<'_> {
         x: &Batch,
     ) -> Result<(Tensor, Option<Tensor>, [Tensor; 3])> {
         let (ys, frob) = model.forward_with_frobenius(&x.image)?;
+        let h = heads(model.spec());
+        // A task the network has no output for adds nothing.
+        let zero = || Tensor::from(0f32).f_to_device(x.image.device());
         let losses = [
-            segmentation_loss(&ys[0], &x.label)?,
-            depth_loss(&ys[1], &x.depth)?,
-            normal_loss(&ys[2], &x.normal)?,
+            match h[0] {
+                Some(i) => segmentation_loss(&ys[i], &x.label)?,
+                None => zero()?,
+            },
+            match h[1] {
+                Some(i) => depth_loss(&ys[i], &x.depth)?,
+                None => zero()?,
+            },
+            match h[2] {
+                Some(i) => normal_loss(&ys[i], &x.normal)?,
+                None => zero()?,
+            },
         ];
         let objective = self.weighter.combine(&active_losses(
             &self.cfg.mtl.tasks,
@@ -421,13 +476,27 @@ pub fn train_mtl(
     let (device, dir) = (run.device, run.dir.clone());
     let (train, val) = load_splits_with(cfg, progress)?;
     let first = train.get(0)?;
-    let spec = mtl_net(&MtlOptions {
-        width: cfg.model.width,
-        height: first.height,
-        width_px: first.width,
-        classes: CLASSES,
-        method: cfg.model.method.clone(),
-    })?;
+    let (spec, init) = match crate::pretrained::Pretrained::of(cfg)? {
+        Some(p) => {
+            from_pretrained(cfg, &p, first.height, first.width)?;
+            let (s, w) = p.expand(&cfg.model.method, cfg.run.seed)?;
+            (s, Some((p, w)))
+        }
+        None => (
+            mtl_net(&MtlOptions {
+                width: cfg.model.width,
+                height: first.height,
+                width_px: first.width,
+                classes: CLASSES,
+                method: cfg.model.method.clone(),
+            })?,
+            None,
+        ),
+    };
+    let (pretrained, init) = match init {
+        Some((p, w)) => (Some(p), Some(w)),
+        None => (None, None),
+    };
     let bs = cfg.optim.batch_size;
     let steps = train.len() / bs;
     if steps == 0 {
@@ -459,25 +528,33 @@ pub fn train_mtl(
         baseline,
         untrained: None,
         sums: [0.0; 3],
+        pretrained,
+        progress,
     };
+    let heads = heads(&spec);
+    let output_names: Vec<String> = spec.outputs.iter().map(|o| o.name.clone()).collect();
     let phases = [Phase {
         name: "train".into(),
         start: 0,
         end: cfg.optim.epochs,
         spec,
     }];
-    let Some(fitted) = fit(cfg, &mut task, &phases, &run, progress, stop_after)? else {
+    let Some(fitted) = fit(cfg, &mut task, &phases, init, &run, progress, stop_after)? else {
         return Ok(None);
     };
     // Single-task baselines check only the output they train: an untrained head (its logits
     // grow unchecked, normals of near-zero vectors) says nothing about the fold.
-    let names = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| t.0);
-    let checked = names.map(|n| {
-        cfg.mtl
-            .tasks
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|x| x == n))
-    });
+    let checked: Vec<String> = overparam_base::Task::ALL
+        .iter()
+        .zip(heads)
+        .filter(|(t, _)| {
+            cfg.mtl
+                .tasks
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|x| x == t.name()))
+        })
+        .filter_map(|(_, h)| h.map(|i| output_names[i].clone()))
+        .collect();
     let (deploy_metrics, rel) = finish(
         &run.dir,
         &fitted.model,
@@ -496,6 +573,66 @@ pub fn train_mtl(
     }))
 }
 
+/// Checks that an imported dense network fits the data: its input is the data's size, and it
+/// records no normalisation (NYUv2-layout images are fed as the files store them, here as in
+/// `engine accuracy` and the bridge).
+fn from_pretrained(
+    cfg: &TrainConfig,
+    p: &crate::pretrained::Pretrained,
+    h: usize,
+    w: usize,
+) -> Result<()> {
+    let i = &p.spec.input;
+    if [i.channels, i.height, i.width] != [3, h, w] {
+        return Err(Error::Config(format!(
+            "model.from = {} takes {}×{}×{} images; the NYUv2-layout data's are 3×{h}×{w}",
+            p.path.display(),
+            i.channels,
+            i.height,
+            i.width
+        )));
+    }
+    if i.normalize.is_some() {
+        return Err(Error::Config(format!(
+            "model.from = {} records an input normalisation; dense data is fed as the NYUv2 files store it, so import the network without --mean/--std (fold the normalisation into the network before export)",
+            p.path.display()
+        )));
+    }
+    let h = heads(&overparam_fuse::fold::as_train_spec(&p.spec)?);
+    for o in &p.spec.outputs {
+        if let Some(t) = o.role.task() {
+            let want = match t {
+                overparam_base::Task::Segmentation => CLASSES,
+                overparam_base::Task::Depth => 1,
+                overparam_base::Task::Normals => 3,
+            };
+            let got = p.spec.infer_shapes()?[&o.node].clone();
+            if got != [want, i.height, i.width] {
+                return Err(Error::Config(format!(
+                    "model.from = {}: output `{}` ({}) is {got:?}; NYUv2 training needs {want}×{}×{}",
+                    p.path.display(),
+                    o.name,
+                    o.role.name(),
+                    i.height,
+                    i.width
+                )));
+            }
+        }
+    }
+    if let Some(tasks) = &cfg.mtl.tasks {
+        for t in tasks {
+            let k = overparam_base::Task::ALL.iter().position(|x| x.name() == t);
+            if k.is_some_and(|k| h[k].is_none()) {
+                return Err(Error::Config(format!(
+                    "mtl.tasks names {t}, which model.from = {} has no output for",
+                    p.path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Folds the model, gates on exactness in f64 ([`crate::fold_gate`]) for the outputs in
 /// `checked`, evaluates the deploy model on the validation split next to the train model,
 /// writes the deploy checkpoint, the panels and a `deploy` row of `metrics.csv`. Returns the
@@ -508,12 +645,11 @@ fn finish(
     val: &NyuSplit,
     bs: usize,
     device: Device,
-    checked: &[bool; 3],
+    checked: &[String],
     metrics: &[String],
     progress: &dyn Progress,
 ) -> Result<([f64; 9], f64)> {
-    let names = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| t.0);
-    let is_checked = |name: &str| names.iter().zip(checked).any(|(n, on)| *on && *n == name);
+    let is_checked = |name: &str| checked.iter().any(|n| n == name);
     let (f, dmodel) = crate::fold_gate::fold_and_gate(dir, model, device, &is_checked)?;
     let worst = f
         .report
@@ -565,18 +701,37 @@ fn finish(
 
 /// Predictions of the three heads for one batch, channel-last: (class map, depth, normals).
 fn predict(model: &OpModel, image: &Tensor) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    predict_with(model, image, &heads(model.spec()))
+}
+
+/// [`predict`] with the heads known; a missing head predicts nothing (an empty vector).
+fn predict_with(
+    model: &OpModel,
+    image: &Tensor,
+    h: &[Option<usize>; 3],
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let ys = tch::no_grad(|| model.forward(image, false))?;
-    let seg = Vec::<i64>::try_from(
-        &ys[0]
-            .f_argmax(1, false)?
-            .f_flatten(0, -1)?
-            .f_to_device(Device::Cpu)?,
-    )?
-    .into_iter()
-    .map(|v| v as f32)
-    .collect();
-    let depth = to_f(&ys[1])?.data;
-    let normals = to_f(&ys[2].f_permute([0, 2, 3, 1])?.f_contiguous()?)?.data;
+    let seg = match h[0] {
+        Some(i) => Vec::<i64>::try_from(
+            &ys[i]
+                .f_argmax(1, false)?
+                .f_flatten(0, -1)?
+                .f_to_device(Device::Cpu)?,
+        )?
+        .into_iter()
+        .map(|v| v as f32)
+        .collect(),
+        None => vec![],
+    };
+    let depth = match h[1] {
+        Some(i) => to_f(&ys[i])?.data,
+        None => vec![],
+    };
+    // Normals channel-last, as the ground truth.
+    let normals = match h[2] {
+        Some(i) => to_f(&ys[i].f_permute([0, 2, 3, 1])?.f_contiguous()?)?.data,
+        None => vec![],
+    };
     Ok((seg, depth, normals))
 }
 
@@ -676,9 +831,13 @@ pub fn format_metrics(m: &[f64; 9]) -> String {
     )
 }
 
-/// Whether a config trains the multi-task network.
-pub fn is_mtl(cfg: &TrainConfig) -> bool {
-    cfg.model.kind == overparam_fuse::models::ModelKind::Mtl
+/// Whether a config trains dense tasks: the multi-task builder, or a `model.from` network
+/// whose outputs have dense roles (class logits go to the classification trainer).
+pub fn is_mtl(cfg: &TrainConfig) -> Result<bool> {
+    match crate::pretrained::Pretrained::of(cfg)? {
+        Some(p) => p.is_dense(),
+        None => Ok(cfg.model.is_mtl_builder()),
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,10 @@ use crate::error::{Error, Result};
 use crate::fit::{Phase, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
+use crate::pretrained::Pretrained;
 use crate::state::{prepare_run, to_f, write_metrics};
 use overparam_config::{DataKindChoice, Dataset, Routine, TrainConfig};
+use overparam_fuse::Weights;
 
 /// Where the device choice is made; kept under its old path.
 pub use crate::state::device;
@@ -158,22 +160,55 @@ fn missing_idx(cfg: &TrainConfig, dir: &Path, split: Split) -> Error {
     ))
 }
 
-/// The phases of a classification routine (one for R1 and R2, three for R3).
+/// The phases of a classification routine (one for R1 and R2, three for R3), and the weights
+/// of the first phase when they are not a fresh initialisation (a fine-tuned network's exact
+/// expansion).
 fn phases(
     cfg: &TrainConfig,
     classes: usize,
     shape: ImageShape,
     norm: &Normalize,
-) -> Result<Vec<Phase>> {
-    if shape.height != shape.width {
+    pre: Option<&Pretrained>,
+) -> Result<(Vec<Phase>, Option<Weights<f32>>)> {
+    if let Some(p) = pre {
+        let i = &p.spec.input;
+        if [i.channels, i.height, i.width] != [shape.channels, shape.height, shape.width] {
+            return Err(Error::Config(format!(
+                "model.from = {} takes {}×{}×{} images; the data's are {}×{}×{}",
+                p.path.display(),
+                i.channels,
+                i.height,
+                i.width,
+                shape.channels,
+                shape.height,
+                shape.width
+            )));
+        }
+        let model_classes = p.spec.classifier_classes();
+        if model_classes != Some(classes) {
+            return Err(Error::Config(format!(
+                "model.from = {} has {} classes (its class_logits output); the data has {classes}",
+                p.path.display(),
+                model_classes.map_or("no".into(), |c| c.to_string())
+            )));
+        }
+    } else if shape.height != shape.width {
         return Err(Error::Config(format!(
             "the classifiers take square images; the data's are {}×{}",
             shape.height, shape.width
         )));
     }
-    let spec = |method: MethodConfig| -> Result<TrainSpec> {
+    let spec = |method: MethodConfig| -> Result<(TrainSpec, Option<Weights<f32>>)> {
+        if let Some(p) = pre {
+            let (s, w) = p.expand(&method, cfg.run.seed)?;
+            return Ok((s, Some(w)));
+        }
+        let kind = cfg
+            .model
+            .kind
+            .ok_or_else(|| Error::Config("model.kind or model.from is required".into()))?;
         let mut s = build(
-            cfg.model.kind,
+            kind,
             &ClassifierOptions {
                 width: cfg.model.width,
                 num_classes: classes,
@@ -186,7 +221,7 @@ fn phases(
             mean: norm.mean.to_vec(),
             std: norm.std.to_vec(),
         });
-        Ok(s)
+        Ok((s, None))
     };
     let m = &cfg.model.method;
     let phase = |name: &str, start, end, spec| Phase {
@@ -197,7 +232,8 @@ fn phases(
     };
     Ok(match &cfg.routine {
         Routine::R1 | Routine::R2 { .. } => {
-            vec![phase("train", 0, cfg.optim.epochs, spec(m.clone())?)]
+            let (s, w) = spec(m.clone())?;
+            (vec![phase("train", 0, cfg.optim.epochs, s)], w)
         }
         Routine::R3 {
             plain_epochs,
@@ -210,14 +246,17 @@ fn phases(
                     m.kind.as_str()
                 )));
             }
-            let plain = spec(MethodConfig::new(MethodKind::Plain))?;
+            let (plain, w) = spec(MethodConfig::new(MethodKind::Plain))?;
             let a = *plain_epochs;
             let b = a + op_epochs;
-            vec![
-                phase("plain", 0, a, plain.clone()),
-                phase("op", a, b, spec(m.clone())?),
-                phase("finetune", b, b + finetune_epochs, plain),
-            ]
+            (
+                vec![
+                    phase("plain", 0, a, plain.clone()),
+                    phase("op", a, b, spec(m.clone())?.0),
+                    phase("finetune", b, b + finetune_epochs, plain),
+                ],
+                w,
+            )
         }
     })
 }
@@ -355,6 +394,9 @@ struct Classification<'a> {
     loss_sum: f64,
     seen: usize,
     top: TopK,
+    /// The network fine-tuning starts from, checked against the expansion before the first step.
+    pretrained: Option<Pretrained>,
+    progress: &'a dyn Progress,
 }
 
 /// A batch as the loader made it, and its images and labels on the device.
@@ -392,6 +434,34 @@ impl Task for Classification<'_> {
                 b,
             })
         }))
+    }
+
+    /// A fine-tuning run: the expanded model and the imported one on the test split.
+    fn start(&mut self, model: &OpModel) -> Result<()> {
+        let Some(p) = &self.pretrained else {
+            return Ok(());
+        };
+        let imported = OpModel::new(
+            &nn::VarStore::new(self.device).root(),
+            &as_train_spec(&p.spec)?,
+            &p.weights,
+        )?;
+        let (_, ta, a) = evaluate(&imported, &self.test, &self.norm, self.device)?;
+        let (_, tb, b) = evaluate(model, &self.test, &self.norm, self.device)?;
+        let (mismatches, rel) = compare_logits(&a, &b, self.test.num_classes);
+        let line = crate::pretrained::record_start(
+            &self.dir,
+            &crate::pretrained::Start {
+                from: p.path.clone(),
+                metric: "test top-1 error %".into(),
+                imported: vec![ta.top1_error()],
+                expanded: vec![tb.top1_error()],
+                prediction_mismatches: mismatches,
+                max_output_rel_diff: rel,
+            },
+        )?;
+        self.progress.event(&line);
+        Ok(())
     }
 
     fn begin_epoch(&mut self) {
@@ -504,9 +574,44 @@ pub fn train(
     let run = prepare_run(cfg, resume, progress)?;
     let (device, dir) = (run.device, run.dir.clone());
     let (train_set, test_set) = load_data_with(cfg, progress)?;
-    let (mean, std) = train_set.channel_stats();
-    let norm = Normalize { mean, std };
-    let phases = phases(cfg, train_set.num_classes, train_set.shape, &norm)?;
+    let pretrained = Pretrained::of(cfg)?;
+    if let Some(p) = &pretrained
+        && p.is_dense()?
+    {
+        return Err(Error::Config(format!(
+            "model.from = {} has dense outputs; it trains on NYUv2-layout data (the multi-task trainer), not on classification data",
+            p.path.display()
+        )));
+    }
+    // A fine-tuned network is fed as it was trained; a new one with the train split's statistics.
+    let norm = match &pretrained {
+        Some(p) => {
+            let n = p.normalization()?;
+            if n.mean.len() != train_set.shape.channels {
+                return Err(Error::Config(format!(
+                    "model.from = {}: its normalisation has {} channels, the data {}",
+                    p.path.display(),
+                    n.mean.len(),
+                    train_set.shape.channels
+                )));
+            }
+            Normalize {
+                mean: n.mean.clone(),
+                std: n.std.clone(),
+            }
+        }
+        None => {
+            let (mean, std) = train_set.channel_stats();
+            Normalize { mean, std }
+        }
+    };
+    let (phases, init) = phases(
+        cfg,
+        train_set.num_classes,
+        train_set.shape,
+        &norm,
+        pretrained.as_ref(),
+    )?;
     let loader = LoaderConfig {
         batch_size: cfg.optim.batch_size,
         shuffle: true,
@@ -539,8 +644,10 @@ pub fn train(
         loss_sum: 0.0,
         seen: 0,
         top: TopK::default(),
+        pretrained,
+        progress,
     };
-    let Some(fitted) = fit(cfg, &mut task, &phases, &run, progress, stop_after)? else {
+    let Some(fitted) = fit(cfg, &mut task, &phases, init, &run, progress, stop_after)? else {
         return Ok(None);
     };
     finish(
@@ -574,23 +681,7 @@ fn finish(
     let (f, dmodel) = crate::fold_gate::fold_and_gate(dir, model, device, &|_| true)?;
     let (_, _, a) = evaluate(model, test, norm, device)?;
     let (dloss, dtop, b) = evaluate(&dmodel, test, norm, device)?;
-    let classes = test.num_classes;
-    let (mut mismatches, mut max_rel) = (0, 0f64);
-    for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
-        let arg = |r: &[f32]| {
-            r.iter()
-                .enumerate()
-                .max_by(|x, y| x.1.total_cmp(y.1))
-                .map(|(i, _)| i)
-        };
-        let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let diff = ra
-            .iter()
-            .zip(rb)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        max_rel = max_rel.max((diff / scale) as f64);
-        mismatches += usize::from(arg(ra) != arg(rb));
-    }
+    let (mismatches, max_rel) = compare_logits(&a, &b, test.num_classes);
     checkpoint::save(&dir.join(DEPLOY_FILE), &AnySpec::Deploy(f.spec), &f.weights)?;
     let deploy_row = EpochMetrics {
         epoch: last.epoch,
@@ -625,6 +716,28 @@ fold: on the {} test images the deploy model ({}) gives top-1 error {:.2}% again
         max_logit_rel_diff: max_rel,
         fold: f.report,
     })
+}
+
+/// Predictions that differ between two models' logits (rows of `classes`), and the largest
+/// relative difference of a row.
+fn compare_logits(a: &[f32], b: &[f32], classes: usize) -> (usize, f64) {
+    let (mut mismatches, mut max_rel) = (0, 0f64);
+    for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
+        let arg = |r: &[f32]| {
+            r.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map(|(i, _)| i)
+        };
+        let scale = ra.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = ra
+            .iter()
+            .zip(rb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        max_rel = max_rel.max((diff / scale) as f64);
+        mismatches += usize::from(arg(ra) != arg(rb));
+    }
+    (mismatches, max_rel)
 }
 
 /// Evaluates any checkpoint (train or deploy) on the test split of a CIFAR directory.
@@ -708,7 +821,8 @@ mod tests {
                 tf32: true,
             },
             model: ModelConfig {
-                kind: overparam_fuse::models::ModelKind::VggSmall,
+                kind: Some(overparam_fuse::models::ModelKind::VggSmall),
+                from: None,
                 width: 0.125,
                 method: MethodConfig::new(MethodKind::Sfo),
             },
@@ -736,8 +850,10 @@ mod tests {
                 mean: vec![0.0; 3],
                 std: vec![1.0; 3],
             },
+            None,
         )
         .unwrap()
+        .0
         .remove(0)
         .spec;
         let w = overparam_fuse::init::init_train_weights(&spec, &Default::default()).unwrap();

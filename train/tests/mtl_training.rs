@@ -21,7 +21,8 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
             tf32: true,
         },
         model: ModelConfig {
-            kind: ModelKind::Mtl,
+            kind: Some(ModelKind::Mtl),
+            from: None,
             width: 0.25,
             method: MethodConfig::new(MethodKind::Sfo),
         },

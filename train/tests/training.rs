@@ -22,7 +22,8 @@ fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig
             tf32: true,
         },
         model: ModelConfig {
-            kind: ModelKind::VggSmall,
+            kind: Some(ModelKind::VggSmall),
+            from: None,
             width: 0.25,
             method: MethodConfig::new(method),
         },

@@ -124,7 +124,7 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
     }
     let stopped = || Error::Run("training stopped early".into());
     let t0 = std::time::Instant::now();
-    let mtl = mtl_trainer::is_mtl(&cfg);
+    let mtl = mtl_trainer::is_mtl(&cfg)?;
     let mut metrics = BTreeMap::new();
     let mut images_per_s = None;
     if mtl {

@@ -465,7 +465,7 @@ pub struct Outcome {
 pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
     let t_all = Instant::now();
     let cfg = resolve(o)?;
-    let mtl = overparam_train::mtl_trainer::is_mtl(&cfg);
+    let mtl = overparam_train::mtl_trainer::is_mtl(&cfg)?;
     let dir = cfg.run_dir();
     let report_path = dir.join(REPORT_FILE);
     let mut md = report::header(&cfg, mtl);

@@ -29,7 +29,7 @@ pub fn header(cfg: &TrainConfig, mtl: bool) -> String {
     format!(
         "# Pipeline report: {}\n\nModel `{}` (width {}) with method `{}`, routine `{}`, on {}. Machine: {} ({} threads for training).\n\n",
         cfg.run.name,
-        cfg.model.kind.as_str(),
+        cfg.model.describe(),
         cfg.model.width,
         cfg.model.method.kind.as_str(),
         routine_name(&cfg.routine),
