@@ -30,45 +30,75 @@ pub fn input(s: &NyuSample) -> Vec<f32> {
     x
 }
 
-/// The nine metrics of a multi-task ONNX model (batch 1) over `split`. Depth and normal errors
+/// The nine metrics of a multi-task ONNX model (batch 1) over `split`, reading each task from
+/// the output `heads` names. Depth and normal errors
 /// are averaged per sample (MTAN averages per batch, so its numbers at batch > 1 differ slightly).
-pub fn evaluate(model: &[u8], split: &NyuSplit) -> Result<[f64; 9]> {
+pub fn evaluate(model: &[u8], split: &NyuSplit, heads: &Heads) -> Result<[f64; 9]> {
+    use overparam_base::Task;
     let mut rt = OrtRuntime::new(model, None)?;
     let mut conf = Confusion::new(CLASSES);
     let mut geo = GeometryErrors::default();
     for i in 0..split.len() {
         let s = split.get(i)?;
         let outs = rt.run(&input(&s))?;
-        use overparam_base::Task;
-        let get = |t: Task| {
-            let name = t.name();
+        let get = |t: Task| -> Result<Option<&crate::runtime::Output>> {
+            let Some(name) = &heads[t as usize] else {
+                return Ok(None);
+            };
             outs.iter()
-                .find(|o| o.0 == name)
+                .find(|o| &o.0 == name)
+                .map(Some)
                 .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))
         };
         let hw = s.height * s.width;
-        let (_, shape, seg) = get(Task::Segmentation)?;
-        if shape[2] * shape[3] != hw {
-            return Err(Error::Runtime(format!(
-                "model output {shape:?} does not match the data's {}×{}",
-                s.height, s.width
-            )));
+        if let Some((_, shape, seg)) = get(Task::Segmentation)? {
+            if shape[2] * shape[3] != hw {
+                return Err(Error::Runtime(format!(
+                    "model output {shape:?} does not match the data's {}×{}",
+                    s.height, s.width
+                )));
+            }
+            let c = shape[1];
+            let pred: Vec<usize> = (0..hw)
+                .map(|p| {
+                    (0..c)
+                        .max_by(|&a, &b| seg[a * hw + p].total_cmp(&seg[b * hw + p]))
+                        .unwrap_or(0)
+                })
+                .collect();
+            conf.add(&pred, &s.label);
         }
-        let c = shape[1];
-        let pred: Vec<usize> = (0..hw)
-            .map(|p| {
-                (0..c)
-                    .max_by(|&a, &b| seg[a * hw + p].total_cmp(&seg[b * hw + p]))
-                    .unwrap_or(0)
-            })
-            .collect();
-        conf.add(&pred, &s.label);
-        let depth = &get(Task::Depth)?.2;
-        let n = &get(Task::Normals)?.2;
-        let normals: Vec<f32> = (0..hw * 3).map(|j| n[(j % 3) * hw + j / 3]).collect();
-        geo.add_batch(depth, &s.depth, &normals, &s.normal);
+        let depth = get(Task::Depth)?.map(|o| o.2.as_slice());
+        let normals: Option<Vec<f32>> =
+            get(Task::Normals)?.map(|o| (0..hw * 3).map(|j| o.2[(j % 3) * hw + j / 3]).collect());
+        geo.add_batch(
+            depth.unwrap_or(&[]),
+            if depth.is_some() { &s.depth } else { &[] },
+            normals.as_deref().unwrap_or(&[]),
+            if normals.is_some() { &s.normal } else { &[] },
+        );
     }
-    Ok(overparam_data::metrics::nyu_metrics(&conf, &geo))
+    let mut m = overparam_data::metrics::nyu_metrics(&conf, &geo);
+    for t in Task::ALL {
+        if heads[t as usize].is_none() {
+            m[t.metrics()].iter_mut().for_each(|v| *v = f64::NAN);
+        }
+    }
+    Ok(m)
+}
+
+/// The output carrying each dense task (segmentation, depth, normals), by role; `None` for a
+/// task the model has no output for (its metrics are NaN).
+pub type Heads = [Option<String>; 3];
+
+/// A deploy model's [`Heads`].
+pub fn heads(spec: &DeploySpec) -> Heads {
+    overparam_base::Task::ALL.map(|t| {
+        spec.outputs
+            .iter()
+            .find(|o| o.role == t.role())
+            .map(|o| o.name.clone())
+    })
 }
 
 /// A seeded calibration set of up to `images` samples of `split` as batch-1 inputs.
@@ -132,7 +162,7 @@ pub fn precision_table(
         let bytes = to_bytes(&export(spec, w, &o)?);
         rows.push(PrecisionRow {
             precision: prec,
-            metrics: evaluate(&bytes, eval)?,
+            metrics: evaluate(&bytes, eval, &heads(spec))?,
             onnx_bytes: bytes.len(),
         });
         models.push((prec, bytes));

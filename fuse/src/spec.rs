@@ -445,6 +445,12 @@ impl<C> Graph<C> {
         }
     }
 
+    /// Whether some output is a dense task (segmentation, depth, normals): the model is
+    /// evaluated and trained on the NYUv2 layout rather than as a classifier.
+    pub fn has_dense_outputs(&self) -> bool {
+        self.outputs.iter().any(|o| o.role.task().is_some())
+    }
+
     /// The outputs with a role, in spec order.
     pub fn outputs_with(&self, role: Role) -> impl Iterator<Item = &OutputSpec> {
         self.outputs.iter().filter(move |o| o.role == role)

@@ -28,11 +28,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         d => anyhow::bail!("unknown device `{d}` (cpu or cuda)"),
     };
     let device = overparam_train::trainer::device(choice)?;
-    let model = match overparam_fuse::checkpoint::load(&a.checkpoint)?.spec {
-        overparam_fuse::AnySpec::Train(s) => s.model,
-        overparam_fuse::AnySpec::Deploy(s) => s.model,
+    let dense = match overparam_fuse::checkpoint::load(&a.checkpoint)?.spec {
+        overparam_fuse::AnySpec::Train(s) => s.has_dense_outputs(),
+        overparam_fuse::AnySpec::Deploy(s) => s.has_dense_outputs(),
     };
-    if model == overparam_fuse::models::ModelKind::Mtl.as_str() {
+    if dense {
         let m = overparam_train::mtl_trainer::evaluate_checkpoint(
             &a.checkpoint,
             &a.data,

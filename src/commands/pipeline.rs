@@ -37,6 +37,20 @@ pub struct Args {
     /// INT8 calibrator: entropy (TensorRT's default), max, mse or percentile.
     #[arg(long, default_value = "entropy")]
     calibrator: Calibrator,
+    /// Start from your own trained network: this ONNX (from torch.onnx.export) is imported,
+    /// expanded exactly with --method, fine-tuned, folded, exported, measured and (with dense
+    /// outputs) published. Default config: the embedded configs/finetune.toml.
+    #[arg(long, value_name = "MODEL.onnx")]
+    from: Option<PathBuf>,
+    /// The method to fine-tune --from's network with (else the config's).
+    #[arg(long, requires = "from")]
+    method: Option<overparam_fuse::MethodKind>,
+    /// Per-channel mean --from's network was trained with, (x/255 − mean)/std (with --std).
+    #[arg(long, value_delimiter = ',', requires_all = ["from", "std"])]
+    mean: Vec<f32>,
+    /// Per-channel std (with --mean).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Vec<f32>,
 }
 
 #[cfg(not(feature = "train"))]
@@ -57,6 +71,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         frames: a.frames,
         calib_images: a.calib_images,
         calibrator: a.calibrator,
+        from: a.from,
+        method: a.method,
+        normalize: (!a.mean.is_empty()).then(|| overparam_fuse::spec::Normalization {
+            mean: a.mean,
+            std: a.std,
+        }),
     };
     let out = overparam_lab::pipeline::run(&o, &crate::progress::Bars::stderr())?;
     println!("{}", out.markdown);

@@ -107,23 +107,27 @@ class Dilated(nn.Module):
 
 
 class Decoder(nn.Module):
-    """A U-Net-style decoder: ConvTranspose up, Concat with the skip, bilinear Resize back to
-    the input size, and two heads (segmentation logits and depth)."""
+    """A U-Net-style decoder: ConvTranspose up, bilinear Resize to the skip's size, Concat
+    with the skip, bilinear Resize back to the input size, and two heads (13-class
+    segmentation logits, as NYUv2's, and depth), so it also fine-tunes on the NYUv2 layout."""
 
     def __init__(self):
         super().__init__()
         self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), bn(8), nn.ReLU())
         self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1, bias=False), bn(16), nn.ReLU())
+        self.enc3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1, bias=False), bn(16), nn.ReLU())
         self.up = nn.ConvTranspose2d(16, 8, 2, 2)
-        self.fuse = nn.Sequential(nn.Conv2d(16, 8, 3, 1, 1, bias=False), bn(8), nn.ReLU())
-        self.seg = nn.Conv2d(8, 5, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(24, 8, 3, 1, 1, bias=False), bn(8), nn.ReLU())
+        self.segmentation = nn.Conv2d(8, 13, 1)
         self.depth = nn.Conv2d(8, 1, 1)
 
     def forward(self, x):
-        s = self.enc1(x)
-        y = self.fuse(torch.cat([self.up(self.enc2(s)), s], 1))
-        y = F.interpolate(y, size=(x.shape[2] + 3, x.shape[3] + 5), mode="bilinear", align_corners=False)
-        return self.seg(y), torch.sigmoid(self.depth(y)) * 10
+        s = self.enc2(self.enc1(x))
+        y = self.up(self.enc3(s))
+        y = F.interpolate(y, size=s.shape[2:], mode="bilinear", align_corners=False)
+        y = self.fuse(torch.cat([y, s], 1))
+        y = F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return self.segmentation(y), torch.sigmoid(self.depth(y)) * 10
 
 
 # (block, module, input H×W, outputs, [(exporter, opset), ...])

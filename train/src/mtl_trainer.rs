@@ -736,7 +736,8 @@ fn predict_with(
 }
 
 /// One PNG row per sample: input | segmentation truth | prediction | depth truth | prediction |
-/// normals truth | prediction (invalid pixels black).
+/// normals truth | prediction (invalid pixels black, and the predictions of a task the network
+/// has no output for).
 pub fn write_panel(
     path: &Path,
     s: &NyuSample,
@@ -762,13 +763,20 @@ pub fn write_panel(
             );
             let class = overparam_data::png::class_colour;
             put(&mut rgb, 1, class(s.label[i]));
-            put(&mut rgb, 2, class(seg[i]));
+            // A task the network has no output for stays black.
+            if let Some(&c) = seg.get(i) {
+                put(&mut rgb, 2, class(c));
+            }
             let grey = |d: f32| overparam_data::png::depth_grey(d, dmax);
             put(&mut rgb, 3, grey(s.depth[i]));
-            put(&mut rgb, 4, grey(depth[i]));
+            if let Some(&d) = depth.get(i) {
+                put(&mut rgb, 4, grey(d));
+            }
             let rgb_n = overparam_data::png::normal_colour;
             put(&mut rgb, 5, rgb_n(&s.normal[i * 3..i * 3 + 3]));
-            put(&mut rgb, 6, rgb_n(&normals[i * 3..i * 3 + 3]));
+            if let Some(n) = normals.get(i * 3..i * 3 + 3) {
+                put(&mut rgb, 6, rgb_n(n));
+            }
         }
     }
     overparam_data::png::write_rgb(path, w * cols, h, &rgb)?;
@@ -803,6 +811,9 @@ pub fn evaluate_checkpoint(
                 ("depth", vec![h, w, 1], depth),
                 ("normal", vec![h, w, 3], normals),
             ] {
+                if data.is_empty() {
+                    continue; // a task the network has no output for
+                }
                 let d = out.join(kind);
                 std::fs::create_dir_all(&d).map_err(|e| Error::Io {
                     path: d.clone(),

@@ -207,8 +207,17 @@ fn int8_drop(
             enc,
             progress,
         )?;
-        let fp32 = dense::evaluate(&export_bytes(spec, w, Precision::Fp32, 1, None)?, &val)?;
-        let int8 = dense::evaluate(&export_bytes(spec, w, Precision::Int8, 1, Some(p))?, &val)?;
+        let heads = dense::heads(spec);
+        let fp32 = dense::evaluate(
+            &export_bytes(spec, w, Precision::Fp32, 1, None)?,
+            &val,
+            &heads,
+        )?;
+        let int8 = dense::evaluate(
+            &export_bytes(spec, w, Precision::Int8, 1, Some(p))?,
+            &val,
+            &heads,
+        )?;
         for (k, name) in dense::METRICS.iter().enumerate() {
             out.insert(name.to_string(), int8[k] - fp32[k]);
         }

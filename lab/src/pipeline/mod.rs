@@ -24,6 +24,10 @@ pub mod report;
 
 /// The embedded default run (multi-task SFO on synthetic scenes).
 pub const DEMO: &str = include_str!("../../../configs/demo.toml");
+/// The embedded default of `--from` (fine-tuning an imported network).
+pub const FINETUNE: &str = include_str!("../../../configs/finetune.toml");
+/// Where `--from` writes the imported checkpoint, in the run directory.
+pub const IMPORTED_FILE: &str = "imported.deploy.safetensors";
 pub const STAGES: usize = 8;
 pub const REPORT_FILE: &str = "report.md";
 /// Warm-up runs before the timed ones, per model.
@@ -46,6 +50,12 @@ pub struct Options {
     pub frames: u64,
     pub calib_images: usize,
     pub calibrator: Calibrator,
+    /// Start from a trained network: this ONNX, imported, expanded exactly and fine-tuned.
+    pub from: Option<PathBuf>,
+    /// The method of `--from`'s fine-tuning (else the config's).
+    pub method: Option<overparam_fuse::MethodKind>,
+    /// The input normalisation `--from`'s network was trained with.
+    pub normalize: Option<overparam_fuse::spec::Normalization>,
 }
 
 /// The run config: the file or the embedded demo, with `--data` and the overrides applied.
@@ -60,10 +70,53 @@ pub fn resolve(o: &Options) -> Result<TrainConfig> {
         }
         overrides.push(format!("data.dir=\"{}\"", d.display()));
     }
-    Ok(match &o.config {
-        Some(p) => TrainConfig::load(p, &overrides)?,
-        None => TrainConfig::parse(DEMO, Path::new("configs/demo.toml"), &overrides)?,
+    if let Some(m) = o.method {
+        overrides.push(format!("model.method.kind={}", m.as_str()));
+    }
+    if o.from.is_some() {
+        // Set for real by `import_from` once the run directory is known.
+        overrides.push("model.from=\"(the imported network)\"".into());
+    }
+    Ok(match (&o.config, &o.from) {
+        (Some(p), _) => TrainConfig::load(p, &overrides)?,
+        (None, Some(_)) => {
+            TrainConfig::parse(FINETUNE, Path::new("configs/finetune.toml"), &overrides)?
+        }
+        (None, None) => TrainConfig::parse(DEMO, Path::new("configs/demo.toml"), &overrides)?,
     })
+}
+
+/// Stage 1 of `--from`: the ONNX imported (and checked against the original in ONNX Runtime)
+/// into the run directory, which `model.from` then names; a dense network's synthetic scenes
+/// take its input size.
+pub fn import_from(
+    o: &Options,
+    onnx: &Path,
+    cfg: &mut TrainConfig,
+    progress: &dyn Progress,
+) -> Result<crate::import::Report> {
+    let dir = cfg.run_dir();
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let req = crate::import::Request {
+        model: onnx.to_path_buf(),
+        output: dir.join(IMPORTED_FILE),
+        options: overparam_fuse::import::ImportOptions {
+            normalize: o.normalize.clone(),
+            ..Default::default()
+        },
+        seed: 0,
+        check: true,
+    };
+    let report = crate::import::run(&req, progress)?;
+    cfg.model.from = Some(req.output.clone());
+    cfg.model.kind = None;
+    let (spec, _) = overparam_fuse::checkpoint::load_deploy(&req.output)?;
+    if spec.has_dense_outputs() && cfg.data.dir.is_none() {
+        cfg.data.synthetic_height = spec.input.height;
+        cfg.data.synthetic_width = spec.input.width;
+    }
+    cfg.validate()?;
+    Ok(report)
 }
 
 fn stage(p: &dyn Progress, k: usize, what: &str) {
@@ -234,7 +287,7 @@ pub fn accuracy(
             .collect();
         let cpu = Variant::int8_cpu(spec, w, &plan)?;
         let mut metrics: Vec<[f64; 9]> = rows.into_iter().map(|r| r.metrics).collect();
-        metrics.push(dense::evaluate(&cpu.bytes, &val)?);
+        metrics.push(dense::evaluate(&cpu.bytes, &val, &dense::heads(spec))?);
         models.push(cpu);
         return Ok(Accuracy {
             models,
@@ -405,7 +458,10 @@ pub fn bridge(
     cfg.payloads = false; // counted and timed, not looked at
     let mut l = Listener::new(&s_sub, cfg)?;
     let mut m = Model::from_onnx(&model.bytes, threads, &Provider::Cpu)?;
-    let publisher = PerceptionPublisher::new(&s_pub, PublishConfig::native("overparam", "cam0"))?;
+    // One topic per task the model has.
+    let mut pc = PublishConfig::native("overparam", "cam0");
+    pc.qos.retain(|t, _| m.tasks.contains(t));
+    let publisher = PerceptionPublisher::new(&s_pub, pc)?;
     if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
         return Err(Error::Run(
             "bridge: the in-process listener never matched the publisher".into(),
@@ -464,11 +520,25 @@ pub struct Outcome {
 #[cfg(feature = "train")]
 pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
     let t_all = Instant::now();
-    let cfg = resolve(o)?;
+    let mut cfg = resolve(o)?;
+    let imported = match &o.from {
+        Some(onnx) => {
+            stage(
+                progress,
+                1,
+                "import: the trained network from ONNX, checked against the original",
+            );
+            Some(import_from(o, onnx, &mut cfg, progress)?)
+        }
+        None => None,
+    };
     let mtl = overparam_train::mtl_trainer::is_mtl(&cfg)?;
     let dir = cfg.run_dir();
     let report_path = dir.join(REPORT_FILE);
     let mut md = report::header(&cfg, mtl);
+    if let Some(r) = &imported {
+        md += &report::import(r);
+    }
 
     stage(
         progress,
@@ -557,7 +627,7 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
     }
 
     stage(progress, 8, "report");
-    md += &report::footer(t_all.elapsed().as_secs_f64(), o.config.as_deref());
+    md += &report::footer(t_all.elapsed().as_secs_f64(), o);
     crate::write(&report_path, md.as_bytes())?;
     progress.outer("", STAGES as u64, STAGES as u64);
     Ok(Outcome {
@@ -589,6 +659,9 @@ mod tests {
             frames: 1,
             calib_images: 1,
             calibrator: Calibrator::Entropy,
+            from: None,
+            method: None,
+            normalize: None,
         };
         assert_eq!(resolve(&o).unwrap().optim.epochs, 2);
         o.data = Some(PathBuf::from("/nonexistent/overparam"));

@@ -57,7 +57,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (spec, w) = load_deploy(&a.deploy)?;
     let enc = ActivationEncoding::from(a.encoding);
     let progress = crate::progress::Bars::stderr();
-    if spec.model == overparam_fuse::models::ModelKind::Mtl.as_str() {
+    if spec.has_dense_outputs() {
         return dense(&a, &spec, &w, enc, &progress);
     }
     let (train, test) = classifier_splits(&spec, &a.data)?;
