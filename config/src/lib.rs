@@ -70,8 +70,51 @@ pub struct MtlConfig {
     #[serde(default)]
     pub baseline: Option<Vec<f64>>,
     /// Train only these tasks (`segmentation`, `depth`, `normals`): single-task baselines.
-    #[serde(default)]
-    pub tasks: Option<Vec<String>>,
+    #[serde(default, with = "task_serde::list")]
+    pub tasks: Option<Vec<overparam_base::Task>>,
+}
+
+/// Tasks in files by their names (`"depth"`, `["segmentation", "depth"]`); an unknown name is
+/// an error naming the choices. For the config's `mtl.tasks` and the grids' `baseline_for`.
+pub mod task_serde {
+    use overparam_base::Task;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    fn parse<E: Error>(n: &str) -> Result<Task, E> {
+        Task::from_name(n).ok_or_else(|| {
+            E::custom(format!(
+                "unknown task `{n}`: choose from segmentation, depth, normals"
+            ))
+        })
+    }
+
+    /// `Option<Vec<Task>>` as a list of names.
+    pub mod list {
+        use super::*;
+        pub fn serialize<S: Serializer>(t: &Option<Vec<Task>>, s: S) -> Result<S::Ok, S::Error> {
+            t.as_ref()
+                .map(|v| v.iter().map(|t| t.name()).collect::<Vec<_>>())
+                .serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Task>>, D::Error> {
+            Option::<Vec<String>>::deserialize(d)?
+                .map(|names| names.iter().map(|n| parse(n)).collect())
+                .transpose()
+        }
+    }
+
+    /// `Option<Task>` as a name.
+    pub mod one {
+        use super::*;
+        pub fn serialize<S: Serializer>(t: &Option<Task>, s: S) -> Result<S::Ok, S::Error> {
+            t.map(|t| t.name()).serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Task>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|n| parse(&n))
+                .transpose()
+        }
+    }
 }
 
 fn equal() -> Weighting {
@@ -447,14 +490,10 @@ impl TrainConfig {
             )
             .to_lowercase());
         }
-        if let Some(t) = &self.mtl.tasks
-            && (t.is_empty()
-                || t.iter()
-                    .any(|x| overparam_base::Task::from_name(x).is_none()))
-        {
-            return bad(format!(
-                "mtl.tasks {t:?}: choose from segmentation, depth, normals"
-            ));
+        if self.mtl.tasks.as_ref().is_some_and(|t| t.is_empty()) {
+            return bad(
+                "mtl.tasks is empty: name at least one of segmentation, depth, normals".into(),
+            );
         }
         match &self.routine {
             Routine::R1 => {}

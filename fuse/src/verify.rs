@@ -355,9 +355,20 @@ pub fn depth<C: ConvLike>(g: &Graph<C>) -> Depth {
     }
 }
 
+/// Which model a measurement ran: the train-time one or the folded deploy one (on a device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasuredModel {
+    Train,
+    Deploy,
+}
+
 /// The deploy model's outputs in one precision against the f64 train reference.
 #[derive(Clone, Debug, Serialize)]
 pub struct Measured {
+    /// The model measured, where it is not the deploy model run by the reference executor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<MeasuredModel>,
     /// The precision's name, e.g. `fp32`, `tf32 (simulated)`, `cuda fp32, TF32 on`.
     pub precision: String,
     /// How it was run.
@@ -455,6 +466,7 @@ impl Folded {
         bound: f64,
     ) -> Measured {
         Measured {
+            model: None,
             precision: precision.to_string(),
             how: how.to_string(),
             outputs: self

@@ -73,10 +73,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         calibrator: a.calibrator,
         from: a.from,
         method: a.method,
-        normalize: (!a.mean.is_empty()).then(|| overparam_fuse::spec::Normalization {
-            mean: a.mean,
-            std: a.std,
-        }),
+        normalize: if a.mean.is_empty() {
+            None
+        } else {
+            Some(overparam_fuse::spec::Normalization {
+                mean: a.mean,
+                std: a.std,
+            })
+        },
     };
     let out = overparam_lab::pipeline::run(&o, &crate::progress::Bars::stderr())?;
     println!("{}", out.markdown);

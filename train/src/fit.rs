@@ -22,10 +22,37 @@ use overparam_config::{Routine, TrainConfig};
 /// three (plain, overparameterised, plain fine-tuning).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Phase {
-    pub name: String,
+    pub kind: PhaseKind,
     pub start: usize,
     pub end: usize,
     pub spec: TrainSpec,
+}
+
+/// Which phase of a routine: R1/R2's one `train` phase, or R3's `plain`, `op` (overparameterised)
+/// and `finetune`. Its name is the `phase` column of `metrics.csv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseKind {
+    Train,
+    Plain,
+    Op,
+    Finetune,
+}
+
+impl PhaseKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            PhaseKind::Train => "train",
+            PhaseKind::Plain => "plain",
+            PhaseKind::Op => "op",
+            PhaseKind::Finetune => "finetune",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What a kind of training brings to the loop.
@@ -73,7 +100,7 @@ pub(crate) trait Task {
         &mut self,
         model: &OpModel,
         epoch: usize,
-        phase: &str,
+        phase: PhaseKind,
         lr: f64,
     ) -> Result<(Self::Eval, String, String)>;
     /// The evaluation of a resumed run whose epochs had all finished (killed while folding).
@@ -195,7 +222,7 @@ pub(crate) fn fit<T: Task>(
             opts = task.optimisers(cfg, &model); // fresh optimiser state for the new parameters
         }
         progress.start(
-            &format!("epoch {}/{total} {}", epoch + 1, phase.name),
+            &format!("epoch {}/{total} {}", epoch + 1, phase.kind),
             steps as u64,
         );
         task.begin_epoch();
@@ -215,7 +242,7 @@ pub(crate) fn fit<T: Task>(
             progress.message(&message);
         }
         progress.finish();
-        let (eval, row, line) = task.end_epoch(&model, epoch, &phase.name, lr)?;
+        let (eval, row, line) = task.end_epoch(&model, epoch, phase.kind, lr)?;
         progress.event(&line);
         rows.push(row);
         epoch += 1;
@@ -275,13 +302,13 @@ fn transition<T: Task>(
             dir: run.dir.clone(),
             message: format!(
                 "phase `{}` at epoch {}: re-parameterisation changed the outputs by {change:e}",
-                phase.name, phase.start
+                phase.kind, phase.start
             ),
         });
     }
     progress.event(&format!(
         "phase `{}`: re-parameterised at epoch {epoch} (outputs changed by {change:.2e}, fp32 rounding)",
-        phase.name
+        phase.kind
     ));
     Ok(new_model)
 }

@@ -75,17 +75,26 @@ pub fn fold_and_gate(
     }
     .unit_roundoff();
     let b = bound(&f.report.depth, u, Precision::Fp32.unit_roundoff());
-    for (which, m) in [("train", model), ("deploy", &dmodel)] {
+    use overparam_fuse::verify::MeasuredModel;
+    for (which, m) in [
+        (MeasuredModel::Train, model),
+        (MeasuredModel::Deploy, &dmodel),
+    ] {
+        let name = match which {
+            MeasuredModel::Train => "train",
+            MeasuredModel::Deploy => "deploy",
+        };
         let ys = tch::no_grad(|| m.forward(&x, false))?
             .iter()
             .map(to_f)
             .collect::<Result<Vec<_>>>()?;
-        let measured = f.measure(
-            &format!("{label}, {which} model"),
-            &format!("the {which} model in libtorch on the training device"),
+        let mut measured = f.measure(
+            &format!("{label}, {name} model"),
+            &format!("the {name} model in libtorch on the training device"),
             &ys,
             b,
         );
+        measured.model = Some(which);
         f.report.measured.push(measured);
     }
     let path = dir.join(FOLD_FILE);

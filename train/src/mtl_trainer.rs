@@ -17,7 +17,7 @@ use overparam_fuse::{AnySpec, Rng, Weights};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, Task, fit, grouped_optimisers};
+use crate::fit::{Phase, PhaseKind, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
 use crate::optim::Optimizer;
@@ -86,12 +86,14 @@ pub fn load_splits_with(
 
 /// The losses of the tasks a run trains (all three unless `mtl.tasks` names a subset, as a
 /// single-task baseline does); the others are multiplied by zero so the graph stays the same.
-fn active_losses(tasks: &Option<Vec<String>>, losses: [Tensor; 3]) -> Result<[Tensor; 3]> {
+fn active_losses(
+    tasks: &Option<Vec<overparam_base::Task>>,
+    losses: [Tensor; 3],
+) -> Result<[Tensor; 3]> {
     let Some(keep) = tasks else { return Ok(losses) };
-    let names = overparam_fuse::models::mtl_tasks(CLASSES).map(|t| t.0);
     let mut out = losses;
-    for (l, n) in out.iter_mut().zip(names) {
-        if !keep.iter().any(|k| k == n) {
+    for (l, t) in out.iter_mut().zip(overparam_base::Task::ALL) {
+        if !keep.contains(&t) {
             *l = l.f_mul_scalar(0.0)?;
         }
     }
@@ -391,7 +393,7 @@ impl Task for MultiTask<'_> {
         &mut self,
         model: &OpModel,
         epoch: usize,
-        _phase: &str,
+        _phase: PhaseKind,
         lr: f64,
     ) -> Result<([f64; 9], String, String)> {
         let means: Vec<f64> = self.sums.iter().map(|s| s / self.steps as f64).collect();
@@ -534,7 +536,7 @@ pub fn train_mtl(
     let heads = heads(&spec);
     let output_names: Vec<String> = spec.outputs.iter().map(|o| o.name.clone()).collect();
     let phases = [Phase {
-        name: "train".into(),
+        kind: PhaseKind::Train,
         start: 0,
         end: cfg.optim.epochs,
         spec,
@@ -547,12 +549,7 @@ pub fn train_mtl(
     let checked: Vec<String> = overparam_base::Task::ALL
         .iter()
         .zip(heads)
-        .filter(|(t, _)| {
-            cfg.mtl
-                .tasks
-                .as_ref()
-                .is_none_or(|k| k.iter().any(|x| x == t.name()))
-        })
+        .filter(|(t, _)| cfg.mtl.tasks.as_ref().is_none_or(|k| k.contains(t)))
         .filter_map(|(_, h)| h.map(|i| output_names[i].clone()))
         .collect();
     let (deploy_metrics, rel) = finish(
@@ -620,11 +617,11 @@ fn from_pretrained(
         }
     }
     if let Some(tasks) = &cfg.mtl.tasks {
-        for t in tasks {
-            let k = overparam_base::Task::ALL.iter().position(|x| x.name() == t);
-            if k.is_some_and(|k| h[k].is_none()) {
+        for &t in tasks {
+            if h[t as usize].is_none() {
                 return Err(Error::Config(format!(
-                    "mtl.tasks names {t}, which model.from = {} has no output for",
+                    "mtl.tasks names {}, which model.from = {} has no output for",
+                    t.name(),
                     p.path.display()
                 )));
             }
@@ -655,7 +652,7 @@ fn finish(
         .report
         .measured
         .iter()
-        .filter(|m| m.precision.ends_with("deploy model"))
+        .filter(|m| m.model == Some(overparam_fuse::verify::MeasuredModel::Deploy))
         .flat_map(|m| &m.outputs)
         .filter(|d| is_checked(&d.name))
         .fold(0f64, |w, d| w.max(d.rel));
@@ -878,7 +875,7 @@ mod tests {
             all.iter().map(|t| t.double_value(&[])).collect::<Vec<_>>(),
             [1.0, 2.0, 3.0]
         );
-        let depth = active_losses(&Some(vec!["depth".into()]), l()).unwrap();
+        let depth = active_losses(&Some(vec![overparam_base::Task::Depth]), l()).unwrap();
         assert_eq!(
             depth
                 .iter()

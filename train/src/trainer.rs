@@ -18,7 +18,7 @@ use overparam_fuse::{AnySpec, MethodConfig, MethodKind, TrainSpec};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, Task, fit, grouped_optimisers};
+use crate::fit::{Phase, PhaseKind, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
 use crate::pretrained::Pretrained;
@@ -35,7 +35,7 @@ pub use overparam_config::files::{CONFIG_FILE, DEPLOY_FILE, METRICS_FILE, MODEL_
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochMetrics {
     pub epoch: usize,
-    pub phase: String,
+    pub phase: RowKind,
     pub lr: f64,
     pub train_loss: f64,
     pub train_top1_err: f64,
@@ -45,12 +45,31 @@ pub struct EpochMetrics {
     pub images_per_s: f64,
 }
 
+/// What a `metrics.csv` row is: an epoch of a phase, the evaluation of a run resumed after its
+/// last epoch, or the deploy model after the fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    Epoch(PhaseKind),
+    Resumed,
+    Deploy,
+}
+
+impl std::fmt::Display for RowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RowKind::Epoch(p) => p.name(),
+            RowKind::Resumed => "resumed",
+            RowKind::Deploy => "deploy",
+        })
+    }
+}
+
 impl EpochMetrics {
     pub const HEADER: &'static str = "epoch,phase,lr,train_loss,train_top1_err,test_loss,test_top1_err,test_top5_err,images_per_s";
     /// One CSV row; the `deploy` row (the deploy model's test metrics after the fold) has
     /// `deploy` in the epoch column and leaves the training columns empty.
     fn csv(&self) -> String {
-        if self.phase == "deploy" {
+        if self.phase == RowKind::Deploy {
             return format!(
                 "deploy,deploy,,,,{:.6},{:.3},{:.3},",
                 self.test_loss, self.test_top1_err, self.test_top5_err
@@ -224,8 +243,8 @@ fn phases(
         Ok((s, None))
     };
     let m = &cfg.model.method;
-    let phase = |name: &str, start, end, spec| Phase {
-        name: name.into(),
+    let phase = |kind, start, end, spec| Phase {
+        kind,
         start,
         end,
         spec,
@@ -233,7 +252,7 @@ fn phases(
     Ok(match &cfg.routine {
         Routine::R1 | Routine::R2 { .. } => {
             let (s, w) = spec(m.clone())?;
-            (vec![phase("train", 0, cfg.optim.epochs, s)], w)
+            (vec![phase(PhaseKind::Train, 0, cfg.optim.epochs, s)], w)
         }
         Routine::R3 {
             plain_epochs,
@@ -251,9 +270,9 @@ fn phases(
             let b = a + op_epochs;
             (
                 vec![
-                    phase("plain", 0, a, plain.clone()),
-                    phase("op", a, b, spec(m.clone())?.0),
-                    phase("finetune", b, b + finetune_epochs, plain),
+                    phase(PhaseKind::Plain, 0, a, plain.clone()),
+                    phase(PhaseKind::Op, a, b, spec(m.clone())?.0),
+                    phase(PhaseKind::Finetune, b, b + finetune_epochs, plain),
                 ],
                 w,
             )
@@ -510,14 +529,14 @@ impl Task for Classification<'_> {
         &mut self,
         model: &OpModel,
         epoch: usize,
-        phase: &str,
+        phase: PhaseKind,
         lr: f64,
     ) -> Result<(EpochMetrics, String, String)> {
         let ips = self.seen as f64 / self.t0.elapsed().as_secs_f64();
         let (test_loss, test_top, _) = evaluate(model, &self.test, &self.norm, self.device)?;
         let m = EpochMetrics {
             epoch: epoch + 1,
-            phase: phase.to_string(),
+            phase: RowKind::Epoch(phase),
             lr,
             train_loss: self.loss_sum / self.seen.max(1) as f64,
             train_top1_err: self.top.top1_error(),
@@ -545,7 +564,7 @@ impl Task for Classification<'_> {
         let (test_loss, top, _) = evaluate(model, &self.test, &self.norm, self.device)?;
         Ok(EpochMetrics {
             epoch: self.cfg.optim.epochs,
-            phase: "resumed".into(),
+            phase: RowKind::Resumed,
             lr: 0.0,
             train_loss: f64::NAN,
             train_top1_err: f64::NAN,
@@ -685,7 +704,7 @@ fn finish(
     checkpoint::save(&dir.join(DEPLOY_FILE), &AnySpec::Deploy(f.spec), &f.weights)?;
     let deploy_row = EpochMetrics {
         epoch: last.epoch,
-        phase: "deploy".into(),
+        phase: RowKind::Deploy,
         lr: f64::NAN,
         train_loss: f64::NAN,
         train_top1_err: f64::NAN,

@@ -158,7 +158,7 @@ fn resume_is_bit_identical() {
     );
     std::fs::remove_file(&deploy).unwrap();
     let s = train(&done, true, &Silent, None).unwrap().unwrap();
-    assert_eq!(s.last.phase, "resumed");
+    assert_eq!(s.last.phase, overparam_train::trainer::RowKind::Resumed);
     assert_eq!(std::fs::read(&deploy).unwrap(), before_deploy);
     assert_eq!(std::fs::read(&op).unwrap(), before_op);
     assert_eq!(std::fs::read(&metrics).unwrap(), before_metrics);
@@ -245,7 +245,13 @@ fn every_shipped_config_parses_and_validates() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            overparam_config::TrainConfig::load(&p, &[])
+            // `pipeline --from`'s template gets model.from from the pipeline.
+            let set: Vec<String> = if p.ends_with("finetune.toml") {
+                vec!["model.from=\"imported.deploy.safetensors\"".into()]
+            } else {
+                vec![]
+            };
+            overparam_config::TrainConfig::load(&p, &set)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }

@@ -22,7 +22,8 @@ pub struct CellResult {
     /// Metric name → value (classification: top-1/top-5 error in %; multi-task: the nine
     /// NYUv2 metrics).
     pub metrics: BTreeMap<String, f64>,
-    pub baseline_for: Option<String>,
+    #[serde(default, with = "overparam_config::task_serde::one")]
+    pub baseline_for: Option<overparam_base::Task>,
     pub train_seconds: f64,
     /// The training ran in more than one invocation (seconds are partial).
     pub resumed: bool,
@@ -158,7 +159,7 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
         seed: c.seed,
         task: if mtl { TASK_NYUV2 } else { TASK_CLASSIFICATION }.into(),
         metrics,
-        baseline_for: c.spec.baseline_for.clone(),
+        baseline_for: c.spec.baseline_for,
         train_seconds,
         resumed: resume,
         images_per_s,

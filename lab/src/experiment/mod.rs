@@ -68,8 +68,8 @@ pub struct CellSpec {
     #[serde(default)]
     pub set: Vec<String>,
     /// A single-task baseline for Δm of this task (multi-task grids).
-    #[serde(default)]
-    pub baseline_for: Option<String>,
+    #[serde(default, with = "overparam_config::task_serde::one")]
+    pub baseline_for: Option<overparam_base::Task>,
 }
 
 /// One run of the grid: a cell spec at one seed, in `<grid dir>/<label>-s<seed>`.

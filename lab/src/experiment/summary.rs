@@ -476,7 +476,7 @@ fn baseline(rows: &[CellResult]) -> Option<[f64; 9]> {
     for task in overparam_base::Task::ALL {
         let g: Vec<&CellResult> = rows
             .iter()
-            .filter(|r| r.baseline_for.as_deref() == Some(task.name()))
+            .filter(|r| r.baseline_for == Some(task))
             .collect();
         if g.is_empty() {
             return None;
@@ -514,7 +514,8 @@ mod tests {
             seed,
             task: TASK_NYUV2.into(),
             metrics: metrics.clone(),
-            baseline_for: baseline_for.map(Into::into),
+            baseline_for: baseline_for
+                .map(|t| overparam_base::Task::from_name(t).expect("a task name")),
             train_seconds,
             resumed,
             images_per_s: None,
