@@ -26,6 +26,7 @@ esac
 TORCH_VERSION=2.11.0
 ORT_VERSION=1.31.1
 ONNX_VERSION=1.23.2 # engine/tests/onnx_pb.rs names the same version
+ONNXSCRIPT_VERSION=0.7.2
 PY=${PYTHON:-python3}
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 
@@ -49,8 +50,11 @@ if ! .venv/bin/python -c "import torch,sys; sys.exit(torch.__version__.split('+'
   echo "setup: installing torch==$TORCH_VERSION (a CUDA build, ~4.5 GB with its nvidia wheels)" >&2
   "${pip[@]}" "torch==$TORCH_VERSION"
 fi
-if ! .venv/bin/python -c "import onnxruntime, onnx, safetensors, numpy, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION' or onnx.__version__ != '$ONNX_VERSION')" >/dev/null 2>&1; then
-  "${pip[@]}" numpy safetensors "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
+# onnxscript: torch.onnx.export's default (dynamo) exporter imports it; the import tests and
+# scripts/pretrain_fashion_mnist.py export through it. Installed with onnx pinned so it cannot
+# move onnx off the version the protobuf check names.
+if ! .venv/bin/python -c "import onnxruntime, onnx, onnxscript, safetensors, numpy, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION' or onnx.__version__ != '$ONNX_VERSION' or onnxscript.__version__ != '$ONNXSCRIPT_VERSION')" >/dev/null 2>&1; then
+  "${pip[@]}" numpy safetensors "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "onnxscript==$ONNXSCRIPT_VERSION"
 fi
 # rosbags: the golden reference for ROS 2 CDR bytes and RIHS01 type hashes in the bridge tests.
 if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('rosbags') != '0.11.9')" >/dev/null 2>&1; then
