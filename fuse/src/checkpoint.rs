@@ -98,25 +98,29 @@ fn at_path(path: &Path, e: Error) -> Error {
 
 /// Serialises a checkpoint to bytes (validated against the layout first).
 pub fn to_bytes(spec: &AnySpec, w: &Weights<f32>) -> Result<Vec<u8>> {
+    let (entries, meta) = entries(spec, w)?;
+    let mut out = vec![];
+    write_sorted(&entries, &meta, &mut out).expect("writing to memory");
+    Ok(out)
+}
+
+/// The tensors in name order and the metadata of a checkpoint, checked against the layout.
+fn entries<'a>(
+    spec: &AnySpec,
+    w: &'a Weights<f32>,
+) -> Result<(Vec<Entry<'a>>, BTreeMap<String, String>)> {
     let layout = spec.layout()?;
     check_against_layout(&layout, w)?;
     let kinds: HashMap<&str, ParamKind> =
         layout.iter().map(|p| (p.name.as_str(), p.kind)).collect();
-    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = w
+    let entries: Vec<Entry> = w
         .iter()
-        .map(|(name, t)| {
-            if kinds[name.as_str()] == ParamKind::BnCount {
-                // PyTorch stores num_batches_tracked as an int64 scalar.
-                let b = t
-                    .data
-                    .iter()
-                    .flat_map(|v| (*v as i64).to_le_bytes())
-                    .collect();
-                (name.clone(), Dtype::I64, t.shape.clone(), b)
-            } else {
-                let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name.clone(), Dtype::F32, t.shape.clone(), b)
-            }
+        .map(|(name, t)| Entry {
+            name,
+            shape: &t.shape,
+            data: &t.data,
+            // PyTorch stores num_batches_tracked as an int64 scalar.
+            as_i64: kinds[name.as_str()] == ParamKind::BnCount,
         })
         .collect();
     let json = serde_json::to_string(spec).map_err(|e| Error::Spec(e.to_string()))?;
@@ -125,45 +129,66 @@ pub fn to_bytes(spec: &AnySpec, w: &Weights<f32>) -> Result<Vec<u8>> {
         (VERSION_KEY.to_string(), FORMAT_VERSION.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
-    Ok(serialize_sorted(&bytes, &meta))
+    Ok((entries, meta))
+}
+
+/// One tensor to serialise: f32 values, written as F32 or (a counter) as I64.
+struct Entry<'a> {
+    name: &'a str,
+    shape: &'a [usize],
+    data: &'a [f32],
+    as_i64: bool,
+}
+
+impl Entry<'_> {
+    fn len(&self) -> usize {
+        self.data.len() * if self.as_i64 { 8 } else { 4 }
+    }
 }
 
 /// safetensors bytes with every map in sorted order, so the same checkpoint always
 /// serialises to the same bytes (the crate's writer takes a `HashMap` of metadata, whose
 /// order changes from run to run). Layout per the safetensors spec: u64 LE header length,
-/// JSON header padded with spaces to 8 bytes, then the tensors back to back.
-fn serialize_sorted(
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+/// JSON header padded with spaces to 8 bytes, then the tensors back to back. The tensors are
+/// encoded straight into the output, so a checkpoint is held once more, not twice, while it is
+/// written.
+fn write_sorted(
+    tensors: &[Entry],
     meta: &BTreeMap<String, String>,
-) -> Vec<u8> {
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
         serde_json::to_value(meta).expect("string map"),
     );
     let mut offset = 0usize;
-    for (name, dtype, shape, data) in tensors {
-        let dt = match dtype {
-            Dtype::I64 => "I64",
-            _ => "F32",
-        };
+    for e in tensors {
+        let dt = if e.as_i64 { "I64" } else { "F32" };
         header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+            e.name.to_string(),
+            serde_json::json!({"dtype": dt, "shape": e.shape, "data_offsets": [offset, offset + e.len()]}),
         );
-        offset += data.len();
+        offset += e.len();
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + h.len() + offset);
-    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    out.extend_from_slice(&h);
-    for (_, _, _, data) in tensors {
-        out.extend_from_slice(data);
+    out.write_all(&(h.len() as u64).to_le_bytes())?;
+    out.write_all(&h)?;
+    for e in tensors {
+        if e.as_i64 {
+            for v in e.data {
+                out.write_all(&(*v as i64).to_le_bytes())?;
+            }
+        } else {
+            for v in e.data {
+                out.write_all(&v.to_le_bytes())?;
+            }
+        }
     }
-    out
+    Ok(())
 }
 
 use overparam_base::write_file_atomic;
@@ -173,9 +198,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_file_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
+/// Writes a checkpoint atomically, streamed: a large model is not held twice in memory.
 pub fn save(path: &Path, spec: &AnySpec, w: &Weights<f32>) -> Result<()> {
-    let bytes = to_bytes(spec, w).map_err(|e| at_path(path, e))?;
-    write_atomic(path, &bytes)
+    let (entries, meta) = entries(spec, w).map_err(|e| at_path(path, e))?;
+    overparam_base::fs::write_file_atomic_with(path, |f| write_sorted(&entries, &meta, f))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Parses and validates checkpoint bytes; `path` is only used in messages.
@@ -283,18 +310,17 @@ pub fn save_tensors(
     tensors: &Weights<f32>,
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+    let entries: Vec<Entry> = tensors
         .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                Dtype::F32,
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+        .map(|(n, t)| Entry {
+            name: n,
+            shape: &t.shape,
+            data: &t.data,
+            as_i64: false,
         })
         .collect();
-    write_atomic(path, &serialize_sorted(&bytes, meta))
+    overparam_base::fs::write_file_atomic_with(path, |f| write_sorted(&entries, meta, f))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Reads a file written by [`save_tensors`]: f32 tensors and the metadata map.

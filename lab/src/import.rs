@@ -69,13 +69,17 @@ impl Report {
     }
 }
 
-/// Reads and imports an ONNX model (no checks, nothing written).
-pub fn read(
-    path: &Path,
-    options: &ImportOptions,
-) -> Result<(Imported, overparam_fuse::import::OnnxGraph)> {
-    let m = onnx_file::read_model(path)?;
-    let g = onnx_file::to_graph(path, &m)?;
+/// Who wrote an ONNX model, and at which opset.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub producer: String,
+    pub opset: i64,
+}
+
+/// Reads and imports an ONNX model (no checks, nothing written). The decoded graph is dropped
+/// before this returns: only the imported weights stay (the peak is about twice the file).
+pub fn read(path: &Path, options: &ImportOptions) -> Result<(Imported, Origin)> {
+    let g = onnx_file::read_graph(path)?;
     let mut options = options.clone();
     if options.model.is_empty() {
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
@@ -83,7 +87,11 @@ pub fn read(
     }
     let imported = overparam_fuse::import::import(&g, &options)
         .map_err(|e| Error::from(e).context(format!("importing {}", path.display())))?;
-    Ok((imported, g))
+    let origin = Origin {
+        producer: g.producer.clone(),
+        opset: g.opset,
+    };
+    Ok((imported, origin))
 }
 
 /// Seeded N(0, 1) check inputs for a model (`batch` images).
@@ -153,7 +161,7 @@ fn x32_as_f64(x: &[f32], shape: &[usize]) -> Tensor<f64> {
 pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
     let t0 = Instant::now();
     progress.event(&format!("import: reading {}", req.model.display()));
-    let (imported, g) = read(&req.model, &req.options)?;
+    let (imported, origin) = read(&req.model, &req.options)?;
     let import_seconds = t0.elapsed().as_secs_f64();
     let (checks, unchecked) = if !req.check {
         (vec![], Some("--no-check".to_string()))
@@ -174,8 +182,8 @@ pub fn run(req: &Request, progress: &dyn Progress) -> Result<Report> {
     Ok(Report {
         model: req.model.clone(),
         output: req.output.clone(),
-        producer: g.producer.clone(),
-        opset: g.opset,
+        producer: origin.producer,
+        opset: origin.opset,
         nodes: imported.spec.nodes.len(),
         params: summary.total_params,
         macs: summary.total_macs,

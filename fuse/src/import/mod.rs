@@ -105,12 +105,13 @@ pub struct Imported {
     pub notes: Vec<String>,
 }
 
-/// What an ONNX tensor is during import.
+/// What an ONNX tensor is during import. Initializers are borrowed from the graph (a large
+/// model's weights are not copied twice); folded constants are owned.
 #[derive(Clone, Debug)]
-enum Value {
+enum Value<'g> {
     /// The output of a spec node (or the input).
     Act(String),
-    Const(OnnxTensor),
+    Const(std::borrow::Cow<'g, OnnxTensor>),
 }
 
 /// A constant weight tensor read from the graph, as f32.
@@ -122,7 +123,7 @@ pub(crate) struct FloatTensor {
 /// The state importers work on.
 pub struct ImportCx<'g> {
     g: &'g OnnxGraph,
-    values: HashMap<String, Value>,
+    values: HashMap<String, Value<'g>>,
     nodes: Vec<Node<DeployConv>>,
     weights: Weights<f32>,
     shapes: HashMap<String, ActShape>,
@@ -151,7 +152,7 @@ impl<'g> ImportCx<'g> {
     pub(crate) fn opset(&self) -> i64 {
         self.g.opset
     }
-    fn value(&self, n: &OnnxNode, i: usize) -> Result<&Value> {
+    fn value(&self, n: &OnnxNode, i: usize) -> Result<&Value<'g>> {
         let name = n
             .inputs
             .get(i)
@@ -583,7 +584,8 @@ pub fn import(g: &OnnxGraph, opts: &ImportOptions) -> Result<Imported> {
         notes: vec![],
     };
     for (name, t) in &g.initializers {
-        cx.values.insert(name.clone(), Value::Const(t.clone()));
+        cx.values
+            .insert(name.clone(), Value::Const(std::borrow::Cow::Borrowed(t)));
     }
     cx.values
         .insert(input.name.clone(), Value::Act(INPUT.to_string()));
@@ -624,13 +626,19 @@ pub fn import(g: &OnnxGraph, opts: &ImportOptions) -> Result<Imported> {
             }
             "Constant" => {
                 let t = constant::constant_node(n)?;
-                cx.values.insert(n.outputs[0].clone(), Value::Const(t));
+                cx.values.insert(
+                    n.outputs[0].clone(),
+                    Value::Const(std::borrow::Cow::Owned(t)),
+                );
                 continue;
             }
             _ => {}
         }
         if let Some(t) = constant::try_fold(&cx, n)? {
-            cx.values.insert(n.outputs[0].clone(), Value::Const(t));
+            cx.values.insert(
+                n.outputs[0].clone(),
+                Value::Const(std::borrow::Cow::Owned(t)),
+            );
             continue;
         }
         let Some(f) = importers.get(n.op_type.as_str()) else {
