@@ -11,7 +11,7 @@ use overparam_config::TrainConfig;
 use overparam_fuse::expand::expand;
 use overparam_fuse::verify::verify_expansion;
 use overparam_fuse::{DeploySpec, MethodConfig, TrainSpec, Weights};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -105,7 +105,7 @@ impl Pretrained {
 }
 
 /// The imported and the expanded model on the test split before the first step.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Start {
     pub from: PathBuf,
     /// What was measured: `test top-1 error %`, or the nine NYUv2 metrics.

@@ -33,6 +33,10 @@ pub struct CellResult {
     pub deploy_macs: usize,
     /// Metric name → INT8 minus FP32 ONNX (through ONNX Runtime).
     pub int8_drop: BTreeMap<String, f64>,
+    /// A fine-tuning cell (`model.from`): metric name → the imported network on the test split
+    /// before the first step (its `start.json`). Empty for cells trained from scratch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub before: BTreeMap<String, f64>,
 }
 
 /// The `task` of a multi-task cell.
@@ -154,6 +158,7 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
     } else {
         BTreeMap::new()
     };
+    let before = before_fine_tuning(&cdir, mtl)?;
     let r = CellResult {
         label: c.spec.label.clone(),
         seed: c.seed,
@@ -167,12 +172,47 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
         deploy_params: sd.total_params,
         deploy_macs: sd.total_macs,
         int8_drop,
+        before,
     };
     crate::write(
         &cdir.join(CELL_FILE),
         serde_json::to_string_pretty(&r)?.as_bytes(),
     )?;
     Ok(r)
+}
+
+/// A fine-tuning cell's starting point from its `start.json`: the imported network's metrics on
+/// the test split, keyed as the cell's own (empty for a cell trained from scratch).
+#[cfg(feature = "train")]
+fn before_fine_tuning(cdir: &std::path::Path, mtl: bool) -> Result<BTreeMap<String, f64>> {
+    use overparam_train::pretrained::{START_FILE, Start};
+    let path = cdir.join(START_FILE);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let s: Start = serde_json::from_str(&crate::read_to_string(&path)?)
+        .map_err(|e| Error::file(&path, format!("not a start record: {e}")))?;
+    let names: Vec<&str> = if mtl {
+        overparam_engine::dense::METRICS.to_vec()
+    } else {
+        vec![TOP1]
+    };
+    if s.imported.len() != names.len() {
+        return Err(Error::file(
+            &path,
+            format!(
+                "{} starting metrics where a {} cell has {}",
+                s.imported.len(),
+                if mtl { TASK_NYUV2 } else { TASK_CLASSIFICATION },
+                names.len()
+            ),
+        ));
+    }
+    Ok(names
+        .into_iter()
+        .map(String::from)
+        .zip(s.imported)
+        .collect())
 }
 
 /// INT8 (entropy calibration, TensorRT's symmetric encoding) minus FP32 ONNX, per metric.

@@ -40,6 +40,8 @@ struct Rows {
     metric_names: Vec<String>,
     /// Δm's single-task baseline (means over seeds), once all three baselines exist.
     baseline: Option<[f64; 9]>,
+    /// Metrics some cell recorded before fine-tuning (`before`), in `metric_names` order.
+    before_names: Vec<String>,
 }
 
 impl Rows {
@@ -81,14 +83,20 @@ impl Rows {
             }
         }
         let mtl = rows[0].task == TASK_NYUV2;
-        let metric_names = rows[0].metrics.keys().cloned().collect();
+        let metric_names: Vec<String> = rows[0].metrics.keys().cloned().collect();
         let baseline = if mtl { baseline(&rows) } else { None };
+        let before_names = metric_names
+            .iter()
+            .filter(|m: &&String| rows.iter().any(|r| r.before.contains_key(*m)))
+            .cloned()
+            .collect();
         Ok(Self {
             rows,
             labels,
             mtl,
             metric_names,
             baseline,
+            before_names,
         })
     }
 
@@ -151,6 +159,7 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
 fn results_csv(t: &Rows) -> Result<String> {
     let mut head = vec!["label".to_string(), "seed".to_string()];
     head.extend(t.metric_names.iter().cloned());
+    head.extend(t.before_names.iter().map(|m| format!("before {m}")));
     if t.mtl {
         head.push("delta_m_pct".into());
     }
@@ -170,6 +179,13 @@ fn results_csv(t: &Rows) -> Result<String> {
     let rows = t.rows.iter().map(|r| {
         let mut row = vec![r.label.clone(), r.seed.to_string()];
         row.extend(t.metric_names.iter().map(|m| f6(r.metrics.get(m).copied())));
+        // Empty for a cell trained from scratch in a grid that also fine-tunes.
+        row.extend(t.before_names.iter().map(|m| {
+            r.before
+                .get(m)
+                .map(|v| format!("{v:.6}"))
+                .unwrap_or_default()
+        }));
         if t.mtl {
             // Empty where Δm is undefined (a baseline cell) or not yet known (baselines missing).
             row.push(t.dm(r).map(|v| format!("{v:.6}")).unwrap_or_default());
@@ -281,8 +297,11 @@ fn results_md(dir: &Path, t: &Rows, paired: &[(String, Paired)]) -> (String, Cha
     } else {
         t.metric_names.iter().collect()
     };
+    let drop_key = drop_key(t);
+    // Fine-tuning cells: where they started (the imported network) and how far they moved.
+    let start = t.before_names.iter().any(|m| m == drop_key);
     let mut md = format!(
-        "# {}\n\nMean ± standard deviation over seeds (n = seeds finished). {}\n\n| method | n |",
+        "# {}\n\nMean ± standard deviation over seeds (n = seeds finished). {}{}\n\n| method | n |",
         dir.file_name()
             .and_then(|s| s.to_str())
             .unwrap_or("experiment"),
@@ -290,17 +309,29 @@ fn results_md(dir: &Path, t: &Rows, paired: &[(String, Paired)]) -> (String, Cha
             "Metrics are fractions as MTAN reports them; Δm% (Nash-MTL convention: mean relative change over the nine metrics against the single-task baselines, **lower is better**)."
         } else {
             "Errors in % on the test split."
+        },
+        if start {
+            format!(
+                " *start* is the imported network before fine-tuning (the cell's start.json) and *Δ start* the fine-tuned {drop_key} minus it."
+            )
+        } else {
+            String::new()
         }
     );
+    if start {
+        md += &format!(" start {drop_key} |");
+    }
     for m in &show {
         md += &format!(" {m} |");
     }
     if mtl {
         md += " Δm % |";
     }
-    let drop_key = drop_key(t);
+    if start {
+        md += " Δ start |";
+    }
     md += &format!(" INT8 Δ {drop_key} | train s | train params | deploy params |\n|---|---|");
-    for _ in 0..show.len() + usize::from(mtl) {
+    for _ in 0..show.len() + usize::from(mtl) + 2 * usize::from(start) {
         md += "---|";
     }
     md += "---|---|---|---|\n";
@@ -310,6 +341,13 @@ fn results_md(dir: &Path, t: &Rows, paired: &[(String, Paired)]) -> (String, Cha
     for l in &t.labels {
         let g = t.group(l);
         md += &format!("| {l} | {} |", g.len());
+        let before: Vec<f64> = g
+            .iter()
+            .filter_map(|r| r.before.get(drop_key).copied())
+            .collect();
+        if start {
+            md += &format!(" {} |", pm(&before, digits));
+        }
         for m in &show {
             let v: Vec<f64> = g
                 .iter()
@@ -324,6 +362,13 @@ fn results_md(dir: &Path, t: &Rows, paired: &[(String, Paired)]) -> (String, Cha
             } else {
                 md += &format!(" {} |", pm(&d, 2));
             }
+        }
+        if start {
+            let moved: Vec<f64> = g
+                .iter()
+                .filter_map(|r| Some(r.metrics.get(drop_key)? - r.before.get(drop_key)?))
+                .collect();
+            md += &format!(" {} |", pm(&moved, digits));
         }
         let i8: Vec<f64> = g
             .iter()
@@ -523,6 +568,7 @@ mod tests {
             deploy_params: 10,
             deploy_macs: 10,
             int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
+            before: BTreeMap::new(),
         };
         write_cell(dir, &r);
     }
@@ -560,8 +606,57 @@ mod tests {
             deploy_params: 10,
             deploy_macs: 10,
             int8_drop: metrics.keys().map(|k| (k.clone(), 0.0)).collect(),
+            before: BTreeMap::new(),
         };
         write_cell(dir, &r);
+    }
+
+    /// A cell fine-tuned from an imported network that started at `start` % top-1 error.
+    fn fine_tuned_cell(dir: &Path, label: &str, seed: u64, top1: f64, start: f64) {
+        let p = dir.join(format!("{label}-s{seed}")).join(CELL_FILE);
+        class_cell(dir, label, seed, top1);
+        let mut r: CellResult =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        r.before = BTreeMap::from([("top-1 err %".to_string(), start)]);
+        write_cell(dir, &r);
+    }
+
+    /// Fine-tuning cells show where they started and how far they moved, in the table and the
+    /// CSV; a cell from scratch beside them has an empty start; cells without `before` (older
+    /// cell.json files) have no such columns at all.
+    #[test]
+    fn fine_tuning_cells_report_their_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fine_tuned_cell(dir.path(), "plain", 0, 9.5, 10.0);
+        fine_tuned_cell(dir.path(), "plain", 1, 9.0, 10.0);
+        class_cell(dir.path(), "scratch", 0, 12.0);
+        let (md, csv) = read(dir.path());
+        let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let col = head
+            .iter()
+            .position(|h| *h == "before top-1 err %")
+            .unwrap();
+        let cells: Vec<Vec<&str>> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect())
+            .collect();
+        assert_eq!(cells[0][col], "10.000000", "{csv}");
+        assert_eq!(cells[2][col], "", "{csv}");
+        assert!(md.contains("| start top-1 err % |"), "{md}");
+        // plain: start 10.00 ± 0.00, fine-tuned 9.25 ± 0.35, moved −0.75 ± 0.35.
+        assert!(
+            md.contains("| plain | 2 | 10.00 ± 0.00 | 9.25 ± 0.35 |"),
+            "{md}"
+        );
+        assert!(md.contains("| -0.75 ± 0.35 |"), "{md}");
+        let other = tempfile::tempdir().unwrap();
+        class_cell(other.path(), "plain", 0, 9.5);
+        let (md, csv) = read(other.path());
+        assert!(
+            !csv.contains("before") && !md.contains("start top-1"),
+            "{md}\n{csv}"
+        );
     }
 
     /// Paired by seed against plain, by hand: differences −2, −4, −3 → mean −3, sd 1,
