@@ -48,6 +48,91 @@ pub fn write_file_atomic_with(
     result
 }
 
+/// An output that would destroy an input: the same file (through any symlink or `..`), or a
+/// path inside an input directory.
+#[derive(Debug)]
+pub struct Clobber {
+    pub output: PathBuf,
+    pub input: PathBuf,
+    /// The input is a directory the output lies in.
+    pub inside: bool,
+}
+
+impl std::fmt::Display for Clobber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.inside {
+            write!(
+                f,
+                "{}: the output lies inside the input directory {} and could replace its files; write it elsewhere",
+                self.output.display(),
+                self.input.display()
+            )
+        } else {
+            write!(
+                f,
+                "{}: the output is the input {} and would replace it; give another output path",
+                self.output.display(),
+                self.input.display()
+            )
+        }
+    }
+}
+
+impl std::error::Error for Clobber {}
+
+/// The absolute path `p` names with symlinks resolved, also when `p` does not exist yet (its
+/// nearest existing ancestor is resolved and the rest appended).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(p)
+    };
+    let mut rest = vec![];
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c.as_os_str()),
+                }
+            }
+            return Some(out);
+        }
+        let mut comps = cur.components();
+        rest.push(comps.next_back()?);
+        cur = comps.as_path();
+    }
+}
+
+/// Refuses an output path that resolves to one of `inputs` (files) or lies inside one of them
+/// (directories): every command that writes checks its outputs with this before reading.
+pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<(), Clobber> {
+    let Some(out) = resolved(output) else {
+        return Ok(());
+    };
+    for input in inputs {
+        let Some(inp) = resolved(input) else { continue };
+        let inside = inp.is_dir() && out != inp && out.starts_with(&inp);
+        if out == inp || inside {
+            return Err(Clobber {
+                output: output.to_path_buf(),
+                input: input.to_path_buf(),
+                inside,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Removes `.<name>.<pid>.tmp` files left by writers of `name` that were killed mid-write:
 /// those whose process no longer exists (Linux `/proc`; elsewhere nothing is removed, as a
 /// live writer's file must never be).
@@ -79,6 +164,33 @@ fn sweep_stale_temps(dir: &Path, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same file through a symlink, `..` or a path that does not exist yet is refused, and
+    /// so is a path inside an input directory; a sibling is not.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_that_resolve_to_an_input_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("model.safetensors");
+        std::fs::write(&f, b"x").unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&f, d.path().join("link")).unwrap();
+        let e = check_output(&d.path().join("link"), &[&f]).unwrap_err();
+        assert!(
+            !e.inside && e.to_string().contains("model.safetensors"),
+            "{e}"
+        );
+        assert!(check_output(&data.join("../model.safetensors"), &[&f]).is_err());
+        let e = check_output(&data.join("new/x.npy"), &[&f, &data]).unwrap_err();
+        assert!(
+            e.inside && e.to_string().contains("inside the input directory"),
+            "{e}"
+        );
+        assert!(check_output(&data, &[&data]).is_err());
+        check_output(&d.path().join("other.onnx"), &[&f, &data]).unwrap();
+        check_output(&d.path().join("datax/y"), &[&data]).unwrap();
+    }
 
     /// A successful write removes temp files of dead writers of the same file, and leaves
     /// those of live processes and of other files alone.

@@ -22,6 +22,10 @@ pub struct Args {
 #[cfg(feature = "train")]
 pub fn run(a: Args) -> Result<ExitCode> {
     use overparam_config::DeviceChoice;
+    if let Some(d) = &a.dump_predictions {
+        // Predictions are written under the split's own file names: never into the dataset.
+        overparam_base::check_output(d, &[&a.data, &a.checkpoint])?;
+    }
     let choice = match a.device.as_str() {
         "cpu" => DeviceChoice::Cpu,
         "cuda" => DeviceChoice::Cuda,

@@ -51,6 +51,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    let mut inputs = vec![a.input.as_path()];
+    inputs.extend(a.calib.as_deref());
+    for out in [
+        a.output.clone(),
+        overparam_lab::deploy::calib_path(&a.output),
+    ] {
+        overparam_base::check_output(&out, &inputs)?;
+    }
     let (spec, w) = load_deploy(&a.input)?;
     let mut o = ExportOptions::new(a.precision);
     o.batch = a.batch;

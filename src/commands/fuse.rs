@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -36,25 +36,8 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("`{s}`: expected fp32, tf32, bf16 or fp16"))
 }
 
-/// True when `a` and `b` name the same file (the output may not exist yet).
-fn same_file(a: &Path, b: &Path) -> bool {
-    let canon = |p: &Path| {
-        p.canonicalize().ok().or_else(|| {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
-            let dir = parent.map_or_else(|| Path::new(".").canonicalize(), |d| d.canonicalize());
-            Some(dir.ok()?.join(p.file_name()?))
-        })
-    };
-    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
-    if same_file(&a.input, &a.output) {
-        bail!(
-            "{}: the output would replace the train checkpoint it is folded from; give another -o",
-            a.output.display()
-        );
-    }
+    overparam_base::check_output(&a.output, &[&a.input])?;
     let Checkpoint { spec, weights } = checkpoint::load(&a.input)?;
     let train = match spec {
         AnySpec::Train(t) => t,

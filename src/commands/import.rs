@@ -43,6 +43,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    // The dynamo exporter's weights sit beside the model as `<model>.data`.
+    let data = std::path::PathBuf::from(format!("{}.data", a.model.display()));
+    overparam_base::check_output(&a.output, &[&a.model, &data])?;
     let normalize = if a.mean.is_empty() {
         None
     } else {

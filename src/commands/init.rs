@@ -100,6 +100,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 /// `--from`: the exact expansion of a trained deploy checkpoint, written only when the f64
 /// verdict passes.
 fn from_deploy(from: &std::path::Path, method: &MethodConfig, a: &Args) -> Result<ExitCode> {
+    overparam_base::check_output(&a.output, &[from])?;
     eprintln!(
         "init: expanding {} with {} exactly…",
         from.display(),

@@ -54,6 +54,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(out) = &a.partial_output {
+        for out in [out.clone(), overparam_lab::deploy::calib_path(out)] {
+            overparam_base::check_output(&out, &[&a.deploy, &a.data])?;
+        }
+    }
     let (spec, w) = load_deploy(&a.deploy)?;
     let enc = ActivationEncoding::from(a.encoding);
     let progress = crate::progress::Bars::stderr();

@@ -33,6 +33,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    for out in [
+        a.output.clone(),
+        overparam_engine::trt::manifest_path(&a.output),
+        a.output.with_extension("timing.cache"),
+    ] {
+        overparam_base::check_output(&out, &[&a.onnx])?;
+    }
     let (m, builder) = if a.native {
         let m = build_native(
             &a.onnx,

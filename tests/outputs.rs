@@ -1,0 +1,128 @@
+//! Outputs never destroy inputs (#25 §1): every command that writes refuses an output that
+//! resolves to one of its inputs (directly, through a symlink or `..`), or that lies inside an
+//! input dataset directory, before it reads anything; the error names both paths and every
+//! file that existed before is byte-identical afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{deploy_mtl, ok, run, text};
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_symlink() {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `args`, which must fail naming `output` and `input`, leaving `dir` as it was.
+fn refused(dir: &Path, args: &[&str], output: &str, input: &str) {
+    let before = snapshot(dir);
+    let o = run(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded:\n{t}");
+    assert!(
+        t.contains(output) && t.contains(input),
+        "{args:?}: the message names neither {output} nor {input}:\n{t}"
+    );
+    assert_eq!(
+        snapshot(dir),
+        before,
+        "{args:?} changed files it was refused"
+    );
+}
+
+#[test]
+fn no_command_writes_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy_mtl(dir.path());
+    let ds = d.to_str().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let onnx = p("m.onnx");
+    ok(&run(&["export", ds, "-o", &onnx]));
+    std::os::unix::fs::symlink(&d, dir.path().join("alias.safetensors")).unwrap();
+    let data = dir.path().join("nyu");
+    ok(&run(&[
+        "data",
+        "synth-nyuv2",
+        "-o",
+        data.to_str().unwrap(),
+        "--train",
+        "2",
+        "--val",
+        "2",
+        "--height",
+        "48",
+        "--width",
+        "48",
+    ]));
+    let data_s = data.to_str().unwrap();
+
+    refused(dir.path(), &["export", ds, "-o", ds], ds, ds);
+    // Through a symlink and through `..`: the same file.
+    refused(
+        dir.path(),
+        &["export", ds, "-o", &p("alias.safetensors")],
+        "alias.safetensors",
+        ds,
+    );
+    let dotdot = format!("{}/../m.deploy.safetensors", data_s);
+    refused(dir.path(), &["export", ds, "-o", &dotdot], &dotdot, ds);
+    refused(
+        dir.path(),
+        &[
+            "engine",
+            "accuracy",
+            ds,
+            "--data",
+            data_s,
+            "--sensitivity",
+            "--partial-output",
+            ds,
+        ],
+        ds,
+        ds,
+    );
+    refused(
+        dir.path(),
+        &["engine", "build", &onnx, "-o", &onnx],
+        &onnx,
+        &onnx,
+    );
+    refused(
+        dir.path(),
+        &["init", "--from", ds, "--method", "sfo", "-o", ds],
+        ds,
+        ds,
+    );
+    refused(dir.path(), &["import", &onnx, "-o", &onnx], &onnx, &onnx);
+    refused(
+        dir.path(),
+        &["fuse", &p("m.op.safetensors"), "-o", &p("m.op.safetensors")],
+        "m.op.safetensors",
+        "m.op.safetensors",
+    );
+    // Predictions go under the split's own file names: never into the dataset.
+    let inside = format!("{data_s}/val");
+    refused(
+        dir.path(),
+        &["eval", ds, "--data", data_s, "--dump-predictions", &inside],
+        &inside,
+        data_s,
+    );
+}
