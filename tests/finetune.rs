@@ -160,17 +160,7 @@ fn fine_tuning_refusals_name_what_to_change() {
 #[test]
 fn pipeline_from_an_onnx_decoder_fine_tunes_folds_and_publishes_its_dense_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/python/import_blocks.py"))
-        .arg(dir.path())
-        .output()
-        .expect("run the virtualenv's python (scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::import_blocks(dir.path());
     let runs = dir.path().join("runs");
     let t = ok(&run(&[
         "pipeline",

@@ -20,17 +20,7 @@ fn fixtures() -> &'static (tempfile::TempDir, Vec<serde_json::Value>) {
     static F: OnceLock<(tempfile::TempDir, Vec<serde_json::Value>)> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = std::process::Command::new(root.join(".venv/bin/python"))
-            .arg(root.join("tests/python/import_blocks.py"))
-            .arg(dir.path())
-            .output()
-            .expect("run the virtualenv's python (scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::import_blocks(dir.path());
         let manifest: Vec<serde_json::Value> =
             serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
                 .unwrap();

@@ -109,18 +109,22 @@ fn sfo_group(w: &Mat, d: usize, rng: &mut Rng) -> (Mat, Mat, Mat) {
     let (o, n) = (w.rows, w.cols);
     let c = scale_of(w);
     let eps = SFO_EXTRA_NOISE * w.rms().max(f64::MIN_POSITIVE);
-    let mut m = eye(d, d, c);
+    // M = c·I_k ⊕ εN: the identity on the kernel's k directions, noise on the extra ones.
+    let core = |k: usize, rng: &mut Rng| {
+        let mut m = Mat::zeros(d, d);
+        m.put(&eye(k, k, c));
+        let extra = noise(rng, d - k, d - k, eps);
+        for i in 0..d - k {
+            for j in 0..d - k {
+                m.set(k + i, k + j, extra.at(i, j));
+            }
+        }
+        m
+    };
     if o <= d {
         // U = c·[I | 0], M = c·I ⊕ εN, V = [W/c² ; εN].
         let u = eye(o, d, c);
-        m.put(&Mat::zeros(d, d));
-        m.put(&eye(o, o, c));
-        let extra = noise(rng, d - o, d - o, eps);
-        for i in 0..d - o {
-            for j in 0..d - o {
-                m.set(o + i, o + j, extra.at(i, j));
-            }
-        }
+        let m = core(o, rng);
         let mut v = noise(rng, d, n, eps);
         v.put(&w.scaled(1.0 / (c * c)));
         (u, m, v)
@@ -128,14 +132,7 @@ fn sfo_group(w: &Mat, d: usize, rng: &mut Rng) -> (Mat, Mat, Mat) {
         // d ≥ n here (d = e·min(o, n)): U = [W/c² | 0], M = c·I ⊕ εN, V = [c·I ; εN].
         let mut u = Mat::zeros(o, d);
         u.put(&w.scaled(1.0 / (c * c)));
-        m.put(&Mat::zeros(d, d));
-        m.put(&eye(n, n, c));
-        let extra = noise(rng, d - n, d - n, eps);
-        for i in 0..d - n {
-            for j in 0..d - n {
-                m.set(n + i, n + j, extra.at(i, j));
-            }
-        }
+        let m = core(n, rng);
         let mut v = noise(rng, d, n, eps);
         v.put(&eye(n, n, c));
         (u, m, v)

@@ -70,3 +70,19 @@ pub fn deploy_mtl(dir: &Path) -> PathBuf {
         .unwrap());
     d
 }
+
+/// The import fixtures (`tests/python/import_blocks.py`: PyTorch blocks exported by both
+/// exporters) written into `dir` with `.venv`'s torch.
+pub fn import_blocks(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/python/import_blocks.py"))
+        .arg(dir)
+        .output()
+        .expect("run the virtualenv's python (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
