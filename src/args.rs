@@ -118,6 +118,31 @@ pub fn budget(s: &str) -> std::result::Result<f64, String> {
         .map_err(|_| "want a positive, finite number of milliseconds".into())
 }
 
+/// A count that must be at least 1 (iterations, frames): 0 has no meaning there.
+pub fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    s: &str,
+) -> std::result::Result<T, String> {
+    let v: T = s
+        .parse()
+        .map_err(|_| format!("`{s}`: want a whole number of at least 1"))?;
+    if v <= T::default() {
+        return Err(format!("`{s}`: want a whole number of at least 1"));
+    }
+    Ok(v)
+}
+
+/// Seconds to wait: finite and not negative (0 means not at all).
+pub fn seconds(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    // Duration::from_secs_f64 panics beyond u64 seconds; a day is already longer than any wait.
+    if !v.is_finite() || v < 0.0 || v > 1e9 {
+        return Err(format!(
+            "`{s}`: want a finite, non-negative number of seconds"
+        ));
+    }
+    Ok(v)
+}
+
 /// Why `--native` / `--runtime trt-native` cannot run in this build.
 #[cfg(not(feature = "tensorrt"))]
 pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";

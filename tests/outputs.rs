@@ -126,3 +126,39 @@ fn no_command_writes_over_its_input() {
         data_s,
     );
 }
+
+/// Numbers are checked where they enter, with one rule per kind of flag across sibling
+/// commands (#25 §4): what `bench` refuses, `pipeline` refuses too, and seconds that no
+/// `Duration` holds (inf, 1e300) are an error naming the flag, never a panic.
+#[test]
+fn numeric_flags_share_their_rules_across_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("missing.onnx");
+    let m = m.to_str().unwrap();
+    for (args, flag) in [
+        (
+            vec!["bridge", "run", "--model", m, "--wait-subscribers", "inf"],
+            "--wait-subscribers",
+        ),
+        (
+            vec!["bridge", "run", "--model", m, "--wait-subscribers", "1e300"],
+            "--wait-subscribers",
+        ),
+        (
+            vec!["bridge", "run", "--model", m, "--wait-subscribers=-1"],
+            "--wait-subscribers",
+        ),
+        (vec!["pipeline", "--iters", "0"], "--iters"),
+        (vec!["pipeline", "--frames", "0"], "--frames"),
+        (vec!["pipeline", "--budget-ms", "NaN"], "--budget-ms"),
+        (vec!["pipeline", "--budget-ms=-5"], "--budget-ms"),
+        (vec!["bench", m, "--iters", "0"], "--iters"),
+        (vec!["bench", m, "--budget-ms", "inf"], "--budget-ms"),
+    ] {
+        let o = run(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(flag) && !t.contains("panicked"), "{args:?}: {t}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -23,13 +23,13 @@ pub struct Args {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Per-frame latency budget (p99, ms) for the CPU runtime here.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 50.0, value_parser = crate::args::budget)]
     budget_ms: f64,
     /// Timed inference iterations per precision (after 20 warm-up runs).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::positive::<usize>)]
     iters: usize,
     /// Frames published over zenoh (loopback, in-process listener).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::args::positive::<u64>)]
     frames: u64,
     /// Calibration images for INT8.
     #[arg(long, default_value_t = 64)]

@@ -55,7 +55,7 @@ struct LatencyArgs {
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Timed runs.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::positive::<usize>)]
     iters: usize,
     /// Warm-up runs before the timed ones [default: 20]; `--runtime trt` warms up by time
     /// (`--warmup-ms`) instead.

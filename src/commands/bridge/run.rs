@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long = "topic-qos", value_name = "TASK=ITEMS")]
     topic_qos: Vec<String>,
     /// Wait up to this many seconds for subscribers on every topic before the first frame.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::seconds)]
     wait_subscribers: f64,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
