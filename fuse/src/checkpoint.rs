@@ -205,14 +205,38 @@ pub fn save(path: &Path, spec: &AnySpec, w: &Weights<f32>) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// What a file that is not a checkpoint is instead, when it is one of the other files this
+/// project handles (so the message names the command that takes it).
+fn other_kind(path: &Path, buf: &[u8]) -> Option<&'static str> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    // An ONNX ModelProto starts with field 1 (ir_version, a small varint), then another field.
+    let onnx = buf.len() > 3 && buf[0] == 0x08 && buf[1] < 0x80 && buf[2] & 0x07 <= 2;
+    if ext == "onnx" || onnx {
+        return Some(
+            "this is an ONNX model, not an overparam checkpoint: `overparam import` makes a deploy checkpoint of it (bench and bridge run take the ONNX itself)",
+        );
+    }
+    if ext == "plan" || ext == "engine" {
+        return Some(
+            "this is a TensorRT engine, not an overparam checkpoint: bench --runtime trt runs it",
+        );
+    }
+    if ext == "toml" || ext == "json" || buf.first() == Some(&b'[') || buf.first() == Some(&b'{') {
+        return Some("this is a text file (a config or report?), not an overparam checkpoint");
+    }
+    None
+}
+
 /// Parses and validates checkpoint bytes; `path` is only used in messages.
 pub fn from_bytes(path: &Path, buf: &[u8]) -> Result<Checkpoint> {
     let ck = |m: String| Error::Checkpoint {
         path: path.to_path_buf(),
         message: m,
     };
-    let (_, meta) = SafeTensors::read_metadata(buf)
-        .map_err(|e| ck(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(buf).map_err(|e| match other_kind(path, buf) {
+        Some(kind) => ck(kind.into()),
+        None => ck(format!("not a valid safetensors file: {e}")),
+    })?;
     // A file from a newer (or unknown) writer may mean something else by the same keys.
     // Files without the key predate it and are version 1.
     if let Some(v) = meta.metadata().as_ref().and_then(|m| m.get(VERSION_KEY))

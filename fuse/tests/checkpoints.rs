@@ -223,3 +223,28 @@ fn checkpoints_of_an_unknown_format_version_are_refused() {
         );
     }
 }
+
+/// An ONNX model, a TensorRT plan or a config given where a checkpoint is expected is named as
+/// what it is, with the command that takes it; anything else keeps the safetensors message.
+#[test]
+fn other_files_are_named_as_what_they_are() {
+    use std::path::Path;
+    let onnx = [
+        0x08u8, 0x08, 0x12, 0x07, b'p', b'y', b't', b'o', b'r', b'c', b'h',
+    ];
+    let e = overparam_fuse::checkpoint::from_bytes(Path::new("m.bin"), &onnx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m.bin") && e.contains("ONNX model") && e.contains("overparam import"),
+        "{e}"
+    );
+    let e = overparam_fuse::checkpoint::from_bytes(Path::new("m.plan"), b"ftrt\0\0\0\0\0\0\0\0")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TensorRT engine"), "{e}");
+    let e = overparam_fuse::checkpoint::from_bytes(Path::new("x"), b"\x05\0\0\0\0\0\0\0{}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a valid safetensors file"), "{e}");
+}
