@@ -162,3 +162,84 @@ fn numeric_flags_share_their_rules_across_commands() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Runs cannot collide (#25 §2): while one `train` holds a run directory, a second one is
+/// refused naming the holder's PID and changes nothing; after the holder is killed, the next
+/// start takes the lock over and says so.
+#[test]
+fn a_second_trainer_of_a_run_is_refused_and_a_dead_ones_lock_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nname = \"r\"\ndir = \"{}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"plain\" }}\n[data]\nsynthetic_train = 2000\nsynthetic_test = 100\n[optim]\nepochs = 500\nbatch_size = 20\nlr = 0.01\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let mut first = common::bin()
+        .args(["train", "--config", cfg_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("r/.lock");
+    let pid = first.id().to_string();
+    // Wait for the condition (the lock names the first trainer), not for a fixed time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::read_to_string(&lock).unwrap_or_default() != pid {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first train never locked its run"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first train exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = snapshot(&dir.path().join("r"));
+    let o = run(&["train", "--config", cfg_s]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains(&format!("in use by PID {pid}")), "{t}");
+    let o = run(&["train", "--config", cfg_s, "--resume"]);
+    assert!(
+        text(&o).contains(&format!("in use by PID {pid}")),
+        "{}",
+        text(&o)
+    );
+    // The lock file is the only thing the refused runs may touch, and they did not.
+    assert_eq!(
+        snapshot(&dir.path().join("r")).get(&lock),
+        before.get(&lock)
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // A dead trainer's lock is taken over, saying so (its epoch never finished, so the run
+    // starts afresh; it is stopped as soon as the message shows).
+    let mut next = common::bin()
+        .args(["train", "--config", cfg_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(next.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0 {
+        seen += &line;
+        if line.contains("taking it over") {
+            break;
+        }
+        line.clear();
+    }
+    next.kill().unwrap();
+    next.wait().unwrap();
+    assert!(
+        seen.contains(&format!("locked by PID {pid}, which is no longer running")),
+        "{seen}"
+    );
+}

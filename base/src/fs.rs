@@ -133,6 +133,89 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<(), Clobber> {
     Ok(())
 }
 
+/// The advisory lock file of a run directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An advisory lock (`flock`) on a directory, held until dropped: a second process that wants
+/// the same directory is refused instead of silently sharing it. The lock file holds the
+/// holder's PID for the message; the kernel releases the lock when its holder dies, so a lock
+/// file left by a dead process is simply taken over.
+#[derive(Debug)]
+pub struct DirLock {
+    file: std::fs::File,
+    /// The PID named by a lock file whose process had died (taken over).
+    pub stale: Option<u32>,
+}
+
+impl Drop for DirLock {
+    /// A clean release empties the file, so only a dead holder leaves its PID behind.
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// Why a directory could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another live process holds it.
+    Busy {
+        dir: PathBuf,
+        pid: Option<u32>,
+    },
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Busy { dir, pid } => write!(
+                f,
+                "{} is in use by {}",
+                dir.display(),
+                pid.map_or("another process".to_string(), |p| format!("PID {p}"))
+            ),
+            LockError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LockError {}
+
+/// Takes the lock of `dir` (which must exist) without waiting.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    use std::io::{Read, Seek};
+    let path = dir.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(LockError::Io)?;
+    let mut text = String::new();
+    let holder = |f: &mut std::fs::File, text: &mut String| {
+        text.clear();
+        let _ = f.read_to_string(text);
+        text.trim().parse::<u32>().ok()
+    };
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(LockError::Busy {
+                dir: dir.to_path_buf(),
+                pid: holder(&mut f, &mut text),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+    }
+    let stale = holder(&mut f, &mut text).filter(|&p| p != std::process::id());
+    f.set_len(0).map_err(LockError::Io)?;
+    f.rewind().map_err(LockError::Io)?;
+    f.write_all(std::process::id().to_string().as_bytes())
+        .map_err(LockError::Io)?;
+    Ok(DirLock { file: f, stale })
+}
+
 /// Removes `.<name>.<pid>.tmp` files left by writers of `name` that were killed mid-write:
 /// those whose process no longer exists (Linux `/proc`; elsewhere nothing is removed, as a
 /// live writer's file must never be).
@@ -164,6 +247,27 @@ fn sweep_stale_temps(dir: &Path, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second lock on a held directory is refused naming the holder; once the holder lets
+    /// go, the lock is taken again and the old PID reported as stale.
+    #[test]
+    fn a_held_directory_is_refused_and_a_released_one_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let first = lock_dir(d.path()).unwrap();
+        assert!(first.stale.is_none());
+        // flock locks belong to the open file, so a second open in this process is refused too.
+        match lock_dir(d.path()) {
+            Err(LockError::Busy { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        assert_eq!(std::fs::read(d.path().join(LOCK_FILE)).unwrap(), b"");
+        assert!(lock_dir(d.path()).unwrap().stale.is_none());
+        // What a killed holder leaves: its PID, and no lock.
+        std::fs::write(d.path().join(LOCK_FILE), "4000000").unwrap();
+        let again = lock_dir(d.path()).unwrap();
+        assert_eq!(again.stale, Some(4_000_000));
+    }
 
     /// The same file through a symlink, `..` or a path that does not exist yet is refused, and
     /// so is a path inside an input directory; a sibling is not.

@@ -209,6 +209,21 @@ pub(crate) fn prepare_run(
         dir: dir.clone(),
         message: m,
     };
+    // The lock comes first, so two processes starting the same run cannot both pass the
+    // checks below: the second is refused naming the first.
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let lock = overparam_base::lock_dir(&dir).map_err(|e| match e {
+        overparam_base::LockError::Io(e) => io(&dir)(e),
+        busy => run_err(format!(
+            "{busy} (another overparam is training it); wait for it to finish, or choose another run.name"
+        )),
+    })?;
+    if let Some(pid) = lock.stale {
+        progress.event(&format!(
+            "train: {} was locked by PID {pid}, which is no longer running; taking it over",
+            dir.display()
+        ));
+    }
     let cfg_path = dir.join(CONFIG_FILE);
     let state_path = dir.join(STATE_FILE);
     let never_started = !state_path.exists() && holds_only_config(&dir).map_err(io(&dir))?;
@@ -233,6 +248,7 @@ pub(crate) fn prepare_run(
             dir,
             state: state_path,
             resume: true,
+            _lock: lock,
         });
     }
     if !never_started && (cfg_path.exists() || state_path.exists()) {
@@ -240,7 +256,6 @@ pub(crate) fn prepare_run(
             "already exists: pass --resume to continue it, or choose another run.name".into(),
         ));
     }
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     overparam_base::write_file_atomic(&cfg_path, cfg.to_toml().as_bytes())
         .map_err(io(&cfg_path))?;
     Ok(RunDir {
@@ -248,6 +263,7 @@ pub(crate) fn prepare_run(
         dir,
         state: state_path,
         resume: false,
+        _lock: lock,
     })
 }
 
@@ -258,6 +274,8 @@ pub(crate) struct RunDir {
     /// The training state file.
     pub state: PathBuf,
     pub resume: bool,
+    /// Held for the whole run (`<dir>/.lock`): a second trainer of this directory is refused.
+    pub _lock: overparam_base::DirLock,
 }
 
 /// Whether `dir` exists and holds a `config.toml` and nothing else (no epoch ever finished).
@@ -269,9 +287,10 @@ fn holds_only_config(dir: &Path) -> std::io::Result<bool> {
     };
     let mut config = false;
     for e in entries {
-        if e?.file_name() == CONFIG_FILE {
+        let name = e?.file_name();
+        if name == CONFIG_FILE {
             config = true;
-        } else {
+        } else if name != overparam_base::LOCK_FILE {
             return Ok(false);
         }
     }

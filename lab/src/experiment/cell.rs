@@ -124,7 +124,9 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
     let cdir = cfg.run_dir();
     let resume = cdir.join(STATE_FILE).exists();
     if !resume && cdir.exists() {
-        // Killed before its first epoch finished: nothing worth keeping.
+        // Killed before its first epoch finished: nothing worth keeping, unless another
+        // process is training it right now (it holds the run's lock).
+        drop(overparam_base::lock_dir(&cdir).map_err(|e| Error::Run(format!("{}: {e}", c.name)))?);
         std::fs::remove_dir_all(&cdir).map_err(Error::io(&cdir))?;
     }
     let stopped = || Error::Run("training stopped early".into());
