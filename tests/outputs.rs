@@ -243,3 +243,38 @@ fn a_second_trainer_of_a_run_is_refused_and_a_dead_ones_lock_taken_over() {
         "{seen}"
     );
 }
+
+/// Names are checked where they enter (#25 §3): wildcard keys, ROS 2 names a graph cannot
+/// show and domain ids beyond rmw_zenoh's range are refused naming the flag, before anything
+/// connects; and so is an experiment name that would leave the runs directory.
+#[test]
+fn names_are_checked_where_they_enter() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("missing.onnx");
+    let m = m.to_str().unwrap();
+    for (extra, flag) in [
+        (vec!["--camera", "**"], "--camera"),
+        (vec!["--camera", ""], "--camera"),
+        (vec!["--prefix", "a//b"], "--prefix"),
+        (vec!["--ros2", "--namespace", "/my ns"], "--namespace"),
+        (vec!["--ros2", "--node", "9node"], "--node"),
+        (vec!["--ros2", "--domain-id", "300"], "--domain-id"),
+    ] {
+        let mut args = vec!["bridge", "run", "--model", m];
+        args.extend(extra);
+        let o = run(&args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(flag), "{args:?}: {t}");
+    }
+    let grid = dir.path().join("g.toml");
+    std::fs::write(
+        &grid,
+        "[experiment]\nname = \"../../escaped\"\nbase = \"../configs/demo.toml\"\nseeds = [0]\n[[experiment.cells]]\nlabel = \"plain\"\n",
+    )
+    .unwrap();
+    let o = run(&["experiment", "--config", grid.to_str().unwrap(), "--list"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("experiment.name"), "{t}");
+    assert!(!dir.path().join("../escaped").exists());
+}

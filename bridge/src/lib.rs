@@ -8,6 +8,7 @@
 pub mod counters;
 pub mod error;
 pub mod listener;
+pub mod names;
 pub mod publisher;
 pub mod ros2;
 #[cfg(feature = "run")]

@@ -467,7 +467,8 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
+        if matches!(self.run.name.as_str(), "" | "." | "..") || self.run.name.contains(['/', '\\'])
+        {
             return bad(format!(
                 "run.name `{}` must be a plain directory name",
                 self.run.name

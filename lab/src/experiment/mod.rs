@@ -153,9 +153,20 @@ impl Grid {
                 "experiment.seeds and experiment.cells must not be empty",
             ));
         }
+        // Both become directory names under the runs directory: never a path out of it.
+        let plain = |s: &str| !(s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\']));
+        if !plain(&e.name) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "experiment.name `{}` must be a plain directory name (no path separators, not `.` or `..`)",
+                    e.name
+                ),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for c in &e.cells {
-            if c.label.is_empty() || c.label.contains(['/', '\\']) || !seen.insert(&c.label) {
+            if !plain(&c.label) || !seen.insert(&c.label) {
                 return Err(Error::file(
                     path,
                     format!("cell label `{}` is empty, has a slash or repeats", c.label),

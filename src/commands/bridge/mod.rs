@@ -57,15 +57,32 @@ pub struct Ros2Args {
     /// Publish/subscribe ROS 2 sensor_msgs/Image the way rmw_zenoh does.
     #[arg(long)]
     pub ros2: bool,
-    /// ROS_DOMAIN_ID.
-    #[arg(long, default_value_t = 0)]
+    /// ROS_DOMAIN_ID (0–232).
+    #[arg(long, default_value_t = 0, value_parser = domain_id)]
     pub domain_id: u32,
     /// ROS namespace of the topics, e.g. /vehicle1/perception.
-    #[arg(long, default_value = "/perception")]
+    #[arg(long, default_value = "/perception", value_parser = checked(overparam_bridge::names::ros2_namespace))]
     pub namespace: String,
     /// ROS node name shown in the graph.
-    #[arg(long, default_value = "overparam")]
+    #[arg(long, default_value = "overparam", value_parser = checked(overparam_bridge::names::ros2_node))]
     pub node: String,
+}
+
+/// A string flag checked by one of `overparam_bridge::names`' rules.
+fn checked(
+    rule: fn(&str) -> std::result::Result<(), String>,
+) -> impl Fn(&str) -> std::result::Result<String, String> + Clone {
+    move |s| rule(s).map(|()| s.to_string())
+}
+
+/// A concrete zenoh key part (no wildcards): `--camera`, `--prefix`.
+pub fn key(s: &str) -> std::result::Result<String, String> {
+    overparam_bridge::names::concrete_key("the key", s).map(|()| s.to_string())
+}
+
+fn domain_id(s: &str) -> std::result::Result<u32, String> {
+    let id: u32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    overparam_bridge::names::domain_id(id).map(|()| id)
 }
 
 #[derive(clap::Subcommand)]

@@ -33,10 +33,10 @@ pub struct Args {
     #[arg(long)]
     frames: Option<u64>,
     /// Camera name: topics are <prefix>/<camera>/<task>.
-    #[arg(long, default_value = "cam0")]
+    #[arg(long, default_value = "cam0", value_parser = super::key)]
     camera: String,
     /// Native key prefix.
-    #[arg(long, default_value = "overparam")]
+    #[arg(long, default_value = "overparam", value_parser = super::key)]
     prefix: String,
     /// QoS of every output topic: comma-separated reliable|best-effort, block|drop,
     /// express, priority=realtime|interactive-high|...|data-high|data|data-low|background.
