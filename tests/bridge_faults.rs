@@ -102,7 +102,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Per (topic, stream): the frame ids one subscriber incarnation received, in order.
-fn read_record(p: &Path) -> BTreeMap<(String, String), Vec<u64>> {
+type Record = BTreeMap<(String, String), Vec<u64>>;
+
+fn read_record(p: &Path) -> Record {
     let mut m: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
     for l in std::fs::read_to_string(p).unwrap_or_default().lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -134,22 +136,47 @@ fn reliable_block_survives_subscriber_and_publisher_restarts() {
     let mut records = vec![];
     let mut rss = vec![];
     let t_end_pub_restart = cycles / 2;
+    // Each phase lasts at least `phase` and until the subscriber has really received frames
+    // (on a busy machine start-up and matching take longer than any fixed time).
+    let wait = |rec: &Path, pid: u32, rss: &mut Vec<u64>, done: &dyn Fn(&Record) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            if let Some(r) = rss_kib(pid) {
+                rss.push(r);
+            }
+            let m = read_record(rec);
+            if t0.elapsed() >= phase && done(&m) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(180),
+                "{}: the condition did not hold within 180 s ({} messages so far)",
+                rec.display(),
+                m.values().map(Vec::len).sum::<usize>()
+            );
+        }
+    };
+    let messages = |m: &Record, n: usize| m.values().map(Vec::len).sum::<usize>() >= n;
     for k in 0..cycles {
         let rec = d.path().join(format!("sub{k}.txt"));
         let mut sub = subscriber(p, &rec, &[]);
-        let t0 = Instant::now();
-        while t0.elapsed() < phase {
-            std::thread::sleep(Duration::from_millis(250));
-            if let Some(r) = rss_kib(pubr.id()) {
-                rss.push(r);
-            }
-        }
+        wait(&rec, pubr.id(), &mut rss, &|m| messages(m, 30));
         if k == t_end_pub_restart {
-            // The publisher dies while a subscriber is up, and comes back on the same port.
+            // The publisher dies while a subscriber is up, and comes back on the same port;
+            // the phase ends once the subscriber has frames of the new stream.
             kill(&mut pubr);
             std::thread::sleep(Duration::from_millis(500));
             pubr = publisher(&model, p, "reliable,block", None);
-            std::thread::sleep(phase);
+            let streams = |m: &Record| {
+                m.keys()
+                    .map(|(_, s)| s.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            };
+            wait(&rec, pubr.id(), &mut rss, &|m| {
+                streams(m) >= 2 && messages(m, 60)
+            });
         }
         kill(&mut sub);
         records.push(rec);
