@@ -156,6 +156,11 @@ pub fn paired(method: &[f64], baseline: &[f64]) -> Paired {
     let (se, t, p_t) = if n >= 2 {
         let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         let se = (var / n as f64).sqrt();
+        // Differences equal up to rounding (errors are multiples of 1/test-images, so equal
+        // differences come out of subtraction a few ulps apart) have no spread: without this,
+        // se ≈ 1e-18 and t ≈ 1e12.
+        let scale = d.iter().fold(0f64, |a, x| a.max(x.abs()));
+        let se = if se <= 1e-9 * scale { 0.0 } else { se };
         let t = if se > 0.0 {
             mean / se
         } else if mean == 0.0 {
@@ -233,6 +238,10 @@ mod tests {
         // Identical differences: no spread, t infinite, p 0; one pair: no test.
         let p = paired(&[1.0, 2.0], &[0.0, 1.0]);
         assert_eq!((p.se, p.p_t), (0.0, 0.0));
+        // The same, when the equal differences come out of subtraction a few ulps apart.
+        let p = paired(&[9.7, 9.71, 9.72], &[9.69, 9.7, 9.71]);
+        assert_eq!(p.se, 0.0, "{p:?}");
+        assert!(p.t.is_infinite());
         let p = paired(&[1.0], &[0.0]);
         assert!(p.se.is_nan() && p.p_t.is_nan());
         assert_eq!(p.p_sign, 1.0);
