@@ -134,8 +134,8 @@ pub fn positive<T: std::str::FromStr + PartialOrd + Default>(
 /// Seconds to wait: finite and not negative (0 means not at all).
 pub fn seconds(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
-    // Duration::from_secs_f64 panics beyond u64 seconds; a day is already longer than any wait.
-    if !v.is_finite() || v < 0.0 || v > 1e9 {
+    // Duration::from_secs_f64 panics beyond u64 seconds; 1e9 s (31 years) outlasts any wait.
+    if !(0.0..=1e9).contains(&v) {
         return Err(format!(
             "`{s}`: want a finite, non-negative number of seconds"
         ));

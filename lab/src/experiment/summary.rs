@@ -477,13 +477,18 @@ fn paired_md(paired: &[(String, Paired)], metric: &str) -> String {
         "\n## Paired by seed against plain\n\n{metric}, method − plain on the same seed (negative: lower than plain), over the seeds both finished. SE: standard error of the mean difference; p (t): two-sided paired t-test, n − 1 degrees of freedom; p (sign): two-sided exact sign test on below/above counts (ties dropped). With n pairs the sign test cannot go below 2/2ⁿ (0.25 for 3 seeds). Numbers: [{PAIRED_FILE}]({PAIRED_FILE}).\n\n| method | pairs | mean diff | SE | t | p (t) | below / above plain | p (sign) |\n|---|---|---|---|---|---|---|---|\n"
     );
     for (l, p) in paired {
+        // Equal differences on every seed: the t-test has no spread to measure (t infinite);
+        // its p of 0 would read as certainty from three pairs, so only the sign test speaks.
+        let (t, p_t) = if p.t.is_infinite() {
+            ("no spread".to_string(), "–".to_string())
+        } else {
+            (f(p.t, 2), f(p.p_t, 4))
+        };
         md += &format!(
-            "| {l} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+            "| {l} | {} | {} | {} | {t} | {p_t} | {} / {} | {} |\n",
             p.n,
             f(p.mean_diff, 2),
             f(p.se, 2),
-            f(p.t, 2),
-            f(p.p_t, 4),
             p.below,
             p.above,
             f(p.p_sign, 4)
@@ -650,6 +655,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| -0.75 ± 0.35 |"), "{md}");
+        // A method exactly 1 point above plain on both seeds: no spread for the t-test.
+        fine_tuned_cell(dir.path(), "fnl", 0, 10.5, 10.0);
+        fine_tuned_cell(dir.path(), "fnl", 1, 10.0, 10.0);
+        let (md, _) = read(dir.path());
+        assert!(
+            md.contains("| fnl | 2 | 1.00 | 0.00 | no spread | – | 0 / 2 |"),
+            "{md}"
+        );
         let other = tempfile::tempdir().unwrap();
         class_cell(other.path(), "plain", 0, 9.5);
         let (md, csv) = read(other.path());
