@@ -122,13 +122,10 @@ pub fn budget(s: &str) -> std::result::Result<f64, String> {
 pub fn positive<T: std::str::FromStr + PartialOrd + Default>(
     s: &str,
 ) -> std::result::Result<T, String> {
-    let v: T = s
-        .parse()
-        .map_err(|_| format!("`{s}`: want a whole number of at least 1"))?;
-    if v <= T::default() {
-        return Err(format!("`{s}`: want a whole number of at least 1"));
-    }
-    Ok(v)
+    s.parse()
+        .ok()
+        .filter(|v| *v > T::default())
+        .ok_or_else(|| format!("`{s}`: want a whole number of at least 1"))
 }
 
 /// Seconds to wait: finite and not negative (0 means not at all).

@@ -127,6 +127,14 @@ fn no_command_writes_over_its_input() {
     );
 }
 
+/// `args` is refused as a usage error (exit 2) naming `flag`, without a panic.
+fn usage_error(args: &[&str], flag: &str) {
+    let o = run(args);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+    assert!(t.contains(flag) && !t.contains("panicked"), "{args:?}: {t}");
+}
+
 /// Numbers are checked where they enter, with one rule per kind of flag across sibling
 /// commands (#25 §4): what `bench` refuses, `pipeline` refuses too, and seconds that no
 /// `Duration` holds (inf, 1e300) are an error naming the flag, never a panic.
@@ -155,10 +163,7 @@ fn numeric_flags_share_their_rules_across_commands() {
         (vec!["bench", m, "--iters", "0"], "--iters"),
         (vec!["bench", m, "--budget-ms", "inf"], "--budget-ms"),
     ] {
-        let o = run(&args);
-        let t = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
-        assert!(t.contains(flag) && !t.contains("panicked"), "{args:?}: {t}");
+        usage_error(&args, flag);
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -262,10 +267,7 @@ fn names_are_checked_where_they_enter() {
     ] {
         let mut args = vec!["bridge", "run", "--model", m];
         args.extend(extra);
-        let o = run(&args);
-        let t = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
-        assert!(t.contains(flag), "{args:?}: {t}");
+        usage_error(&args, flag);
     }
     let grid = dir.path().join("g.toml");
     std::fs::write(

@@ -83,9 +83,6 @@ impl std::error::Error for Clobber {}
 /// The absolute path `p` names with symlinks resolved, also when `p` does not exist yet (its
 /// nearest existing ancestor is resolved and the rest appended).
 fn resolved(p: &Path) -> Option<PathBuf> {
-    if let Ok(c) = p.canonicalize() {
-        return Some(c);
-    }
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -121,8 +118,8 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<(), Clobber> {
     };
     for input in inputs {
         let Some(inp) = resolved(input) else { continue };
-        let inside = inp.is_dir() && out != inp && out.starts_with(&inp);
-        if out == inp || inside {
+        let inside = out != inp && inp.is_dir();
+        if out.starts_with(&inp) && (out == inp || inside) {
             return Err(Clobber {
                 output: output.to_path_buf(),
                 input: input.to_path_buf(),
@@ -131,6 +128,12 @@ pub fn check_output(output: &Path, inputs: &[&Path]) -> Result<(), Clobber> {
         }
     }
     Ok(())
+}
+
+/// A name that becomes one directory under another (a run, an experiment, a grid cell): not
+/// empty, no path separator, not `.` or `..`, so it can never lead out of its parent.
+pub fn is_plain_name(s: &str) -> bool {
+    !(matches!(s, "" | "." | "..") || s.contains(['/', '\\']))
 }
 
 /// The advisory lock file of a run directory.
@@ -192,10 +195,11 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         .truncate(false)
         .open(&path)
         .map_err(LockError::Io)?;
-    let mut text = String::new();
-    let holder = |f: &mut std::fs::File, text: &mut String| {
-        text.clear();
-        let _ = f.read_to_string(text);
+    // The PID the file names (empty after a clean release), read once the lock's fate is
+    // known, so it is the holder's or a dead one's.
+    let holder = |f: &mut std::fs::File| {
+        let mut text = String::new();
+        f.read_to_string(&mut text).ok()?;
         text.trim().parse::<u32>().ok()
     };
     match f.try_lock() {
@@ -203,12 +207,12 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(LockError::Busy {
                 dir: dir.to_path_buf(),
-                pid: holder(&mut f, &mut text),
+                pid: holder(&mut f),
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
     }
-    let stale = holder(&mut f, &mut text).filter(|&p| p != std::process::id());
+    let stale = holder(&mut f).filter(|&p| p != std::process::id());
     f.set_len(0).map_err(LockError::Io)?;
     f.rewind().map_err(LockError::Io)?;
     f.write_all(std::process::id().to_string().as_bytes())

@@ -11,7 +11,10 @@ pub mod rng;
 pub mod stats;
 pub mod task;
 
-pub use fs::{Clobber, DirLock, LOCK_FILE, LockError, check_output, lock_dir, write_file_atomic};
+pub use fs::{
+    Clobber, DirLock, LOCK_FILE, LockError, check_output, is_plain_name, lock_dir,
+    write_file_atomic,
+};
 pub use progress::{Progress, Recorder, Silent};
 pub use rng::Rng;
 pub use task::{NYU_METRICS, NyuMetric, Role, Task};

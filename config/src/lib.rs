@@ -467,8 +467,7 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if matches!(self.run.name.as_str(), "" | "." | "..") || self.run.name.contains(['/', '\\'])
-        {
+        if !overparam_base::is_plain_name(&self.run.name) {
             return bad(format!(
                 "run.name `{}` must be a plain directory name",
                 self.run.name

@@ -353,28 +353,22 @@ fn value_info(v: &crate::pb::ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// Reads an ONNX model (external data included) as the neutral graph the importer reads,
-/// converting the weights one tensor at a time so that the file's bytes are held about once
-/// more, not several times (a 25M-parameter model imports in twice its file size).
+/// Reads an ONNX model (external data included) as the neutral graph the importer reads.
 pub fn read_graph(path: &Path) -> Result<OnnxGraph> {
-    let mut m = read_model(path)?;
-    // Each initializer's bytes are released as it is converted.
+    to_graph(path, read_model(path)?)
+}
+
+/// The neutral graph the importer reads (`path` names the file in messages). The model is
+/// consumed: each initializer's bytes are released as it is converted, so a large model's
+/// weights are held about once more, not twice more, on the way.
+pub fn to_graph(path: &Path, mut m: ModelProto) -> Result<OnnxGraph> {
+    let at = |e: Error| file_err(path, e.to_string());
     let inits = std::mem::take(&mut m.graph.as_mut().expect("checked").initializer);
     let mut initializers = HashMap::with_capacity(inits.len());
     for t in inits {
-        let name = t.name.clone().unwrap_or_default();
-        let v = tensor(&t).map_err(|e| file_err(path, e.to_string()))?;
-        drop(t);
-        initializers.insert(name, v);
+        let v = tensor(&t).map_err(at)?;
+        initializers.insert(t.name.unwrap_or_default(), v);
     }
-    let mut g = to_graph(path, &m)?;
-    g.initializers = initializers;
-    Ok(g)
-}
-
-/// The neutral graph the importer reads (`path` names the file in messages).
-pub fn to_graph(path: &Path, m: &ModelProto) -> Result<OnnxGraph> {
-    let at = |e: Error| file_err(path, e.to_string());
     let g = m.graph.as_ref().expect("checked");
     let opset = m
         .opset_import
@@ -384,10 +378,6 @@ pub fn to_graph(path: &Path, m: &ModelProto) -> Result<OnnxGraph> {
         })
         .and_then(|o| o.version)
         .ok_or_else(|| file_err(path, "the model imports no default-domain opset".into()))?;
-    let mut initializers = HashMap::new();
-    for t in &g.initializer {
-        initializers.insert(t.name.clone().unwrap_or_default(), tensor(t).map_err(at)?);
-    }
     let nodes = g
         .node
         .iter()
@@ -481,8 +471,7 @@ mod tests {
             model(external("w", "x.onnx.data", 8, 8)).encode_to_vec(),
         )
         .unwrap();
-        let m = read_model(&path).unwrap();
-        let g = to_graph(&path, &m).unwrap();
+        let g = read_graph(&path).unwrap();
         assert_eq!(g.initializers["w"].floats(), vec![1.5, -2.0]);
         assert_eq!(g.initializers["inline"].floats(), vec![3.0]);
         // The bytes ORT gets carry the data inline.

@@ -167,6 +167,26 @@ pub fn manifest_path(plan: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Where a plan's builds keep their timing cache: `MODEL.timing.cache` beside it.
+pub fn timing_cache_path(plan: &Path) -> PathBuf {
+    plan.with_extension("timing.cache")
+}
+
+/// Where a plan's build log goes: `MODEL.build.log` beside it.
+pub fn build_log_path(plan: &Path) -> PathBuf {
+    plan.with_extension("build.log")
+}
+
+/// Every file `engine build` writes for `plan`, the plan included (checked against its inputs).
+pub fn build_outputs(plan: &Path) -> [PathBuf; 4] {
+    [
+        plan.to_path_buf(),
+        manifest_path(plan),
+        timing_cache_path(plan),
+        build_log_path(plan),
+    ]
+}
+
 fn after<'a>(log: &'a str, key: &str) -> Option<&'a str> {
     log.lines()
         .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
@@ -209,7 +229,7 @@ pub fn onnx_inputs(bytes: &[u8]) -> Result<InputShapes> {
 pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<Manifest> {
     let (bytes, inputs) = read_onnx(onnx)?;
     let tmp = plan.with_extension("plan.tmp");
-    let cache = plan.with_extension("timing.cache");
+    let cache = timing_cache_path(plan);
     let flags = build_flags(t.version, onnx, &tmp, &cache, o);
     let out = Command::new(&t.path)
         .args(&flags)
@@ -220,7 +240,7 @@ pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let log_path = plan.with_extension("build.log");
+    let log_path = build_log_path(plan);
     let _ = std::fs::write(&log_path, &log);
     if !out.status.success() || !tmp.exists() {
         let _ = std::fs::remove_file(&tmp);

@@ -234,10 +234,10 @@ pub fn build(
     let (bytes, inputs) = read_onnx(onnx)?;
     let version = version()?;
     let dev = device_info(device)?;
-    let cache_path = plan.with_extension("timing.cache");
+    let cache_path = crate::trt::timing_cache_path(plan);
     let cache = std::fs::read(&cache_path).unwrap_or_default();
     let b = build_plan(&bytes, workspace_mib, dla_core, &cache)?;
-    let _ = std::fs::write(plan.with_extension("build.log"), &b.log);
+    let _ = std::fs::write(crate::trt::build_log_path(plan), &b.log);
     if !b.timing_cache.is_empty() {
         overparam_base::write_file_atomic(&cache_path, &b.timing_cache).map_err(io(&cache_path))?;
     }

@@ -201,7 +201,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes a checkpoint atomically, streamed: a large model is not held twice in memory.
 pub fn save(path: &Path, spec: &AnySpec, w: &Weights<f32>) -> Result<()> {
     let (entries, meta) = entries(spec, w).map_err(|e| at_path(path, e))?;
-    overparam_base::fs::write_file_atomic_with(path, |f| write_sorted(&entries, &meta, f))
+    write_entries(path, &entries, &meta)
+}
+
+/// [`write_sorted`] into `path`, atomically and streamed.
+fn write_entries(path: &Path, entries: &[Entry], meta: &BTreeMap<String, String>) -> Result<()> {
+    overparam_base::fs::write_file_atomic_with(path, |f| write_sorted(entries, meta, f))
         .map_err(|e| Error::io(path, e))
 }
 
@@ -343,8 +348,7 @@ pub fn save_tensors(
             as_i64: false,
         })
         .collect();
-    overparam_base::fs::write_file_atomic_with(path, |f| write_sorted(&entries, meta, f))
-        .map_err(|e| Error::io(path, e))
+    write_entries(path, &entries, meta)
 }
 
 /// Reads a file written by [`save_tensors`]: f32 tensors and the metadata map.

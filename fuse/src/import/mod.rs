@@ -14,6 +14,7 @@
 //! exporter's scope `/layer1/layer1.0/conv1/Conv`), and get a name made from the node's
 //! otherwise.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use overparam_base::Role;
@@ -111,7 +112,7 @@ pub struct Imported {
 enum Value<'g> {
     /// The output of a spec node (or the input).
     Act(String),
-    Const(std::borrow::Cow<'g, OnnxTensor>),
+    Const(Cow<'g, OnnxTensor>),
 }
 
 /// A constant weight tensor read from the graph, as f32.
@@ -585,7 +586,7 @@ pub fn import(g: &OnnxGraph, opts: &ImportOptions) -> Result<Imported> {
     };
     for (name, t) in &g.initializers {
         cx.values
-            .insert(name.clone(), Value::Const(std::borrow::Cow::Borrowed(t)));
+            .insert(name.clone(), Value::Const(Cow::Borrowed(t)));
     }
     cx.values
         .insert(input.name.clone(), Value::Act(INPUT.to_string()));
@@ -626,19 +627,15 @@ pub fn import(g: &OnnxGraph, opts: &ImportOptions) -> Result<Imported> {
             }
             "Constant" => {
                 let t = constant::constant_node(n)?;
-                cx.values.insert(
-                    n.outputs[0].clone(),
-                    Value::Const(std::borrow::Cow::Owned(t)),
-                );
+                cx.values
+                    .insert(n.outputs[0].clone(), Value::Const(Cow::Owned(t)));
                 continue;
             }
             _ => {}
         }
         if let Some(t) = constant::try_fold(&cx, n)? {
-            cx.values.insert(
-                n.outputs[0].clone(),
-                Value::Const(std::borrow::Cow::Owned(t)),
-            );
+            cx.values
+                .insert(n.outputs[0].clone(), Value::Const(Cow::Owned(t)));
             continue;
         }
         let Some(f) = importers.get(n.op_type.as_str()) else {

@@ -154,7 +154,7 @@ impl Grid {
             ));
         }
         // Both become directory names under the runs directory: never a path out of it.
-        let plain = |s: &str| !(s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\']));
+        let plain = overparam_base::is_plain_name;
         if !plain(&e.name) {
             return Err(Error::file(
                 path,

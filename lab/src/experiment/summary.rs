@@ -341,11 +341,11 @@ fn results_md(dir: &Path, t: &Rows, paired: &[(String, Paired)]) -> (String, Cha
     for l in &t.labels {
         let g = t.group(l);
         md += &format!("| {l} | {} |", g.len());
-        let before: Vec<f64> = g
-            .iter()
-            .filter_map(|r| r.before.get(drop_key).copied())
-            .collect();
         if start {
+            let before: Vec<f64> = g
+                .iter()
+                .filter_map(|r| r.before.get(drop_key).copied())
+                .collect();
             md += &format!(" {} |", pm(&before, digits));
         }
         for m in &show {

@@ -33,11 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    for out in [
-        a.output.clone(),
-        overparam_engine::trt::manifest_path(&a.output),
-        a.output.with_extension("timing.cache"),
-    ] {
+    for out in overparam_engine::trt::build_outputs(&a.output) {
         overparam_base::check_output(&out, &[&a.onnx])?;
     }
     let (m, builder) = if a.native {
