@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use overparam_base::number::{self, Number};
 use overparam_engine::export::ActivationEncoding;
 
 /// `--encoding` as users name it: by where the INT8 model runs.
@@ -110,34 +111,47 @@ fn provider(
     }
 }
 
+// Numeric flags, each through one of base's rules (the config's keys use the same ones), so
+// no command accepts what its sibling refuses. clap names the flag; the rule names the value.
+
 /// `--budget-ms`: a positive, finite number of milliseconds.
 pub fn budget(s: &str) -> std::result::Result<f64, String> {
-    let b: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
-    overparam_engine::latency::check_budget(Some(b))
-        .map(|_| b)
-        .map_err(|_| "want a positive, finite number of milliseconds".into())
+    number::POSITIVE.parse(s)
 }
 
-/// A count that must be at least 1 (iterations, frames): 0 has no meaning there.
-pub fn positive<T: std::str::FromStr + PartialOrd + Default>(
-    s: &str,
-) -> std::result::Result<T, String> {
-    s.parse()
-        .ok()
-        .filter(|v| *v > T::default())
-        .ok_or_else(|| format!("`{s}`: want a whole number of at least 1"))
+/// A count that must be at least 1 (iterations, frames, images, threads).
+pub fn count<T: Number>(s: &str) -> std::result::Result<T, String> {
+    number::COUNT.parse(s)
+}
+
+/// A size or scale that must be positive and finite (a width multiplier, a std).
+pub fn positive(s: &str) -> std::result::Result<f64, String> {
+    number::POSITIVE.parse(s)
+}
+
+/// A finite number (a normalisation mean).
+pub fn finite(s: &str) -> std::result::Result<f32, String> {
+    number::FINITE.parse(s)
+}
+
+/// A finite, positive f32 (a normalisation std).
+pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    number::POSITIVE.parse(s)
+}
+
+/// An allowance that may be 0 (a drop budget in points).
+pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    number::NON_NEGATIVE.parse(s)
 }
 
 /// Seconds to wait: finite and not negative (0 means not at all).
 pub fn seconds(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
-    // Duration::from_secs_f64 panics beyond u64 seconds; 1e9 s (31 years) outlasts any wait.
-    if !(0.0..=1e9).contains(&v) {
-        return Err(format!(
-            "`{s}`: want a finite, non-negative number of seconds"
-        ));
-    }
-    Ok(v)
+    number::SECONDS.parse(s)
+}
+
+/// A publishing rate in frames per second.
+pub fn rate(s: &str) -> std::result::Result<f64, String> {
+    number::RATE.parse(s)
 }
 
 /// Why `--native` / `--runtime trt-native` cannot run in this build.

@@ -90,9 +90,27 @@ fn exit_quietly_on_broken_pipe() {
     }));
 }
 
+/// [`Cli::parse`], with negative numbers taken as values everywhere: `--width -1` then reaches
+/// the flag's rule ("want a positive, finite number") instead of "unexpected argument '-1'".
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    fn negatives(c: clap::Command) -> clap::Command {
+        let c = c.allow_negative_numbers(true);
+        let names: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        names
+            .iter()
+            .fold(c, |c, n| c.mut_subcommand(n.as_str(), negatives))
+    }
+    let m = negatives(Cli::command()).get_matches();
+    Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         Command::Import(a) => commands::import::run(a),
         Command::Init(a) => commands::init::run(a),
@@ -142,5 +160,84 @@ mod tests {
         let mut missing = vec![];
         walk(&super::Cli::command(), "overparam", &mut missing);
         assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    /// Every numeric flag of every subcommand goes through a rule (#25 §4): none takes a
+    /// negative number, a float none takes NaN or ±inf, and 0 only where it means something
+    /// (a seed, a device index, "no warm-up", "do not wait"). A new flag without a rule fails
+    /// here.
+    #[test]
+    fn every_numeric_flag_refuses_what_has_no_meaning() {
+        use std::any::TypeId;
+        const ZERO_MEANS_SOMETHING: &[&str] = &[
+            "seed",
+            "device_id",
+            "dla",
+            "warmup",
+            "warmup_ms",
+            "show",
+            "wait_subscribers",
+            "budget",
+            "domain_id",
+            "duration",
+        ];
+        fn leaves(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+            out.push((path.clone(), c.clone()));
+            for s in c.get_subcommands() {
+                leaves(s, format!("{path} {}", s.get_name()), out);
+            }
+        }
+        let mut cmds = vec![];
+        leaves(&super::Cli::command(), "overparam".into(), &mut cmds);
+        let ints = [
+            TypeId::of::<u8>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<usize>(),
+        ];
+        let floats = [TypeId::of::<f32>(), TypeId::of::<f64>()];
+        let (mut checked, mut wrong) = (0, vec![]);
+        for (path, c) in cmds {
+            for a in c.get_arguments() {
+                let (Some(long), true) = (a.get_long(), a.get_action().takes_values()) else {
+                    continue;
+                };
+                let t = a.get_value_parser().type_id();
+                let float = floats.iter().any(|f| t == *f);
+                if !float && !ints.iter().any(|i| t == *i) {
+                    continue;
+                }
+                checked += 1;
+                // The flag alone, nothing required: only the value's own parser can refuse.
+                let refuses = |v: &str| {
+                    let cmd = c
+                        .clone()
+                        .subcommand_required(false)
+                        .mut_args(|a| a.required(false));
+                    matches!(
+                        cmd.try_get_matches_from([c.get_name().to_string(), format!("--{long}={v}")]),
+                        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation
+                    )
+                };
+                let id = a.get_id().as_str();
+                // A normalisation mean is an offset: any finite number.
+                let offset = id == "mean";
+                let mut bad: Vec<&str> = if offset { vec![] } else { vec!["-1"] };
+                if float {
+                    bad.extend(["nan", "inf", "-inf"]);
+                }
+                if !offset && !ZERO_MEANS_SOMETHING.contains(&id) {
+                    bad.push("0");
+                }
+                for v in bad {
+                    if !refuses(v) {
+                        wrong.push(format!("{path} --{long}={v}"));
+                    }
+                }
+            }
+        }
+        assert!(checked > 40, "only {checked} numeric flags found");
+        assert!(wrong.is_empty(), "accepted: {wrong:#?}");
     }
 }

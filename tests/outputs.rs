@@ -162,10 +162,92 @@ fn numeric_flags_share_their_rules_across_commands() {
         (vec!["pipeline", "--budget-ms=-5"], "--budget-ms"),
         (vec!["bench", m, "--iters", "0"], "--iters"),
         (vec!["bench", m, "--budget-ms", "inf"], "--budget-ms"),
+        (vec!["bench", m, "--threads", "0"], "--threads"),
+        (
+            vec!["export", m, "-o", m, "--calib-images", "0"],
+            "--calib-images",
+        ),
+        (
+            vec!["init", "--model", "vgg_small", "-o", m, "--width", "-1"],
+            "--width",
+        ),
+        (
+            vec!["data", "synth-cifar", "-o", m, "--test", "0"],
+            "--test",
+        ),
+        (vec!["bridge", "listen", "--messages", "0"], "--messages"),
+        (
+            vec!["import", m, "-o", m, "--mean", "0", "--std", "nan"],
+            "--std",
+        ),
     ] {
         usage_error(&args, flag);
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The same rules hold for config keys (`--set` or the file) as for flags, and a grid is
+/// checked whole: one bad cell fails `--emit-slurm` and a run before any cell trains, naming
+/// every bad cell, with nothing written.
+#[test]
+fn config_keys_and_grid_cells_keep_the_flags_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nname = \"r\"\ndir = \"{}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"plain\" }}\n[data]\nsynthetic_train = 40\nsynthetic_test = 20\n[optim]\nepochs = 1\nbatch_size = 20\nlr = 0.01\n",
+            dir.path().join("runs").display()
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    for (set, key) in [
+        ("optim.weight_decay=nan", "optim.weight_decay"),
+        ("optim.lr=inf", "optim.lr"),
+        ("data.synthetic_train=0", "data.synthetic_train"),
+        ("run.threads=0", "run.threads"),
+    ] {
+        let o = run(&["train", "--config", cfg_s, "--set", set]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{set}: {t}");
+        assert!(t.contains(key) && !t.contains("panicked"), "{set}: {t}");
+    }
+    let grid = dir.path().join("g.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "[experiment]\nname = \"g\"\nbase = \"{cfg_s}\"\nseeds = [0, 1]\ndir = \"{}\"\nint8 = false\n\n[[experiment.cells]]\nlabel = \"plain\"\n\n[[experiment.cells]]\nlabel = \"broken\"\nset = [\"optim.momentum=1.5\"]\n",
+            dir.path().join("runs/g").display()
+        ),
+    )
+    .unwrap();
+    let before = snapshot(dir.path());
+    let g = grid.to_str().unwrap();
+    let slurm = dir.path().join("job.sh");
+    for args in [
+        vec![
+            "experiment",
+            "--config",
+            g,
+            "--emit-slurm",
+            slurm.to_str().unwrap(),
+        ],
+        vec!["experiment", "--config", g],
+    ] {
+        let o = run(&args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        for named in ["broken-s0", "broken-s1", "optim.momentum", "(got 1.5)"] {
+            assert!(t.contains(named), "{args:?} does not name {named}: {t}");
+        }
+        assert!(!t.contains("plain-s0"), "{args:?} blames a good cell: {t}");
+        assert_eq!(snapshot(dir.path()), before, "{args:?} wrote something");
+        assert!(
+            !dir.path().join("runs").exists(),
+            "{args:?} made the runs dir"
+        );
+    }
 }
 
 /// Runs cannot collide (#25 §2): while one `train` holds a run directory, a second one is

@@ -1,11 +1,13 @@
 //! overparam-base: what every crate of the workspace shares and none owns, with no
-//! dependencies: the seeded, version-stable [`Rng`], [`write_file_atomic`], and the statistics
+//! dependencies: the seeded, version-stable [`Rng`], [`write_file_atomic`], the [`number`] rules
+//! every flag and config key is checked by, and the statistics
 //! the experiment summaries and latency reports use ([`stats`]), [`Progress`], the one way a
 //! library reports long work and events (it never prints), and the multi-task vocabulary
 //! ([`Task`], [`Role`], [`NYU_METRICS`]). Datasets (`data`) and models
 //! (`fuse`) both build on it without depending on each other.
 
 pub mod fs;
+pub mod number;
 pub mod progress;
 pub mod rng;
 pub mod stats;
@@ -15,6 +17,7 @@ pub use fs::{
     Clobber, DirLock, LOCK_FILE, LockError, check_output, is_plain_name, lock_dir,
     write_file_atomic,
 };
+pub use number::{NumberError, Rule};
 pub use progress::{Progress, Recorder, Silent};
 pub use rng::Rng;
 pub use task::{NYU_METRICS, NyuMetric, Role, Task};

@@ -417,19 +417,35 @@ impl TrainConfig {
         let bad = |m: String| Err(Error::Config(m));
         self.model.method.validate()?;
         let o = &self.optim;
-        if o.epochs == 0 {
-            return bad("optim.epochs must be at least 1 (got 0)".into());
+        // The same rules as the flags (base::number), under the keys' names.
+        let d = &self.data;
+        use overparam_base::number::{COUNT, FRACTION, NON_NEGATIVE, POSITIVE};
+        let counts = [
+            ("optim.epochs", o.epochs),
+            ("optim.batch_size", o.batch_size),
+            ("data.synthetic_train", d.synthetic_train),
+            ("data.synthetic_test", d.synthetic_test),
+            ("data.synthetic_height", d.synthetic_height),
+            ("data.synthetic_width", d.synthetic_width),
+        ];
+        for (key, v) in counts
+            .into_iter()
+            .chain(self.run.threads.map(|t| ("run.threads", t)))
+        {
+            COUNT.check(key, v).map_err(number)?;
         }
-        if o.batch_size == 0 {
-            return bad("optim.batch_size must be at least 1 (got 0)".into());
+        let numbers = [
+            (POSITIVE, "optim.lr", o.lr),
+            (POSITIVE, "model.width", self.model.width),
+            (FRACTION, "optim.momentum", o.momentum),
+            (FRACTION, "optim.label_smoothing", o.label_smoothing),
+            (NON_NEGATIVE, "optim.weight_decay", o.weight_decay),
+        ];
+        for (rule, key, v) in numbers {
+            rule.check(key, v).map_err(number)?;
         }
-        if !o.lr.is_finite() || o.lr <= 0.0 {
-            return bad(format!("optim.lr must be a positive number (got {})", o.lr));
-        }
-        if self.run.threads == Some(0) {
-            return bad(
-                "run.threads must be at least 1 (or left out for libtorch's choice)".into(),
-            );
+        if let Routine::R2 { period } = self.routine {
+            COUNT.check("routine.period", period).map_err(number)?;
         }
         match (&self.model.kind, &self.model.from) {
             (None, None) => {
@@ -451,21 +467,6 @@ impl TrainConfig {
                 ));
             }
             _ => {}
-        }
-        if !self.model.width.is_finite() || self.model.width <= 0.0 {
-            return bad(format!(
-                "model.width must be a positive number (got {})",
-                self.model.width
-            ));
-        }
-        if !(0.0..1.0).contains(&o.momentum)
-            || !(0.0..1.0).contains(&o.label_smoothing)
-            || o.weight_decay < 0.0
-        {
-            return bad(
-                "optim.momentum and optim.label_smoothing must be in [0, 1), weight_decay ≥ 0"
-                    .into(),
-            );
         }
         if !overparam_base::is_plain_name(&self.run.name) {
             return bad(format!(
@@ -497,9 +498,6 @@ impl TrainConfig {
         }
         match &self.routine {
             Routine::R1 => {}
-            Routine::R2 { period } if *period == 0 => {
-                return bad("routine.period must be ≥ 1".into());
-            }
             Routine::R2 { .. } => {}
             Routine::R3 {
                 plain_epochs,
@@ -553,6 +551,10 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+}
+
+fn number(e: overparam_base::NumberError) -> Error {
+    Error::Config(e.to_string())
 }
 
 /// The config text and its overrides, for messages. An override's values carry the span
@@ -933,9 +935,23 @@ lr = 0.1
             ("optim.lr=-1.0", "optim.lr"),
             ("run.threads=0", "run.threads"),
             ("model.width=0.0", "model.width"),
+            ("model.width=nan", "model.width"),
+            ("optim.lr=inf", "optim.lr"),
+            ("optim.weight_decay=nan", "optim.weight_decay"),
+            ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+            ("optim.momentum=1.0", "optim.momentum"),
+            ("optim.label_smoothing=-0.1", "optim.label_smoothing"),
+            ("data.synthetic_train=0", "data.synthetic_train"),
+            ("data.synthetic_width=0", "data.synthetic_width"),
         ] {
             let e = load(BASE, &[ov]).unwrap_err().to_string();
             assert!(e.contains(key), "{ov}: {e}");
+            // The message names the value given, as the flags' do (the same base rules).
+            let given = ov.split_once('=').unwrap().1;
+            let given = given
+                .parse::<f64>()
+                .map_or(given.to_string(), |v| v.to_string());
+            assert!(e.contains(&format!("(got {given})")), "{ov}: {e}");
             for other in ["optim.epochs", "optim.batch_size", "optim.lr"] {
                 assert!(other == key || !e.contains(other), "{ov}: {e}");
             }

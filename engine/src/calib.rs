@@ -345,8 +345,16 @@ pub fn calibrate(
     let i = &spec.input;
     crate::accuracy::check_input([i.channels, i.height, i.width], set, norm)?;
     let batches = calibration_batches(set, norm, images, batch, 0)?;
+    let used = batches.len() * batch;
+    if used < images {
+        // Clamped on purpose (a smaller set, whole batches), but said: the user asked for more.
+        progress.event(&format!(
+            "calibration: {images} images asked, {used} used (the set has {}, in whole batches of {batch})",
+            set.len()
+        ));
+    }
     let hists = collect(spec, w, &batches, progress)?;
-    Ok((plan(&hists, c, encoding), hists, batches.len() * batch))
+    Ok((plan(&hists, c, encoding), hists, used))
 }
 
 #[cfg(test)]

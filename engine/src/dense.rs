@@ -123,6 +123,13 @@ pub fn calibrate(
     progress: &dyn Progress,
 ) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
     let batches = calibration_inputs(split, images, 0)?;
+    if batches.len() < images {
+        progress.event(&format!(
+            "calibration: {images} scenes asked, the split has {}: using {}",
+            split.len(),
+            batches.len()
+        ));
+    }
     let hists = collect(spec, w, &batches, progress)?;
     Ok((plan(&hists, c, encoding), hists, batches.len()))
 }

@@ -62,3 +62,14 @@ pub fn si(n: usize) -> String {
         format!("{n}")
     }
 }
+
+/// An error and its sources on one line (`a: b: c`), as the CLI prints errors.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}

@@ -18,10 +18,10 @@ enum DataCommand {
         #[arg(short, long)]
         output: PathBuf,
         /// Training images.
-        #[arg(long, default_value_t = 50_000)]
+        #[arg(long, default_value_t = 50_000, value_parser = crate::args::count::<usize>)]
         train: usize,
         /// Test images.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = crate::args::count::<usize>)]
         test: usize,
         /// Seed of the generator (the same seed gives the same files).
         #[arg(long, default_value_t = 0)]
@@ -38,16 +38,16 @@ enum DataCommand {
         #[arg(short, long)]
         output: PathBuf,
         /// Training scenes (NYUv2 has 795).
-        #[arg(long, default_value_t = 795)]
+        #[arg(long, default_value_t = 795, value_parser = crate::args::count::<usize>)]
         train: usize,
         /// Validation scenes (NYUv2 has 654).
-        #[arg(long, default_value_t = 654)]
+        #[arg(long, default_value_t = 654, value_parser = crate::args::count::<usize>)]
         val: usize,
         /// Scene height in pixels (MTAN's 288).
-        #[arg(long, default_value_t = 288)]
+        #[arg(long, default_value_t = 288, value_parser = crate::args::count::<usize>)]
         height: usize,
         /// Scene width in pixels (MTAN's 384).
-        #[arg(long, default_value_t = 384)]
+        #[arg(long, default_value_t = 384, value_parser = crate::args::count::<usize>)]
         width: usize,
         /// Seed of the generator (the same seed gives the same files).
         #[arg(long, default_value_t = 0)]

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     emit_slurm: Option<PathBuf>,
     /// Shards for --emit-slurm (default: one per cell).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     shards: Option<usize>,
     /// List the cells and their state, and check that every cell's config resolves; run nothing.
     #[arg(long)]
@@ -55,6 +55,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let exe = std::env::current_exe().context("locating the overparam binary")?;
         let exe = exe.canonicalize().unwrap_or(exe);
         let n = slurm::write(&grid, out, a.shards, &exe)?;
+        if let Some(asked) = a.shards.filter(|&s| s > n) {
+            eprintln!("--shards {asked}: the grid has {n} cells, so {n} array tasks");
+        }
         println!(
             "wrote {} ({n} array tasks over {} cells)",
             out.display(),

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value = "entropy")]
     calibrator: Calibrator,
     /// Images in the (seeded) calibration set.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::count::<usize>)]
     calib_images: usize,
     /// INT8 activation encoding: `trt` (int8, zero point 0; what TensorRT requires) or `cpu`
     /// (the same grid as uint8 with zero point 128; fast int8 kernels in ONNX Runtime).
@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     kept_precision: Option<KeptPrecision>,
     /// Static batch size of the exported model.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::count::<usize>)]
     batch: usize,
     /// The ONNX file to write (INT8 also writes `<output>.calib.json` beside it).
     #[arg(short, long)]

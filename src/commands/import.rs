@@ -26,10 +26,10 @@ pub struct Args {
     /// Per-channel mean the network's inputs were normalised with, in the (x/255 − mean)/std
     /// convention (e.g. 0.485,0.456,0.406 for torchvision); recorded in the checkpoint for
     /// evaluation, calibration and the bridge. Give --std with it.
-    #[arg(long, value_delimiter = ',', requires = "std")]
+    #[arg(long, value_delimiter = ',', requires = "std", value_parser = crate::args::finite)]
     mean: Vec<f32>,
     /// Per-channel standard deviation (with --mean).
-    #[arg(long, value_delimiter = ',', requires = "mean")]
+    #[arg(long, value_delimiter = ',', requires = "mean", value_parser = crate::args::positive_f32)]
     std: Vec<f32>,
     /// Seed of the inputs the import is checked on.
     #[arg(long, default_value_t = 0)]

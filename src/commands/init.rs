@@ -23,28 +23,28 @@ pub struct Args {
     #[arg(long, default_value = "plain")]
     method: MethodKind,
     /// Width multiplier on every channel count (tests use tiny widths such as 0.125).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
     width: f64,
     /// Seed of the weight initialisation (the same seed gives the same bytes).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Classes of a classifier's last layer.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::args::count::<usize>)]
     num_classes: usize,
     /// Square input size the spec (and MAC counts) assume.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::count::<usize>)]
     image_size: usize,
     /// Input channels of a classifier (3 for CIFAR, 1 for the MNIST family).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::count::<usize>)]
     in_channels: usize,
     /// Also overparameterise 1×1 convs (default: only k×k convs with k > 1).
     #[arg(long)]
     include_1x1: bool,
     /// SFO expansion e: inner dimension d = e·min(O, I·k²).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::args::count::<usize>)]
     sfo_expand: usize,
     /// FNL rank scale (≥ 1): r = round(scale·O·k).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
     fnl_rank_scale: f64,
     /// Draw random BatchNorm statistics and affine parameters, so that `fuse` verification
     /// exercises the BN folds (a fresh network has μ=0, σ²=1, γ=1, β=0).

@@ -26,13 +26,13 @@ pub struct Args {
     #[arg(long, default_value_t = 50.0, value_parser = crate::args::budget)]
     budget_ms: f64,
     /// Timed inference iterations per precision (after 20 warm-up runs).
-    #[arg(long, default_value_t = 200, value_parser = crate::args::positive::<usize>)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::count::<usize>)]
     iters: usize,
     /// Frames published over zenoh (loopback, in-process listener).
-    #[arg(long, default_value_t = 300, value_parser = crate::args::positive::<u64>)]
+    #[arg(long, default_value_t = 300, value_parser = crate::args::count::<u64>)]
     frames: u64,
     /// Calibration images for INT8.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::count::<usize>)]
     calib_images: usize,
     /// INT8 calibrator: entropy (TensorRT's default), max, mse or percentile.
     #[arg(long, default_value = "entropy")]
@@ -46,10 +46,10 @@ pub struct Args {
     #[arg(long, requires = "from")]
     method: Option<overparam_fuse::MethodKind>,
     /// Per-channel mean --from's network was trained with, (x/255 − mean)/std (with --std).
-    #[arg(long, value_delimiter = ',', requires_all = ["from", "std"])]
+    #[arg(long, value_delimiter = ',', requires_all = ["from", "std"], value_parser = crate::args::finite)]
     mean: Vec<f32>,
     /// Per-channel std (with --mean).
-    #[arg(long, value_delimiter = ',', requires = "mean")]
+    #[arg(long, value_delimiter = ',', requires = "mean", value_parser = crate::args::positive_f32)]
     std: Vec<f32>,
 }
 

@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long)]
     resume: bool,
     /// Stop after this many epochs of this invocation (resume later with --resume).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     epochs_now: Option<usize>,
 }
 

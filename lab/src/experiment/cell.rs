@@ -60,6 +60,8 @@ pub struct ShardOutcome {
 /// cell is reported and left for the next run; the grid goes on.
 #[cfg(feature = "train")]
 pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<ShardOutcome> {
+    // Every cell of the grid, not only this shard's: a typo fails before hours of training.
+    grid.check_cells()?;
     grid.record()?;
     let mine = grid.shard(shard);
     progress.event(&format!(
@@ -92,7 +94,7 @@ pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<S
                 r.train_seconds
             )),
             Err(err) => {
-                let err = error_chain(&err);
+                let err = crate::error_chain(&err);
                 progress.event(&format!("{at}: FAILED: {err}"));
                 failed.push(format!("{}: {err}", c.name));
             }
@@ -101,18 +103,6 @@ pub fn run_shard(grid: &Grid, shard: Shard, progress: &dyn Progress) -> Result<S
     progress.outer("", n, n);
     let summary = super::summarize(&grid.dir)?;
     Ok(ShardOutcome { failed, summary })
-}
-
-/// An error and its sources on one line (`a: b: c`), as the CLI prints errors.
-#[cfg(feature = "train")]
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s += &format!(": {c}");
-        cur = c.source();
-    }
-    s
 }
 
 /// Trains one cell (resuming a partial run), measures its INT8 drop, writes `cell.json`.

@@ -153,6 +153,9 @@ impl Grid {
                 "experiment.seeds and experiment.cells must not be empty",
             ));
         }
+        overparam_base::number::COUNT
+            .check("experiment.calib_images", e.calib_images)
+            .map_err(|err| Error::file(path, err.to_string()))?;
         // Both become directory names under the runs directory: never a path out of it.
         let plain = overparam_base::is_plain_name;
         if !plain(&e.name) {
@@ -239,14 +242,37 @@ impl Grid {
         })
     }
 
-    /// Whether any cell trains on a GPU (`run.device = "cuda"` in its resolved config).
-    pub fn needs_gpu(&self) -> Result<bool> {
+    /// Resolves every cell's config, so a bad cell fails before any cell trains or is queued;
+    /// the error names each bad cell (not just the first).
+    pub fn check_cells(&self) -> Result<Vec<TrainConfig>> {
+        let mut good = vec![];
+        let mut bad = vec![];
         for c in self.cells() {
-            if self.cell_config(&c)?.run.device == overparam_config::DeviceChoice::Cuda {
-                return Ok(true);
+            match self.cell_config(&c) {
+                Ok(cfg) => good.push(cfg),
+                Err(e) => bad.push(crate::error_chain(&e)),
             }
         }
-        Ok(false)
+        if bad.is_empty() {
+            return Ok(good);
+        }
+        Err(Error::file(
+            &self.file,
+            format!(
+                "{} of {} cells have an invalid config:\n  {}",
+                bad.len(),
+                self.cells().len(),
+                bad.join("\n  ")
+            ),
+        ))
+    }
+
+    /// Whether any cell trains on a GPU (`run.device = "cuda"` in its resolved config).
+    pub fn needs_gpu(&self) -> Result<bool> {
+        Ok(self
+            .check_cells()?
+            .iter()
+            .any(|cfg| cfg.run.device == overparam_config::DeviceChoice::Cuda))
     }
 
     /// Records the grid as run in its directory (`summarize` takes the row order from it).

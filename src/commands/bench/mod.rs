@@ -48,14 +48,14 @@ struct LatencyArgs {
     precision: Option<Precision>,
     /// Batch size (default 1): the static batch of a deploy checkpoint's export, or the size
     /// of an ONNX model's symbolic batch dimension.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     batch: Option<usize>,
     /// Deploy checkpoints at `--precision int8`: CIFAR or IDX directory whose train split
     /// calibrates (default: synthetic data), as `overparam export --calib` takes it.
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Timed runs.
-    #[arg(long, default_value_t = 200, value_parser = crate::args::positive::<usize>)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::count::<usize>)]
     iters: usize,
     /// Warm-up runs before the timed ones [default: 20]; `--runtime trt` warms up by time
     /// (`--warmup-ms`) instead.
@@ -65,7 +65,7 @@ struct LatencyArgs {
     #[arg(long, value_name = "MS")]
     warmup_ms: Option<usize>,
     /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     threads: Option<usize>,
     /// Latency budget per frame in ms, judged on p99.
     #[arg(long, value_parser = crate::args::budget)]

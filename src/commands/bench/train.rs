@@ -14,26 +14,26 @@ pub struct TrainArgs {
     #[arg(long, default_value = "resnet18_cifar")]
     model: ModelKind,
     /// Width multiplier on every channel count.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::positive)]
     width: f64,
     /// Methods to compare (default: all); `plain` is always measured as the baseline.
     #[arg(long, value_delimiter = ',')]
     method: Vec<MethodKind>,
     /// Images per training step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::count::<usize>)]
     batch: usize,
     /// Timed steps per method (after 2 warm-up steps); the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::count::<usize>)]
     steps: usize,
     /// A classifier's input channels and side (1 and 28 for the MNIST family; default 3×32,
     /// the multi-task net 3×96×128).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     in_channels: Option<usize>,
     /// A classifier's input side (square), with `--in-channels`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     image_size: Option<usize>,
     /// libtorch intra-op threads.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     threads: Option<usize>,
     /// Where the steps run: cpu or cuda (as a config's `run.device`).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
@@ -59,30 +59,7 @@ impl Device {
     }
 }
 
-impl TrainArgs {
-    /// Zero steps, batch or threads would reach libtorch (which panics) or time nothing.
-    fn validate(&self) -> Result<()> {
-        for (name, v) in [("--batch", self.batch), ("--steps", self.steps)]
-            .into_iter()
-            .chain(self.threads.map(|n| ("--threads", n)))
-            .chain(self.in_channels.map(|n| ("--in-channels", n)))
-        {
-            if v == 0 {
-                bail!("bench train: {name} must be at least 1 (got 0)");
-            }
-        }
-        if !(self.width.is_finite() && self.width > 0.0) {
-            bail!(
-                "bench train: --width must be a positive number (got {})",
-                self.width
-            );
-        }
-        Ok(())
-    }
-}
-
 pub fn run(t: &TrainArgs) -> Result<ExitCode> {
-    t.validate()?;
     if t.worker { worker(t) } else { parent(t) }
 }
 

@@ -20,16 +20,16 @@ pub struct Args {
     prefix: String,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM; either prints the
     /// report).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::seconds)]
     duration: Option<f64>,
     /// Stop after this many valid messages.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<u64>)]
     messages: Option<u64>,
     /// Write PNG colour maps of the last message per topic here (every --dump-every).
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Dump every N-th message of a topic.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = crate::args::count::<u64>)]
     dump_every: u64,
     /// Print the report as JSON.
     #[arg(long)]
@@ -56,11 +56,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ros,
         zenoh,
     } = a;
-    if let Some(d) = duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        bail!("--duration {d}: want a positive number of seconds");
-    }
     stop::install()?;
     let session = zenoh
         .options()

@@ -27,10 +27,10 @@ pub struct Args {
     #[arg(long, default_value = "synthetic")]
     source: String,
     /// Pace publishing to this rate, at least 0.01 (default: as fast as inference allows).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::rate)]
     fps: Option<f64>,
     /// Stop after this many frames (at least 1; default: until the source ends or Ctrl-C).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<u64>)]
     frames: Option<u64>,
     /// Camera name: topics are <prefix>/<camera>/<task>.
     #[arg(long, default_value = "cam0", value_parser = super::key)]
@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0, value_parser = crate::args::seconds)]
     wait_subscribers: f64,
     /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count::<usize>)]
     threads: Option<usize>,
     #[command(flatten)]
     runtime: crate::args::OrtRuntimeArgs,

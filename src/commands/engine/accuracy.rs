@@ -32,16 +32,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Encoding::Cpu)]
     encoding: Encoding,
     /// Images (scenes) of the train split that calibrate INT8.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::count::<usize>)]
     calib_images: usize,
     /// Static batch of the exported classifiers.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::args::count::<usize>)]
     batch: usize,
     /// Run the per-layer sensitivity scan and search a partial-INT8 model.
     #[arg(long)]
     sensitivity: bool,
     /// Allowed top-1 drop (points) for the partial-INT8 search.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::args::non_negative)]
     budget: f64,
     /// Precision of the layers the partial-INT8 search keeps out of INT8 (default: fp16
     /// with `--encoding trt`, fp32 with `--encoding cpu`).

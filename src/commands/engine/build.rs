@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long)]
     dla: Option<u32>,
     /// Builder workspace in MiB.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::args::count::<usize>)]
     workspace: usize,
     /// Build with the native TensorRT library (cargo feature `tensorrt`) instead of trtexec.
     #[arg(long)]
