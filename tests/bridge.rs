@@ -230,15 +230,16 @@ fn sigterm_stops_listen_and_run_with_their_reports() {
     assert!(err.contains("stopped by SIGTERM"), "{err}");
 }
 
-/// `bridge run` refuses rates that are not rates and 0 frames, before loading anything.
+/// `bridge run` refuses rates that are not rates and 0 frames as usage errors (exit 2, the
+/// flag and the value named), before loading anything.
 #[test]
 fn bridge_run_refuses_bad_rates_and_zero_frames() {
     for (flag, value, needle) in [
-        ("--fps", "0", "fps"),
-        ("--fps", "-5", "fps"),
-        ("--fps", "NaN", "fps"),
+        ("--fps", "0", "at least 0.01"),
+        ("--fps", "-5", "at least 0.01"),
+        ("--fps", "NaN", "at least 0.01"),
         ("--fps", "1e-9", "at least 0.01"),
-        ("--frames", "0", "0 frames"),
+        ("--frames", "0", "at least 1"),
     ] {
         let o = bin()
             .args([
@@ -257,7 +258,11 @@ fn bridge_run_refuses_bad_rates_and_zero_frames() {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {t}");
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {t}");
         assert!(t.contains(needle), "{flag} {value}: {t}");
+        assert!(
+            t.contains(flag) && t.contains(&format!("`{value}`")),
+            "{flag} {value}: {t}"
+        );
     }
 }
