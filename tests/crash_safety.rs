@@ -186,3 +186,85 @@ fn killed_writers_leave_the_previous_file_intact() {
         }
     }
 }
+
+/// Entries of `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An interrupted `data synth-nyuv2 -o NEW` leaves no NEW and no staging (SIGINT and SIGTERM
+/// alike), a killed one's staging is removed by the next writer of NEW, and the next writer
+/// then writes NEW whole. Waits for the staging to appear, never for a fixed time.
+#[test]
+fn interrupted_dataset_writers_leave_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("NEW");
+    let synth = |out: &Path, train: &str| {
+        Command::new(env!("CARGO_BIN_EXE_overparam"))
+            .args(["data", "synth-nyuv2", "--train", train, "--val", "4"])
+            .args(["--height", "96", "--width", "128", "-o"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Waits until the writer's staging directory holds a file, i.e. it is mid-write.
+    let wait_for_staging = |child: &mut std::process::Child| {
+        let staging = d.path().join(format!(".NEW.{}.staging", child.id()));
+        let t0 = std::time::Instant::now();
+        while !staging.join("train").exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the writer ended before it was interrupted"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no staging appeared"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        staging
+    };
+    for sig in ["-INT", "-TERM"] {
+        let mut child = synth(&out, "100000");
+        wait_for_staging(&mut child);
+        let s = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{sig}: {err}");
+        assert!(
+            err.contains("NEW was not written, and nothing of it is left"),
+            "{sig}: {err}"
+        );
+        assert!(
+            entries(d.path()).is_empty(),
+            "{sig}: {:?}",
+            entries(d.path())
+        );
+    }
+    // SIGKILL gives no chance to clean up: the staging stays until the next writer.
+    let mut child = synth(&out, "100000");
+    let staging = wait_for_staging(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(staging.exists() && !out.exists());
+    let o = synth(&out, "2").wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        entries(d.path()),
+        ["NEW"],
+        "the dead writer's staging is swept"
+    );
+    assert_eq!(entries(&out.join("train").join("image")).len(), 2);
+}

@@ -23,11 +23,7 @@ pub fn write_file_atomic_with(
     let file_name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("not a file path"))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temp_sibling(path, TMP)?;
     let result = (|| {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         write(&mut f)?;
@@ -43,7 +39,7 @@ pub fn write_file_atomic_with(
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     } else {
-        sweep_stale_temps(dir, &file_name.to_string_lossy());
+        sweep_stale(dir, &file_name.to_string_lossy(), TMP);
     }
     result
 }
@@ -220,32 +216,158 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     Ok(DirLock { file: f, stale })
 }
 
-/// Removes `.<name>.<pid>.tmp` files left by writers of `name` that were killed mid-write:
-/// those whose process no longer exists (Linux `/proc`; elsewhere nothing is removed, as a
-/// live writer's file must never be).
-fn sweep_stale_temps(dir: &Path, name: &str) {
-    let proc = Path::new("/proc/self");
-    if !proc.exists() {
+/// The tag of a file being written ([`write_file_atomic`]).
+pub const TMP: &str = "tmp";
+/// The tag of a directory being written ([`write_dir_atomic`]).
+pub const STAGING: &str = "staging";
+/// The tag of a replaced directory, removed once its replacement is in place.
+const REPLACED: &str = "old";
+/// The longest file name Linux, macOS and Windows filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// `.<name>.<pid>.<tag>`, the name of this process's temporary sibling of `name`. `name` is
+/// shortened (at a character boundary) so that the temporary name is never longer than
+/// NAME_MAX: a legal output name never fails for its temp file's sake.
+pub fn temp_name(name: &str, pid: u32, tag: &str) -> String {
+    let tail = format!(".{pid}.{tag}");
+    let mut keep = name.len().min(NAME_MAX - 1 - tail.len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!(".{}{tail}", &name[..keep])
+}
+
+/// [`temp_name`] of this process beside `path`.
+pub fn temp_sibling(path: &Path, tag: &str) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{}: not a file path", path.display())))?;
+    Ok(path.with_file_name(temp_name(&name.to_string_lossy(), std::process::id(), tag)))
+}
+
+/// The process that owns `entry` if it is a [`temp_name`] of `name` with `tag`.
+fn temp_owner(entry: &str, name: &str, tag: &str) -> Option<u32> {
+    let (_, pid) = entry
+        .strip_suffix(tag)?
+        .strip_suffix('.')?
+        .rsplit_once('.')?;
+    let pid: u32 = pid.parse().ok()?;
+    (temp_name(name, pid, tag) == entry).then_some(pid)
+}
+
+/// Removes the temporaries of `name` with `tag` in `dir` whose process no longer exists:
+/// left by writers that were killed mid-write (Linux `/proc`; elsewhere nothing is removed,
+/// as a live writer's must never be).
+pub fn sweep_stale(dir: &Path, name: &str, tag: &str) {
+    if !Path::new("/proc/self").exists() {
         return;
     }
-    let prefix = format!(".{name}.");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let f = e.file_name();
-        let Some(pid) = f
+        let Some(pid) = e
+            .file_name()
             .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|r| r.strip_suffix(".tmp"))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(|f| temp_owner(f, name, tag))
         else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
+}
+
+/// Writes a directory whole: `write` fills this process's staging sibling of `out`
+/// ([`staging_dir`]), which then takes `out`'s place. `out` may be absent, empty, or hold an
+/// old version (the caller decides whether it may be replaced): the old one is moved aside
+/// and removed only once the new one is in place. A failed `write` leaves `out` as it was and
+/// no staging behind; so does a process killed mid-write, whose staging the next writer of
+/// `out` removes. A new `out` exists only once complete.
+pub fn write_dir_atomic<E: From<std::io::Error>>(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let staging = staging_dir(out)?;
+    let parent = staging.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    for tag in [STAGING, REPLACED] {
+        sweep_stale(parent, &name, tag);
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging)?;
+    let result = write(&staging).and_then(|()| Ok(replace_dir(&staging, out)?));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Where this process stages `out` ([`write_dir_atomic`]); a signal handler removes it with
+/// [`remove_staging`].
+pub fn staging_dir(out: &Path) -> std::io::Result<PathBuf> {
+    let out = match out.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(out),
+        _ => out.to_path_buf(),
+    };
+    temp_sibling(&out, STAGING)
+}
+
+/// Removes this process's staging of `out` while a writer may still be adding to it. The
+/// staging is renamed away and a file takes its name, so the writer's next file or
+/// `create_dir_all` under it fails instead of bringing it back; once `writer_done` (or after
+/// 10 s, the writer stuck), that file goes too.
+pub fn remove_staging(out: &Path, writer_done: impl Fn() -> bool) -> std::io::Result<()> {
+    let staging = staging_dir(out)?;
+    let gone = temp_sibling(&staging, REPLACED)?;
+    match std::fs::rename(&staging, &gone) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let tombstone = std::fs::File::create(&staging);
+    // A file already open in it may still grow: retry until the removal holds.
+    let mut last = Ok(());
+    for _ in 0..20 {
+        last = std::fs::remove_dir_all(&gone);
+        if last.is_ok() {
+            break;
+        }
+    }
+    if tombstone.is_ok() {
+        let t0 = std::time::Instant::now();
+        while !writer_done() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::remove_file(&staging)?;
+    }
+    last
+}
+
+/// Puts the complete directory `new` where `out` is: directly over an absent or empty
+/// `out`, else with the old one moved aside, put back if the second rename fails, and
+/// removed afterwards.
+fn replace_dir(new: &Path, out: &Path) -> std::io::Result<()> {
+    match std::fs::rename(new, out) {
+        Ok(()) => return Ok(()),
+        // Linux says ENOTEMPTY (or EEXIST) for a non-empty target directory.
+        Err(e) if out.is_dir() => drop(e),
+        Err(e) => return Err(e),
+    }
+    let old = temp_sibling(out, REPLACED)?;
+    std::fs::rename(out, &old)?;
+    if let Err(e) = std::fs::rename(new, out) {
+        let _ = std::fs::rename(&old, out);
+        return Err(e);
+    }
+    std::fs::remove_dir_all(&old)
 }
 
 #[cfg(test)]
@@ -319,5 +441,87 @@ mod tests {
         assert!(!stale.exists(), "the dead writer's temp file is swept");
         assert!(live.exists() && other.exists());
         assert_eq!(std::fs::read(d.path().join("a.json")).unwrap(), b"{}");
+    }
+
+    /// A name at NAME_MAX still gets a temp name within it (multi-byte characters are never
+    /// split), and the sweep recognises it as the same name's.
+    #[test]
+    fn temp_names_of_long_names_stay_legal_and_are_recognised() {
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        let t = temp_name(&long, 4_000_000, TMP);
+        assert!(t.len() <= NAME_MAX, "{}", t.len());
+        assert!(t.ends_with(".4000000.tmp"));
+        assert_eq!(temp_owner(&t, &long, TMP), Some(4_000_000));
+        assert_eq!(temp_owner(&t, "other", TMP), None);
+        assert_eq!(temp_owner(&t, &long, STAGING), None);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join(&long);
+        write_file_atomic(&f, b"ok").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"ok");
+    }
+
+    /// A directory appears only complete: a failed write leaves no directory and no staging;
+    /// a replacement keeps the old one until the new one is whole; a dead writer's staging is
+    /// removed by the next writer.
+    #[test]
+    fn directories_are_written_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("set");
+        let fill = |tag: &'static [u8]| {
+            move |dir: &Path| -> std::io::Result<()> { std::fs::write(dir.join("f"), tag) }
+        };
+        let failed: std::io::Result<()> = write_dir_atomic(&out, |dir| {
+            std::fs::write(dir.join("half"), b"x")?;
+            Err(std::io::Error::other("interrupted"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+        write_dir_atomic(&out, fill(b"one")).unwrap();
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), b"one");
+        let failed: std::io::Result<()> =
+            write_dir_atomic(&out, |_| Err(std::io::Error::other("no")));
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), b"one", "old kept");
+        write_dir_atomic(&out, fill(b"two")).unwrap();
+        assert_eq!(std::fs::read(out.join("f")).unwrap(), b"two");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = d.path().join(temp_name("set", dead, STAGING));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("partial"), b"x").unwrap();
+        write_dir_atomic(&out, fill(b"three")).unwrap();
+        assert!(!stale.exists(), "the dead writer's staging is swept");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["set"]);
+        // An empty directory is written into too (rename over it).
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        write_dir_atomic(&empty, fill(b"e")).unwrap();
+        assert_eq!(std::fs::read(empty.join("f")).unwrap(), b"e");
+        // remove_staging takes a staging away while it is being written.
+        let out2 = d.path().join("s2");
+        let r: std::io::Result<()> = write_dir_atomic(&out2, |dir| {
+            std::fs::write(dir.join("a"), b"x")?;
+            // While the writer goes on, neither a file nor a directory under the staging
+            // can bring it back.
+            remove_staging(&out2, || {
+                assert!(std::fs::write(dir.join("b"), b"x").is_err());
+                assert!(std::fs::create_dir_all(dir.join("c").join("d")).is_err());
+                true
+            })?;
+            std::fs::write(dir.join("b"), b"x")
+        });
+        assert!(r.is_err(), "a write after the removal fails");
+        assert!(!out2.exists());
+        assert!(!staging_dir(&out2).unwrap().exists());
     }
 }

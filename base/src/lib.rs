@@ -15,7 +15,7 @@ pub mod task;
 
 pub use fs::{
     Clobber, DirLock, LOCK_FILE, LockError, check_output, is_plain_name, lock_dir,
-    write_file_atomic,
+    write_dir_atomic, write_file_atomic,
 };
 pub use number::{NumberError, Rule};
 pub use progress::{Progress, Recorder, Silent};

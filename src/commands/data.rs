@@ -107,54 +107,72 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 /// Writes a dataset into `out` with `write`. An existing non-empty `out` is refused (it may be
 /// a dataset, and NYUv2 scenes of a smaller run would otherwise be left mixed in), unless
-/// `force`: then the dataset is written into a fresh sibling directory and swapped in only
-/// once complete, so a failure leaves the old one as it was.
+/// `force`. Either way the dataset is written into a staging sibling and swapped in only once
+/// complete (base::write_dir_atomic): a failure leaves the old one as it was, and a new `out`
+/// exists only whole. SIGINT or SIGTERM removes the staging before the process ends; a kill
+/// leaves it for the next writer to remove.
 fn write_dataset(
     out: &Path,
     force: bool,
-    write: impl FnOnce(&Path) -> overparam_data::Result<()>,
+    write: impl FnOnce(&Path) -> overparam_data::Result<()> + Send,
 ) -> Result<()> {
     let non_empty = match std::fs::read_dir(out) {
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e).with_context(|| format!("{}", out.display())),
     };
-    if !non_empty {
-        write(out)?;
-        return Ok(());
-    }
-    if !force {
+    if non_empty && !force {
         bail!(
             "{} already exists and is not empty (a dataset?); nothing was written. Choose another \
              directory, or pass --force to replace it",
             out.display()
         );
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a directory name", out.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let pid = std::process::id();
-    let tmp = parent.join(format!(".{name}.new-{pid}"));
-    let old = parent.join(format!(".{name}.old-{pid}"));
-    let result = write(&tmp).map_err(anyhow::Error::from).and_then(|()| {
-        std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-        if let Err(e) = std::fs::rename(&tmp, out) {
-            // Put the old dataset back.
-            let _ = std::fs::rename(&old, out);
-            return Err(e).with_context(|| format!("moving the new dataset to {}", out.display()));
+    crate::stop::install()?;
+    // The generator runs on a worker so that this thread can answer a signal: the library's
+    // loops do not poll for one.
+    let joined = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            overparam_base::write_dir_atomic(out, |dir| write(dir).map_err(WriteError::Data))
+        });
+        while !worker.is_finished() {
+            if let Some(sig) = crate::stop::requested() {
+                let removed = overparam_base::fs::remove_staging(out, || worker.is_finished());
+                eprintln!(
+                    "{sig}: stopped; {} was not written{}",
+                    out.display(),
+                    match removed {
+                        Ok(()) => ", and nothing of it is left".to_string(),
+                        Err(e) => format!(" (its staging could not be removed: {e})"),
+                    }
+                );
+                // Ends the worker too; what it had written is gone with the staging.
+                std::process::exit(130);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(())
+        worker.join()
     });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return result;
+    match joined {
+        Ok(r) => r.map_err(|e| match e {
+            WriteError::Data(e) => anyhow::Error::from(e),
+            WriteError::Io(e) => anyhow::Error::from(e).context(format!("{}", out.display())),
+        }),
+        Err(_) => bail!(
+            "the dataset writer panicked; {} was not written",
+            out.display()
+        ),
     }
-    std::fs::remove_dir_all(&old)
-        .with_context(|| format!("removing the replaced dataset {}", old.display()))
+}
+
+/// A generator's error or the staging's.
+enum WriteError {
+    Data(overparam_data::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
 }
