@@ -362,3 +362,69 @@ fn names_are_checked_where_they_enter() {
     assert!(!o.status.success() && t.contains("experiment.name"), "{t}");
     assert!(!dir.path().join("../escaped").exists());
 }
+
+/// Sizes are checked before allocating (#25 §5): a network far larger than the machine is
+/// refused by `train`, `init` and `bench train` within seconds, with the estimate and the knob
+/// to turn, and nothing written.
+#[test]
+fn oversized_models_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nname = \"r\"\ndir = \"{}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 300\nmethod = {{ kind = \"sfo\" }}\n[data]\nsynthetic_train = 40\nsynthetic_test = 20\n[optim]\nepochs = 1\nbatch_size = 20\nlr = 0.01\n",
+            dir.path().join("runs").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("m.safetensors");
+    for (args, knob) in [
+        (
+            vec!["train", "--config", cfg.to_str().unwrap()],
+            "model.width",
+        ),
+        (
+            vec![
+                "init",
+                "--model",
+                "vgg_small",
+                "--width",
+                "300",
+                "--method",
+                "sfo",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            "--width",
+        ),
+        (
+            vec![
+                "bench",
+                "train",
+                "--model",
+                "vgg_small",
+                "--width",
+                "300",
+                "--steps",
+                "1",
+            ],
+            "--width",
+        ),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_overparam"))
+            .args(&args)
+            .env_remove("OVERPARAM_NO_MEMORY_CHECK")
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        assert!(
+            t.contains("needs about") && t.contains("GiB") && t.contains(knob),
+            "{args:?}: {t}"
+        );
+        assert!(t.contains("nothing was allocated"), "{args:?}: {t}");
+    }
+    assert!(!out.exists());
+    assert!(!dir.path().join("runs/r/model.op.safetensors").exists());
+}

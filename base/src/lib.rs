@@ -21,3 +21,30 @@ pub use number::{NumberError, Rule};
 pub use progress::{Progress, Recorder, Silent};
 pub use rng::Rng;
 pub use task::{NYU_METRICS, NyuMetric, Role, Task};
+
+/// Memory this process may still take, in bytes: Linux's `MemAvailable` (free memory plus
+/// what the kernel can reclaim), lowered to the cgroup v2 limit's headroom when the process
+/// runs in a container with one. `None` where neither can be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mut avail = kib * 1024;
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // "max" (no limit) does not parse and leaves MemAvailable.
+    if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+        avail = avail.min(max.saturating_sub(current));
+    }
+    Some(avail)
+}

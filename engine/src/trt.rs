@@ -228,7 +228,11 @@ pub fn onnx_inputs(bytes: &[u8]) -> Result<InputShapes> {
 /// written to a temporary name and renamed, so a failed build leaves any old plan intact.
 pub fn build(t: &Trtexec, onnx: &Path, plan: &Path, o: &BuildOptions) -> Result<Manifest> {
     let (bytes, inputs) = read_onnx(onnx)?;
-    let tmp = plan.with_extension("plan.tmp");
+    let tmp =
+        overparam_base::fs::temp_sibling(plan, overparam_base::fs::TMP).map_err(|e| Error::Io {
+            path: plan.to_path_buf(),
+            source: e,
+        })?;
     let cache = timing_cache_path(plan);
     let flags = build_flags(t.version, onnx, &tmp, &cache, o);
     let out = Command::new(&t.path)

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("invalid model spec: {0}")]
     Spec(String),
+    /// The memory estimate exceeds what the machine has ([`crate::memory::check`]).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("method `{method}` cannot be applied to conv `{node}`: {reason}")]
     Method {
         node: String,

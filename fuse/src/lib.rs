@@ -16,6 +16,7 @@ pub mod init;
 pub mod inspect;
 pub mod layout;
 pub mod linalg;
+pub mod memory;
 pub mod method;
 pub mod models;
 pub mod ops;

@@ -230,14 +230,7 @@ pub fn write_model_and_calib(
     let calib = calib_path(model);
     let text = serde_json::to_string_pretty(json)?;
     let temp_of = |p: &Path| -> Result<PathBuf> {
-        let name = p
-            .file_name()
-            .ok_or_else(|| Error::file(p, "not a file path"))?;
-        Ok(p.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        )))
+        overparam_base::fs::temp_sibling(p, overparam_base::fs::TMP).map_err(Error::io(p))
     };
     let write = |tmp: &Path, data: &[u8], dest: &Path| -> Result<()> {
         use std::io::Write;

@@ -74,6 +74,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         method,
     };
     let spec = build(model, &opts).context("building the model spec")?;
+    overparam_fuse::memory::check(&[&spec], 0, 0, "--width")?;
     eprintln!(
         "init: {} ({}, width {}), spectral factorisation where the method asks…",
         model.as_str(),

@@ -52,6 +52,7 @@ pub fn train_step_time(
             ..ClassifierOptions::new(MethodConfig::new(method))
         },
     )?;
+    overparam_fuse::memory::check(&[&spec], batch, 1, "--width, --batch")?;
     let w = init_train_weights(&spec, &InitOptions::default())?;
     let m = OpModel::new(&nn::VarStore::new(device).root(), &spec, &w)?;
     let params: Vec<Param> = m

@@ -167,6 +167,14 @@ pub(crate) fn fit<T: Task>(
     stop_after: Option<usize>,
 ) -> Result<Option<Fitted<T::Eval>>> {
     let device = run.device;
+    // Before any weights exist: a run that cannot fit is refused now, not at 80% of the machine.
+    let specs: Vec<_> = phases.iter().map(|p| &p.spec).collect();
+    overparam_fuse::memory::check(
+        &specs,
+        cfg.optim.batch_size,
+        crate::memory::optimizer_slots(cfg),
+        "model.width, optim.batch_size",
+    )?;
     let total = cfg.optim.epochs;
     let steps = task.steps();
     let (mut epoch, mut step_no, mut rows, mut spec, weights, restored) = if run.resume {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod error;
 pub mod fit;
 pub mod fold_gate;
+pub mod memory;
 pub mod model;
 pub mod mtl;
 pub mod mtl_trainer;
