@@ -12,13 +12,9 @@ use overparam_fuse::memory::{human, train_memory};
 use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{MethodConfig, MethodKind};
 
-/// Peak resident memory of this process, bytes.
+/// Peak resident memory of this process (VmHWM), bytes.
 fn vm_hwm() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    (overparam_train::bench::peak_rss_mib().unwrap_or(0.0) * 1048576.0) as u64
 }
 
 const SIZES: [(ModelKind, f64, MethodKind, usize); 3] = [

@@ -583,6 +583,42 @@ fn bench_refuses_inputs_and_flags_it_cannot_honour() {
         ),
         &["no_such_calib_dir"],
     );
+    // A model with two inputs: named, in our message, with nothing of ONNX Runtime's raw log.
+    {
+        use overparam_engine::pb::ModelProto;
+        let mut m: ModelProto =
+            prost::Message::decode(std::fs::read(p("static.onnx")).unwrap().as_slice()).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        let mut z = g.input[0].clone();
+        z.name = Some("z".into());
+        g.input.push(z);
+        g.node[0].op_type = Some("Add".into());
+        g.node[0].input = vec!["x".into(), "z".into()];
+        std::fs::write(p("two.onnx"), prost::Message::encode_to_vec(&m)).unwrap();
+    }
+    let o = bench(&p("two.onnx"), &[]);
+    refused(&o, &["two.onnx", "2 inputs: x, z", "feeds one"]);
+    assert!(!text(&o).contains("onnxruntime:"), "{}", text(&o));
+    // A TensorRT engine where ONNX is expected, and a checkpoint given to `engine build`
+    // (named before any builder is looked for).
+    std::fs::write(p("m.plan"), b"ftrt\x00\x01junk").unwrap();
+    refused(
+        &bench(&p("m.plan"), &[]),
+        &["m.plan", "TensorRT engine", "--runtime trt"],
+    );
+    let plan = p("d.plan");
+    let o = run(
+        &[
+            "engine",
+            "build",
+            d.to_str().unwrap(),
+            "-o",
+            plan.to_str().unwrap(),
+        ],
+        &[],
+    );
+    refused(&o, &["safetensors checkpoint", "export"]);
+    assert!(!plan.exists());
 }
 
 /// `export --precision fp16` refuses weights FP16 cannot hold (naming them), and a failed INT8

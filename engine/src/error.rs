@@ -53,9 +53,15 @@ fn fp16_range_message(tensors: &[(String, f32)]) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// ONNX Runtime's message, with what it logged meanwhile (never printed raw).
 impl From<ort::Error> for Error {
     fn from(e: ort::Error) -> Self {
-        Error::Runtime(e.to_string())
+        let log = crate::runtime::take_log();
+        if log.is_empty() {
+            Error::Runtime(e.to_string())
+        } else {
+            Error::Runtime(format!("{e} (ONNX Runtime logged: {})", log.join("; ")))
+        }
     }
 }
 

@@ -38,6 +38,13 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
             "this is a safetensors checkpoint, not an ONNX model (commands that take an ONNX take `overparam export CHECKPOINT -o MODEL.onnx`'s output; `bench` and `bridge run` take the checkpoint directly)".into(),
         ));
     }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "plan" || ext == "engine" || crate::trt::manifest_path(path).exists() {
+        return Err(file_err(
+            path,
+            "this is a TensorRT engine, not an ONNX model: ONNX Runtime and `engine build` take the ONNX it was built from (`overparam export`'s output); `bench --runtime trt` runs the engine itself".into(),
+        ));
+    }
     let m = ModelProto::decode(bytes).map_err(|e| {
         file_err(
             path,

@@ -158,11 +158,36 @@ pub fn library_path() -> Result<PathBuf> {
         .map_err(Error::RuntimeMissing)
 }
 
+/// ONNX Runtime's own warnings and errors, the latest few, kept instead of printed: its
+/// default logger writes raw lines to stderr, our messages carry their content instead
+/// ([`take_log`], used by the `ort::Error` conversion).
+static LOG: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn keep_log(level: ort::logging::LogLevel, message: &str) {
+    if level >= ort::logging::LogLevel::Warning {
+        let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == 8 {
+            log.pop_front();
+        }
+        log.push_back(message.trim().to_string());
+    }
+}
+
+/// The warnings and errors ONNX Runtime logged since the last call, oldest first.
+pub fn take_log() -> Vec<String> {
+    let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+    log.drain(..).collect()
+}
+
 fn environment() -> Result<&'static ort::environment::Environment> {
     let path = library_path()?;
     ENV.get_or_init(|| {
         ort::init_from(&path)
             .map_err(|e| format!("{}: {e}; {ORT_HINT}", path.display()))?
+            .with_logger(std::sync::Arc::new(
+                |level, _category, _id, _location, message| keep_log(level, message),
+            ))
             .with_name("overparam")
             .build()
             .map_err(|e| e.to_string())
@@ -281,6 +306,8 @@ impl OrtRuntime {
         let map =
             |e: ort::Error<ort::session::builder::SessionBuilder>| Error::Runtime(e.to_string());
         let mut b = Session::builder(env)?
+            .with_log_level(ort::logging::LogLevel::Warning)
+            .map_err(map)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(map)?;
         if let Some(t) = threads {
@@ -324,6 +351,16 @@ impl OrtRuntime {
                 })?;
         }
         let session = b.commit_from_memory(model)?;
+        // Only the first input is fed (an image batch); name them all rather than let
+        // ONNX Runtime fail on the first run.
+        if session.inputs().len() > 1 {
+            let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+            return Err(Error::Runtime(format!(
+                "the model has {} inputs: {}; overparam feeds one (the image batch)",
+                names.len(),
+                names.join(", ")
+            )));
+        }
         let (input_name, input_dims, input_symbols) = match session.inputs().first() {
             Some(i) => match i.dtype() {
                 ort::value::ValueType::Tensor {

@@ -36,6 +36,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for out in overparam_engine::trt::build_outputs(&a.output) {
         overparam_base::check_output(&out, &[&a.onnx])?;
     }
+    // The input's kind first: a checkpoint or a plan is named as such, whether or not a
+    // builder is installed.
+    overparam_engine::onnx_file::model_bytes(&a.onnx)?;
     let (m, builder) = if a.native {
         let m = build_native(
             &a.onnx,
