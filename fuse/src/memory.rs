@@ -93,8 +93,8 @@ pub fn train_memory(spec: &TrainSpec, batch: usize, slots: usize) -> Result<Trai
 /// Set to skip the check (a machine with swap, or an estimate known to be pessimistic).
 pub const SKIP_ENV: &str = "OVERPARAM_NO_MEMORY_CHECK";
 
-/// What libtorch adds once it runs (thread pools, allocator caches), measured in
-/// `benches/memory.rs`.
+/// An allowance for what libtorch adds once it runs (thread pools, allocator caches); the
+/// bench measures growth above that baseline, so this is a margin, not a measurement.
 const RUNTIME: u64 = 256 << 20;
 
 /// Refuses to train the largest of `specs` at `batch` (0: only create its weights, as
@@ -108,7 +108,7 @@ pub fn check(specs: &[&TrainSpec], batch: usize, slots: usize, knobs: &str) -> R
     let Some(available) = overparam_base::available_memory() else {
         return Ok(());
     };
-    let mut worst = TrainMemory::default();
+    let (mut worst, mut model) = (TrainMemory::default(), "");
     for s in specs {
         let mut m = train_memory(s, batch, slots)?;
         if batch == 0 {
@@ -118,7 +118,7 @@ pub fn check(specs: &[&TrainSpec], batch: usize, slots: usize, knobs: &str) -> R
             };
         }
         if m.total() > worst.total() {
-            worst = m;
+            (worst, model) = (m, s.model.as_str());
         }
     }
     let need = worst.total() + if batch == 0 { 0 } else { RUNTIME };
@@ -131,7 +131,6 @@ pub fn check(specs: &[&TrainSpec], batch: usize, slots: usize, knobs: &str) -> R
     } else {
         "The parameters dominate: lower the width (they grow with its square)"
     };
-    let model = specs.first().map_or("", |s| s.model.as_str());
     let parts = if batch == 0 {
         format!("initialising `{model}` needs about {}", human(need))
     } else {
