@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use overparam_data::loader::Normalize;
-use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::calib::{Candidate, calibration_batches, collect, plan};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
 use overparam_engine::runtime::OrtRuntime;
 use overparam_fuse::init::{InitOptions, init_train_weights};
@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
             o.precision = Precision::Int8;
             o.quant = Some(plan(
                 &hists,
-                Calibrator::Entropy,
+                Candidate::Entropy,
                 ActivationEncoding::UnsignedOffset,
             ));
             let mut int8 =

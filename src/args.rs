@@ -189,3 +189,89 @@ impl std::str::FromStr for Shape {
             .map(Shape)
     }
 }
+
+/// How INT8 is calibrated (`export`, `bench`, `engine accuracy`, `pipeline`): one set of flags
+/// that becomes the one [`overparam_engine::quant::Quantization`] every path takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CalibArgs {
+    /// INT8 calibrator: auto (each tensor gets whichever of max, percentile 99.9/99.99/99.999,
+    /// entropy and mse brings the INT8 model's outputs closest to FP32 on held-out training
+    /// images), or one rule for every tensor: max, percentile, entropy (TensorRT's default),
+    /// mse.
+    #[arg(long, default_value = "auto")]
+    pub calibrator: overparam_engine::calib::Calibrator,
+    /// The percentile of |x| that `--calibrator percentile` clips at, in (0, 100].
+    #[arg(long, default_value_t = 99.99, value_parser = percentile)]
+    pub percentile: f64,
+    /// Images (scenes) of the train split in the seeded calibration set [default: 512; the
+    /// pipeline's 64].
+    #[arg(long, value_parser = count::<usize>)]
+    pub calib_images: Option<usize>,
+    /// `--calibrator auto`: held-out train images (drawn after the calibration ones, never
+    /// from the test split) on which the rules are compared.
+    #[arg(long, default_value_t = 256, value_parser = count::<usize>)]
+    pub heldout_images: usize,
+    /// Seed of the calibration draw.
+    #[arg(long, default_value_t = 0)]
+    pub calib_seed: u64,
+}
+
+impl CalibArgs {
+    /// The recipe, with the command's default image count, encoding and normalisation.
+    pub fn recipe(
+        &self,
+        default_images: usize,
+        encoding: ActivationEncoding,
+        normalization: overparam_engine::quant::NormSource,
+    ) -> overparam_engine::quant::Quantization {
+        overparam_engine::quant::Quantization {
+            calibrator: self.calibrator,
+            percentile: self.percentile,
+            images: self.calib_images.unwrap_or(default_images),
+            heldout: self.heldout_images,
+            seed: self.calib_seed,
+            encoding,
+            keep: vec![],
+            kept_precision: None,
+            normalization,
+        }
+    }
+}
+
+/// The input normalisation of a model that records none (e.g. an ONNX imported without
+/// `--mean/--std`); a model that records one uses its own unless these are given.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NormArgs {
+    /// Per-channel mean the network's inputs were normalised with, in the (x/255 − mean)/std
+    /// convention, comma-separated (with --std).
+    #[arg(long, value_delimiter = ',', requires = "std", value_parser = finite)]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (with --mean).
+    #[arg(long, value_delimiter = ',', requires = "mean", value_parser = positive_f32)]
+    pub std: Vec<f32>,
+}
+
+impl NormArgs {
+    pub fn source(&self) -> Result<overparam_engine::quant::NormSource> {
+        use overparam_engine::quant::NormSource;
+        if self.mean.is_empty() {
+            return Ok(NormSource::Model);
+        }
+        if self.mean.len() != self.std.len() {
+            bail!(
+                "--mean has {} values and --std {}: give one of each per channel",
+                self.mean.len(),
+                self.std.len()
+            );
+        }
+        Ok(NormSource::Given(overparam_data::loader::Normalize {
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }))
+    }
+}
+
+/// `--percentile`: in (0, 100].
+pub fn percentile(s: &str) -> std::result::Result<f64, String> {
+    number::PERCENTILE.parse(s)
+}

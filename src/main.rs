@@ -171,6 +171,7 @@ mod tests {
         use std::any::TypeId;
         const ZERO_MEANS_SOMETHING: &[&str] = &[
             "seed",
+            "calib_seed",
             "device_id",
             "dla",
             "warmup",

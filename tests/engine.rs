@@ -61,27 +61,91 @@ fn export_refuses_train_checkpoints_and_writes_valid_models() {
     assert!(!o.status.success());
     assert!(text(&o).contains("fold it first"), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    // A model that records no normalisation cannot be calibrated until it is given.
+    let ds = d.to_str().unwrap();
+    let os = out.to_str().unwrap();
+    let o = run(&["export", ds, "--precision", "int8", "-o", os], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("records no input normalisation")
+            && text(&o).contains("--mean and --std"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let norm = ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"];
     for p in ["fp32", "fp16", "int8"] {
-        let o = run(
-            &[
-                "export",
-                d.to_str().unwrap(),
-                "--precision",
-                p,
-                "-o",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let mut args = vec!["export", ds, "--precision", p, "-o", os];
+        if p == "int8" {
+            args.extend(norm);
+        }
+        let o = run(&args, &[]);
         assert!(o.status.success(), "{p}: {}", text(&o));
         if p == "int8" {
             assert!(
                 text(&o).contains("synthetic"),
                 "says it calibrated on synthetic data"
             );
-            assert!(out.with_extension("calib.json").exists());
+            assert!(text(&o).contains("auto calibration"), "{}", text(&o));
         }
     }
+    // The record: typed, versioned, of this model, auto by default with a rule per tensor.
+    let record = out.with_extension("calib.json");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(r["version"], 2);
+    assert_eq!(r["calibrator"], "auto");
+    assert_eq!(r["model_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(r["normalization"]["source"], "flags");
+    let thresholds = r["thresholds"].as_object().unwrap();
+    assert_eq!(r["choice"].as_object().unwrap().len(), thresholds.len());
+    assert_eq!(r["auto"]["uniform"].as_array().unwrap().len(), 6);
+    // Exported again from the record, at another batch and encoding: the same thresholds,
+    // no calibration.
+    let again = dir.path().join("again.onnx");
+    let o = run(
+        &[
+            "export",
+            ds,
+            "--precision",
+            "int8",
+            "--calib-record",
+            record.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--encoding",
+            "cpu",
+            "-o",
+            again.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("synthetic"), "{}", text(&o));
+    let r2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.with_extension("calib.json")).unwrap())
+            .unwrap();
+    assert_eq!(r2["thresholds"], r["thresholds"]);
+    assert_eq!(r2["encoding"], "unsigned_offset");
+    // A percentile outside (0, 100] is a usage error naming the flag.
+    let o = run(
+        &[
+            "export",
+            ds,
+            "--precision",
+            "int8",
+            "--percentile",
+            "0",
+            "-o",
+            os,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--percentile") && text(&o).contains("(0, 100]"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// Item 4: the FP32 ONNX through ONNX Runtime equals the tch eval forward of the
@@ -662,6 +726,7 @@ fn export_refuses_fp16_overflow_and_a_failed_int8_export_keeps_the_old_pair() {
     let export = |model: &Path, extra: &[&str]| {
         let mut args = vec!["export", model.to_str().unwrap(), "--precision", "int8"];
         args.extend(["--calib-images", "64", "-o", out.to_str().unwrap()]);
+        args.extend(["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]);
         args.extend(extra);
         run(&args, &[])
     };
@@ -680,6 +745,13 @@ fn export_refuses_fp16_overflow_and_a_failed_int8_export_keeps_the_old_pair() {
         &["--calib", dir.path().join("nothing").to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(pair() == before, "the old model and calib.json changed");
+    // The record of another model is refused, and nothing is written.
+    let copy = dir.path().join("d.calib.json");
+    std::fs::copy(&calib, &copy).unwrap();
+    let o = export(&big, &["--calib-record", copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("another model"), "{}", text(&o));
     assert!(pair() == before, "the old model and calib.json changed");
     // No temporary files left behind.
     let stray: Vec<_> = std::fs::read_dir(dir.path())

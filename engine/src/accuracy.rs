@@ -1,7 +1,7 @@
 //! Accuracy per precision through the CPU runtime, weight-range reports, per-layer INT8
 //! sensitivity and partial INT8 under an accuracy budget (classification).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use overparam_data::cifar::ImageSet;
 use overparam_data::loader::{Normalize, prepare};
@@ -10,11 +10,9 @@ use overparam_fuse::Weights;
 use overparam_fuse::spec::{DeploySpec, Op};
 use serde::Serialize;
 
-use crate::calib::{Calibrator, Histogram, plan};
 use crate::error::{Error, Result};
 use crate::export::{
-    ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export,
-    quantizable_layers, to_bytes,
+    ExportOptions, KeptPrecision, Precision, QuantPlan, export, quantizable_layers, to_bytes,
 };
 use crate::runtime::OrtRuntime;
 
@@ -141,9 +139,8 @@ pub struct Sensitivity {
 pub struct Int8Study<'a> {
     pub spec: &'a DeploySpec,
     pub weights: &'a Weights<f32>,
-    pub hists: &'a BTreeMap<String, Histogram>,
-    pub calibrator: Calibrator,
-    pub encoding: ActivationEncoding,
+    /// The full INT8 plan (every layer quantised) whose thresholds every variant keeps.
+    pub plan: &'a QuantPlan,
     /// Precision of the layers a partial plan leaves out of INT8.
     pub kept: KeptPrecision,
     pub set: &'a ImageSet,
@@ -156,7 +153,7 @@ pub struct Int8Study<'a> {
 impl Int8Study<'_> {
     /// The plan quantising exactly `layers`.
     fn plan(&self, layers: BTreeSet<String>) -> QuantPlan {
-        let mut p = plan(self.hists, self.calibrator, self.encoding);
+        let mut p = self.plan.clone();
         p.layers = Some(layers);
         p.kept = self.kept;
         p

@@ -1,17 +1,15 @@
 //! Accuracy per precision for the multi-task (dense prediction) network on an NYUv2-layout
 //! split: the nine MTAN metrics through the CPU runtime, and INT8 calibration on its images.
 
-use std::collections::BTreeMap;
-
 use overparam_base::Progress;
 use overparam_data::metrics::{Confusion, GeometryErrors};
 use overparam_data::nyuv2::{CLASSES, NyuSample, NyuSplit};
 use overparam_fuse::Weights;
 use overparam_fuse::spec::DeploySpec;
 
-use crate::calib::{Calibrator, Histogram, collect, plan};
 use crate::error::{Error, Result};
-use crate::export::{ActivationEncoding, ExportOptions, Precision, QuantPlan, export, to_bytes};
+use crate::export::{ExportOptions, Precision, export, to_bytes};
+use crate::quant::{Calibration, Quantization, calibrate_inputs};
 use crate::runtime::OrtRuntime;
 
 /// Names of the nine metrics, in the order of [`evaluate`]'s result (named once, in
@@ -101,37 +99,56 @@ pub fn heads(spec: &DeploySpec) -> Heads {
     })
 }
 
-/// A seeded calibration set of up to `images` samples of `split` as batch-1 inputs.
-pub fn calibration_inputs(split: &NyuSplit, images: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
+/// Samples `range` of the seeded permutation of `split`, as batch-1 inputs (the calibration
+/// set is `0..n`, auto's held-out scenes follow it).
+pub fn calibration_inputs(
+    split: &NyuSplit,
+    range: std::ops::Range<usize>,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
     let mut idx: Vec<usize> = (0..split.len()).collect();
     let mut rng = overparam_fuse::Rng::new(seed);
     for i in (1..idx.len()).rev() {
         idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
-    idx.truncate(images);
-    idx.iter().map(|&i| Ok(input(&split.get(i)?))).collect()
+    let end = range.end.min(idx.len());
+    idx[range.start.min(end)..end]
+        .iter()
+        .map(|&i| Ok(input(&split.get(i)?)))
+        .collect()
 }
 
-/// Histograms and the calibrator's INT8 plan from `images` samples of `split`.
+/// The INT8 calibration of `q` on scenes of `split` (taken as they are: the scenes carry no
+/// normalisation); auto chooses on the scenes after the calibration ones.
 pub fn calibrate(
     spec: &DeploySpec,
     w: &Weights<f32>,
     split: &NyuSplit,
-    images: usize,
-    c: Calibrator,
-    encoding: ActivationEncoding,
+    q: &Quantization,
     progress: &dyn Progress,
-) -> Result<(QuantPlan, BTreeMap<String, Histogram>, usize)> {
-    let batches = calibration_inputs(split, images, 0)?;
-    if batches.len() < images {
-        progress.event(&format!(
-            "calibration: {images} scenes asked, the split has {}: using {}",
+) -> Result<Calibration> {
+    q.check()?;
+    let auto = q.calibrator == crate::calib::Calibrator::Auto;
+    let (n, h) =
+        crate::calib::split_sizes(split.len(), q.images, if auto { q.heldout } else { 0 }, 1);
+    if n == 0 || (auto && h == 0) {
+        return Err(Error::Calibration(format!(
+            "{} scenes cannot make a calibration set{}",
             split.len(),
-            batches.len()
+            if auto { " and a held-out set" } else { "" }
+        )));
+    }
+    if n < q.images || (auto && h < q.heldout) {
+        progress.event(&format!(
+            "calibration: {} scenes and {} held-out asked, the split has {}: using {n} and {h}",
+            q.images,
+            if auto { q.heldout } else { 0 },
+            split.len()
         ));
     }
-    let hists = collect(spec, w, &batches, progress)?;
-    Ok((plan(&hists, c, encoding), hists, batches.len()))
+    let calib = calibration_inputs(split, 0..n, q.seed)?;
+    let heldout = calibration_inputs(split, n..n + h, q.seed)?;
+    calibrate_inputs(spec, w, &calib, &heldout, q, None, progress)
 }
 
 /// An exported model per precision.
@@ -146,19 +163,18 @@ pub struct PrecisionRow {
 }
 
 /// FP32, FP16 and INT8 exports of one deploy model, evaluated on `eval`; INT8 calibrated on
-/// `calib`. Returns the rows and the ONNX bytes of each precision (for writing out).
-#[allow(clippy::too_many_arguments)]
+/// `calib` by the recipe `q`. Returns the rows, the ONNX bytes of each precision (for writing
+/// out) and the calibration.
 pub fn precision_table(
     spec: &DeploySpec,
     w: &Weights<f32>,
     calib: &NyuSplit,
     eval: &NyuSplit,
-    calib_images: usize,
-    c: Calibrator,
-    encoding: ActivationEncoding,
+    q: &Quantization,
     progress: &dyn Progress,
-) -> Result<(Vec<PrecisionRow>, Models, QuantPlan)> {
-    let (p, _, _) = calibrate(spec, w, calib, calib_images, c, encoding, progress)?;
+) -> Result<(Vec<PrecisionRow>, Models, Calibration)> {
+    let cal = calibrate(spec, w, calib, q, progress)?;
+    let p = &cal.plan;
     let mut rows = vec![];
     let mut models = vec![];
     for prec in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
@@ -174,7 +190,7 @@ pub fn precision_table(
         });
         models.push((prec, bytes));
     }
-    Ok((rows, models, p))
+    Ok((rows, models, cal))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod export;
 pub mod latency;
 pub mod onnx;
 pub mod onnx_file;
+pub mod quant;
 pub mod runtime;
 pub mod trt;
 #[cfg(feature = "tensorrt")]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use overparam_data::loader::Normalize;
-use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
+use overparam_engine::calib::{Candidate, calibration_batches, collect, plan};
 use overparam_engine::export::{ActivationEncoding, ExportOptions, Precision, export, to_bytes};
 use overparam_engine::runtime::OrtRuntime;
 use overparam_fuse::RandomTensor;
@@ -102,7 +102,7 @@ fn fp32_matches_the_reference_and_every_variant_passes_the_checker() {
                 ActivationEncoding::UnsignedOffset,
             ] {
                 o.precision = Precision::Int8;
-                o.quant = Some(plan(&hists, Calibrator::Entropy, enc));
+                o.quant = Some(plan(&hists, Candidate::Entropy, enc));
                 let int8 = to_bytes(&export(&spec, &w, &o).unwrap());
                 let out = OrtRuntime::new(&int8, Some(1))
                     .unwrap()
@@ -176,7 +176,7 @@ fn int8_encodings_track_fp32() {
         ActivationEncoding::SignedSymmetric,
         ActivationEncoding::UnsignedOffset,
     ] {
-        o.quant = Some(plan(&hists, Calibrator::Max, enc));
+        o.quant = Some(plan(&hists, Candidate::Max, enc));
         let m = export(&spec, &w, &o).unwrap();
         let quantised_outputs = m
             .graph
@@ -284,7 +284,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     let kept = [layers[0].clone(), layers[layers.len() - 1].clone()];
     let mut p = plan(
         &hists,
-        Calibrator::Entropy,
+        Candidate::Entropy,
         ActivationEncoding::SignedSymmetric,
     );
     assert_eq!(
@@ -350,7 +350,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     let r_partial = rel(&want, &run_model(&partial));
     o.quant = Some(plan(
         &hists,
-        Calibrator::Entropy,
+        Candidate::Entropy,
         ActivationEncoding::SignedSymmetric,
     ));
     let r_full = rel(
@@ -365,7 +365,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
     // The CPU encoding keeps FP32: no FP16 anywhere.
     let mut p32 = plan(
         &hists,
-        Calibrator::Entropy,
+        Candidate::Entropy,
         ActivationEncoding::UnsignedOffset,
     );
     assert_eq!(p32.kept, KeptPrecision::Fp32);
@@ -393,7 +393,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
 #[test]
 fn one_channel_models_export_calibrate_and_evaluate() {
     use overparam_engine::accuracy::evaluate;
-    use overparam_engine::calib::calibrate;
+    use overparam_engine::quant::{Quantization, calibrate};
     use overparam_fuse::spec::Normalization;
     let t = build(
         ModelKind::VggSmall,
@@ -431,21 +431,16 @@ fn one_channel_models_export_calibrate_and_evaluate() {
         .remove(0)
         .2;
     assert!(rel(&want.data, &got) < 1e-4);
-    let (p, _, used) = calibrate(
-        &spec,
-        &dw,
-        &set,
-        &norm,
-        32,
-        8,
-        Calibrator::Entropy,
-        ActivationEncoding::SignedSymmetric,
-        &Silent,
-    )
-    .unwrap();
-    assert_eq!(used, 32);
+    let q = Quantization {
+        calibrator: overparam_engine::calib::Calibrator::Entropy,
+        images: 32,
+        ..Default::default()
+    };
+    let c = calibrate(&spec, &dw, &set, &q, 8, &Silent).unwrap();
+    assert_eq!(c.record.images, 32);
+    assert!(c.record.choice.values().all(|r| *r == Candidate::Entropy));
     o.precision = Precision::Int8;
-    o.quant = Some(p);
+    o.quant = Some(c.plan);
     let int8 = to_bytes(&export(&spec, &dw, &o).unwrap());
     assert_eq!(evaluate(&int8, &set, &norm).unwrap().seen, 40);
     // CIFAR images for a 1-channel model: refused with both shapes named.
@@ -477,7 +472,7 @@ fn cpu_encoding_leaves_output_convs_in_float() {
     let mut o = ExportOptions::new(Precision::Int8);
     o.quant = Some(plan(
         &hists,
-        Calibrator::Max,
+        Candidate::Max,
         ActivationEncoding::UnsignedOffset,
     ));
     let m = export(&spec, &dw, &o).unwrap();
@@ -512,4 +507,129 @@ fn cpu_encoding_leaves_output_convs_in_float() {
         .unwrap()
         .run(&x.data)
         .unwrap();
+}
+
+/// Auto calibration: the rule it keeps per tensor gives an INT8 model whose outputs on the
+/// held-out images are at least as close to FP32 as those of the best single rule, measured
+/// here independently of the library; the held-out images are not calibration images; and
+/// the record says which rule each tensor got.
+#[test]
+fn auto_calibration_is_never_worse_than_the_best_single_rule_on_held_out_images() {
+    use overparam_engine::calib::{AUTO_CANDIDATES, seeded_batches};
+    use overparam_engine::quant::{CalibRecord, Quantization, calibrate, model_sha256};
+    use overparam_fuse::spec::Normalization;
+    let t = build(
+        ModelKind::VggSmall,
+        &ClassifierOptions {
+            width: 0.125,
+            num_classes: 10,
+            image_size: 28,
+            in_channels: 1,
+            ..ClassifierOptions::new(MethodConfig::new(MethodKind::Plain))
+        },
+    )
+    .unwrap();
+    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 9);
+    let (mut spec, dw) = fold(&t, &w).unwrap();
+    spec.input.normalize = Some(Normalization {
+        mean: vec![0.3],
+        std: vec![0.35],
+    });
+    let set = overparam_data::idx::synthetic_set(96, 28, 10, 3, "train");
+    let q = Quantization {
+        images: 48,
+        heldout: 32,
+        ..Default::default()
+    };
+    let c = calibrate(&spec, &dw, &set, &q, 16, &Silent).unwrap();
+    let auto = c
+        .record
+        .auto
+        .clone()
+        .expect("auto records its measurements");
+    assert_eq!((c.record.images, auto.heldout_images), (48, 32));
+    assert_eq!(auto.uniform.len(), AUTO_CANDIDATES.len());
+    assert_eq!(c.record.choice.len(), c.plan.thresholds.len());
+    let best_uniform = auto
+        .uniform
+        .iter()
+        .map(|u| u.1)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        auto.error <= best_uniform,
+        "{} > {best_uniform}",
+        auto.error
+    );
+
+    // The same measurement, made here: normalised squared error of the logits on the
+    // held-out images (positions 48..80 of the seeded draw).
+    let norm = q.normalization(&spec).unwrap();
+    let calib = seeded_batches(&set, &norm, 0..48, 16, 0).unwrap();
+    let heldout = seeded_batches(&set, &norm, 48..80, 16, 0).unwrap();
+    assert!(
+        calib.iter().all(|b| !heldout.contains(b)),
+        "held-out images were calibrated on"
+    );
+    let outputs = |quant: Option<overparam_engine::export::QuantPlan>| -> Vec<f32> {
+        let mut o = ExportOptions::new(if quant.is_some() {
+            Precision::Int8
+        } else {
+            Precision::Fp32
+        });
+        o.batch = 16;
+        o.quant = quant;
+        let mut rt = OrtRuntime::new(&to_bytes(&export(&spec, &dw, &o).unwrap()), None).unwrap();
+        heldout
+            .iter()
+            .flat_map(|b| rt.run(b).unwrap().remove(0).2)
+            .collect()
+    };
+    let fp32 = outputs(None);
+    let mean = fp32.iter().map(|v| *v as f64).sum::<f64>() / fp32.len() as f64;
+    let spread: f64 = fp32.iter().map(|v| (*v as f64 - mean).powi(2)).sum();
+    let err = |got: &[f32]| -> f64 {
+        got.iter()
+            .zip(&fp32)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            / spread
+    };
+    let chosen = err(&outputs(Some(c.plan.clone())));
+    assert!(
+        (chosen - auto.error).abs() <= 1e-6 * chosen.max(1e-30),
+        "{chosen} vs {}",
+        auto.error
+    );
+    let start = overparam_engine::calib::plan(&c.hists, auto.start, q.encoding);
+    assert!(chosen <= err(&outputs(Some(start))));
+
+    // The record round-trips, belongs to this model, and is refused for another.
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("m.calib.json");
+    std::fs::write(&path, c.record.to_json().unwrap()).unwrap();
+    let back = CalibRecord::read(&path, &spec, &dw).unwrap();
+    assert_eq!(back, c.record);
+    assert_eq!(back.model_sha256, model_sha256(&spec, &dw));
+    let mut other = dw.clone();
+    other.values_mut().next().unwrap().data[0] += 1.0;
+    let e = CalibRecord::read(&path, &spec, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("m.calib.json") && e.contains("another model"),
+        "{e}"
+    );
+    let old = c
+        .record
+        .to_json()
+        .unwrap()
+        .replace("\"version\": 2", "\"version\": 1");
+    std::fs::write(&path, old).unwrap();
+    let e = CalibRecord::read(&path, &spec, &dw)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("version 1") && e.contains("calibrate again"),
+        "{e}"
+    );
 }

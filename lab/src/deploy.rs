@@ -1,14 +1,16 @@
-//! Deploy-side steps that `export`, `engine accuracy` and `bench` share: loading a deploy
-//! checkpoint, the calibration images, partial-INT8 plans, an in-memory export of a
-//! checkpoint, and writing an INT8 model with its calibration record as a pair.
+//! Deploy-side work: `overparam export` ([`export`]), `engine accuracy` ([`accuracy`]) and
+//! `bench` ([`export_for_timing`]) are each one call here, and share loading a deploy
+//! checkpoint, the calibration images, an in-memory export, and writing an INT8 model with its
+//! calibration record as a pair. Every calibration takes its whole recipe as one
+//! [`Quantization`].
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use overparam_base::Progress;
 use overparam_data::cifar::ImageSet;
 use overparam_data::metrics::TopK;
-use overparam_engine::export::{KeptPrecision, QuantPlan, quantizable_layers};
+use overparam_engine::export::{Precision, QuantPlan};
+use overparam_engine::quant::{CalibRecord, Calibration, Quantization};
 use overparam_fuse::{DeploySpec, Weights};
 
 use crate::{Error, Result};
@@ -66,83 +68,110 @@ pub fn calibration_set(
     })
 }
 
-/// Leaves `keep` out of INT8 in `precision` (default: the encoding's); every name must be a
-/// conv or linear layer of the model. Returns the plan and the kept layers, sorted.
-pub fn partial_plan(
-    spec: &DeploySpec,
-    mut p: QuantPlan,
-    keep: &[String],
-    precision: Option<KeptPrecision>,
-) -> Result<(QuantPlan, Vec<String>)> {
-    let layers: Vec<String> = quantizable_layers(spec).into_iter().map(|l| l.0).collect();
-    let keep: BTreeSet<String> = keep.iter().cloned().collect();
-    if let Some(bad) = keep.iter().find(|k| !layers.contains(k)) {
-        return Err(Error::Run(format!(
-            "--keep: `{bad}` is not a conv or linear layer of this model (layers: {})",
-            layers.join(", ")
-        )));
-    }
-    if let Some(k) = precision {
-        p.kept = k;
-    }
-    if !keep.is_empty() {
-        p.layers = Some(layers.into_iter().filter(|l| !keep.contains(l)).collect());
-    }
-    Ok((p, keep.into_iter().collect()))
-}
-
 /// A deploy checkpoint exported in memory at `precision` and static `batch`, for timing. INT8
-/// is calibrated on 256 images of `calib` (default: synthetic) with the entropy calibrator and
-/// the uint8 encoding ONNX Runtime runs fastest; a model without recorded normalisation uses
-/// mean 0.5, std 0.25.
+/// is calibrated by the recipe `q` on the train split of `calib` (default: synthetic images).
 pub fn export_for_timing(
     path: &Path,
-    precision: overparam_engine::export::Precision,
+    precision: Precision,
     batch: usize,
     calib: Option<&Path>,
+    q: &Quantization,
     progress: &dyn Progress,
 ) -> Result<Vec<u8>> {
-    use overparam_engine::calib::{Calibrator, calibration_batches, collect, plan};
-    use overparam_engine::export::{
-        ActivationEncoding, ExportOptions, Precision, export, to_bytes,
-    };
     let file = path.display();
     let (spec, w) = load_deploy(path)?;
-    let mut o = ExportOptions::new(precision);
-    o.batch = batch;
-    if precision == Precision::Int8 {
+    let quant = if precision == Precision::Int8 {
         let set = calibration_set(calib, &spec, progress)?;
-        let c = spec.input.channels;
-        let norm = overparam_engine::accuracy::normalization(&spec).unwrap_or(
-            overparam_data::loader::Normalize {
-                mean: vec![0.5; c],
-                std: vec![0.25; c],
-            },
-        );
-        let calibrating =
-            |e: overparam_engine::Error| Error::from(e).context(format!("calibrating {file}"));
-        let batches = calibration_batches(&set, &norm, 256, o.batch, 0).map_err(calibrating)?;
-        let hists = collect(&spec, &w, &batches, &overparam_base::Silent).map_err(calibrating)?;
-        o.quant = Some(plan(
-            &hists,
-            Calibrator::Entropy,
-            ActivationEncoding::UnsignedOffset,
-        ));
-    }
-    let g =
-        export(&spec, &w, &o).map_err(|e| Error::from(e).context(format!("exporting {file}")))?;
-    Ok(to_bytes(&g))
+        let c = overparam_engine::quant::calibrate(&spec, &w, &set, q, batch, progress)
+            .map_err(|e| Error::from(e).context(format!("calibrating {file}")))?;
+        Some(c.plan)
+    } else {
+        None
+    };
+    export_bytes(&spec, &w, precision, batch, quant)
+        .map_err(|e| e.context(format!("exporting {file}")))
 }
 
-/// An INT8 model against its FP32 export on a test set, INT8 calibrated on a training set;
-/// the normalisation and histograms come back for a sensitivity study.
-pub struct Int8Eval {
-    pub norm: overparam_data::loader::Normalize,
-    pub fp32: TopK,
-    pub int8: TopK,
-    pub hists: std::collections::BTreeMap<String, overparam_engine::calib::Histogram>,
-    /// Calibration images used.
-    pub calib_used: usize,
+/// What `overparam export` writes.
+#[derive(Clone, Debug)]
+pub struct ExportRequest {
+    /// A deploy checkpoint.
+    pub input: PathBuf,
+    /// The ONNX file (INT8 also writes `<output>.calib.json`).
+    pub output: PathBuf,
+    pub precision: Precision,
+    pub batch: usize,
+    /// INT8: the dataset directory whose train split calibrates (default: synthetic images).
+    pub calib: Option<PathBuf>,
+    /// INT8: the recipe.
+    pub quant: Quantization,
+    /// INT8: the thresholds of this calibration record instead of calibrating (it must be of
+    /// this model and this version).
+    pub record: Option<PathBuf>,
+}
+
+/// What [`export`] wrote.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    pub bytes: usize,
+    /// INT8: the record's path and content.
+    pub record: Option<(PathBuf, CalibRecord)>,
+}
+
+/// `overparam export`: checks the outputs against the inputs, calibrates (or reads a record),
+/// exports, and writes the model (with its record, as a pair). Nothing is written until
+/// everything is computed.
+pub fn export(r: &ExportRequest, progress: &dyn Progress) -> Result<Exported> {
+    let mut inputs = vec![r.input.as_path()];
+    inputs.extend(r.calib.as_deref());
+    inputs.extend(r.record.as_deref());
+    for out in [r.output.clone(), calib_path(&r.output)] {
+        overparam_base::check_output(&out, &inputs).map_err(|e| Error::Run(e.to_string()))?;
+    }
+    if r.precision != Precision::Int8 && (!r.quant.keep.is_empty() || r.record.is_some()) {
+        return Err(Error::Run(
+            "--keep and --calib-record describe an INT8 model; they need --precision int8".into(),
+        ));
+    }
+    let (spec, w) = load_deploy(&r.input)?;
+    let file = r.input.display();
+    let record = match (r.precision, &r.record) {
+        (Precision::Int8, Some(path)) => {
+            // The thresholds are the record's; the encoding and kept layers are this export's
+            // (one calibration serves both encodings, as the pipeline's two INT8 models show).
+            let mut rec = CalibRecord::read(path, &spec, &w)?;
+            rec.encoding = r.quant.encoding;
+            if !r.quant.keep.is_empty() {
+                rec.kept_layers = r.quant.keep.clone();
+            }
+            rec.kept_precision = r.quant.kept();
+            rec.models.clear();
+            Some(rec)
+        }
+        (Precision::Int8, None) => {
+            r.quant.check()?;
+            let set = calibration_set(r.calib.as_deref(), &spec, progress)?;
+            let c =
+                overparam_engine::quant::calibrate(&spec, &w, &set, &r.quant, r.batch, progress)
+                    .map_err(|e| Error::from(e).context(format!("calibrating {file}")))?;
+            Some(c.record)
+        }
+        _ => None,
+    };
+    let plan = record.as_ref().map(|c| c.plan(&spec)).transpose()?;
+    let bytes = export_bytes(&spec, &w, r.precision, r.batch, plan)
+        .map_err(|e| e.context(format!("exporting {file}")))?;
+    let record = match record {
+        Some(rec) => Some((write_model_and_calib(&r.output, &bytes, &rec)?, rec)),
+        None => {
+            crate::write(&r.output, &bytes)?;
+            None
+        }
+    };
+    Ok(Exported {
+        bytes: bytes.len(),
+        record,
+    })
 }
 
 /// The ONNX bytes of a deploy model at `precision`, static `batch`, with an INT8 plan.
@@ -160,41 +189,43 @@ pub fn export_bytes(
     Ok(to_bytes(&export(spec, w, &o)?))
 }
 
+/// An INT8 model against its FP32 export on a test set, INT8 calibrated on a training set;
+/// the normalisation and the calibration come back for a sensitivity study.
+pub struct Int8Eval {
+    pub norm: overparam_data::loader::Normalize,
+    pub fp32: TopK,
+    pub int8: TopK,
+    pub calibration: Calibration,
+}
+
 /// [`Int8Eval`] of a classifier: both exports at static `batch`, evaluated through ONNX
-/// Runtime on the CPU. `engine accuracy` and each grid cell's INT8 drop use it.
-#[allow(clippy::too_many_arguments)]
+/// Runtime on the CPU, INT8 calibrated on `train` by the recipe `q`. `engine accuracy` and
+/// each grid cell's INT8 drop use it.
 pub fn int8_against_fp32(
     spec: &DeploySpec,
     w: &Weights,
     train: &ImageSet,
     test: &ImageSet,
-    calibrator: overparam_engine::calib::Calibrator,
-    encoding: overparam_engine::export::ActivationEncoding,
-    calib_images: usize,
+    q: &Quantization,
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<Int8Eval> {
-    use overparam_engine::accuracy::{evaluate, normalization};
-    use overparam_engine::export::Precision;
-    let norm = normalization(spec)?;
+    use overparam_engine::accuracy::evaluate;
+    let norm = q.normalization(spec)?;
     let fp32 = evaluate(
         &export_bytes(spec, w, Precision::Fp32, batch, None)?,
         test,
         &norm,
     )?;
-    let (plan, hists, calib_used) = overparam_engine::calib::calibrate(
-        spec,
-        w,
-        train,
-        &norm,
-        calib_images,
-        batch,
-        calibrator,
-        encoding,
-        progress,
-    )?;
+    let calibration = overparam_engine::quant::calibrate(spec, w, train, q, batch, progress)?;
     let int8 = evaluate(
-        &export_bytes(spec, w, Precision::Int8, batch, Some(plan))?,
+        &export_bytes(
+            spec,
+            w,
+            Precision::Int8,
+            batch,
+            Some(calibration.plan.clone()),
+        )?,
         test,
         &norm,
     )?;
@@ -202,8 +233,136 @@ pub fn int8_against_fp32(
         norm,
         fp32,
         int8,
-        hists,
-        calib_used,
+        calibration,
+    })
+}
+
+/// What `overparam engine accuracy` measures.
+#[derive(Clone, Debug)]
+pub struct AccuracyRequest {
+    pub deploy: PathBuf,
+    /// The dataset: its test (`val`) split is evaluated, its train split calibrates.
+    pub data: PathBuf,
+    pub quant: Quantization,
+    /// Static batch of the classifier exports.
+    pub batch: usize,
+    /// The per-layer sensitivity scan and a partial-INT8 model within a budget.
+    pub sensitivity: Option<SensitivityRequest>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SensitivityRequest {
+    /// Allowed top-1 drop, points.
+    pub budget: f64,
+    /// Write the partial-INT8 model here (batch 1), with its record.
+    pub output: Option<PathBuf>,
+}
+
+/// [`accuracy`]'s measurements.
+pub enum AccuracyReport {
+    Classification {
+        test_images: usize,
+        /// Top-1 error, %.
+        fp32: f64,
+        fp16: f64,
+        int8: f64,
+        record: CalibRecord,
+        weight_ranges: Vec<overparam_engine::accuracy::WeightRange>,
+        sensitivity: Option<SensitivityReport>,
+    },
+    Dense {
+        val_scenes: usize,
+        rows: Vec<overparam_engine::dense::PrecisionRow>,
+        record: CalibRecord,
+    },
+}
+
+pub struct SensitivityReport {
+    /// Worst first.
+    pub ranked: Vec<overparam_engine::accuracy::Sensitivity>,
+    pub budget: f64,
+    /// The partial model's top-1 error, %.
+    pub partial_top1_err: f64,
+    pub kept: Vec<String>,
+    pub kept_precision: overparam_engine::export::KeptPrecision,
+    /// The model and record written.
+    pub written: Option<(PathBuf, PathBuf)>,
+}
+
+/// `overparam engine accuracy`: FP32, FP16 and INT8 through ONNX Runtime on a dataset, and
+/// optionally the per-layer sensitivity scan with a partial-INT8 model within a budget.
+pub fn accuracy(r: &AccuracyRequest, progress: &dyn Progress) -> Result<AccuracyReport> {
+    use overparam_engine::accuracy::{Int8Study, evaluate, weight_ranges};
+    if let Some(out) = r.sensitivity.as_ref().and_then(|s| s.output.as_ref()) {
+        for out in [out.clone(), calib_path(out)] {
+            overparam_base::check_output(&out, &[&r.deploy, &r.data])
+                .map_err(|e| Error::Run(e.to_string()))?;
+        }
+    }
+    r.quant.check()?;
+    let (spec, w) = load_deploy(&r.deploy)?;
+    if spec.has_dense_outputs() {
+        use overparam_data::nyuv2::NyuSplit;
+        let train = NyuSplit::open(&r.data, "train")?;
+        let val = NyuSplit::open(&r.data, "val")?;
+        let (rows, _, cal) =
+            overparam_engine::dense::precision_table(&spec, &w, &train, &val, &r.quant, progress)?;
+        return Ok(AccuracyReport::Dense {
+            val_scenes: val.len(),
+            rows,
+            record: cal.record,
+        });
+    }
+    let (train, test) = classifier_splits(&spec, &r.data)?;
+    let e = int8_against_fp32(&spec, &w, &train, &test, &r.quant, r.batch, progress)?;
+    let fp16 = export_bytes(&spec, &w, Precision::Fp16, r.batch, None)?;
+    let fp16 = evaluate(&fp16, &test, &e.norm)?.top1_error();
+    let fp32 = e.fp32.top1_error();
+    let sensitivity = match &r.sensitivity {
+        None => None,
+        Some(s) => {
+            let mut full = e.calibration.plan.clone();
+            full.layers = None;
+            let study = Int8Study {
+                spec: &spec,
+                weights: &w,
+                plan: &full,
+                kept: r.quant.kept(),
+                set: &test,
+                norm: &e.norm,
+                batch: r.batch,
+                fp32_top1_err: fp32,
+            };
+            let ranked = study.sensitivity()?;
+            let (p, err, kept) = study.partial_int8(&ranked, s.budget)?;
+            let written = match &s.output {
+                None => None,
+                Some(out) => {
+                    let mut rec = e.calibration.record.clone();
+                    rec.kept_layers = kept.clone();
+                    rec.kept_precision = p.kept;
+                    let bytes = export_bytes(&spec, &w, Precision::Int8, 1, Some(p))?;
+                    Some((out.clone(), write_model_and_calib(out, &bytes, &rec)?))
+                }
+            };
+            Some(SensitivityReport {
+                ranked,
+                budget: s.budget,
+                partial_top1_err: err,
+                kept,
+                kept_precision: study.kept,
+                written,
+            })
+        }
+    };
+    Ok(AccuracyReport::Classification {
+        test_images: test.len(),
+        fp32,
+        fp16,
+        int8: e.int8.top1_error(),
+        record: e.calibration.record,
+        weight_ranges: weight_ranges(&spec, &w),
+        sensitivity,
     })
 }
 
@@ -222,13 +381,9 @@ pub fn calib_path(model: &Path) -> PathBuf {
 /// Writes an INT8 model and its calibration record (`<model>.calib.json`) as a pair: both go
 /// to temporary files first and are renamed over the old ones only when both are written, so
 /// a failure leaves an earlier pair as it was. Returns the record's path.
-pub fn write_model_and_calib(
-    model: &Path,
-    bytes: &[u8],
-    json: &serde_json::Value,
-) -> Result<PathBuf> {
+pub fn write_model_and_calib(model: &Path, bytes: &[u8], record: &CalibRecord) -> Result<PathBuf> {
     let calib = calib_path(model);
-    let text = serde_json::to_string_pretty(json)?;
+    let text = record.to_json()?;
     let temp_of = |p: &Path| -> Result<PathBuf> {
         overparam_base::fs::temp_sibling(p, overparam_base::fs::TMP).map_err(Error::io(p))
     };
@@ -263,11 +418,32 @@ pub fn write_model_and_calib(
 mod tests {
     use super::*;
 
+    fn record() -> CalibRecord {
+        CalibRecord {
+            version: overparam_engine::quant::CALIB_VERSION,
+            model_sha256: "0".repeat(64),
+            calibrator: overparam_engine::calib::Calibrator::Max,
+            percentile: None,
+            images: 1,
+            heldout_images: 0,
+            seed: 0,
+            encoding: Default::default(),
+            kept_layers: vec![],
+            kept_precision: Default::default(),
+            normalization: None,
+            thresholds: Default::default(),
+            amax: Default::default(),
+            choice: Default::default(),
+            auto: None,
+            models: Default::default(),
+        }
+    }
+
     #[test]
     fn a_failed_pair_write_names_the_file_and_leaves_no_temp_files() {
         let d = tempfile::tempdir().unwrap();
         let model = d.path().join("m.onnx");
-        let j = serde_json::json!({"thresholds": {}});
+        let j = record();
         let calib = write_model_and_calib(&model, b"one", &j).unwrap();
         assert_eq!(calib, d.path().join("m.calib.json"));
         assert_eq!(std::fs::read(&model).unwrap(), b"one");

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use overparam_engine::calib::Calibrator;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,12 +30,8 @@ pub struct Args {
     /// Frames published over zenoh (loopback, in-process listener).
     #[arg(long, default_value_t = 300, value_parser = crate::args::count::<u64>)]
     frames: u64,
-    /// Calibration images for INT8.
-    #[arg(long, default_value_t = 64, value_parser = crate::args::count::<usize>)]
-    calib_images: usize,
-    /// INT8 calibrator: entropy (TensorRT's default), max, mse or percentile.
-    #[arg(long, default_value = "entropy")]
-    calibrator: Calibrator,
+    #[command(flatten)]
+    calibration: crate::args::CalibArgs,
     /// Start from your own trained network: this ONNX (from torch.onnx.export) is imported,
     /// expanded exactly with --method, fine-tuned, folded, exported, measured and (with dense
     /// outputs) published. Default config: the embedded configs/finetune.toml.
@@ -69,8 +64,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         budget_ms: a.budget_ms,
         iters: a.iters,
         frames: a.frames,
-        calib_images: a.calib_images,
-        calibrator: a.calibrator,
+        quant: a.calibration.recipe(
+            64,
+            overparam_engine::export::ActivationEncoding::SignedSymmetric,
+            overparam_engine::quant::NormSource::Model,
+        ),
         from: a.from,
         method: a.method,
         normalize: if a.mean.is_empty() {

@@ -146,7 +146,7 @@ pub fn run_cell(grid: &Grid, c: &Cell, progress: &dyn Progress) -> Result<CellRe
     let sd = overparam_fuse::inspect::summarize(&dep.spec)?;
     let int8_drop = if grid.experiment.int8 {
         progress.event(&format!("{}: INT8 drop through ONNX Runtime…", c.name));
-        int8_drop(&cfg, &dep, grid.experiment.calib_images, mtl, progress)?
+        int8_drop(&cfg, &dep, &grid.experiment.quantization(), mtl, progress)?
     } else {
         BTreeMap::new()
     };
@@ -207,18 +207,17 @@ fn before_fine_tuning(cdir: &std::path::Path, mtl: bool) -> Result<BTreeMap<Stri
         .collect())
 }
 
-/// INT8 (entropy calibration, TensorRT's symmetric encoding) minus FP32 ONNX, per metric.
+/// INT8 (the grid's calibrator, TensorRT's symmetric encoding) minus FP32 ONNX, per metric.
 #[cfg(feature = "train")]
 fn int8_drop(
     cfg: &overparam_config::TrainConfig,
     dep: &overparam_fuse::checkpoint::Checkpoint,
-    calib_images: usize,
+    q: &overparam_engine::quant::Quantization,
     mtl: bool,
     progress: &dyn Progress,
 ) -> Result<BTreeMap<String, f64>> {
     use crate::deploy::export_bytes;
-    use overparam_engine::calib::Calibrator;
-    use overparam_engine::export::{ActivationEncoding, Precision};
+    use overparam_engine::export::Precision;
     let overparam_fuse::AnySpec::Deploy(spec) = &dep.spec else {
         return Err(Error::Run(format!(
             "{} holds a train spec",
@@ -226,20 +225,11 @@ fn int8_drop(
         )));
     };
     let w = &dep.weights;
-    let enc = ActivationEncoding::SignedSymmetric;
     let mut out = BTreeMap::new();
     if mtl {
         use overparam_engine::dense;
         let (train, val) = overparam_train::mtl_trainer::load_splits(cfg)?;
-        let (p, _, _) = dense::calibrate(
-            spec,
-            w,
-            &train,
-            calib_images,
-            Calibrator::Entropy,
-            enc,
-            progress,
-        )?;
+        let p = dense::calibrate(spec, w, &train, q, progress)?.plan;
         let heads = dense::heads(spec);
         let fp32 = dense::evaluate(
             &export_bytes(spec, w, Precision::Fp32, 1, None)?,
@@ -257,17 +247,7 @@ fn int8_drop(
     } else {
         let (train, test) = overparam_train::trainer::load_data(cfg)?;
         // Batch 50 for export and calibration: the batch the committed grids were measured with.
-        let e = crate::deploy::int8_against_fp32(
-            spec,
-            w,
-            &train,
-            &test,
-            Calibrator::Entropy,
-            enc,
-            calib_images,
-            50,
-            progress,
-        )?;
+        let e = crate::deploy::int8_against_fp32(spec, w, &train, &test, q, 50, progress)?;
         let (fp32, int8) = (e.fp32, e.int8);
         out.insert(TOP1.into(), int8.top1_error() - fp32.top1_error());
         out.insert(TOP5.into(), int8.top5_error() - fp32.top5_error());

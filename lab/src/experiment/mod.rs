@@ -46,7 +46,23 @@ pub struct Experiment {
     pub int8: bool,
     #[serde(default = "calib_default")]
     pub calib_images: usize,
+    /// The calibrator of each cell's INT8 drop (default auto; the grids committed before auto
+    /// existed say `entropy`, so they rerun as committed).
+    #[serde(default)]
+    pub calibrator: overparam_engine::calib::Calibrator,
     pub cells: Vec<CellSpec>,
+}
+
+impl Experiment {
+    /// The INT8 recipe of every cell: the grid's calibrator and images, TensorRT's encoding,
+    /// the model's recorded normalisation.
+    pub fn quantization(&self) -> overparam_engine::quant::Quantization {
+        overparam_engine::quant::Quantization {
+            calibrator: self.calibrator,
+            images: self.calib_images,
+            ..Default::default()
+        }
+    }
 }
 
 fn yes() -> bool {

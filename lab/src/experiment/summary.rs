@@ -263,7 +263,7 @@ impl Charts {
         save(
             &self.int8,
             &format!("INT8 minus FP32: {}", drop_key(t)),
-            "change (onnx runtime, entropy calibration)",
+            "change (onnx runtime; the grid's calibrator, experiment.json)",
             PLOT_INT8,
         )?;
         Ok(files)

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use overparam_base::Progress;
 use overparam_config::TrainConfig;
-use overparam_engine::calib::Calibrator;
 use overparam_engine::export::{
     ActivationEncoding, ExportOptions, KeptPrecision, Precision, QuantPlan, export, to_bytes,
 };
 use overparam_engine::latency::{LatencyReport, measure_ort};
+use overparam_engine::quant::{CalibRecord, Quantization};
 use overparam_engine::runtime::Provider;
 use overparam_fuse::{DeploySpec, Weights};
 
@@ -48,8 +48,9 @@ pub struct Options {
     pub iters: usize,
     /// Frames published over zenoh.
     pub frames: u64,
-    pub calib_images: usize,
-    pub calibrator: Calibrator,
+    /// The INT8 recipe (its encoding is ignored: the pipeline writes both encodings from one
+    /// calibration in TensorRT's).
+    pub quant: Quantization,
     /// Start from a trained network: this ONNX, imported, expanded exactly and fine-tuned.
     pub from: Option<PathBuf>,
     /// The method of `--from`'s fine-tuning (else the config's).
@@ -237,6 +238,8 @@ pub struct Accuracy {
     pub models: Vec<Variant>,
     /// The INT8 thresholds both INT8 models share.
     pub plan: QuantPlan,
+    /// How they were made (`calib.json`).
+    pub record: CalibRecord,
     pub table: AccuracyTable,
 }
 
@@ -267,20 +270,15 @@ pub fn accuracy(
     mtl: bool,
     progress: &dyn Progress,
 ) -> Result<Accuracy> {
-    use overparam_engine::{accuracy, calib, dense};
-    let enc = ActivationEncoding::SignedSymmetric;
+    use overparam_engine::{accuracy, dense};
+    let q = Quantization {
+        encoding: ActivationEncoding::SignedSymmetric,
+        ..o.quant.clone()
+    };
     if mtl {
         let (train, val) = overparam_train::mtl_trainer::load_splits(cfg)?;
-        let (rows, models, plan) = dense::precision_table(
-            spec,
-            w,
-            &train,
-            &val,
-            o.calib_images,
-            o.calibrator,
-            enc,
-            progress,
-        )?;
+        let (rows, models, cal) = dense::precision_table(spec, w, &train, &val, &q, progress)?;
+        let plan = cal.plan;
         let mut models: Vec<Variant> = models
             .into_iter()
             .map(|(p, b)| Variant::new(p, b))
@@ -294,24 +292,16 @@ pub fn accuracy(
             plan,
             table: AccuracyTable::Dense {
                 scenes: val.len(),
-                calib_scenes: o.calib_images.min(train.len()),
+                calib_scenes: cal.record.images,
                 metrics,
             },
+            record: cal.record,
         });
     }
     let (train, test) = overparam_train::trainer::load_data(cfg)?;
-    let norm = accuracy::normalization(spec)?;
-    let (plan, _, used) = calib::calibrate(
-        spec,
-        w,
-        &train,
-        &norm,
-        o.calib_images,
-        1,
-        o.calibrator,
-        enc,
-        progress,
-    )?;
+    let norm = q.normalization(spec)?;
+    let cal = overparam_engine::quant::calibrate(spec, w, &train, &q, 1, progress)?;
+    let (plan, used) = (cal.plan, cal.record.images);
     let mut models = vec![];
     for p in [Precision::Fp32, Precision::Fp16, Precision::Int8] {
         let mut eo = ExportOptions::new(p);
@@ -329,6 +319,7 @@ pub fn accuracy(
     Ok(Accuracy {
         models,
         plan,
+        record: cal.record,
         table: AccuracyTable::Classification {
             images: test.len(),
             calib_images: used,
@@ -338,22 +329,19 @@ pub fn accuracy(
 }
 
 /// Writes the exports and `calib.json` into the run directory.
-pub fn write_exports(dir: &Path, a: &Accuracy, o: &Options) -> Result<()> {
+pub fn write_exports(dir: &Path, a: &Accuracy) -> Result<()> {
     for v in &a.models {
         crate::write(&dir.join(v.file), &v.bytes)?;
     }
-    crate::write(
-        &dir.join("calib.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "calibrator": o.calibrator, "images": o.calib_images, "encoding": a.plan.encoding,
-            "thresholds": a.plan.thresholds,
-            "models": {
-                "model.int8.onnx": ActivationEncoding::SignedSymmetric,
-                "model.int8.cpu.onnx": ActivationEncoding::UnsignedOffset,
-            },
-        }))?
-        .as_bytes(),
-    )
+    let mut record = a.record.clone();
+    record.models = [
+        ("model.int8.onnx", ActivationEncoding::SignedSymmetric),
+        ("model.int8.cpu.onnx", ActivationEncoding::UnsignedOffset),
+    ]
+    .into_iter()
+    .map(|(f, e)| (f.to_string(), e))
+    .collect();
+    crate::write(&dir.join("calib.json"), record.to_json()?.as_bytes())
 }
 
 /// Stage 6: every model's latency on the CPU runtime, and which one is published.
@@ -588,8 +576,8 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
     );
     stage(progress, 5, "accuracy per precision through ONNX Runtime");
     let acc = accuracy(&cfg, spec, w, o, mtl, progress)?;
-    md += &report::accuracy(&acc, o.calibrator);
-    write_exports(&dir, &acc, o)?;
+    md += &report::accuracy(&acc);
+    write_exports(&dir, &acc)?;
 
     stage(
         progress,
@@ -657,8 +645,7 @@ mod tests {
             budget_ms: 50.0,
             iters: 1,
             frames: 1,
-            calib_images: 1,
-            calibrator: Calibrator::Entropy,
+            quant: Quantization::default(),
             from: None,
             method: None,
             normalize: None,

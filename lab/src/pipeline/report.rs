@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use overparam_config::files::METRICS_FILE;
 use overparam_config::{Routine, TrainConfig};
-use overparam_engine::calib::Calibrator;
 
 use super::{
     Accuracy, AccuracyTable, Bridged, Fold, Latency, Options, Trained, Variant, WARMUP_RUNS,
@@ -244,9 +243,29 @@ fn fold_precision_table(r: &overparam_fuse::verify::FoldReport) -> String {
     md
 }
 
+/// How the INT8 thresholds were chosen, in a phrase: the calibrator, and for auto the
+/// candidate it started from, the tensors it moved and the held-out images it chose on.
+pub fn calibration_words(r: &overparam_engine::quant::CalibRecord) -> String {
+    match &r.auto {
+        Some(a) => format!(
+            "auto calibration (best single rule on {} held-out images: {}; {} of {} tensors given another rule, held-out output error {:.3e})",
+            a.heldout_images,
+            a.start,
+            a.changed.len(),
+            r.choice.len(),
+            a.error
+        ),
+        None => match r.percentile {
+            Some(p) => format!("percentile {p} calibration"),
+            None => format!("{} calibration", r.calibrator),
+        },
+    }
+}
+
 /// The accuracy table per precision and the files written.
-pub fn accuracy(a: &Accuracy, c: Calibrator) -> String {
+pub fn accuracy(a: &Accuracy) -> String {
     let mut md = String::new();
+    let c = calibration_words(&a.record);
     match &a.table {
         AccuracyTable::Dense {
             scenes,
@@ -255,7 +274,7 @@ pub fn accuracy(a: &Accuracy, c: Calibrator) -> String {
         } => {
             let _ = writeln!(
                 md,
-                "## Accuracy per precision\n\n{scenes} validation scenes through ONNX Runtime (CPU); {c:?} calibration on {calib_scenes} training scenes. Both INT8 models use the same thresholds: `int8 trt` is TensorRT's encoding (symmetric Q/DQ, int8 activations with zero point 0, kept layers FP16), `int8 cpu` the CPU encoding (uint8 activations, conv outputs quantised too, so ONNX Runtime fuses QLinearConv).\n"
+                "## Accuracy per precision\n\n{scenes} validation scenes through ONNX Runtime (CPU); {c} on {calib_scenes} training scenes. Both INT8 models use the same thresholds: `int8 trt` is TensorRT's encoding (symmetric Q/DQ, int8 activations with zero point 0, kept layers FP16), `int8 cpu` the CPU encoding (uint8 activations, conv outputs quantised too, so ONNX Runtime fuses QLinearConv).\n"
             );
             md += "| metric | fp32 | fp16 | int8 trt | int8 cpu | int8 trt − fp32 | int8 cpu − fp32 |\n|---|---|---|---|---|---|---|\n";
             for (k, n) in overparam_engine::dense::METRICS.iter().enumerate() {
@@ -279,7 +298,7 @@ pub fn accuracy(a: &Accuracy, c: Calibrator) -> String {
         } => {
             let _ = writeln!(
                 md,
-                "## Accuracy per precision\n\n{images} test images through ONNX Runtime (CPU); {c:?} calibration on {calib_images} training images; `int8 trt` is TensorRT's encoding (symmetric Q/DQ), `int8 cpu` the CPU encoding (uint8, QLinearConv), with the same thresholds.\n\n| precision | top-1 err % | top-5 err % | top-1 drop vs fp32 |\n|---|---|---|---|",
+                "## Accuracy per precision\n\n{images} test images through ONNX Runtime (CPU); {c} on {calib_images} training images; `int8 trt` is TensorRT's encoding (symmetric Q/DQ), `int8 cpu` the CPU encoding (uint8, QLinearConv), with the same thresholds.\n\n| precision | top-1 err % | top-5 err % | top-1 drop vs fp32 |\n|---|---|---|---|",
             );
             let fp32 = errors[0].0;
             for (v, (top1, top5)) in a.models.iter().zip(errors) {

@@ -54,6 +54,11 @@ struct LatencyArgs {
     /// calibrates (default: synthetic data), as `overparam export --calib` takes it.
     #[arg(long)]
     calib: Option<PathBuf>,
+    /// Deploy checkpoints at `--precision int8` (the uint8 encoding ONNX Runtime runs fastest).
+    #[command(flatten)]
+    calibration: crate::args::CalibArgs,
+    #[command(flatten)]
+    norm: crate::args::NormArgs,
     /// Timed runs.
     #[arg(long, default_value_t = 200, value_parser = crate::args::count::<usize>)]
     iters: usize,
@@ -144,11 +149,17 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
         Runtime::Cpu | Runtime::OrtTrt => {
             let provider = a.runtime.provider()?;
             let bytes = if deploy {
+                let q = a.calibration.recipe(
+                    512,
+                    overparam_engine::export::ActivationEncoding::UnsignedOffset,
+                    a.norm.source()?,
+                );
                 overparam_lab::deploy::export_for_timing(
                     model,
                     precision,
                     a.batch.unwrap_or(1),
                     a.calib.as_deref(),
+                    &q,
                     &crate::progress::Bars::stderr(),
                 )?
             } else {
