@@ -9,7 +9,7 @@ fn bin() -> Command {
 }
 
 /// A multi-task pipeline small enough for the test suite, into `dir`.
-fn tiny_pipeline(dir: &std::path::Path, frames: &str) -> std::process::Output {
+fn tiny_pipeline(dir: &std::path::Path, frames: &str, extra: &[&str]) -> std::process::Output {
     bin()
         .args([
             "pipeline",
@@ -20,6 +20,7 @@ fn tiny_pipeline(dir: &std::path::Path, frames: &str) -> std::process::Output {
             "--calib-images",
             "4",
         ])
+        .args(extra)
         .args(["--set", &format!("run.dir=\"{}\"", dir.display())])
         .args(["--set", "model.width=0.125", "--set", "optim.epochs=1"])
         .args([
@@ -41,7 +42,7 @@ fn tiny_pipeline(dir: &std::path::Path, frames: &str) -> std::process::Output {
 #[test]
 fn multi_task_pipeline_reports_every_stage() {
     let d = tempfile::tempdir().unwrap();
-    let o = tiny_pipeline(d.path(), "40");
+    let o = tiny_pipeline(d.path(), "40", &[]);
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{text}");
     for k in 1..=8 {
@@ -67,22 +68,34 @@ fn multi_task_pipeline_reports_every_stage() {
     }
     assert!(md.contains("p99 ms"), "{md}");
     assert!(md.contains("**Received 120 of 120 messages**"), "{md}");
-    // Publishing uses the lowest p50 measured, and the report and the bridge say which.
+    // Publishing uses the lowest p50 among the models within the accuracy floor (1% on each
+    // dense metric by default; fp32 always is), and the report and the bridge say which.
     let lat: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("latency.json")).unwrap()).unwrap();
     let rows = lat["models"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{lat}");
-    let best = rows
-        .iter()
-        .min_by(|a, b| {
-            a["p50_ms"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["p50_ms"].as_f64().unwrap())
-        })
-        .unwrap();
+    let within = |r: &serde_json::Value| r["within_max_drop"].as_bool().unwrap();
+    for r in rows {
+        assert_eq!(within(r), r["drop"].as_f64().unwrap() <= 0.01, "{r}");
+    }
+    assert!(within(&rows[0]), "fp32 is always within: {lat}");
+    let fastest_within = |rows: &[serde_json::Value], floor: bool| {
+        rows.iter()
+            .filter(|r| !floor || within(r))
+            .min_by(|a, b| {
+                a["p50_ms"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b["p50_ms"].as_f64().unwrap())
+            })
+            .unwrap()["file"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let published = lat["published"].as_str().unwrap();
-    assert_eq!(published, best["file"].as_str().unwrap(), "{lat}");
+    assert_eq!(published, fastest_within(rows, true), "{lat}");
+    assert!(md.contains("**Accuracy floor**"), "{md}");
     assert!(
         md.contains(&format!("**Published model: `{published}`")),
         "{md}"
@@ -106,10 +119,16 @@ fn multi_task_pipeline_reports_every_stage() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     // A second run reuses the trained model instead of refusing the existing run directory.
-    let again = tiny_pipeline(d.path(), "5");
+    // With no floor to speak of, the fastest model of all is published.
+    let again = tiny_pipeline(d.path(), "5", &["--max-drop-dense-pct", "1e9"]);
     let t2 = String::from_utf8_lossy(&again.stderr).to_string();
     assert!(again.status.success(), "{t2}");
     assert!(t2.contains("reusing the trained model"), "{t2}");
+    let lat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("latency.json")).unwrap()).unwrap();
+    let rows = lat["models"].as_array().unwrap();
+    assert!(rows.iter().all(within), "{lat}");
+    assert_eq!(lat["published"].as_str().unwrap(), fastest_within(rows, false));
 }
 
 #[test]

@@ -32,6 +32,15 @@ pub struct Args {
     frames: u64,
     #[command(flatten)]
     calibration: crate::args::CalibArgs,
+    /// The accuracy floor of the published model: the most top-1 error points a classifier
+    /// may lose against fp32 on the evaluation split; the fastest model within it is
+    /// published (fp32 always is).
+    #[arg(long, default_value_t = 0.3, value_parser = crate::args::non_negative)]
+    max_drop: f64,
+    /// The same floor for dense metrics, as a percentage each of them may lose relative to
+    /// fp32.
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::non_negative)]
+    max_drop_dense_pct: f64,
     /// Start from your own trained network: this ONNX (from torch.onnx.export) is imported,
     /// expanded exactly with --method, fine-tuned, folded, exported, measured and (with dense
     /// outputs) published. Default config: the embedded configs/finetune.toml.
@@ -62,6 +71,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         data: a.data,
         overrides: a.overrides,
         budget_ms: a.budget_ms,
+        max_drop: overparam_lab::pipeline::MaxDrop {
+            top1_points: a.max_drop,
+            dense_relative: a.max_drop_dense_pct / 100.0,
+        },
         iters: a.iters,
         frames: a.frames,
         quant: a.calibration.recipe(

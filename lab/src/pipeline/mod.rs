@@ -51,6 +51,8 @@ pub struct Options {
     /// The INT8 recipe (its encoding is ignored: the pipeline writes both encodings from one
     /// calibration in TensorRT's).
     pub quant: Quantization,
+    /// The accuracy a published model may lose against fp32.
+    pub max_drop: MaxDrop,
     /// Start from a trained network: this ONNX, imported, expanded exactly and fine-tuned.
     pub from: Option<PathBuf>,
     /// The method of `--from`'s fine-tuning (else the config's).
@@ -344,14 +346,85 @@ pub fn write_exports(dir: &Path, a: &Accuracy) -> Result<()> {
     crate::write(&dir.join("calib.json"), record.to_json()?.as_bytes())
 }
 
+/// The accuracy floor of what gets published (`--max-drop`): a model is published only if it
+/// loses at most this much against fp32 on the evaluation split.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaxDrop {
+    /// Top-1 error points a classifier may add.
+    pub top1_points: f64,
+    /// The fraction of its fp32 value each dense metric may lose (0.01: 1%).
+    pub dense_relative: f64,
+}
+
+impl Default for MaxDrop {
+    fn default() -> Self {
+        Self {
+            top1_points: 0.3,
+            dense_relative: 0.01,
+        }
+    }
+}
+
+impl MaxDrop {
+    /// Each model's loss against fp32 (the first model), in the floor's unit: top-1 error
+    /// points, or the worst relative loss over the dense metrics (a metric the model has no
+    /// output for, NaN, is skipped; a gain counts as no loss).
+    pub fn drops(&self, table: &AccuracyTable) -> Vec<f64> {
+        match table {
+            AccuracyTable::Classification { errors, .. } => {
+                errors.iter().map(|e| e.0 - errors[0].0).collect()
+            }
+            AccuracyTable::Dense { metrics, .. } => metrics
+                .iter()
+                .map(|m| {
+                    overparam_base::task::NYU_METRICS
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| m[*k].is_finite() && metrics[0][*k].is_finite())
+                        .map(|(k, info)| {
+                            let (v, base) = (m[k], metrics[0][k]);
+                            let loss = if info.higher_is_better {
+                                base - v
+                            } else {
+                                v - base
+                            };
+                            (loss / base.abs().max(f64::MIN_POSITIVE)).max(0.0)
+                        })
+                        .fold(0.0, f64::max)
+                })
+                .collect(),
+        }
+    }
+
+    /// The limit in the unit of [`MaxDrop::drops`].
+    pub fn limit(&self, table: &AccuracyTable) -> f64 {
+        match table {
+            AccuracyTable::Classification { .. } => self.top1_points,
+            AccuracyTable::Dense { .. } => self.dense_relative,
+        }
+    }
+}
+
 /// Stage 6: every model's latency on the CPU runtime, and which one is published.
 pub struct Latency {
     pub reports: Vec<LatencyReport>,
-    /// Index of the lowest p50.
+    /// Each model's loss against fp32 ([`MaxDrop::drops`]) and whether it is within the floor.
+    pub drops: Vec<f64>,
+    pub within: Vec<bool>,
+    /// The drops are relative dense losses (else top-1 points).
+    pub dense: bool,
+    /// Index of the lowest p50 among the models within the floor (fp32 always is).
     pub chosen: usize,
+    /// Index of the lowest p50 of all.
+    pub fastest: usize,
 }
 
-pub fn latency(models: &[Variant], threads: Option<usize>, o: &Options) -> Result<Latency> {
+pub fn latency(
+    models: &[Variant],
+    acc: &AccuracyTable,
+    threads: Option<usize>,
+    o: &Options,
+) -> Result<Latency> {
     let mut reports = vec![];
     for v in models {
         reports.push(measure_ort(
@@ -364,12 +437,35 @@ pub fn latency(models: &[Variant], threads: Option<usize>, o: &Options) -> Resul
         )?);
     }
     let p50: Vec<f64> = reports.iter().map(|r| r.p50_ms).collect();
-    let chosen = fastest(&p50).ok_or_else(|| Error::Run("no latency was measured".into()))?;
-    Ok(Latency { reports, chosen })
+    let drops = o.max_drop.drops(acc);
+    let limit = o.max_drop.limit(acc);
+    let within: Vec<bool> = drops.iter().map(|d| *d <= limit).collect();
+    let none = || Error::Run("no latency was measured".into());
+    let fastest_all = fastest(&p50).ok_or_else(none)?;
+    let masked: Vec<f64> = p50
+        .iter()
+        .zip(&within)
+        .map(|(p, ok)| if *ok { *p } else { f64::NAN })
+        .collect();
+    let chosen = fastest(&masked).ok_or_else(none)?;
+    Ok(Latency {
+        reports,
+        drops,
+        within,
+        dense: matches!(acc, AccuracyTable::Dense { .. }),
+        chosen,
+        fastest: fastest_all,
+    })
 }
 
 /// Writes `latency.json` and the published model's latency histogram.
-pub fn write_latency(dir: &Path, models: &[Variant], l: &Latency, budget_ms: f64) -> Result<()> {
+pub fn write_latency(
+    dir: &Path,
+    models: &[Variant],
+    l: &Latency,
+    budget_ms: f64,
+    max_drop: &MaxDrop,
+) -> Result<()> {
     let (chosen, cr) = (&models[l.chosen], &l.reports[l.chosen]);
     crate::write(
         &dir.join("latency.json"),
@@ -378,10 +474,12 @@ pub fn write_latency(dir: &Path, models: &[Variant], l: &Latency, budget_ms: f64
             "device": l.reports[0].device,
             "budget_ms": budget_ms,
             "published": chosen.file,
-            "models": models.iter().zip(&l.reports).map(|(v, r)| serde_json::json!({
+            "max_drop": {"top1_points": max_drop.top1_points, "dense_relative": max_drop.dense_relative},
+            "models": models.iter().zip(&l.reports).enumerate().map(|(i, (v, r))| serde_json::json!({
                 "label": v.label, "file": v.file, "precision": v.precision,
                 "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
                 "within_budget": r.within_budget,
+                "drop": l.drops[i], "within_max_drop": l.within[i],
             })).collect::<Vec<_>>(),
         }))?
         .as_bytes(),
@@ -588,9 +686,9 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
         ),
     );
     let threads = cfg.run.threads;
-    let lat = latency(&acc.models, threads, o)?;
+    let lat = latency(&acc.models, &acc.table, threads, o)?;
     md += &report::latency(&acc.models, &lat, threads, o);
-    write_latency(&dir, &acc.models, &lat, o.budget_ms)?;
+    write_latency(&dir, &acc.models, &lat, o.budget_ms, &o.max_drop)?;
 
     stage(
         progress,
@@ -628,6 +726,42 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
 mod tests {
     use super::*;
 
+    /// The floor: top-1 points for a classifier; for dense metrics the worst relative loss,
+    /// whichever way each metric points, with gains counting as none.
+    #[test]
+    fn drops_are_measured_in_the_floor_units() {
+        let m = MaxDrop::default();
+        let t = AccuracyTable::Classification {
+            images: 1,
+            calib_images: 1,
+            errors: vec![(8.0, 1.0), (8.1, 1.0), (8.5, 1.0), (7.0, 1.0)],
+        };
+        let d = m.drops(&t);
+        assert!((d[1] - 0.1).abs() < 1e-9 && (d[2] - 0.5).abs() < 1e-9 && d[3] < 0.0);
+        assert_eq!(m.limit(&t), 0.3);
+        // mIoU (higher is better) loses 2%; depth abs error (lower is better) grows 0.5%.
+        let mut base = [1.0f64; 9];
+        base[0] = 0.5;
+        let mut worse = base;
+        worse[0] = 0.49;
+        let k_depth = overparam_base::task::NYU_METRICS
+            .iter()
+            .position(|x| !x.higher_is_better)
+            .unwrap();
+        worse[k_depth] = base[k_depth] * 1.005;
+        let mut better = base;
+        better[k_depth] = 0.5;
+        better[0] = f64::NAN;
+        let t = AccuracyTable::Dense {
+            scenes: 1,
+            calib_scenes: 1,
+            metrics: vec![base, worse, better],
+        };
+        let d = m.drops(&t);
+        assert!((d[1] - 0.02).abs() < 1e-9, "{d:?}");
+        assert_eq!(d[2], 0.0);
+    }
+
     #[test]
     fn fastest_is_the_lowest_p50_and_ignores_nan() {
         assert_eq!(fastest(&[10.0, 12.0, 21.0, 6.5]), Some(3));
@@ -646,6 +780,7 @@ mod tests {
             iters: 1,
             frames: 1,
             quant: Quantization::default(),
+            max_drop: MaxDrop::default(),
             from: None,
             method: None,
             normalize: None,

@@ -374,7 +374,56 @@ pub fn latency(models: &[Variant], l: &Latency, threads: Option<usize>, o: &Opti
         ratio("int8 trt"),
         ratio("int8 cpu"),
     );
+    md += &floor(models, l, o);
     md += "\n![latency histogram of the published model](latency_hist.png)\n\n";
+    md
+}
+
+/// The accuracy floor: each model's loss against fp32, and why the published one was chosen.
+fn floor(models: &[Variant], l: &Latency, o: &Options) -> String {
+    let mut md = String::new();
+    let (unit, limit) = if l.dense {
+        (
+            "worst relative loss over the dense metrics",
+            format!("{}% on each dense metric", o.max_drop.dense_relative * 100.0),
+        )
+    } else {
+        (
+            "top-1 points",
+            format!("{} points of top-1", o.max_drop.top1_points),
+        )
+    };
+    let _ = writeln!(
+        md,
+        "\n**Accuracy floor** (`--max-drop`): a model is published only if it loses at most {limit} against fp32 on the evaluation split.\n\n| model | loss vs fp32 ({unit}) | within the floor | p50 ms |\n|---|---|---|---|"
+    );
+    for (i, v) in models.iter().enumerate() {
+        let d = if l.dense {
+            format!("{:.2}%", l.drops[i] * 100.0)
+        } else {
+            format!("{:+.2}", l.drops[i])
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {d} | {} | {:.2} |",
+            v.label,
+            if l.within[i] { "yes" } else { "**no**" },
+            l.reports[i].p50_ms
+        );
+    }
+    let chosen = &models[l.chosen];
+    let why = if l.chosen == l.fastest {
+        format!(
+            "`{}` is the fastest model, and it is within the floor.",
+            chosen.label
+        )
+    } else {
+        format!(
+            "`{}` would be faster, but loses more than the floor allows; `{}` is the fastest of the models within it.",
+            models[l.fastest].label, chosen.label
+        )
+    };
+    let _ = writeln!(md, "\n{why}");
     md
 }
 
