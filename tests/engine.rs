@@ -126,6 +126,27 @@ fn export_refuses_train_checkpoints_and_writes_valid_models() {
             .unwrap();
     assert_eq!(r2["thresholds"], r["thresholds"]);
     assert_eq!(r2["encoding"], "unsigned_offset");
+    // Calibration images of another size and channel count (1×28×28 IDX for a 3×32×32
+    // model) are refused with both shapes named, and nothing is written.
+    let idx = dir.path().join("idx");
+    std::fs::create_dir(&idx).unwrap();
+    for split in ["train", "t10k"] {
+        let n = 20u32;
+        let mut images = [0x0803u32, n, 28, 28].map(u32::to_be_bytes).concat();
+        images.extend((0..n * 28 * 28).map(|i| (i % 251) as u8));
+        std::fs::write(idx.join(format!("{split}-images-idx3-ubyte")), images).unwrap();
+        let mut labels = [0x0801u32, n].map(u32::to_be_bytes).concat();
+        labels.extend((0..n).map(|i| (i % 10) as u8));
+        std::fs::write(idx.join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
+    }
+    let fresh = dir.path().join("fresh.onnx");
+    let mut args = vec!["export", ds, "--precision", "int8", "--calib", idx.to_str().unwrap()];
+    args.extend(norm);
+    args.extend(["-o", fresh.to_str().unwrap()]);
+    let o = run(&args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("1×28×28") && text(&o).contains("3×32×32"), "{}", text(&o));
+    assert!(!fresh.exists() && !fresh.with_extension("calib.json").exists());
     // A percentile outside (0, 100] is a usage error naming the flag.
     let o = run(
         &[

@@ -168,6 +168,15 @@ fn numeric_flags_share_their_rules_across_commands() {
             "--calib-images",
         ),
         (
+            vec!["export", m, "-o", m, "--percentile", "100.5"],
+            "--percentile",
+        ),
+        (
+            vec!["engine", "accuracy", m, "--data", m, "--heldout-images", "0"],
+            "--heldout-images",
+        ),
+        (vec!["pipeline", "--max-drop", "-0.1"], "--max-drop"),
+        (
             vec!["init", "--model", "vgg_small", "-o", m, "--width", "-1"],
             "--width",
         ),
