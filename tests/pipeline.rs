@@ -119,6 +119,16 @@ fn multi_task_pipeline_reports_every_stage() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     // A second run reuses the trained model instead of refusing the existing run directory.
+    // calib.json is the typed record: this model's, one rule per tensor, both INT8 files.
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("calib.json")).unwrap()).unwrap();
+    assert_eq!(rec["version"], 2, "{rec}");
+    assert_eq!(rec["calibrator"], "auto", "{rec}");
+    assert_eq!(
+        rec["choice"].as_object().unwrap().len(),
+        rec["thresholds"].as_object().unwrap().len()
+    );
+    assert_eq!(rec["models"]["model.int8.cpu.onnx"], "unsigned_offset", "{rec}");
     // With no floor to speak of, the fastest model of all is published.
     let again = tiny_pipeline(d.path(), "5", &["--max-drop-dense-pct", "1e9"]);
     let t2 = String::from_utf8_lossy(&again.stderr).to_string();
