@@ -45,6 +45,9 @@ enum Command {
     Export(commands::export::Args),
     /// TensorRT plans (build with trtexec + manifest) and accuracy per precision.
     Engine(commands::engine::Args),
+    /// Two models on the same seeded inputs, Polygraphy-style: per-output errors, NaN/Inf, a
+    /// verdict against --atol/--rtol (exit 3 when out of tolerance), --layerwise localisation.
+    Compare(commands::compare::Args),
     /// Latency of an ONNX model or TensorRT plan (`bench MODEL`), or `bench train`.
     Bench(commands::bench::Args),
     /// Publish a model's outputs over zenoh (native or ROS 2), or listen to them.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Command::Bridge(a) => commands::bridge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Engine(a) => commands::engine::run(a),
+        Command::Compare(a) => commands::compare::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
     };
@@ -172,6 +176,10 @@ mod tests {
         const ZERO_MEANS_SOMETHING: &[&str] = &[
             "seed",
             "calib_seed",
+            "atol",
+            "rtol",
+            "max_drop",
+            "max_drop_dense_pct",
             "device_id",
             "dla",
             "warmup",

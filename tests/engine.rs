@@ -140,12 +140,23 @@ fn export_refuses_train_checkpoints_and_writes_valid_models() {
         std::fs::write(idx.join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
     }
     let fresh = dir.path().join("fresh.onnx");
-    let mut args = vec!["export", ds, "--precision", "int8", "--calib", idx.to_str().unwrap()];
+    let mut args = vec![
+        "export",
+        ds,
+        "--precision",
+        "int8",
+        "--calib",
+        idx.to_str().unwrap(),
+    ];
     args.extend(norm);
     args.extend(["-o", fresh.to_str().unwrap()]);
     let o = run(&args, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("1×28×28") && text(&o).contains("3×32×32"), "{}", text(&o));
+    assert!(
+        text(&o).contains("1×28×28") && text(&o).contains("3×32×32"),
+        "{}",
+        text(&o)
+    );
     assert!(!fresh.exists() && !fresh.with_extension("calib.json").exists());
     // A percentile outside (0, 100] is a usage error naming the flag.
     let o = run(
@@ -781,4 +792,103 @@ fn export_refuses_fp16_overflow_and_a_failed_int8_export_keeps_the_old_pair() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
+}
+
+/// `compare`: a model against itself passes; a copy with one conv's weights perturbed fails
+/// (exit 3), and `--layerwise` names that conv as the first layer out of tolerance, every
+/// layer before it matching; models with different inputs are refused.
+#[test]
+fn compare_localises_an_injected_error_to_its_layer() {
+    use overparam_fuse::checkpoint;
+    use overparam_fuse::spec::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    let a = dir.path().join("a.onnx");
+    let o = run(
+        &["export", d.to_str().unwrap(), "-o", a.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ok = run(&["compare", a.to_str().unwrap(), d.to_str().unwrap()], &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(text(&ok).contains("verdict: PASS"), "{}", text(&ok));
+
+    // The third conv gets a perturbed kernel.
+    let (spec, mut w) = checkpoint::load_deploy(&d).unwrap();
+    let convs: Vec<String> = spec
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_)))
+        .map(|n| n.name.clone())
+        .collect();
+    let target = convs[2].clone();
+    for v in w
+        .get_mut(&format!("{target}.weight"))
+        .unwrap()
+        .data
+        .iter_mut()
+        .step_by(7)
+    {
+        *v += 0.5;
+    }
+    let bad = dir.path().join("bad.deploy.safetensors");
+    checkpoint::save(&bad, &overparam_fuse::AnySpec::Deploy(spec), &w).unwrap();
+    let o = run(
+        &[
+            "compare",
+            bad.to_str().unwrap(),
+            a.to_str().unwrap(),
+            "--layerwise",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["first_over"], target.as_str(), "{c}");
+    let layers = c["layers"].as_array().unwrap();
+    assert!(layers.len() >= convs.len(), "{c}");
+    for l in layers.iter().take_while(|l| l["name"] != target.as_str()) {
+        assert_eq!(l["mismatched"], 0, "{l}");
+    }
+    assert_eq!(c["worst"].as_array().unwrap().len(), 5.min(layers.len()));
+    // Text mode says the same.
+    let o = run(
+        &[
+            "compare",
+            bad.to_str().unwrap(),
+            a.to_str().unwrap(),
+            "--layerwise",
+        ],
+        &[],
+    );
+    assert!(
+        text(&o).contains(&format!("first layer out of tolerance: {target}"))
+            && text(&o).contains("verdict: FAIL"),
+        "{}",
+        text(&o)
+    );
+
+    // Different inputs: refused, naming both shapes.
+    let relu = dir.path().join("relu.onnx");
+    relu_onnx(&relu, Some(&[Some(1), Some(3), Some(8), Some(8)]));
+    let o = run(
+        &["compare", a.to_str().unwrap(), relu.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("different inputs") && text(&o).contains("[1, 3, 8, 8]"),
+        "{}",
+        text(&o)
+    );
+    // A plan is refused with what to do instead.
+    let plan = dir.path().join("m.plan");
+    std::fs::write(&plan, b"plan").unwrap();
+    let o = run(
+        &["compare", plan.to_str().unwrap(), a.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("TensorRT plan"), "{}", text(&o));
 }

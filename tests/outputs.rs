@@ -172,7 +172,15 @@ fn numeric_flags_share_their_rules_across_commands() {
             "--percentile",
         ),
         (
-            vec!["engine", "accuracy", m, "--data", m, "--heldout-images", "0"],
+            vec![
+                "engine",
+                "accuracy",
+                m,
+                "--data",
+                m,
+                "--heldout-images",
+                "0",
+            ],
             "--heldout-images",
         ),
         (vec!["pipeline", "--max-drop", "-0.1"], "--max-drop"),

@@ -128,7 +128,10 @@ fn multi_task_pipeline_reports_every_stage() {
         rec["choice"].as_object().unwrap().len(),
         rec["thresholds"].as_object().unwrap().len()
     );
-    assert_eq!(rec["models"]["model.int8.cpu.onnx"], "unsigned_offset", "{rec}");
+    assert_eq!(
+        rec["models"]["model.int8.cpu.onnx"], "unsigned_offset",
+        "{rec}"
+    );
     // With no floor to speak of, the fastest model of all is published.
     let again = tiny_pipeline(d.path(), "5", &["--max-drop-dense-pct", "1e9"]);
     let t2 = String::from_utf8_lossy(&again.stderr).to_string();
@@ -138,7 +141,10 @@ fn multi_task_pipeline_reports_every_stage() {
         serde_json::from_slice(&std::fs::read(run.join("latency.json")).unwrap()).unwrap();
     let rows = lat["models"].as_array().unwrap();
     assert!(rows.iter().all(within), "{lat}");
-    assert_eq!(lat["published"].as_str().unwrap(), fastest_within(rows, false));
+    assert_eq!(
+        lat["published"].as_str().unwrap(),
+        fastest_within(rows, false)
+    );
 }
 
 #[test]

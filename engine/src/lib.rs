@@ -3,6 +3,7 @@
 
 pub mod accuracy;
 pub mod calib;
+pub mod compare;
 pub mod dense;
 pub mod error;
 pub mod export;

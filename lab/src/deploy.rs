@@ -366,6 +366,41 @@ pub fn accuracy(r: &AccuracyRequest, progress: &dyn Progress) -> Result<Accuracy
     })
 }
 
+/// The ONNX bytes `overparam compare` runs for a model file: an ONNX model as it is (external
+/// data read beside it), or a deploy checkpoint exported in memory at FP32, batch 1. A
+/// TensorRT plan is refused: no TensorRT runtime here can return its layers.
+pub fn model_for_compare(path: &Path) -> Result<Vec<u8>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "safetensors" => {
+            let (spec, w) = load_deploy(path)?;
+            export_bytes(&spec, &w, Precision::Fp32, 1, None)
+                .map_err(|e| e.context(format!("exporting {}", path.display())))
+        }
+        "plan" | "engine" => Err(Error::file(
+            path,
+            "a TensorRT plan: compare runs ONNX models and deploy checkpoints in ONNX Runtime; compare the ONNX the plan was built from, or run `bench --runtime trt` for the plan's speed",
+        )),
+        _ => Ok(overparam_engine::onnx_file::model_bytes(path)?),
+    }
+}
+
+/// `overparam compare A B`: both models on the same seeded inputs (see
+/// [`overparam_engine::compare::compare`]).
+pub fn compare(
+    a: &Path,
+    b: &Path,
+    batches: usize,
+    seed: u64,
+    tol: overparam_engine::compare::Tolerance,
+    layerwise: bool,
+) -> Result<overparam_engine::compare::Comparison> {
+    let (ma, mb) = (model_for_compare(a)?, model_for_compare(b)?);
+    Ok(overparam_engine::compare::compare(
+        &ma, &mb, batches, seed, tol, layerwise,
+    )?)
+}
+
 /// A dataset directory's train and test splits for a classifier.
 pub fn classifier_splits(spec: &DeploySpec, data: &Path) -> Result<(ImageSet, ImageSet)> {
     use overparam_data::cifar::Split;

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bridge;
+pub mod compare;
 pub mod data;
 pub mod doctor;
 pub mod engine;

@@ -385,7 +385,10 @@ fn floor(models: &[Variant], l: &Latency, o: &Options) -> String {
     let (unit, limit) = if l.dense {
         (
             "worst relative loss over the dense metrics",
-            format!("{}% on each dense metric", o.max_drop.dense_relative * 100.0),
+            format!(
+                "{}% on each dense metric",
+                o.max_drop.dense_relative * 100.0
+            ),
         )
     } else {
         (
