@@ -364,10 +364,15 @@ pub fn split_sizes(len: usize, images: usize, heldout: usize, batch: usize) -> (
     if heldout == 0 {
         return (calib, 0);
     }
-    if calib + whole(heldout) <= len {
-        return (calib, whole(heldout));
+    // At least one batch held out, even when fewer images are asked than a batch holds.
+    let want = whole(heldout.max(batch));
+    if calib + want <= len {
+        return (calib, want);
     }
-    let h = whole(heldout.min((len / 4).max(batch)));
+    // What is left beside the calibration images, but no less than a quarter of the set (at
+    // least one batch), which calibration then gives up.
+    let left = whole(len - calib);
+    let h = left.max(whole((len / 4).max(batch)).min(want));
     (whole(calib.min(len.saturating_sub(h))), h)
 }
 
@@ -457,29 +462,37 @@ pub fn plan(
     c: Candidate,
     encoding: ActivationEncoding,
 ) -> QuantPlan {
-    let choice = hists.keys().map(|k| (k.clone(), c)).collect();
-    plan_with(hists, &choice, encoding)
-}
-
-/// The plan that gives each tensor its own candidate (a tensor missing from `choice` is an
-/// error: every histogram gets a rule).
-pub fn plan_with(
-    hists: &BTreeMap<String, Histogram>,
-    choice: &BTreeMap<String, Candidate>,
-    encoding: ActivationEncoding,
-) -> QuantPlan {
     QuantPlan {
         thresholds: hists
             .iter()
-            .map(|(k, h)| {
-                let c = choice.get(k).copied().unwrap_or(Candidate::Max);
-                (k.clone(), h.threshold(c).max(f32::MIN_POSITIVE))
-            })
+            .map(|(k, h)| (k.clone(), h.threshold(c).max(f32::MIN_POSITIVE)))
             .collect(),
         layers: None,
         encoding,
         kept: KeptPrecision::for_encoding(encoding),
     }
+}
+
+/// `template` (its encoding, quantised layers and kept precision) with each tensor's
+/// threshold from its own candidate; a tensor without one is an error.
+pub fn plan_with(
+    hists: &BTreeMap<String, Histogram>,
+    choice: &BTreeMap<String, Candidate>,
+    template: &QuantPlan,
+) -> Result<QuantPlan> {
+    let thresholds = hists
+        .iter()
+        .map(|(k, h)| {
+            let c = choice.get(k).ok_or_else(|| {
+                Error::Calibration(format!("no calibration rule for tensor `{k}`"))
+            })?;
+            Ok((k.clone(), h.threshold(*c).max(f32::MIN_POSITIVE)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(QuantPlan {
+        thresholds,
+        ..template.clone()
+    })
 }
 
 /// What auto measured: the held-out output error of every candidate applied to all tensors,
@@ -530,7 +543,11 @@ impl OutputError {
                         sq += (v as f64).powi(2);
                     }
                 }
-                (sq - sum * sum / n.max(1.0)).max(f64::MIN_POSITIVE)
+                // A relative floor: an output constant on the held-out images would otherwise
+                // make every candidate's error infinite.
+                (sq - sum * sum / n.max(1.0))
+                    .max(1e-12 * sq)
+                    .max(f64::MIN_POSITIVE)
             })
             .collect();
         Ok(Self {
@@ -561,7 +578,8 @@ impl OutputError {
 
 /// Auto calibration: every candidate of [`AUTO_CANDIDATES`] is applied to all tensors and the
 /// INT8 model's output error ([`OutputError`]) measured on `heldout` (images never used for
-/// the histograms); from the best of these, one greedy pass in graph order tries each other
+/// the histograms), each model exported as `template` says (encoding, the layers quantised,
+/// kept precision), so the model measured is the one exported; from the best of these, one greedy pass in graph order tries each other
 /// candidate on each tensor and keeps a change that lowers the error by at least
 /// [`MIN_GAIN`]. The result is never worse on the held-out images than the best single
 /// calibrator. Cost: 6 INT8 models, plus one per (tensor, distinct other threshold), each
@@ -571,7 +589,7 @@ pub fn choose(
     w: &Weights<f32>,
     hists: &BTreeMap<String, Histogram>,
     heldout: &[Vec<f32>],
-    encoding: ActivationEncoding,
+    template: &QuantPlan,
     progress: &dyn Progress,
 ) -> Result<(BTreeMap<String, Candidate>, AutoReport)> {
     let per = (spec.input.channels * spec.input.height * spec.input.width).max(1);
@@ -608,17 +626,21 @@ pub fn choose(
     );
     let mut evaluations = 0;
     let mut uniform = vec![];
-    let mut seen: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+    // Keyed by the model's SHA-256: tensors whose threshold the encoding does not use (or
+    // layers kept out of INT8) give identical models, measured once.
+    let mut seen: BTreeMap<[u8; 32], f64> = BTreeMap::new();
     let mut try_plan = |choice: &BTreeMap<String, Candidate>| -> Result<f64> {
+        use sha2::Digest;
         progress.inc(1);
-        let bytes = export_at(Some(plan_with(hists, choice, encoding)))?;
-        // Tensors whose threshold the encoding does not use give identical models.
-        if let Some(e) = seen.get(&bytes) {
+        let bytes = export_at(Some(plan_with(hists, choice, template)?))?;
+        let key: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        if let Some(e) = seen.get(&key) {
             return Ok(*e);
         }
         evaluations += 1;
-        let e = error.of(&bytes, heldout)?;
-        seen.insert(bytes, e);
+        // A candidate ONNX Runtime cannot run loses; it does not end the search.
+        let e = error.of(&bytes, heldout).unwrap_or(f64::INFINITY);
+        seen.insert(key, e);
         Ok(e)
     };
     let all = |c: Candidate| -> BTreeMap<String, Candidate> {

@@ -232,13 +232,19 @@ pub fn compare(
     } else {
         vec![]
     };
-    let (ba, bb) = if layers.is_empty() {
-        (a.to_vec(), b.to_vec())
+    let mut ra = OrtRuntime::new(a, None)?;
+    let mut rb = OrtRuntime::new(b, None)?;
+    // The layers come from a second pair of sessions: a conv output marked as a graph output
+    // stops ONNX Runtime fusing Q/DQ around it (QLinearConv), so the marked models are not
+    // the ones the verdict is about.
+    let mut marked = if layers.is_empty() {
+        None
     } else {
-        (with_outputs(&ma, &layers), with_outputs(&mb, &layers))
+        Some((
+            OrtRuntime::new(&with_outputs(&ma, &layers), None)?,
+            OrtRuntime::new(&with_outputs(&mb, &layers), None)?,
+        ))
     };
-    let mut ra = OrtRuntime::new(&ba, None)?;
-    let mut rb = OrtRuntime::new(&bb, None)?;
     let fix = |r: &mut OrtRuntime| -> Result<Vec<usize>> {
         let dims = r.input_dims().to_vec();
         let shape: Vec<usize> = dims
@@ -249,6 +255,10 @@ pub fn compare(
         Ok(shape)
     };
     let (sa, sb) = (fix(&mut ra)?, fix(&mut rb)?);
+    if let Some((x, y)) = marked.as_mut() {
+        fix(x)?;
+        fix(y)?;
+    }
     if sa != sb {
         return Err(Error::Runtime(format!(
             "the models take different inputs: A {sa:?}, B {sb:?} (a symbolic dimension counted as 1)"
@@ -261,7 +271,9 @@ pub fn compare(
     }
     let n: usize = sa.iter().product();
     let mut rng = overparam_fuse::Rng::derive(seed, "compare");
+    // Model outputs from the unmodified sessions, layers from the marked ones.
     let mut got: BTreeMap<String, [Vec<f32>; 2]> = BTreeMap::new();
+    let mut got_layers: BTreeMap<String, [Vec<f32>; 2]> = BTreeMap::new();
     for _ in 0..batches {
         let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
         for (k, r) in [&mut ra, &mut rb].into_iter().enumerate() {
@@ -269,8 +281,17 @@ pub fn compare(
                 got.entry(name).or_default()[k].extend(data);
             }
         }
+        if let Some((x_a, x_b)) = marked.as_mut() {
+            for (k, r) in [x_a, x_b].into_iter().enumerate() {
+                for (name, _, data) in r.run(&x)? {
+                    if layers.contains(&name) {
+                        got_layers.entry(name).or_default()[k].extend(data);
+                    }
+                }
+            }
+        }
     }
-    let diff = |name: &str| -> Result<TensorDiff> {
+    let diff = |got: &BTreeMap<String, [Vec<f32>; 2]>, name: &str| -> Result<TensorDiff> {
         let [x, y] = got
             .get(name)
             .ok_or_else(|| Error::Runtime(format!("no values for `{name}`")))?;
@@ -283,8 +304,14 @@ pub fn compare(
         }
         Ok(TensorDiff::of(name, x, y, tol))
     };
-    let outputs = outs_a.iter().map(|o| diff(o)).collect::<Result<Vec<_>>>()?;
-    let layers = layers.iter().map(|l| diff(l)).collect::<Result<Vec<_>>>()?;
+    let outputs = outs_a
+        .iter()
+        .map(|o| diff(&got, o))
+        .collect::<Result<Vec<_>>>()?;
+    let layers = layers
+        .iter()
+        .map(|l| diff(&got_layers, l))
+        .collect::<Result<Vec<_>>>()?;
     let first_over = layers.iter().find(|l| !l.passed()).map(|l| l.name.clone());
     let mut ranked: Vec<&TensorDiff> = layers.iter().collect();
     ranked.sort_by(|x, y| y.worst_ratio.total_cmp(&x.worst_ratio));

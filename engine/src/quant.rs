@@ -172,7 +172,11 @@ pub fn calibrate(
             } else {
                 "one batch"
             },
-            if auto { " for auto calibration" } else { "" }
+            if auto {
+                " for auto calibration: use more images, a smaller --batch, or a single rule (--calibrator mse)"
+            } else {
+                ""
+            }
         )));
     }
     if n < q.images || (auto && h < q.heldout) {
@@ -202,15 +206,22 @@ pub fn calibrate_inputs(
     q.check()?;
     let per = (spec.input.channels * spec.input.height * spec.input.width).max(1);
     let hists = collect(spec, w, calib, progress)?;
+    // The kept layers first: auto measures the model that is exported.
+    let mut template = QuantPlan {
+        thresholds: BTreeMap::new(),
+        layers: None,
+        encoding: q.encoding,
+        kept: q.kept(),
+    };
+    let kept = apply_keep(spec, &mut template, &q.keep, q.kept())?;
     let (choice, auto) = match q.single() {
         Some(c) => (hists.keys().map(|k| (k.clone(), c)).collect(), None),
         None => {
-            let (choice, r) = choose(spec, w, &hists, heldout, q.encoding, progress)?;
+            let (choice, r) = choose(spec, w, &hists, heldout, &template, progress)?;
             (choice, Some(r))
         }
     };
-    let mut plan = plan_with(&hists, &choice, q.encoding);
-    let kept = apply_keep(spec, &mut plan, &q.keep, q.kept())?;
+    let plan = plan_with(&hists, &choice, &template)?;
     let record = CalibRecord {
         version: CALIB_VERSION,
         model_sha256: model_sha256(spec, w),
@@ -448,5 +459,9 @@ mod tests {
         assert_eq!(split_sizes(100, 512, 0, 10), (100, 0));
         // Too small for a held-out batch beside a calibration batch.
         assert_eq!(split_sizes(10, 512, 256, 8), (0, 8));
+        // Fewer held-out images asked than a batch holds: one batch.
+        assert_eq!(split_sizes(50_000, 512, 256, 300), (300, 300));
+        // Whatever is left beside the calibration images is held out.
+        assert_eq!(split_sizes(1000, 100, 5000, 1), (100, 900));
     }
 }

@@ -140,11 +140,17 @@ pub fn export(r: &ExportRequest, progress: &dyn Progress) -> Result<Exported> {
             // The thresholds are the record's; the encoding and kept layers are this export's
             // (one calibration serves both encodings, as the pipeline's two INT8 models show).
             let mut rec = CalibRecord::read(path, &spec, &w)?;
+            // Kept layers run in the encoding's precision unless --kept-precision says
+            // otherwise; the record's own holds only where the encoding is the record's.
+            rec.kept_precision = match r.quant.kept_precision {
+                Some(k) => k,
+                None if rec.encoding == r.quant.encoding => rec.kept_precision,
+                None => r.quant.kept(),
+            };
             rec.encoding = r.quant.encoding;
             if !r.quant.keep.is_empty() {
                 rec.kept_layers = r.quant.keep.clone();
             }
-            rec.kept_precision = r.quant.kept();
             rec.models.clear();
             Some(rec)
         }

@@ -26,7 +26,9 @@ pub struct Args {
     #[command(flatten)]
     norm: NormArgs,
     /// INT8 with the thresholds of this calibration record (a `.calib.json` of the same model)
-    /// instead of calibrating again, e.g. at another batch.
+    /// instead of calibrating again, e.g. at another batch. The record's kept layers stay
+    /// unless --keep replaces them; the encoding is --encoding's; the calibration flags do not
+    /// apply.
     #[arg(long, value_name = "FILE.calib.json", conflicts_with = "calib")]
     calib_record: Option<PathBuf>,
     /// INT8 activation encoding: `trt` (int8, zero point 0; what TensorRT requires) or `cpu`

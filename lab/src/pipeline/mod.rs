@@ -380,9 +380,14 @@ impl MaxDrop {
                     overparam_base::task::NYU_METRICS
                         .iter()
                         .enumerate()
-                        .filter(|(k, _)| m[*k].is_finite() && metrics[0][*k].is_finite())
+                        // A metric fp32 has no value for (no such output) is skipped; one the
+                        // model lost (NaN where fp32 has a number) is an infinite loss.
+                        .filter(|(k, _)| metrics[0][*k].is_finite())
                         .map(|(k, info)| {
                             let (v, base) = (m[k], metrics[0][k]);
+                            if !v.is_finite() {
+                                return f64::INFINITY;
+                            }
                             let loss = if info.higher_is_better {
                                 base - v
                             } else {
@@ -751,15 +756,17 @@ mod tests {
         worse[k_depth] = base[k_depth] * 1.005;
         let mut better = base;
         better[k_depth] = 0.5;
-        better[0] = f64::NAN;
+        let mut lost = base;
+        lost[0] = f64::NAN;
         let t = AccuracyTable::Dense {
             scenes: 1,
             calib_scenes: 1,
-            metrics: vec![base, worse, better],
+            metrics: vec![base, worse, better, lost],
         };
         let d = m.drops(&t);
         assert!((d[1] - 0.02).abs() < 1e-9, "{d:?}");
         assert_eq!(d[2], 0.0);
+        assert_eq!(d[3], f64::INFINITY, "a NaN metric never passes the floor");
     }
 
     #[test]

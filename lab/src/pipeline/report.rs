@@ -311,6 +311,9 @@ pub fn accuracy(a: &Accuracy) -> String {
             }
         }
     }
+    if a.record.auto.is_some() {
+        md += "\nAuto calibration chose each tensor's rule for TensorRT's encoding (`int8 trt`); `int8 cpu` reuses those thresholds without a choice of its own, and the accuracy floor below judges both.\n";
+    }
     md += "\nFiles: `model.onnx`, `model.fp16.onnx`, `model.int8.onnx` (for TensorRT), `model.int8.cpu.onnx` (for ONNX Runtime's CPU provider), `calib.json` (the INT8 thresholds both share).\n\n";
     md
 }
