@@ -266,3 +266,24 @@ fn bridge_run_refuses_bad_rates_and_zero_frames() {
         );
     }
 }
+
+/// `--ros2-qos sensor-data` is a ROS 2 profile: without `--ros2` it is a usage error naming
+/// the flag it needs.
+#[test]
+fn sensor_data_qos_needs_ros2() {
+    let o = bin()
+        .args([
+            "bridge",
+            "run",
+            "--model",
+            "m.onnx",
+            "--ros2-qos",
+            "sensor-data",
+        ])
+        .args(["--no-multicast-scouting"])
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("--ros2"), "{t}");
+}

@@ -23,6 +23,8 @@ pub struct TopicQos {
     pub block: bool,
     pub priority: Priority,
     pub express: bool,
+    /// The ROS 2 history depth (keep last N) the topic advertises.
+    pub depth: u32,
 }
 
 impl Default for TopicQos {
@@ -32,6 +34,20 @@ impl Default for TopicQos {
             block: true,
             priority: Priority::DataHigh,
             express: false,
+            depth: 10,
+        }
+    }
+}
+
+impl TopicQos {
+    /// ROS 2's SensorDataQoS (rclcpp `rclcpp::SensorDataQoS`, `rmw_qos_profile_sensor_data`):
+    /// best effort, keep last 5; a frame that cannot go out is dropped, never waited for.
+    pub fn sensor_data() -> Self {
+        TopicQos {
+            reliable: false,
+            block: false,
+            depth: 5,
+            ..Self::default()
         }
     }
 }
@@ -186,7 +202,7 @@ impl PerceptionPublisher {
                     i as u32 + 1,
                     &cfg.camera,
                     task,
-                    &ros2::qos_string(qos.reliable, 10),
+                    &ros2::qos_string(qos.reliable, qos.depth),
                 );
                 tokens.push(session.liveliness().declare_token(token).wait()?);
             }

@@ -646,6 +646,9 @@ mod tests {
                 ))
         );
         assert_eq!(qos_string(false, 5), "2::,5:,:,:,,");
+        let sd = crate::publisher::TopicQos::sensor_data();
+        assert_eq!(qos_string(sd.reliable, sd.depth), "2::,5:,:,:,,");
+        assert!(!sd.block, "sensor data drops rather than waits");
         let root = Ros2Names::new(7, "", "n");
         assert_eq!(root.node_token("z", 1), "@ros2_lv/7/z/1/1/NN/%/%/n");
     }

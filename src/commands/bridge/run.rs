@@ -14,6 +14,8 @@ use overparam_bridge::wire::Task;
 
 use crate::stop;
 
+const DEFAULT_QOS: &str = "reliable,block,priority=data-high";
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A deploy checkpoint (exported to FP32 ONNX in memory) or an ONNX model.
@@ -40,8 +42,13 @@ pub struct Args {
     prefix: String,
     /// QoS of every output topic: comma-separated reliable|best-effort, block|drop,
     /// express, priority=realtime|interactive-high|...|data-high|data|data-low|background.
-    #[arg(long, default_value = "reliable,block,priority=data-high")]
+    #[arg(long, default_value = DEFAULT_QOS)]
     qos: String,
+    /// ROS 2 QoS profile of every output topic, under --qos and --topic-qos: `default`
+    /// (reliable, keep last 10) or `sensor-data` (SensorDataQoS, what camera topics use:
+    /// best effort, keep last 5, frames dropped rather than waited for).
+    #[arg(long, value_enum, default_value_t = Ros2Qos::Default, requires = "ros2")]
+    ros2_qos: Ros2Qos,
     /// Per-topic QoS on top of --qos, e.g. `segmentation=drop,express` (repeatable).
     #[arg(long = "topic-qos", value_name = "TASK=ITEMS")]
     topic_qos: Vec<String>,
@@ -59,6 +66,13 @@ pub struct Args {
     zenoh: super::ZenohArgs,
 }
 
+/// `--ros2-qos`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Ros2Qos {
+    Default,
+    SensorData,
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let Args {
         model,
@@ -68,6 +82,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         camera,
         prefix,
         qos,
+        ros2_qos,
         topic_qos,
         wait_subscribers,
         threads,
@@ -95,7 +110,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if ros.ros2 {
         cfg.ros2 = Some(names.clone());
     }
-    let base = TopicQos::default().apply(&qos)?;
+    let profile = match ros2_qos {
+        Ros2Qos::Default => TopicQos::default(),
+        Ros2Qos::SensorData => TopicQos::sensor_data(),
+    };
+    // --qos's default items would undo the profile: with sensor-data, only items given apply.
+    let qos = if ros2_qos == Ros2Qos::SensorData && qos == DEFAULT_QOS {
+        String::new()
+    } else {
+        qos
+    };
+    let base = profile.apply(&qos)?;
     cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
     for tq in &topic_qos {
         let (task, items) = tq
