@@ -180,6 +180,7 @@ mod tests {
             "rtol",
             "max_drop",
             "max_drop_dense_pct",
+            "source_timeout",
             "device_id",
             "dla",
             "warmup",

@@ -287,3 +287,27 @@ fn sensor_data_qos_needs_ros2() {
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("--ros2"), "{t}");
 }
+
+/// `--source-timeout S`: a camera source that never sends ends the run after S seconds (the
+/// run returns; nothing is waited for by the test but its exit).
+#[test]
+fn a_silent_camera_ends_the_run_after_the_source_timeout() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let o = bin()
+        .args(["bridge", "run", "--model", m.to_str().unwrap()])
+        .args([
+            "--source",
+            "zenoh:overparam/silent/camera",
+            "--source-timeout",
+            "0.5",
+        ])
+        .args(["--no-multicast-scouting"])
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    assert!(
+        t.contains("0 frames") || t.contains("frames: 0") || t.contains("published 0"),
+        "{t}"
+    );
+}

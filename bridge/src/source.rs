@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use zenoh::Wait;
+use zenoh::Wait as _;
 use zenoh::handlers::FifoChannelHandler;
 use zenoh::pubsub::Subscriber;
 use zenoh::sample::Sample;
@@ -235,17 +235,21 @@ impl FrameSource for Images {
 struct ZenohFrames {
     sub: Subscriber<FifoChannelHandler<Sample>>,
     size: (usize, usize),
-    timeout: Duration,
+    wait: Wait,
     events: Arc<dyn Progress>,
 }
 
 impl FrameSource for ZenohFrames {
-    /// Waits for the next valid camera frame; `None` after `timeout` without one. Invalid
-    /// samples are reported as events and skipped.
+    /// Waits for the next valid camera frame; `None` after the wait's timeout without one, or
+    /// once its stop is requested. Invalid samples are reported as events and skipped.
     fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let t0 = Instant::now();
         loop {
-            let Some(s) = self.sub.recv_timeout(self.timeout)? else {
+            let Some(slice) = self.wait.slice(t0) else {
                 return Ok(None);
+            };
+            let Some(s) = self.sub.recv_timeout(slice)? else {
+                continue;
             };
             let m = match wire::decode(&s.payload().to_bytes()) {
                 Ok(m) if m.task == Task::Camera && m.shape.len() == 3 && m.shape[2] == 3 => m,
@@ -320,7 +324,7 @@ struct Ros2Frames {
     _sub: Subscriber<()>,
     _token: zenoh::liveliness::LivelinessToken,
     size: (usize, usize),
-    timeout: Duration,
+    wait: Wait,
     /// Refusals so far; the first of each kind is reported as an event.
     invalid: u64,
     reported: BTreeSet<String>,
@@ -346,17 +350,17 @@ impl Ros2Frames {
 }
 
 impl FrameSource for Ros2Frames {
-    /// Waits for the newest valid frame; `None` after `timeout` without a sample. A refused
-    /// sample is counted, and the first of each kind (per encoding, for unsupported ones) is
-    /// reported on stderr.
+    /// Waits for the newest valid frame; `None` after the wait's timeout without one, or once
+    /// its stop is requested. A refused sample is counted, and the first of each kind (per
+    /// encoding, for unsupported ones) is reported on stderr.
     fn next_frame(&mut self) -> Result<Option<Frame>> {
         let t0 = Instant::now();
         loop {
-            let Some(wait) = self.timeout.checked_sub(t0.elapsed()) else {
+            let Some(slice) = self.wait.slice(t0) else {
                 return Ok(None);
             };
-            let Some(s) = self.latest.take(wait) else {
-                return Ok(None);
+            let Some(s) = self.latest.take(slice) else {
+                continue;
             };
             match self.decode(&s) {
                 Ok(f) => return Ok(Some(f)),
@@ -400,7 +404,47 @@ pub fn open(
         session,
         &Ros2Names::new(0, "", "overparam"),
         Arc::new(Silent),
+        Wait::default(),
     )
+}
+
+/// How long a camera source (`zenoh:`, `ros2:`) waits for a frame before it ends, and what
+/// else ends the wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Wait {
+    /// `None`: forever (a parked car's camera may be silent for long).
+    pub timeout: Option<Duration>,
+    /// Polled while waiting: `true` ends the wait as a timeout would (e.g. Ctrl-C).
+    pub stop: fn() -> bool,
+}
+
+impl Default for Wait {
+    /// 10 s, and nothing else stops it.
+    fn default() -> Self {
+        Self {
+            timeout: Some(Duration::from_secs(10)),
+            stop: || false,
+        }
+    }
+}
+
+impl Wait {
+    /// How often a wait looks at `stop`.
+    const SLICE: Duration = Duration::from_millis(200);
+
+    /// The next slice to wait for a sample, started at `t0`; `None` when the wait is over.
+    fn slice(&self, t0: Instant) -> Option<Duration> {
+        if (self.stop)() {
+            return None;
+        }
+        match self.timeout {
+            None => Some(Self::SLICE),
+            Some(t) => t
+                .checked_sub(t0.elapsed())
+                .filter(|r| !r.is_zero())
+                .map(|r| r.min(Self::SLICE)),
+        }
+    }
 }
 
 /// [`open`] with the ROS 2 domain, namespace and node a `ros2:` topic is resolved in and its
@@ -412,6 +456,7 @@ pub fn open_with(
     session: Option<&zenoh::Session>,
     names: &Ros2Names,
     events: Arc<dyn Progress>,
+    wait: Wait,
 ) -> Result<Box<dyn FrameSource>> {
     Ok(match spec {
         SourceSpec::Synthetic { seed } => Box::new(Synthetic {
@@ -461,7 +506,7 @@ pub fn open_with(
                     .with(zenoh::handlers::FifoChannel::new(8))
                     .wait()?,
                 size,
-                timeout: Duration::from_secs(10),
+                wait,
                 events,
             })
         }
@@ -492,7 +537,7 @@ pub fn open_with(
                 _sub: sub,
                 _token: s.liveliness().declare_token(token).wait()?,
                 size,
-                timeout: Duration::from_secs(10),
+                wait,
                 invalid: 0,
                 reported: BTreeSet::new(),
                 events,
@@ -504,6 +549,34 @@ pub fn open_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// A wait ends at its timeout, waits on with none, and ends when its stop is requested.
+    #[test]
+    fn waits_end_at_the_timeout_or_the_stop_and_forever_waits_on() {
+        let t0 = Instant::now();
+        let timed = Wait {
+            timeout: Some(Duration::from_millis(50)),
+            stop: || false,
+        };
+        assert!(
+            timed
+                .slice(t0)
+                .is_some_and(|s| s <= Duration::from_millis(50))
+        );
+        assert_eq!(timed.slice(t0 - Duration::from_secs(1)), None);
+        let forever = Wait {
+            timeout: None,
+            stop: || STOP.load(std::sync::atomic::Ordering::SeqCst),
+        };
+        assert_eq!(
+            forever.slice(t0 - Duration::from_secs(3600)),
+            Some(Wait::SLICE)
+        );
+        STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(forever.slice(t0), None);
+    }
 
     #[test]
     fn parses_source_specs() {

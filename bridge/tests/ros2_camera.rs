@@ -37,7 +37,15 @@ fn a_slow_consumer_gets_the_newest_frame_and_the_rest_are_counted_as_skipped() {
     let names = Ros2Names::new(4, "/perception", "overparam");
     let spec = SourceSpec::Ros2("/camera/image_raw".into());
     let events = Arc::new(Recorder::default());
-    let mut src = open_with(&spec, (4, 8), Some(&s_sub), &names, events.clone()).unwrap();
+    let mut src = open_with(
+        &spec,
+        (4, 8),
+        Some(&s_sub),
+        &names,
+        events.clone(),
+        overparam_bridge::source::Wait::default(),
+    )
+    .unwrap();
     let publisher = s_pub
         .declare_publisher(names.topic_key("/camera/image_raw"))
         .congestion_control(zenoh::qos::CongestionControl::Block)

@@ -28,6 +28,10 @@ pub struct Args {
     /// counted as skipped; outputs carry the frame's header.stamp and frame_id).
     #[arg(long, default_value = "synthetic")]
     source: String,
+    /// Seconds a camera source (zenoh:, ros2:) waits for a frame before the run ends; 0 waits
+    /// forever (Ctrl-C still stops it).
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::seconds)]
+    source_timeout: f64,
     /// Pace publishing to this rate, at least 0.01 (default: as fast as inference allows).
     #[arg(long, value_parser = crate::args::rate)]
     fps: Option<f64>,
@@ -77,6 +81,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let Args {
         model,
         source,
+        source_timeout,
         fps,
         frames,
         camera,
@@ -105,7 +110,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // Refused camera samples are reported above the frame bar.
     use overparam_base::Progress;
     let bars = std::sync::Arc::new(crate::progress::Bars::stderr());
-    let mut src = source::open_with(&spec, m.size, Some(&session), &names, bars.clone())?;
+    let wait = source::Wait {
+        timeout: (source_timeout > 0.0).then(|| Duration::from_secs_f64(source_timeout)),
+        stop: stop::stop_requested,
+    };
+    let mut src = source::open_with(&spec, m.size, Some(&session), &names, bars.clone(), wait)?;
     let mut cfg = PublishConfig::native(&prefix, &camera);
     if ros.ros2 {
         cfg.ros2 = Some(names.clone());
