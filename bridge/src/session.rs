@@ -79,10 +79,39 @@ impl ZenohOptions {
         Ok(cfg)
     }
 
+    /// With `shm`: the size of zenoh's shared-memory pool for large messages
+    /// (`transport/shared_memory/transport_optimization/pool_size`, 16 MiB unless the config
+    /// says otherwise); `None` without `shm`.
+    pub fn shm_pool_bytes(&self) -> Result<Option<usize>> {
+        if !self.shm {
+            return Ok(None);
+        }
+        let cfg = self.config()?;
+        let v = cfg
+            .get_json("transport/shared_memory/transport_optimization/pool_size")
+            .map_err(|e| Error::Zenoh(format!("shared-memory pool size: {e}")))?;
+        Ok(v.trim().parse::<usize>().ok())
+    }
+
     pub fn open(&self) -> Result<zenoh::Session> {
         let cfg = self.config()?;
         zenoh::open(cfg).wait().map_err(Error::from)
     }
+}
+
+/// The warning for a shared-memory pool too small for the traffic: when `frame_bytes` (every
+/// output of one frame) cannot fit in the pool twice, a publisher that gets ahead of its
+/// subscribers finds the pool full, and zenoh then sends over the network instead, silently.
+pub fn shm_warning(pool_bytes: usize, frame_bytes: usize) -> Option<String> {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    (frame_bytes.saturating_mul(2) > pool_bytes).then(|| {
+        format!(
+            "shared memory: one frame's outputs are {:.1} MiB and the pool holds {:.1} MiB, fewer than two frames; when it is full zenoh falls back to the network without a word. Raise transport/shared_memory/transport_optimization/pool_size in --config to at least {} (4 frames)",
+            mib(frame_bytes),
+            mib(pool_bytes),
+            frame_bytes.saturating_mul(4)
+        )
+    })
 }
 
 /// A TCP port that was free a moment ago (for loopback endpoints in tests and the pipeline).
@@ -100,4 +129,25 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shm_warning_asks_for_two_frames_in_the_pool() {
+        let pool = 16 * 1024 * 1024;
+        // 1080p: a u8 class map, f32 depth and f32×3 normals are 8.3 + 33.2 MB... per frame.
+        let hd = 1920 * 1080 * (1 + 4 + 12);
+        let w = shm_warning(pool, hd).unwrap();
+        assert!(
+            w.contains("pool_size") && w.contains(&(hd * 4).to_string()),
+            "{w}"
+        );
+        // 480×640 segmentation alone fits many times.
+        assert_eq!(shm_warning(pool, 480 * 640), None);
+        assert!(shm_warning(pool, pool / 2 + 1).is_some());
+        assert!(shm_warning(pool, pool / 2).is_none());
+    }
 }

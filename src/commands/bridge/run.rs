@@ -101,10 +101,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     stop::install()?;
     let mut m = Model::load(&model, threads, &runtime.provider())
         .with_context(|| format!("loading {}", model.display()))?;
-    let session = zenoh
-        .options()
-        .open()
-        .context("opening the zenoh session")?;
+    let zopts = zenoh.options();
+    if let Some(pool) = zopts.shm_pool_bytes()? {
+        // Bytes each output of one frame is published as: a u8 class map, f32 depth, f32×3
+        // normals.
+        let hw = m.size.0 * m.size.1;
+        let frame: usize = m
+            .tasks
+            .iter()
+            .map(|t| match t {
+                Task::Segmentation => hw,
+                Task::Depth => 4 * hw,
+                _ => 12 * hw,
+            })
+            .sum();
+        if let Some(w) = overparam_bridge::session::shm_warning(pool, frame) {
+            eprintln!("warning: {w}");
+        }
+    }
+    let session = zopts.open().context("opening the zenoh session")?;
     // A ros2: source is resolved in the same domain and namespace as ROS 2 outputs.
     let names = Ros2Names::new(ros.domain_id, &ros.namespace, &ros.node);
     // Refused camera samples are reported above the frame bar.
