@@ -394,24 +394,7 @@ fn partial_int8_keeps_the_chosen_layers_in_fp16() {
 fn one_channel_models_export_calibrate_and_evaluate() {
     use overparam_engine::accuracy::evaluate;
     use overparam_engine::quant::{Quantization, calibrate};
-    use overparam_fuse::spec::Normalization;
-    let t = build(
-        ModelKind::VggSmall,
-        &ClassifierOptions {
-            width: 0.125,
-            num_classes: 10,
-            image_size: 28,
-            in_channels: 1,
-            ..ClassifierOptions::new(MethodConfig::new(MethodKind::Sfo))
-        },
-    )
-    .unwrap();
-    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 4);
-    let (mut spec, dw) = fold(&t, &w).unwrap();
-    spec.input.normalize = Some(Normalization {
-        mean: vec![0.3],
-        std: vec![0.35],
-    });
+    let (spec, dw) = one_channel_model(MethodKind::Sfo, 4);
     let set = overparam_data::idx::synthetic_set(40, 28, 10, 2, "test");
     let norm = overparam_engine::accuracy::normalization(&spec).unwrap();
     assert_eq!(norm.mean, [0.3]);
@@ -517,24 +500,7 @@ fn cpu_encoding_leaves_output_convs_in_float() {
 fn auto_calibration_is_never_worse_than_the_best_single_rule_on_held_out_images() {
     use overparam_engine::calib::{AUTO_CANDIDATES, seeded_batches};
     use overparam_engine::quant::{CalibRecord, Quantization, calibrate, model_sha256};
-    use overparam_fuse::spec::Normalization;
-    let t = build(
-        ModelKind::VggSmall,
-        &ClassifierOptions {
-            width: 0.125,
-            num_classes: 10,
-            image_size: 28,
-            in_channels: 1,
-            ..ClassifierOptions::new(MethodConfig::new(MethodKind::Plain))
-        },
-    )
-    .unwrap();
-    let w = random_weights::<f32>(&train_layout(&t).unwrap(), 9);
-    let (mut spec, dw) = fold(&t, &w).unwrap();
-    spec.input.normalize = Some(Normalization {
-        mean: vec![0.3],
-        std: vec![0.35],
-    });
+    let (spec, dw) = one_channel_model(MethodKind::Plain, 9);
     let set = overparam_data::idx::synthetic_set(96, 28, 10, 3, "train");
     let q = Quantization {
         images: 48,
@@ -632,4 +598,31 @@ fn auto_calibration_is_never_worse_than_the_best_single_rule_on_held_out_images(
         e.contains("version 1") && e.contains("calibrate again"),
         "{e}"
     );
+}
+
+/// A 1-channel 28×28 vgg_small at width 0.125 (the MNIST family) with random weights, folded,
+/// recording the normalisation mean 0.3, std 0.35.
+fn one_channel_model(
+    method: MethodKind,
+    seed: u64,
+) -> (overparam_fuse::DeploySpec, overparam_fuse::Weights) {
+    use overparam_fuse::spec::Normalization;
+    let t = build(
+        ModelKind::VggSmall,
+        &ClassifierOptions {
+            width: 0.125,
+            num_classes: 10,
+            image_size: 28,
+            in_channels: 1,
+            ..ClassifierOptions::new(MethodConfig::new(method))
+        },
+    )
+    .unwrap();
+    let w = random_weights::<f32>(&train_layout(&t).unwrap(), seed);
+    let (mut spec, dw) = fold(&t, &w).unwrap();
+    spec.input.normalize = Some(Normalization {
+        mean: vec![0.3],
+        std: vec![0.35],
+    });
+    (spec, dw)
 }
