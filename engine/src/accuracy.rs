@@ -16,28 +16,6 @@ use crate::export::{
 };
 use crate::runtime::OrtRuntime;
 
-/// The normalisation recorded in the model's spec by training.
-pub fn normalization(spec: &DeploySpec) -> Result<Normalize> {
-    let n = spec.input.normalize.as_ref().ok_or_else(|| {
-        Error::Export(
-            "the model records no input normalisation (it was not produced by `overparam train`)"
-                .into(),
-        )
-    })?;
-    let c = spec.input.channels;
-    if n.mean.len() != c || n.std.len() != c {
-        return Err(Error::Export(format!(
-            "input normalisation has {} means and {} stds for a {c}-channel input",
-            n.mean.len(),
-            n.std.len()
-        )));
-    }
-    Ok(Normalize {
-        mean: n.mean.clone(),
-        std: n.std.clone(),
-    })
-}
-
 /// Refuses a data set whose images are not the model's input (e.g. CIFAR's 3×32×32 for a
 /// Fashion-MNIST model's 1×28×28) or whose normalisation has another channel count.
 pub fn check_input(input: [usize; 3], set: &ImageSet, norm: &Normalize) -> Result<()> {

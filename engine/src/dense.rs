@@ -128,24 +128,7 @@ pub fn calibrate(
     progress: &dyn Progress,
 ) -> Result<Calibration> {
     q.check()?;
-    let auto = q.calibrator == crate::calib::Calibrator::Auto;
-    let (n, h) =
-        crate::calib::split_sizes(split.len(), q.images, if auto { q.heldout } else { 0 }, 1);
-    if n == 0 || (auto && h == 0) {
-        return Err(Error::Calibration(format!(
-            "{} scenes cannot make a calibration set{}",
-            split.len(),
-            if auto { " and a held-out set" } else { "" }
-        )));
-    }
-    if n < q.images || (auto && h < q.heldout) {
-        progress.event(&format!(
-            "calibration: {} scenes and {} held-out asked, the split has {}: using {n} and {h}",
-            q.images,
-            if auto { q.heldout } else { 0 },
-            split.len()
-        ));
-    }
+    let (n, h) = q.draw(split.len(), 1, "scenes", progress)?;
     let calib = calibration_inputs(split, 0..n, q.seed)?;
     let heldout = calibration_inputs(split, n..n + h, q.seed)?;
     calibrate_inputs(spec, w, &calib, &heldout, q, None, progress)

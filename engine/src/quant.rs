@@ -130,6 +130,37 @@ impl Quantization {
         Ok(n)
     }
 
+    /// How many of `len` samples (`what`: images, scenes) calibrate and how many are held out,
+    /// in whole batches ([`split_sizes`]); a shortfall against the recipe is reported as an
+    /// event, and a set too small for one batch of each is refused.
+    pub fn draw(
+        &self,
+        len: usize,
+        batch: usize,
+        what: &str,
+        progress: &dyn Progress,
+    ) -> Result<(usize, usize)> {
+        let auto = self.calibrator == Calibrator::Auto;
+        let heldout = if auto { self.heldout } else { 0 };
+        let (n, h) = split_sizes(len, self.images, heldout, batch);
+        if n == 0 || (auto && h == 0) {
+            return Err(Error::Calibration(if auto {
+                format!(
+                    "{len} {what} cannot make a calibration batch and a held-out batch of {batch} for auto calibration: use more {what}, a smaller --batch, or a single rule (--calibrator mse)"
+                )
+            } else {
+                format!("{len} {what} cannot make one batch of {batch}")
+            }));
+        }
+        if n < self.images || h < heldout {
+            progress.event(&format!(
+                "calibration: {} {what} and {heldout} held-out asked, {n} and {h} used (the set has {len}, in whole batches of {batch})",
+                self.images
+            ));
+        }
+        Ok((n, h))
+    }
+
     /// The candidate a single-rule calibrator applies everywhere (`None`: auto).
     fn single(&self) -> Option<Candidate> {
         self.calibrator.candidate(self.percentile)
@@ -161,32 +192,7 @@ pub fn calibrate(
     let norm = q.normalization(spec)?;
     let i = &spec.input;
     crate::accuracy::check_input([i.channels, i.height, i.width], set, &norm)?;
-    let auto = q.calibrator == Calibrator::Auto;
-    let (n, h) = split_sizes(set.len(), q.images, if auto { q.heldout } else { 0 }, batch);
-    if n == 0 || (auto && h == 0) {
-        return Err(Error::Calibration(format!(
-            "{} images cannot make {} of {batch} (the export's batch){}",
-            set.len(),
-            if auto {
-                "a calibration batch and a held-out batch"
-            } else {
-                "one batch"
-            },
-            if auto {
-                " for auto calibration: use more images, a smaller --batch, or a single rule (--calibrator mse)"
-            } else {
-                ""
-            }
-        )));
-    }
-    if n < q.images || (auto && h < q.heldout) {
-        progress.event(&format!(
-            "calibration: {} images and {} held-out asked, {n} and {h} used (the set has {}, in whole batches of {batch})",
-            q.images,
-            if auto { q.heldout } else { 0 },
-            set.len()
-        ));
-    }
+    let (n, h) = q.draw(set.len(), batch, "images", progress)?;
     let calib = seeded_batches(set, &norm, 0..n, batch, q.seed)?;
     let heldout = seeded_batches(set, &norm, n..n + h, batch, q.seed)?;
     calibrate_inputs(spec, w, &calib, &heldout, q, Some(&norm), progress)
@@ -331,6 +337,25 @@ pub struct CalibRecord {
 }
 
 impl CalibRecord {
+    /// How the thresholds were chosen, in a phrase: the calibrator, and for auto the rule it
+    /// started from, the tensors it moved and the held-out images it chose on.
+    pub fn summary(&self) -> String {
+        match &self.auto {
+            Some(a) => format!(
+                "auto calibration (best single rule on {} held-out images: {}; {} of {} tensors given another rule, held-out output error {:.3e})",
+                a.heldout_images,
+                a.start,
+                a.changed.len(),
+                self.choice.len(),
+                a.error
+            ),
+            None => match self.percentile {
+                Some(p) => format!("percentile {p} calibration"),
+                None => format!("{} calibration", self.calibrator),
+            },
+        }
+    }
+
     pub fn to_json(&self) -> Result<String> {
         let mut r = self.clone();
         // JSON has no infinity: an auto candidate whose model overflowed is written as the

@@ -396,7 +396,7 @@ fn one_channel_models_export_calibrate_and_evaluate() {
     use overparam_engine::quant::{Quantization, calibrate};
     let (spec, dw) = one_channel_model(MethodKind::Sfo, 4);
     let set = overparam_data::idx::synthetic_set(40, 28, 10, 2, "test");
-    let norm = overparam_engine::accuracy::normalization(&spec).unwrap();
+    let norm = Quantization::default().normalization(&spec).unwrap();
     assert_eq!(norm.mean, [0.3]);
     let mut o = ExportOptions::new(Precision::Fp32);
     o.batch = 8;

@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "wrote {} ({} activation thresholds; {})",
             path.display(),
             r.thresholds.len(),
-            overparam_lab::pipeline::report::calibration_words(r)
+            r.summary()
         );
     }
     println!(

@@ -243,29 +243,10 @@ fn fold_precision_table(r: &overparam_fuse::verify::FoldReport) -> String {
     md
 }
 
-/// How the INT8 thresholds were chosen, in a phrase: the calibrator, and for auto the
-/// candidate it started from, the tensors it moved and the held-out images it chose on.
-pub fn calibration_words(r: &overparam_engine::quant::CalibRecord) -> String {
-    match &r.auto {
-        Some(a) => format!(
-            "auto calibration (best single rule on {} held-out images: {}; {} of {} tensors given another rule, held-out output error {:.3e})",
-            a.heldout_images,
-            a.start,
-            a.changed.len(),
-            r.choice.len(),
-            a.error
-        ),
-        None => match r.percentile {
-            Some(p) => format!("percentile {p} calibration"),
-            None => format!("{} calibration", r.calibrator),
-        },
-    }
-}
-
 /// The accuracy table per precision and the files written.
 pub fn accuracy(a: &Accuracy) -> String {
     let mut md = String::new();
-    let c = calibration_words(&a.record);
+    let c = a.record.summary();
     match &a.table {
         AccuracyTable::Dense {
             scenes,

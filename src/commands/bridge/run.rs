@@ -14,8 +14,6 @@ use overparam_bridge::wire::Task;
 
 use crate::stop;
 
-const DEFAULT_QOS: &str = "reliable,block,priority=data-high";
-
 #[derive(clap::Args)]
 pub struct Args {
     /// A deploy checkpoint (exported to FP32 ONNX in memory) or an ONNX model.
@@ -46,8 +44,9 @@ pub struct Args {
     prefix: String,
     /// QoS of every output topic: comma-separated reliable|best-effort, block|drop,
     /// express, priority=realtime|interactive-high|...|data-high|data|data-low|background.
-    #[arg(long, default_value = DEFAULT_QOS)]
-    qos: String,
+    /// [default: reliable,block,priority=data-high, or --ros2-qos's profile]
+    #[arg(long)]
+    qos: Option<String>,
     /// ROS 2 QoS profile of every output topic, under --qos and --topic-qos: `default`
     /// (reliable, keep last 10) or `sensor-data` (SensorDataQoS, what camera topics use:
     /// best effort, keep last 5, frames dropped rather than waited for).
@@ -138,13 +137,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Ros2Qos::Default => TopicQos::default(),
         Ros2Qos::SensorData => TopicQos::sensor_data(),
     };
-    // --qos's default items would undo the profile: with sensor-data, only items given apply.
-    let qos = if ros2_qos == Ros2Qos::SensorData && qos == DEFAULT_QOS {
-        String::new()
-    } else {
-        qos
-    };
-    let base = profile.apply(&qos)?;
+    let base = profile.apply(qos.as_deref().unwrap_or(""))?;
     cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
     for tq in &topic_qos {
         let (task, items) = tq

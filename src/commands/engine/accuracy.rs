@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use overparam_engine::export::{ActivationEncoding, KeptPrecision};
 use overparam_lab::deploy::{AccuracyReport, AccuracyRequest, SensitivityRequest, accuracy};
-use overparam_lab::pipeline::report::calibration_words;
 
 use crate::args::{CalibArgs, Encoding, NormArgs};
 
@@ -80,7 +79,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             use overparam_engine::dense::METRICS;
             println!(
                 "{file} on {val_scenes} val scenes ({} on {} train scenes):",
-                calibration_words(record),
+                record.summary(),
                 record.images
             );
             print!("  {:<18}", "metric");
@@ -107,7 +106,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         } => {
             println!(
                 "{file} on {test_images} test images ({}, {} calibration images):",
-                calibration_words(record),
+                record.summary(),
                 record.images
             );
             println!("  precision   top-1 err   drop vs fp32");
