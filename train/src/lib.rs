@@ -14,6 +14,7 @@ pub mod mtl;
 pub mod mtl_trainer;
 pub mod optim;
 pub mod pretrained;
+pub mod qat;
 pub mod state;
 pub mod trainer;
 

@@ -40,6 +40,9 @@ pub struct OpModel {
     /// Every layout tensor by its PyTorch name (shared tensors appear once).
     vars: HashMap<String, Tensor>,
     kinds: HashMap<String, ParamKind>,
+    /// Quantisation-aware training: every conv runs its folded kernel, fake-quantised where
+    /// the plan quantises it ([`crate::qat`]).
+    qat: Option<crate::qat::Qat>,
 }
 
 fn dims(shape: &[usize]) -> Vec<i64> {
@@ -85,7 +88,18 @@ impl OpModel {
             spec: spec.clone(),
             vars,
             kinds,
+            qat: None,
         })
+    }
+
+    /// Turns QAT on (`Some`) or off. With QAT on, every BatchNorm is frozen at its running
+    /// statistics, in training too.
+    pub fn set_qat(&mut self, qat: Option<crate::qat::Qat>) {
+        self.qat = qat;
+    }
+
+    pub fn qat(&self) -> Option<&crate::qat::Qat> {
+        self.qat.as_ref()
     }
 
     pub fn spec(&self) -> &TrainSpec {
@@ -239,6 +253,151 @@ impl OpModel {
             Method::Sfo { .. } => um.f_matmul(v)?.f_reshape([g * o, i, kh, kw])?,
             _ => return Err(Error::Model(format!("`{node}` is not factorised"))),
         })
+    }
+
+    /// Eval-mode BN as a per-channel scale and shift on the conv before it, from the running
+    /// statistics (`t = γ/√(σ²+ε)`, `b* = β + t·(b − μ)`, methods.md §1.1): differentiable in
+    /// γ, β and the kernel; the statistics stay as they are.
+    fn fold_bn(
+        &self,
+        prefix: &str,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let v = |s: &str| self.var(&format!("{prefix}.{s}"));
+        let t = v("weight")?.f_div(&v("running_var")?.f_add_scalar(eps)?.f_sqrt()?)?;
+        let o = w.size()[0];
+        let k = w.f_mul(&t.f_reshape([o, 1, 1, 1])?)?;
+        let centred = match b {
+            Some(b) => b.f_sub(v("running_mean")?)?,
+            None => v("running_mean")?.f_neg()?,
+        };
+        Ok((k, v("bias")?.f_add(&t.f_mul(&centred)?)?))
+    }
+
+    /// The deploy kernel and bias of one conv, composed differentiably from the method's
+    /// parameters: `fuse::fold::fold_conv` in tch, branch for branch.
+    fn deploy_kernel(
+        &self,
+        node: &str,
+        c: &TrainConv,
+        kernels: Option<&mut Vec<Tensor>>,
+    ) -> Result<(Tensor, Tensor)> {
+        let s = &c.shape;
+        let eps = c.bn.as_ref().map_or(1e-5, |b| b.eps);
+        let var = |n: String| self.var(&n);
+        let with_bn = |k: Tensor| -> Result<(Tensor, Tensor)> {
+            let bias = if s.bias {
+                Some(var(format!("{node}.bias"))?)
+            } else {
+                None
+            };
+            match &c.bn {
+                Some(bn) => self.fold_bn(&bn.name, &k, bias, bn.eps),
+                None => {
+                    let b = match bias {
+                        Some(b) => b.shallow_clone(),
+                        None => {
+                            Tensor::f_zeros([s.out_channels as i64], (Kind::Float, k.device()))?
+                        }
+                    };
+                    Ok((k, b))
+                }
+            }
+        };
+        let [kh, kw] = s.kernel.map(|v| v as i64);
+        // A centred 1×1 kernel padded to kh×kw (`fuse::fold::pad_1x1`).
+        let pad =
+            |w: &Tensor| w.f_constant_pad_nd([kw / 2, kw - 1 - kw / 2, kh / 2, kh - 1 - kh / 2]);
+        let identity = || -> Result<Tensor> {
+            let id = overparam_fuse::fold::identity_kernel::<f32>(s);
+            let device = self.var(&format!("{node}.rbr_dense.conv.weight"))?.device();
+            Ok(Tensor::f_from_slice(&id.data)?
+                .f_reshape(dims(&id.shape))?
+                .f_to_device(device)?)
+        };
+        let dense = || {
+            self.fold_bn(
+                &format!("{node}.rbr_dense.bn"),
+                var(format!("{node}.rbr_dense.conv.weight"))?,
+                None,
+                eps,
+            )
+        };
+        match &c.method {
+            Method::Plain => with_bn(var(format!("{node}.weight"))?.shallow_clone()),
+            Method::Fnl { .. } | Method::Sfo { .. } => {
+                let w = self.composed_kernel(node, c)?;
+                if let Some(k) = kernels {
+                    k.push(w.shallow_clone());
+                }
+                with_bn(w)
+            }
+            Method::Repvgg => {
+                let (mut k, mut b) = dense()?;
+                if !s.is_1x1() {
+                    let (k1, b1) = self.fold_bn(
+                        &format!("{node}.rbr_1x1.bn"),
+                        var(format!("{node}.rbr_1x1.conv.weight"))?,
+                        None,
+                        eps,
+                    )?;
+                    k = k.f_add(&pad(&k1)?)?;
+                    b = b.f_add(&b1)?;
+                }
+                if has_identity(s) {
+                    let (k0, b0) =
+                        self.fold_bn(&format!("{node}.rbr_identity"), &identity()?, None, eps)?;
+                    k = k.f_add(&k0)?;
+                    b = b.f_add(&b0)?;
+                }
+                Ok((k, b))
+            }
+            Method::Qarepvgg => {
+                let (k, b) = dense()?;
+                // The 1×1 and identity branches summed first, as fold_conv does.
+                let mut branches = if !s.is_1x1() {
+                    Some(pad(var(format!("{node}.rbr_1x1.weight"))?)?)
+                } else {
+                    None
+                };
+                if has_identity(s) {
+                    let id = identity()?;
+                    branches = Some(match branches {
+                        Some(b) => b.f_add(&id)?,
+                        None => id,
+                    });
+                }
+                let k = match branches {
+                    Some(br) => k.f_add(&br)?,
+                    None => k,
+                };
+                self.fold_bn(&format!("{node}.bn"), &k, Some(&b), eps)
+            }
+        }
+    }
+
+    /// A conv under QAT: the deploy kernel, fake-quantised with its input (and, in the CPU
+    /// encoding, its output) where the plan quantises the layer, as the INT8 export computes.
+    fn qat_conv(
+        &self,
+        qat: &crate::qat::Qat,
+        cx: &NodeCx,
+        c: &TrainConv,
+        x: &Tensor,
+        kernels: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let (w, b) = self.deploy_kernel(cx.prefix, c, kernels)?;
+        if !qat.quantises(cx.name) {
+            return Self::conv2d(x, &w, Some(&b), &c.shape);
+        }
+        let x = qat.activation(x, &cx.inputs[0])?;
+        let y = Self::conv2d(&x, &crate::qat::fake_weight(&w)?, Some(&b), &c.shape)?;
+        if qat.quantises_output(cx.name) {
+            return qat.activation(&y, cx.name);
+        }
+        Ok(y)
     }
 
     fn conv(
@@ -441,6 +600,10 @@ impl Backend for Tch<'_, '_> {
     }
     fn linear(&mut self, cx: &NodeCx, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (self.param(cx, "weight")?, self.param(cx, "bias")?);
+        if let Some(q) = self.model.qat.as_ref().filter(|q| q.quantises(cx.name)) {
+            let x = q.activation(x, &cx.inputs[0])?;
+            return Ok(x.f_linear(&crate::qat::fake_weight(&w)?, Some(&b))?);
+        }
         Ok(x.f_linear(&w, Some(&b))?)
     }
     fn resize(&mut self, _cx: &NodeCx, x: &Tensor, op: &Resize) -> Result<Tensor> {
@@ -463,6 +626,11 @@ impl Backend for Tch<'_, '_> {
 
 impl ConvBackend<TrainConv> for Tch<'_, '_> {
     fn conv(&mut self, cx: &NodeCx, c: &TrainConv, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.model.qat {
+            return self
+                .model
+                .qat_conv(q, cx, c, x, self.kernels.as_deref_mut());
+        }
         self.model
             .conv(cx.prefix, c, x, self.train, self.kernels.as_deref_mut())
     }

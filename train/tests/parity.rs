@@ -270,3 +270,98 @@ fn a_training_step_updates_every_parameter_and_still_folds_exactly() {
         assert!(v.passed(), "{:?}", v.worst_block());
     }
 }
+
+/// QAT's thresholds for every tensor of `spec` (the values do not matter with fake
+/// quantisation off).
+fn unit_plan(spec: &TrainSpec) -> overparam_train::qat::QatPlan {
+    let mut thresholds: std::collections::BTreeMap<String, f32> =
+        spec.nodes.iter().map(|n| (n.name.clone(), 1.0)).collect();
+    thresholds.insert(INPUT.to_string(), 1.0);
+    overparam_train::qat::QatPlan {
+        thresholds,
+        ..Default::default()
+    }
+}
+
+/// QAT's deploy kernels, composed in tch from every method's parameters, are the fold: with
+/// fake quantisation off the QAT forward equals the folded reference, in training mode too
+/// (BatchNorm frozen at its running statistics, which do not move), and gradients reach the
+/// BN affine parameters through the fold.
+#[test]
+fn qat_forward_is_the_fold_with_bn_frozen() {
+    use overparam_train::qat::Qat;
+    for (i, spec) in specs().into_iter().enumerate() {
+        let w = random_weights::<f32>(&train_layout(&spec).unwrap(), 30 + i as u64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut model = OpModel::new(&vs.root(), &spec, &w).unwrap();
+        model.set_qat(Some(
+            Qat::new(&spec, unit_plan(&spec), Device::Cpu, false).unwrap(),
+        ));
+        let inp = &spec.input;
+        let x: FTensor<f32> =
+            Rng::new(i as u64).normal_tensor(&[2, inp.channels, inp.height, inp.width], 1.0);
+        let (deploy, dw) = fold(&spec, &w).unwrap();
+        let want = run(&deploy, &dw, &x).unwrap();
+        for train in [false, true] {
+            let ys = model.forward(&to_tch(&x), train).unwrap();
+            for ((name, r), y) in want.iter().zip(&ys) {
+                let got = from_tch(y);
+                let rel = r.max_abs_diff(&got) / r.max_abs().max(1e-12);
+                assert!(
+                    rel <= 1e-4,
+                    "{} `{name}` train={train}: rel {rel:e}",
+                    spec.model
+                );
+            }
+            if train {
+                let loss = ys
+                    .iter()
+                    .map(|y| y.square().sum(tch::Kind::Float))
+                    .reduce(|a, b| a + b)
+                    .unwrap();
+                loss.backward();
+            }
+        }
+        let after = model.weights().unwrap();
+        for (name, t) in &w {
+            let kind = model.kind(name).unwrap();
+            if kind.is_buffer() {
+                assert_eq!(&after[name], t, "{} `{name}` moved", spec.model);
+            }
+        }
+        let bn_grads = model
+            .names()
+            .filter(|n| model.kind(n) == Some(overparam_fuse::layout::ParamKind::BnWeight))
+            .filter(|n| model.var(n).unwrap().grad().defined())
+            .count();
+        assert!(bn_grads > 0, "{}: no gradient reached a BN", spec.model);
+    }
+}
+
+/// QAT refuses a model it cannot quantise, and a plan it cannot apply.
+#[test]
+fn qat_refuses_what_it_cannot_quantise() {
+    use overparam_train::qat::Qat;
+    let spec = grouped_spec(Method::Plain);
+    let mut no_conv = spec.clone();
+    no_conv.nodes = vec![Node::new(
+        "flat",
+        &[INPUT],
+        Op::Flatten(overparam_fuse::ops::Flatten {}),
+    )];
+    no_conv.outputs = vec![OutputSpec::new("y", "flat")];
+    let e = Qat::new(&no_conv, unit_plan(&spec), Device::Cpu, true).unwrap_err();
+    assert!(e.to_string().contains("needs a conv"), "{e}");
+    let mut p = unit_plan(&spec);
+    p.thresholds.remove(INPUT);
+    let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
+    assert!(e.to_string().contains("`input`"), "{e}");
+    let mut p = unit_plan(&spec);
+    p.thresholds.insert(INPUT.into(), f32::NAN);
+    let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
+    assert!(e.to_string().contains("must be positive"), "{e}");
+    let mut p = unit_plan(&spec);
+    p.layers = Some(["nope".to_string()].into());
+    let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
+    assert!(e.to_string().contains("`nope`"), "{e}");
+}
