@@ -29,8 +29,10 @@ fn child(i: usize) {
     overparam_train::set_threads(1);
     let _ = tch::Tensor::ones([64, 64], (tch::Kind::Float, tch::Device::Cpu)).sum(tch::Kind::Float);
     let base = vm_hwm();
-    overparam_train::bench::train_step_time(model, width, method, batch, 3, None, tch::Device::Cpu)
-        .unwrap();
+    overparam_train::bench::train_step_time(&overparam_train::bench::StepBench::new(
+        model, width, method, batch,
+    ))
+    .unwrap();
     println!("{base} {}", vm_hwm());
 }
 

@@ -43,6 +43,9 @@ enum Command {
     Eval(commands::eval::Args),
     /// Export a deploy checkpoint as ONNX (fp32, fp16, or int8 with calibration).
     Export(commands::export::Args),
+    /// Quantisation-aware fine-tuning of a finished run through the fold, exported INT8 with
+    /// the learned thresholds.
+    Qat(commands::qat::Args),
     /// TensorRT plans (build with trtexec + manifest) and accuracy per precision.
     Engine(commands::engine::Args),
     /// Two models on the same seeded inputs, Polygraphy-style: per-output errors, NaN/Inf, a
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
         Command::Bridge(a) => commands::bridge::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Engine(a) => commands::engine::run(a),
+        Command::Qat(a) => commands::qat::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),

@@ -39,6 +39,11 @@ pub fn check_input(input: [usize; 3], set: &ImageSet, norm: &Normalize) -> Resul
 /// Top-1/top-5 of an ONNX classifier over a whole set (the model's batch size; a last partial
 /// batch is padded and the padding ignored).
 pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> {
+    Ok(evaluate_logits(model, set, norm)?.0)
+}
+
+/// [`evaluate`], with the logits of every image in the set's order.
+pub fn evaluate_logits(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<(TopK, Vec<f32>)> {
     let mut rt = OrtRuntime::new(model, None)?;
     let shape = rt.input_shape();
     if shape.len() != 4 {
@@ -50,6 +55,7 @@ pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> 
     let batch = shape[0].max(1);
     let px = set.shape.pixels();
     let mut top = TopK::default();
+    let mut logits = vec![];
     let mut buf = vec![0f32; batch * px];
     for start in (0..set.len()).step_by(batch) {
         let n = batch.min(set.len() - start);
@@ -67,8 +73,9 @@ pub fn evaluate(model: &[u8], set: &ImageSet, norm: &Normalize) -> Result<TopK> 
         let classes = out.1[1];
         let labels: Vec<i64> = (start..start + n).map(|i| set.labels[i] as i64).collect();
         top.add(&out.2[..n * classes], classes, &labels);
+        logits.extend_from_slice(&out.2[..n * classes]);
     }
-    Ok(top)
+    Ok((top, logits))
 }
 
 #[derive(Clone, Debug, Serialize)]

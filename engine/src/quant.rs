@@ -256,6 +256,7 @@ pub fn calibrate_inputs(
         choice,
         auto,
         models: BTreeMap::new(),
+        qat: None,
     };
     Ok(Calibration {
         plan,
@@ -334,12 +335,40 @@ pub struct CalibRecord {
     /// serves several (the pipeline's `model.int8.onnx` and `model.int8.cpu.onnx`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ActivationEncoding>,
+    /// Set when the thresholds were learned by QAT (`overparam qat`), starting from the
+    /// calibration the rest of the record describes; `model_sha256` is then the fine-tuned
+    /// model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat: Option<QatRecord>,
+}
+
+/// How QAT learned a record's thresholds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatRecord {
+    pub epochs: usize,
+    pub steps: usize,
+    /// Peak learning rate (cosine to zero).
+    pub lr: f64,
+    /// The calibrated thresholds QAT started from.
+    pub start: BTreeMap<String, f32>,
 }
 
 impl CalibRecord {
     /// How the thresholds were chosen, in a phrase: the calibrator, and for auto the rule it
     /// started from, the tensors it moved and the held-out images it chose on.
     pub fn summary(&self) -> String {
+        let calibration = self.calibration_summary();
+        match &self.qat {
+            Some(q) => format!(
+                "QAT: thresholds learned over {} epoch(s), {} steps, from {calibration}",
+                q.epochs, q.steps
+            ),
+            None => calibration,
+        }
+    }
+
+    fn calibration_summary(&self) -> String {
         match &self.auto {
             Some(a) => format!(
                 "auto calibration (best single rule on {} held-out images: {}; {} of {} tensors given another rule, held-out output error {:.3e})",

@@ -477,6 +477,7 @@ mod tests {
             choice: Default::default(),
             auto: None,
             models: Default::default(),
+            qat: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub mod experiment;
 pub mod import;
 pub mod metrics_csv;
 pub mod pipeline;
+#[cfg(feature = "train")]
+pub mod qat;
 
 pub use error::{Error, Result};
 

@@ -12,6 +12,7 @@ pub mod import;
 pub mod init;
 pub mod inspect;
 pub mod pipeline;
+pub mod qat;
 pub mod train;
 
 pub use overparam_lab::si;

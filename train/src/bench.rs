@@ -7,9 +7,12 @@ use overparam_fuse::models::{ClassifierOptions, ModelKind, build};
 use overparam_fuse::{MethodConfig, MethodKind};
 use tch::{Device, Kind, Tensor, nn};
 
+use overparam_fuse::{TrainSpec, Weights};
+
 use crate::error::Result;
 use crate::model::OpModel;
 use crate::optim::{Optimizer, Param};
+use crate::qat::{Qat, QatPlan};
 use overparam_config::OptimizerKind;
 
 #[derive(Clone, Debug)]
@@ -18,64 +21,179 @@ pub struct StepStats {
     pub train_params: usize,
     pub median_ms: f64,
     pub min_ms: f64,
+    /// With [`StepBench::qat`]: the QAT step's median and minimum, timed interleaved with the
+    /// FP32 step (one of each per round, so the machine's noise falls on both alike).
+    pub qat: Option<(f64, f64)>,
 }
 
-/// Runs `warmup + steps` SGD steps (forward, cross-entropy + Frobenius decay, backward, update)
-/// of one method at batch `batch` and returns the step-time statistics. `input` is a
-/// classifier's (channels, side), e.g. (1, 28) for the MNIST family; default 3×32×32.
-pub fn train_step_time(
-    model: ModelKind,
-    width: f64,
-    method: MethodKind,
-    batch: usize,
-    steps: usize,
-    input: Option<(usize, usize)>,
-    device: Device,
-) -> Result<StepStats> {
+/// What [`train_step_time`] measures.
+#[derive(Clone, Debug)]
+pub struct StepBench {
+    pub model: ModelKind,
+    pub width: f64,
+    pub method: MethodKind,
+    pub batch: usize,
+    pub steps: usize,
+    /// A classifier's (channels, side), e.g. (1, 28) for the MNIST family; default 3×32×32.
+    pub input: Option<(usize, usize)>,
+    pub device: Device,
+    /// Also the QAT step of the same model ([`crate::qat`]: deploy kernels fake-quantised,
+    /// TensorRT's encoding).
+    pub qat: bool,
+}
+
+impl StepBench {
+    pub fn new(model: ModelKind, width: f64, method: MethodKind, batch: usize) -> Self {
+        Self {
+            model,
+            width,
+            method,
+            batch,
+            steps: 3,
+            input: None,
+            device: Device::Cpu,
+            qat: false,
+        }
+    }
+}
+
+/// One model and its optimiser, stepping on a fixed batch.
+struct Stepper {
+    m: OpModel,
+    opt: Optimizer,
+    mtl: bool,
+}
+
+impl Stepper {
+    fn new(spec: &TrainSpec, w: &Weights<f32>, qat: Option<Qat>, device: Device) -> Result<Self> {
+        let mut m = OpModel::new(&nn::VarStore::new(device).root(), spec, w)?;
+        let mut params: Vec<Param> = m
+            .names()
+            .filter(|n| m.kind(n).is_some_and(|k| !k.is_buffer()))
+            .map(|n| Param {
+                name: n.to_string(),
+                tensor: m.var(n).expect("known").shallow_clone(),
+                weight_decay: if m.kind(n).is_some_and(|k| k.takes_weight_decay()) {
+                    5e-4
+                } else {
+                    0.0
+                },
+            })
+            .collect();
+        if let Some(q) = &qat {
+            params.extend(q.params().into_iter().map(|(name, t)| Param {
+                name,
+                tensor: t.shallow_clone(),
+                weight_decay: 0.0,
+            }));
+        }
+        m.set_qat(qat);
+        let opt = Optimizer {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.9,
+            nesterov: false,
+            params,
+            buffers: Default::default(),
+            steps: 0,
+        };
+        Ok(Self {
+            m,
+            opt,
+            mtl: spec.has_dense_outputs(),
+        })
+    }
+
+    fn train_params(&self) -> usize {
+        self.opt
+            .params
+            .iter()
+            .filter(|p| !p.name.starts_with("qat."))
+            .map(|p| p.tensor.numel())
+            .sum()
+    }
+
+    /// One timed step, in ms.
+    fn step(&mut self, x: &Tensor, t: &Tensor, device: Device) -> Result<f64> {
+        let t0 = Instant::now();
+        let (ys, frob) = self.m.forward_with_frobenius(x)?;
+        let mut loss = if self.mtl {
+            // A stand-in for the three task losses: the cost is in the network, not the loss.
+            let mut l = ys[0].f_square()?.f_mean(Kind::Float)?;
+            for y in &ys[1..] {
+                l = l.f_add(&y.f_square()?.f_mean(Kind::Float)?)?;
+            }
+            l
+        } else {
+            ys[0].f_cross_entropy_loss::<Tensor>(t, None, tch::Reduction::Mean, -100, 0.0)?
+        };
+        if let Some(f) = frob {
+            loss = loss.f_add(&f.f_mul_scalar(2.5e-4)?)?;
+        }
+        self.opt.zero_grad()?;
+        loss.f_backward()?;
+        self.opt.step(0.01)?;
+        if let Some(q) = self.m.qat() {
+            q.clamp()?;
+        }
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+}
+
+/// Thresholds of 1 for every tensor: a step costs the same whatever the values.
+fn unit_plan(spec: &TrainSpec) -> QatPlan {
+    let mut thresholds: std::collections::BTreeMap<String, f32> =
+        spec.nodes.iter().map(|n| (n.name.clone(), 1.0)).collect();
+    thresholds.insert(overparam_fuse::spec::INPUT.to_string(), 1.0);
+    QatPlan {
+        thresholds,
+        ..Default::default()
+    }
+}
+
+fn median_min(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0])
+}
+
+/// Runs `2 + steps` SGD steps (forward, cross-entropy + Frobenius decay, backward, update) of
+/// one method, and with `qat` as many QAT steps interleaved, and returns the step-time
+/// statistics (the first two of each are warm-up).
+pub fn train_step_time(b: &StepBench) -> Result<StepStats> {
+    let (batch, steps, device) = (b.batch, b.steps, b.device);
     if batch == 0 || steps == 0 {
         return Err(crate::error::Error::Config(format!(
             "bench: batch ({batch}) and steps ({steps}) must be at least 1"
         )));
     }
     // The multi-task net runs at a 3:4 NYUv2-like size (96×128), classifiers at 32×32.
-    let (in_channels, image_size) = match input {
+    let (in_channels, image_size) = match b.input {
         Some(i) => i,
-        None if model == ModelKind::Mtl => (3, 96),
+        None if b.model == ModelKind::Mtl => (3, 96),
         None => (3, 32),
     };
     let spec = build(
-        model,
+        b.model,
         &ClassifierOptions {
-            width,
+            width: b.width,
             image_size,
             in_channels,
-            ..ClassifierOptions::new(MethodConfig::new(method))
+            ..ClassifierOptions::new(MethodConfig::new(b.method))
         },
     )?;
     overparam_fuse::memory::check(&[&spec], batch, 1, "--width, --batch")?;
     let w = init_train_weights(&spec, &InitOptions::default())?;
-    let m = OpModel::new(&nn::VarStore::new(device).root(), &spec, &w)?;
-    let params: Vec<Param> = m
-        .names()
-        .filter(|n| m.kind(n).is_some_and(|k| !k.is_buffer()))
-        .map(|n| Param {
-            name: n.to_string(),
-            tensor: m.var(n).expect("known").shallow_clone(),
-            weight_decay: if m.kind(n).is_some_and(|k| k.takes_weight_decay()) {
-                5e-4
-            } else {
-                0.0
-            },
-        })
-        .collect();
-    let train_params = params.iter().map(|p| p.tensor.numel()).sum();
-    let mut opt = Optimizer {
-        kind: OptimizerKind::Sgd,
-        momentum: 0.9,
-        nesterov: false,
-        params,
-        buffers: Default::default(),
-        steps: 0,
+    let mut fp32 = Stepper::new(&spec, &w, None, device)?;
+    let mut qat = match b.qat {
+        true => Some(Stepper::new(
+            &spec,
+            &w,
+            Some(Qat::new(&spec, unit_plan(&spec), device, true)?),
+            device,
+        )?),
+        false => None,
     };
     let i = &spec.input;
     let x = Tensor::f_randn(
@@ -92,39 +210,25 @@ pub fn train_step_time(
         [batch as i64],
         (Kind::Int64, device),
     )?;
-    let mut times = Vec::with_capacity(steps);
+    let (mut times, mut qat_times) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
     for i in 0..steps + 2 {
-        let t0 = Instant::now();
-        let (ys, frob) = m.forward_with_frobenius(&x)?;
-        let mut loss = if model == ModelKind::Mtl {
-            // A stand-in for the three task losses: the cost is in the network, not the loss.
-            let mut l = ys[0].f_square()?.f_mean(Kind::Float)?;
-            for y in &ys[1..] {
-                l = l.f_add(&y.f_square()?.f_mean(Kind::Float)?)?;
-            }
-            l
-        } else {
-            ys[0].f_cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Mean, -100, 0.0)?
+        let ms = fp32.step(&x, &t, device)?;
+        let qms = match &mut qat {
+            Some(q) => Some(q.step(&x, &t, device)?),
+            None => None,
         };
-        if let Some(f) = frob {
-            loss = loss.f_add(&f.f_mul_scalar(2.5e-4)?)?;
-        }
-        opt.zero_grad()?;
-        loss.f_backward()?;
-        opt.step(0.01)?;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-        }
         if i >= 2 {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
+            qat_times.extend(qms);
         }
     }
-    times.sort_by(f64::total_cmp);
+    let (median_ms, min_ms) = median_min(times);
     Ok(StepStats {
-        method,
-        train_params,
-        median_ms: times[times.len() / 2],
-        min_ms: times[0],
+        method: b.method,
+        train_params: fp32.train_params(),
+        median_ms,
+        min_ms,
+        qat: (!qat_times.is_empty()).then(|| median_min(qat_times)),
     })
 }
 
@@ -144,44 +248,24 @@ mod tests {
     #[test]
     fn step_timing_runs_for_classifiers_and_the_mtl_net() {
         for model in [ModelKind::VggSmall, ModelKind::Mtl] {
-            let s =
-                train_step_time(model, 0.125, MethodKind::Sfo, 2, 1, None, Device::Cpu).unwrap();
+            let mut b = StepBench::new(model, 0.125, MethodKind::Sfo, 2);
+            b.steps = 1;
+            b.qat = model == ModelKind::VggSmall;
+            let s = train_step_time(&b).unwrap();
             assert!(s.median_ms > 0.0 && s.train_params > 0, "{model:?}");
+            assert_eq!(s.qat.is_some(), b.qat);
         }
         // A 1×28×28 classifier (the MNIST family) has a stem with fewer weights than 3×32×32's.
-        let rgb = train_step_time(
-            ModelKind::VggSmall,
-            0.125,
-            MethodKind::Plain,
-            2,
-            1,
-            None,
-            Device::Cpu,
-        )
-        .unwrap();
-        let gray = train_step_time(
-            ModelKind::VggSmall,
-            0.125,
-            MethodKind::Plain,
-            2,
-            1,
-            Some((1, 28)),
-            Device::Cpu,
-        )
-        .unwrap();
+        let mut b = StepBench::new(ModelKind::VggSmall, 0.125, MethodKind::Plain, 2);
+        b.steps = 1;
+        let rgb = train_step_time(&b).unwrap();
+        b.input = Some((1, 28));
+        let gray = train_step_time(&b).unwrap();
         assert_eq!(rgb.train_params - gray.train_params, 2 * 9 * 4);
         for (batch, steps) in [(0, 1), (2, 0)] {
-            let e = train_step_time(
-                ModelKind::VggSmall,
-                0.125,
-                MethodKind::Plain,
-                batch,
-                steps,
-                None,
-                Device::Cpu,
-            )
-            .unwrap_err()
-            .to_string();
+            let mut b = StepBench::new(ModelKind::VggSmall, 0.125, MethodKind::Plain, batch);
+            b.steps = steps;
+            let e = train_step_time(&b).unwrap_err().to_string();
             assert!(e.contains("at least 1"), "{e}");
         }
     }

@@ -15,10 +15,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use overparam_base::Progress;
+use overparam_config::TrainConfig;
+use overparam_data::cifar::ImageSet;
+use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, batches_per_epoch};
+use overparam_fuse::Weights;
 use overparam_fuse::spec::{Op, TrainSpec};
 use tch::{Device, Tensor};
 
+use crate::OpModel;
 use crate::error::{Error, Result};
+use crate::optim::learning_rate;
 
 /// What QAT starts from: the calibration's plan, in the train crate's terms (the engine's
 /// `QuantPlan` and `nonnegative_tensors` give it; train does not depend on the engine).
@@ -173,17 +183,23 @@ impl Qat {
             (-128.0, 127.0, 127.0)
         };
         let s = amax.f_div_scalar(div)?;
-        // LSQ's gradient scale g = 1/√(N·Qp), N the elements per image; applied to the
-        // gradient only, so the forward's scale stays bit-identical to the exported one.
+        // LSQ's gradient scale g = 1/√(N·Qp), N the elements per image, times div² because
+        // the parameter is the threshold (amax = div·s): its steps then move s as LSQ's do.
         let per = (x.numel() / x.size()[0].max(1) as usize).max(1) as f64;
-        let g = 1.0 / (per * hi).sqrt();
-        let sd = s.f_detach()?;
-        let s = s.f_sub(&sd)?.f_mul_scalar(g)?.f_add(&sd)?;
-        let v = x.f_div(&s)?.f_clamp(lo, hi)?;
-        // Forward: round(v)·s, exactly; backward: v's gradient (straight through), which
-        // gives LSQ's step-size gradient through v = x/s.
-        let q = v.f_round()?.f_add(&v.f_sub(&v.f_detach()?)?)?;
-        Ok(q.f_mul(&s)?)
+        let g = div * div / (per * hi).sqrt();
+        // ATen's fused LSQ kernel: round half to even as QuantizeLinear, the gradient
+        // straight through inside the range, LSQ's step-size gradient. It multiplies by
+        // 1/s where QuantizeLinear divides by s: the two differ only where x/s lies within
+        // an ulp of a rounding tie, far rarer than the flips libtorch's and ONNX Runtime's
+        // differing conv summation orders already cause (tests/qat.rs measures both).
+        let zero = Tensor::f_zeros([1], (tch::Kind::Float, x.device()))?;
+        Ok(x.f_internal_fake_quantize_learnable_per_tensor_affine(
+            &s.f_reshape([1])?,
+            &zero,
+            lo as i64,
+            hi as i64,
+            g,
+        )?)
     }
 }
 
@@ -214,6 +230,148 @@ pub(crate) fn fake_weight(w: &Tensor) -> Result<Tensor> {
         .f_reshape(&view)?;
     let q = round_away(&wd.f_div(&s)?)?.f_clamp(-127.0, 127.0)?;
     Ok(q.f_mul(&s)?.f_add(&w.f_sub(&wd)?)?)
+}
+
+/// A fine-tune of a trained classifier through the fold: with fake quantisation (QAT), or
+/// without it, the equal-compute FP32 pair (the same folded forward, BN frozen, same steps).
+pub struct FineTune<'a> {
+    /// The run's config: optimiser (momentum, weight decay, batch size), augmentation, seed.
+    pub cfg: &'a TrainConfig,
+    pub spec: &'a TrainSpec,
+    pub weights: &'a Weights<f32>,
+    pub plan: QatPlan,
+    pub fake_quant: bool,
+    pub epochs: usize,
+    /// The peak learning rate, decayed by a cosine to zero over the fine-tune.
+    pub lr: f64,
+}
+
+/// What a fine-tune gives back.
+#[derive(Debug)]
+pub struct FineTuned {
+    pub weights: Weights<f32>,
+    /// The learned thresholds (the plan's, unchanged, without fake quantisation).
+    pub thresholds: BTreeMap<String, f32>,
+    /// The fine-tuned model's top-1 error (%) on the test set, as it trained (fake-quantised
+    /// when QAT), and its logits there.
+    pub top1_err: f64,
+    pub logits: Vec<f32>,
+    pub steps: usize,
+    /// Seconds per optimisation step (loader included).
+    pub step_seconds: f64,
+}
+
+/// Fine-tunes `ft.spec` from `ft.weights` for `ft.epochs` on `train`, evaluates on `test`.
+pub fn fine_tune(
+    ft: &FineTune,
+    train: &Arc<ImageSet>,
+    test: &Arc<ImageSet>,
+    norm: &Normalize,
+    device: Device,
+    progress: &dyn Progress,
+) -> Result<FineTuned> {
+    if ft.epochs == 0 {
+        return Err(Error::Config(
+            "a QAT fine-tune needs at least one epoch".into(),
+        ));
+    }
+    if !(ft.lr.is_finite() && ft.lr > 0.0) {
+        return Err(Error::Config(format!(
+            "QAT learning rate {} must be positive",
+            ft.lr
+        )));
+    }
+    let cfg = ft.cfg;
+    let qat = Qat::new(ft.spec, ft.plan.clone(), device, ft.fake_quant)?;
+    let vs = tch::nn::VarStore::new(device);
+    let mut model = OpModel::new(&vs.root(), ft.spec, ft.weights)?;
+    let extra: Vec<(String, Tensor)> = qat
+        .params()
+        .into_iter()
+        .filter(|_| ft.fake_quant)
+        .map(|(n, t)| (n, t.shallow_clone()))
+        .collect();
+    model.set_qat(Some(qat));
+    let refs: Vec<(&str, &Tensor)> = extra.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    // One group: R2's alternation is a routine of training from scratch, not of a fine-tune.
+    let mut opts = crate::fit::grouped_optimisers(cfg, &model, |_, _| false, &refs);
+    let mut optim = cfg.optim.clone();
+    optim.lr = ft.lr;
+    optim.warmup_epochs = 0;
+    optim.schedule = overparam_config::Schedule::Cosine;
+    let loader = LoaderConfig {
+        batch_size: cfg.optim.batch_size,
+        shuffle: true,
+        drop_last: true,
+        augment: cfg.data.augment.then_some(Augment {
+            crop_pad: cfg.data.crop_pad,
+            hflip: cfg.data.hflip,
+        }),
+        normalize: norm.clone(),
+        seed: cfg.run.seed,
+    };
+    let steps = batches_per_epoch(train.len(), &loader);
+    if steps == 0 {
+        return Err(Error::Config(format!(
+            "optim.batch_size {} exceeds the training set ({} images)",
+            cfg.optim.batch_size,
+            train.len()
+        )));
+    }
+    let what = if ft.fake_quant { "qat" } else { "fp32 pair" };
+    let t0 = Instant::now();
+    let mut step_no = 0;
+    for epoch in 0..ft.epochs {
+        progress.start(
+            &format!("{what} epoch {}/{}", epoch + 1, ft.epochs),
+            steps as u64,
+        );
+        // Epochs past the run's own, so the fine-tune sees new augmentations.
+        let loader = Loader::spawn(train.clone(), loader.clone(), cfg.optim.epochs + epoch, 0);
+        for (index, b) in loader.enumerate() {
+            let x = crate::trainer::batch_tensor(&b.images, b.size, train.shape, device)?;
+            let t = Tensor::f_from_slice(&b.labels)?.f_to_device(device)?;
+            let lr = learning_rate(
+                &optim,
+                epoch as f64 + index as f64 / steps as f64,
+                ft.epochs,
+            );
+            let (mut ys, frob) = model.forward_with_frobenius(&x)?;
+            let ce = ys.remove(0).f_cross_entropy_loss::<Tensor>(
+                &t,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                cfg.optim.label_smoothing,
+            )?;
+            let loss = ce.f_double_value(&[])?;
+            if !loss.is_finite() {
+                return Err(Error::Model(format!(
+                    "{what}: the loss is {loss} at epoch {}, step {index}",
+                    epoch + 1
+                )));
+            }
+            crate::fit::step(cfg, &mut opts, &ce, frob, lr, step_no)?;
+            if let Some(q) = model.qat() {
+                q.clamp()?;
+            }
+            step_no += 1;
+            progress.inc(1);
+            progress.message(&format!("loss {loss:.4}"));
+        }
+        progress.finish();
+    }
+    let step_seconds = t0.elapsed().as_secs_f64() / step_no.max(1) as f64;
+    let (_, top, logits) = crate::trainer::evaluate(&model, test, norm, device)?;
+    let thresholds = model.qat().expect("set above").thresholds()?;
+    Ok(FineTuned {
+        weights: model.weights()?,
+        thresholds,
+        top1_err: top.top1_error(),
+        logits,
+        steps: step_no,
+        step_seconds,
+    })
 }
 
 #[cfg(test)]
@@ -289,11 +447,14 @@ mod tests {
         // One clipped element pulls amax up (∂x̂/∂s = Qp for x above the range), one inside
         // the range gives round(v) − v.
         let q = qat(false, false, 127.0);
-        let x = t(&[200.0, 10.3]).reshape([1, 2]);
+        let x = t(&[200.0, 10.3]).reshape([1, 2]).set_requires_grad(true);
         q.activation(&x, "x").unwrap().sum(Kind::Float).backward();
+        // Straight through inside the range, nothing outside it.
+        assert_eq!(vec(&x.grad()), [0.0, 1.0]);
         let g = q.amax["x"].grad().double_value(&[]);
         let lsq_g = 1.0 / (2.0f64 * 127.0).sqrt();
-        let want = (127.0 + (10.0 - 10.3)) / 127.0 * lsq_g;
-        assert!((g - want).abs() < 1e-6, "{g} vs {want}");
+        // ∂x̂/∂s summed (126.7), LSQ-scaled, through amax = 127·s with the div² factor.
+        let want = (127.0 + (10.0 - 10.3)) * lsq_g * 127.0;
+        assert!((g - want).abs() < 1e-5 * want, "{g} vs {want}");
     }
 }

@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// Where the steps run: cpu or cuda (as a config's `run.device`).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// Also the QAT step of each method (deploy kernels fake-quantised, `overparam qat`),
+    /// timed interleaved with its FP32 step, and their ratio.
+    #[arg(long)]
+    qat: bool,
     /// Internal: run one method and print its numbers as JSON (the parent starts these).
     #[arg(long, hide = true)]
     worker: bool,
@@ -81,20 +85,19 @@ fn worker(t: &TrainArgs) -> Result<ExitCode> {
         Device::Cuda => DeviceChoice::Cuda,
         Device::Cpu => DeviceChoice::Cpu,
     })?;
-    let s = overparam_train::bench::train_step_time(
-        t.model,
-        t.width,
-        t.method[0],
-        t.batch,
-        t.steps,
-        train_input(t),
+    let s = overparam_train::bench::train_step_time(&overparam_train::bench::StepBench {
+        steps: t.steps,
+        input: train_input(t),
         device,
-    )?;
+        qat: t.qat,
+        ..overparam_train::bench::StepBench::new(t.model, t.width, t.method[0], t.batch)
+    })?;
     println!(
         "{}",
         serde_json::json!({
             "median_ms": s.median_ms,
             "min_ms": s.min_ms,
+            "qat_median_ms": s.qat.map(|q| q.0),
             "train_params": s.train_params,
             "peak_rss_mib": overparam_train::bench::peak_rss_mib(),
         })
@@ -127,10 +130,14 @@ fn parent(t: &TrainArgs) -> Result<ExitCode> {
         t.threads.map_or("default".to_string(), |n| n.to_string()),
         t.steps
     );
-    println!(
+    print!(
         "{:<9} {:>12} {:>10} {:>8} {:>14} {:>8}",
         "method", "train params", "step ms", "× plain", "peak RSS MiB", "× plain"
     );
+    if t.qat {
+        print!(" {:>10} {:>8}", "qat ms", "× fp32");
+    }
+    println!();
     let mut base: Option<(f64, f64)> = None;
     for m in methods {
         let mut cmd = Command::new(&exe);
@@ -152,6 +159,9 @@ fn parent(t: &TrainArgs) -> Result<ExitCode> {
             &t.steps.to_string(),
         ])
         .args(["--device", t.device.as_str()]);
+        if t.qat {
+            cmd.arg("--qat");
+        }
         if let Some(n) = t.threads {
             cmd.args(["--threads", &n.to_string()]);
         }
@@ -175,7 +185,7 @@ fn parent(t: &TrainArgs) -> Result<ExitCode> {
         let ms = v["median_ms"].as_f64().unwrap_or(f64::NAN);
         let rss = v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
         let (bms, brss) = *base.get_or_insert((ms, rss));
-        println!(
+        print!(
             "{:<9} {:>12} {:>10.1} {:>7.2}× {:>14.0} {:>7.2}×",
             m.as_str(),
             v["train_params"].as_u64().unwrap_or(0),
@@ -184,6 +194,10 @@ fn parent(t: &TrainArgs) -> Result<ExitCode> {
             rss,
             rss / brss
         );
+        match v["qat_median_ms"].as_f64() {
+            Some(q) => println!(" {q:>10.1} {:>7.2}×", q / ms),
+            None => println!(),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
