@@ -7,7 +7,11 @@ TensorRT's encoding (int8 activations, zero point 0), evaluated in ONNX Runtime 
 split, once per calibrator, and writes into --out:
   results.csv   one row per cell and seed: label, seed, fp32 top-1 err %, and one
                 `int8 drop <name> %` column per calibrator (INT8 top-1 error minus FP32 top-1
-                error of the same model, points); `qat` stays empty until QAT exists;
+                error of the same model, points); `qat` is `overparam qat --pair` (a
+                --qat-epochs fine-tune with fake quantisation, its INT8 error minus that of an
+                FP32 fine-tune of the same length; --qat-epochs 0 leaves it empty);
+  qat.csv       per cell: QAT's errors before and after, how ONNX Runtime reproduces the QAT
+                model (top-1 agreement, logits within 2 steps), the step-time ratio;
   calibration.csv  per cell and calibrator: the wall-clock seconds of the whole command, and
                 for auto the rule it started from and the tensors it moved;
   summary.md    mean ± std per method and calibrator, and the goals checked.
@@ -63,6 +67,46 @@ def measure(binary, deploy, data, calibrator, calib_images, batch):
     return out
 
 
+def measure_qat(binary, cell, epochs, calib_images, batch):
+    deploy = cell / "model.deploy.safetensors"
+    key = (f"qat {epochs} {calib_images} {batch} trt "
+           f"{deploy.stat().st_size} {deploy.stat().st_mtime_ns}")
+    cache = cell / "calibrators.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    cmd = [binary, "qat", "--run", str(cell), "--epochs", str(epochs), "--pair", "--json",
+           "--encoding", "trt", "--calib-images", str(calib_images), "--batch", str(batch)]
+    t = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.monotonic() - t
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    r = json.loads(p.stdout)
+    out = {
+        "fp32": r["pair"]["onnx_top1_err"],
+        "int8": r["qat"]["onnx_top1_err"],
+        "seconds": seconds,
+        "before_fp32": r["fp32_top1_err"],
+        "before_int8": r["ptq_int8_top1_err"],
+        "qat_model": r["qat"]["model_top1_err"],
+        "agreement": r["reproduction"]["top1_agreement"],
+        "within_2": r["reproduction"]["within_2_steps"],
+        "max_steps": r["reproduction"]["max_steps"],
+        "step_ratio": r["qat"]["step_seconds"] / r["pair"]["step_seconds"],
+        "thresholds_moved": r["thresholds_moved"],
+    }
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known[key] = out
+    tmp = cache.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(cache)
+    return out
+
+
 def mean_std(xs):
     if not xs:
         return "–"
@@ -79,6 +123,7 @@ def main():
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--binary", default="target/release/overparam")
+    ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     names = a.calibrators.split(",")
@@ -94,6 +139,11 @@ def main():
             per[c] = measure(a.binary, deploy, a.data, c, a.calib_images, a.batch)
             print(f"{label}-s{seed} {c}: int8 drop {per[c]['int8'] - per[c]['fp32']:+.2f} "
                   f"({per[c]['seconds']:.1f} s)", file=sys.stderr)
+        if a.qat_epochs > 0:
+            per["qat"] = measure_qat(a.binary, cj.parent, a.qat_epochs, a.calib_images, a.batch)
+            q = per["qat"]
+            print(f"{label}-s{seed} qat: int8 drop {q['int8'] - q['fp32']:+.2f} "
+                  f"(agreement {100 * q['agreement']:.2f}%, {q['seconds']:.1f} s)", file=sys.stderr)
         cells.append((label, seed, per))
     if not cells:
         sys.exit(f"{a.runs}: no finished cells (*/cell.json with model.deploy.safetensors)")
@@ -148,6 +198,49 @@ def main():
                       f"{statistics.mean(p['auto']['seconds'] for p in allc) / statistics.mean(p['entropy']['seconds'] for p in allc):.2f}× "
                       "(wall clock of the whole `engine accuracy` command on a shared machine; "
                       "`cargo bench --bench calibration` times calibration alone).")
+    qc = [(l, sd, per["qat"], per) for l, sd, per in cells if "qat" in per]
+    if qc:
+        with open(a.out / "qat.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["label", "seed", "fp32 top-1 err %", "ptq int8 (auto) %", "qat model %",
+                        "qat int8 %", "fp32 fine-tune %", "int8 drop qat %", "top-1 agreement %",
+                        "logits within 2 steps %", "max steps", "qat step / fp32 step",
+                        "thresholds moved", "seconds"])
+            for l, sd, q, _ in qc:
+                w.writerow([l, sd, f"{q['before_fp32']:.2f}", f"{q['before_int8']:.2f}",
+                            f"{q['qat_model']:.2f}", f"{q['int8']:.2f}", f"{q['fp32']:.2f}",
+                            f"{q['int8'] - q['fp32']:.2f}", f"{100 * q['agreement']:.2f}",
+                            f"{100 * q['within_2']:.2f}", f"{q['max_steps']:.2f}",
+                            f"{q['step_ratio']:.2f}", q["thresholds_moved"], f"{q['seconds']:.0f}"])
+        qd = [q["int8"] - q["fp32"] for _, _, q, _ in qc]
+        plain = [q["before_fp32"] for l, _, q, _ in qc if l == "plain"]
+        md += ["", "## QAT", "",
+               f"`overparam qat --epochs {a.qat_epochs} --pair`: a fine-tune of each trained "
+               "checkpoint with fake quantisation through the fold, exported INT8 with the learned "
+               "thresholds; its pair is an FP32 fine-tune of the same length through the same "
+               "folded forward. Drop = QAT INT8 error − the pair's FP32 error.", "",
+               "| method | drop qat | qat int8 err % | fp32 fine-tune err % | top-1 agreement % (min) | qat step / fp32 step |",
+               "|---|---|---|---|---|---|"]
+        for label in order:
+            g = [q for l, _, q, _ in qc if l == label]
+            if g:
+                md.append(f"| {label} | {mean_std([q['int8'] - q['fp32'] for q in g])} | "
+                          f"{mean_std([q['int8'] for q in g])} | {mean_std([q['fp32'] for q in g])} | "
+                          f"{min(100 * q['agreement'] for q in g):.2f} | "
+                          f"{statistics.mean(q['step_ratio'] for q in g):.2f}× |")
+        md += ["", f"- QAT's mean drop: {statistics.mean(qd):+.3f} points (goal ≤ 0.05); "
+               f"worst cell {max(qd):+.2f}."]
+        if plain:
+            base = statistics.mean(plain)
+            md.append(f"- QAT INT8 error per method against plain's FP32 error ({base:.2f}%, "
+                      "before fine-tuning; goal: no higher): " + ", ".join(
+                          f"{label} {statistics.mean(q['int8'] for l, _, q, _ in qc if l == label):.2f}"
+                          for label in order if any(l == label for l, _, _, _ in qc)) + ".")
+        agree = [q["agreement"] for _, _, q, _ in qc]
+        md.append(f"- ONNX Runtime reproduces the QAT model: top-1 agreement mean "
+                  f"{100 * statistics.mean(agree):.2f}%, min {100 * min(agree):.2f}% (goal ≥ 99.9%); "
+                  f"logits within 2 steps (max|logit|/127): min {100 * min(q['within_2'] for _, _, q, _ in qc):.2f}%, "
+                  f"largest difference {max(q['max_steps'] for _, _, q, _ in qc):.2f} steps.")
     (a.out / "summary.md").write_text("\n".join(md) + "\n")
     print(f"wrote {a.out}/results.csv, calibration.csv, summary.md", file=sys.stderr)
 

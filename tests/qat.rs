@@ -324,7 +324,7 @@ fn the_int8_onnx_reproduces_the_qat_model_for_every_method_and_encoding() {
     println!("{}", report.join("\n"));
 }
 
-/// `overparam qat` on a finished run: calibrates, fine-tunes with and without fake
+/// `[quant] qat_epochs` in a train config, and `overparam qat` on the finished run: calibrates, fine-tunes with and without fake
 /// quantisation, writes the INT8 model with a record whose thresholds are the learned ones
 /// (and whose hash is the fine-tuned model's, saved beside it), and reports how ONNX Runtime
 /// reproduces the QAT model. Bad requests are refused with nothing written.
@@ -339,12 +339,18 @@ fn qat_fine_tunes_a_finished_run_and_writes_the_learned_thresholds() {
     std::fs::write(
         &cfg,
         format!(
-            "[run]\nname = \"base\"\ndir = \"{d}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"repvgg\" }}\n[data]\nsynthetic_train = 200\nsynthetic_test = 100\nclasses = 10\n[optim]\nepochs = 1\nbatch_size = 20\nlr = 0.05\n"
+            "[run]\nname = \"base\"\ndir = \"{d}\"\nthreads = 1\n[model]\nkind = \"vgg_small\"\nwidth = 0.125\nmethod = {{ kind = \"repvgg\" }}\n[data]\nsynthetic_train = 200\nsynthetic_test = 100\nclasses = 10\n[optim]\nepochs = 1\nbatch_size = 20\nlr = 0.05\n[quant]\nqat_epochs = 1\nencoding = \"cpu\"\n"
         ),
     )
     .unwrap();
-    ok(&run(&["train", "--config", cfg.to_str().unwrap()]));
+    // `[quant] qat_epochs`: training ends with the QAT fine-tune and its INT8 model.
+    let t = ok(&run(&["train", "--config", cfg.to_str().unwrap()]));
+    assert!(
+        t.contains("QAT (1 epoch(s), UnsignedOffset encoding)"),
+        "{t}"
+    );
     let run_dir = dir.path().join("base");
+    assert!(run_dir.join("model.qat.int8.onnx").exists());
     let r = run_dir.to_str().unwrap();
     let small = [
         "--calib-images",

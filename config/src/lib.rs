@@ -58,6 +58,34 @@ pub struct TrainConfig {
     /// Multi-task settings (model.kind = "mtl").
     #[serde(default)]
     pub mtl: MtlConfig,
+    /// Quantisation-aware fine-tuning after training (`overparam qat`'s, on this run).
+    #[serde(default)]
+    pub quant: QuantConfig,
+}
+
+/// `[quant]`: QAT through the fold after the run's epochs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantConfig {
+    /// Epochs of QAT fine-tuning after training (0: none). Writes `model.qat.int8.onnx`, its
+    /// `.calib.json` and the fine-tuned deploy checkpoint into the run directory.
+    #[serde(default)]
+    pub qat_epochs: usize,
+    /// Peak learning rate of the QAT fine-tune (cosine to zero) [default: 1% of optim.lr].
+    #[serde(default)]
+    pub qat_lr: Option<f64>,
+    /// The INT8 encoding QAT trains for: TensorRT's or the CPU one.
+    #[serde(default)]
+    pub encoding: QuantEncoding,
+}
+
+/// `quant.encoding`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantEncoding {
+    #[default]
+    Trt,
+    Cpu,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -490,6 +518,15 @@ impl TrainConfig {
                 d.kind()
             )
             .to_lowercase());
+        }
+        if let Some(lr) = self.quant.qat_lr {
+            POSITIVE.check("quant.qat_lr", lr).map_err(number)?;
+        }
+        if self.quant.qat_epochs > 0 && self.model.kind.is_some_and(|k| k.as_str() == "mtl") {
+            return bad(
+                "quant.qat_epochs: QAT fine-tunes classifiers; the multi-task net is not one yet"
+                    .into(),
+            );
         }
         if self.mtl.tasks.as_ref().is_some_and(|t| t.is_empty()) {
             return bad(

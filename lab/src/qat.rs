@@ -247,6 +247,37 @@ pub fn reproduction(want: &[f32], got: &[f32], classes: usize) -> Reproduction {
     }
 }
 
+/// `[quant] qat_epochs` of a finished classification run: [`run`] on its directory, with
+/// the config's encoding and learning rate and the default calibration. `None` when the
+/// config asks for no QAT.
+pub fn after_training(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Option<QatReport>> {
+    let q = &cfg.quant;
+    if q.qat_epochs == 0 {
+        return Ok(None);
+    }
+    let encoding = match q.encoding {
+        overparam_config::QuantEncoding::Trt => ActivationEncoding::SignedSymmetric,
+        overparam_config::QuantEncoding::Cpu => ActivationEncoding::UnsignedOffset,
+    };
+    let req = QatRequest {
+        run: run_dir.to_path_buf(),
+        epochs: q.qat_epochs,
+        lr: q.qat_lr,
+        quant: Quantization {
+            encoding,
+            ..Default::default()
+        },
+        batch: 50,
+        pair: false,
+        output: None,
+    };
+    run(&req, progress).map(Some)
+}
+
 /// Where `run` puts its INT8 model by default.
 pub fn default_output(run: &Path) -> PathBuf {
     run.join("model.qat.int8.onnx")

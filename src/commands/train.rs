@@ -43,16 +43,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match overparam_train::trainer::train(&cfg, a.resume, &progress, a.epochs_now)? {
-        Some(s) => println!(
-            "run {}: test top-1 error {:.2}% (top-5 {:.2}%); fold exact in f64; deploy model top-1 error {:.2}% (top-5 {:.2}%), {} predictions moved by the device's rounding (max logit rel diff {:.1e})",
-            s.run_dir.display(),
-            s.last.test_top1_err,
-            s.last.test_top5_err,
-            s.deploy_test_top1_err,
-            s.deploy_test_top5_err,
-            s.prediction_mismatches,
-            s.max_logit_rel_diff
-        ),
+        Some(s) => {
+            println!(
+                "run {}: test top-1 error {:.2}% (top-5 {:.2}%); fold exact in f64; deploy model top-1 error {:.2}% (top-5 {:.2}%), {} predictions moved by the device's rounding (max logit rel diff {:.1e})",
+                s.run_dir.display(),
+                s.last.test_top1_err,
+                s.last.test_top5_err,
+                s.deploy_test_top1_err,
+                s.deploy_test_top5_err,
+                s.prediction_mismatches,
+                s.max_logit_rel_diff
+            );
+            if let Some(q) = overparam_lab::qat::after_training(&cfg, &s.run_dir, &progress)? {
+                println!(
+                    "QAT ({} epoch(s), {:?} encoding): INT8 top-1 error {:.2}% in ONNX Runtime (PTQ {:.2}%, fp32 {:.2}%); top-1 agreement with the QAT model {:.2}%; wrote {}",
+                    cfg.quant.qat_epochs,
+                    q.encoding,
+                    q.qat.onnx_top1_err,
+                    q.ptq_int8_top1_err,
+                    q.fp32_top1_err,
+                    100.0 * q.reproduction.top1_agreement,
+                    q.model.display()
+                );
+            }
+        }
         None => println!(
             "run {}: stopped after --epochs-now; continue with --resume",
             cfg.run_dir().display()

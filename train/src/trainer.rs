@@ -860,6 +860,7 @@ mod tests {
             },
             routine: Routine::R2 { period: 2 },
             mtl: Default::default(),
+            quant: Default::default(),
         };
         let spec = phases(
             &cfg,

@@ -54,6 +54,7 @@ fn cfg(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
             baseline: None,
             tasks: None,
         },
+        quant: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ fn cfg(dir: &Path, name: &str, method: MethodKind, epochs: usize) -> TrainConfig
         },
         routine: Routine::R1,
         mtl: Default::default(),
+        quant: Default::default(),
     }
 }
 
