@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 
 
-def measure(binary, deploy, data, calibrator, calib_images, batch):
-    key = (f"{calibrator} {calib_images} {batch} trt "
-           f"{deploy.stat().st_size} {deploy.stat().st_mtime_ns}")
+def cached(deploy, what, compute):
+    """`compute()`'s result for `what` on the model `deploy`, cached in `calibrators.json`
+    beside it (keyed by `what` and the model's size and mtime)."""
+    key = f"{what} {deploy.stat().st_size} {deploy.stat().st_mtime_ns}"
     cache = deploy.parent / "calibrators.json"
     try:
         known = json.loads(cache.read_text())
@@ -42,69 +43,61 @@ def measure(binary, deploy, data, calibrator, calib_images, batch):
         known = {}
     if key in known:
         return known[key]
-    cmd = [binary, "engine", "accuracy", str(deploy), "--data", str(data), "--json",
-           "--encoding", "trt", "--calibrator", calibrator, "--calib-images", str(calib_images),
-           "--batch", str(batch)]
-    t = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.monotonic() - t
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
-    r = json.loads(p.stdout)
-    auto = r["calibration"].get("auto")
-    out = {
-        "fp32": r["top1_err"]["fp32"],
-        "int8": r["top1_err"]["int8"],
-        "seconds": seconds,
-        "auto_start": auto["start"] if auto else "",
-        "auto_changed": auto["changed"] if auto else [],
-        "auto_evaluations": auto["evaluations"] if auto else 0,
-    }
+    out = compute()
     known[key] = out
     tmp = cache.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(known, indent=1))
     tmp.replace(cache)
     return out
+
+
+def run_json(cmd):
+    t = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.monotonic() - t
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    return json.loads(p.stdout), seconds
+
+
+def measure(binary, deploy, data, calibrator, calib_images, batch):
+    def compute():
+        cmd = [binary, "engine", "accuracy", str(deploy), "--data", str(data), "--json",
+               "--encoding", "trt", "--calibrator", calibrator, "--calib-images",
+               str(calib_images), "--batch", str(batch)]
+        r, seconds = run_json(cmd)
+        auto = r["calibration"].get("auto")
+        return {
+            "fp32": r["top1_err"]["fp32"],
+            "int8": r["top1_err"]["int8"],
+            "seconds": seconds,
+            "auto_start": auto["start"] if auto else "",
+            "auto_changed": auto["changed"] if auto else [],
+            "auto_evaluations": auto["evaluations"] if auto else 0,
+        }
+    return cached(deploy, f"{calibrator} {calib_images} {batch} trt", compute)
 
 
 def measure_qat(binary, cell, epochs, calib_images, batch):
-    deploy = cell / "model.deploy.safetensors"
-    key = (f"qat {epochs} {calib_images} {batch} trt "
-           f"{deploy.stat().st_size} {deploy.stat().st_mtime_ns}")
-    cache = cell / "calibrators.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
-    cmd = [binary, "qat", "--run", str(cell), "--epochs", str(epochs), "--pair", "--json",
-           "--encoding", "trt", "--calib-images", str(calib_images), "--batch", str(batch)]
-    t = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.monotonic() - t
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
-    r = json.loads(p.stdout)
-    out = {
-        "fp32": r["pair"]["onnx_top1_err"],
-        "int8": r["qat"]["onnx_top1_err"],
-        "seconds": seconds,
-        "before_fp32": r["fp32_top1_err"],
-        "before_int8": r["ptq_int8_top1_err"],
-        "qat_model": r["qat"]["model_top1_err"],
-        "agreement": r["reproduction"]["top1_agreement"],
-        "within_2": r["reproduction"]["within_2_steps"],
-        "max_steps": r["reproduction"]["max_steps"],
-        "step_ratio": r["qat"]["step_seconds"] / r["pair"]["step_seconds"],
-        "thresholds_moved": r["thresholds_moved"],
-    }
-    known = json.loads(cache.read_text()) if cache.exists() else {}
-    known[key] = out
-    tmp = cache.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    tmp.replace(cache)
-    return out
+    def compute():
+        cmd = [binary, "qat", "--run", str(cell), "--epochs", str(epochs), "--pair", "--json",
+               "--encoding", "trt", "--calib-images", str(calib_images), "--batch", str(batch)]
+        r, seconds = run_json(cmd)
+        return {
+            "fp32": r["pair"]["onnx_top1_err"],
+            "int8": r["qat"]["onnx_top1_err"],
+            "seconds": seconds,
+            "before_fp32": r["fp32_top1_err"],
+            "before_int8": r["ptq_int8_top1_err"],
+            "qat_model": r["qat"]["model_top1_err"],
+            "agreement": r["reproduction"]["top1_agreement"],
+            "within_2": r["reproduction"]["within_2_steps"],
+            "max_steps": r["reproduction"]["max_steps"],
+            "step_ratio": r["qat"]["step_seconds"] / r["pair"]["step_seconds"],
+            "thresholds_moved": r["thresholds_moved"],
+        }
+    return cached(cell / "model.deploy.safetensors", f"qat {epochs} {calib_images} {batch} trt",
+                  compute)
 
 
 def mean_std(xs):

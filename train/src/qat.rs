@@ -21,7 +21,7 @@ use std::time::Instant;
 use overparam_base::Progress;
 use overparam_config::TrainConfig;
 use overparam_data::cifar::ImageSet;
-use overparam_data::loader::{Augment, Loader, LoaderConfig, Normalize, batches_per_epoch};
+use overparam_data::loader::{Loader, Normalize};
 use overparam_fuse::Weights;
 use overparam_fuse::spec::{Op, TrainSpec};
 use tch::{Device, Tensor};
@@ -299,25 +299,7 @@ pub fn fine_tune(
     optim.lr = ft.lr;
     optim.warmup_epochs = 0;
     optim.schedule = overparam_config::Schedule::Cosine;
-    let loader = LoaderConfig {
-        batch_size: cfg.optim.batch_size,
-        shuffle: true,
-        drop_last: true,
-        augment: cfg.data.augment.then_some(Augment {
-            crop_pad: cfg.data.crop_pad,
-            hflip: cfg.data.hflip,
-        }),
-        normalize: norm.clone(),
-        seed: cfg.run.seed,
-    };
-    let steps = batches_per_epoch(train.len(), &loader);
-    if steps == 0 {
-        return Err(Error::Config(format!(
-            "optim.batch_size {} exceeds the training set ({} images)",
-            cfg.optim.batch_size,
-            train.len()
-        )));
-    }
+    let (loader, steps) = crate::trainer::train_loader(cfg, norm, train.len())?;
     let what = if ft.fake_quant { "qat" } else { "fp32 pair" };
     let t0 = Instant::now();
     let mut step_no = 0;

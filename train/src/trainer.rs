@@ -631,25 +631,7 @@ pub fn train(
         &norm,
         pretrained.as_ref(),
     )?;
-    let loader = LoaderConfig {
-        batch_size: cfg.optim.batch_size,
-        shuffle: true,
-        drop_last: true,
-        augment: cfg.data.augment.then_some(Augment {
-            crop_pad: cfg.data.crop_pad,
-            hflip: cfg.data.hflip,
-        }),
-        normalize: norm.clone(),
-        seed: cfg.run.seed,
-    };
-    let steps = batches_per_epoch(train_set.len(), &loader);
-    if steps == 0 {
-        return Err(Error::Config(format!(
-            "optim.batch_size {} exceeds the training set ({} images)",
-            cfg.optim.batch_size,
-            train_set.len()
-        )));
-    }
+    let (loader, steps) = train_loader(cfg, &norm, train_set.len())?;
     let mut task = Classification {
         cfg,
         dir: dir.clone(),
@@ -680,6 +662,34 @@ pub fn train(
         progress,
     )
     .map(Some)
+}
+
+/// The training loader of `cfg` (shuffled, whole batches, the config's augmentation) and its
+/// batches per epoch; a batch larger than the set is refused.
+pub(crate) fn train_loader(
+    cfg: &TrainConfig,
+    norm: &Normalize,
+    len: usize,
+) -> Result<(LoaderConfig, usize)> {
+    let loader = LoaderConfig {
+        batch_size: cfg.optim.batch_size,
+        shuffle: true,
+        drop_last: true,
+        augment: cfg.data.augment.then_some(Augment {
+            crop_pad: cfg.data.crop_pad,
+            hflip: cfg.data.hflip,
+        }),
+        normalize: norm.clone(),
+        seed: cfg.run.seed,
+    };
+    let steps = batches_per_epoch(len, &loader);
+    if steps == 0 {
+        return Err(Error::Config(format!(
+            "optim.batch_size {} exceeds the training set ({len} images)",
+            cfg.optim.batch_size
+        )));
+    }
+    Ok((loader, steps))
 }
 
 /// Folds the final model, gates on exactness in f64 ([`crate::fold_gate`]), evaluates the
