@@ -176,18 +176,7 @@ fn case(kind: MethodKind, encoding: ActivationEncoding) -> Agreement {
     )
     .unwrap();
     let (want, got) = outputs(&model, &to_bytes(&m), &test);
-    let step = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
-    let steps: Vec<f64> = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs() as f64 / step)
-        .collect();
-    let top1 = |v: &[f32]| -> Vec<usize> {
-        v.chunks(10)
-            .map(|c| (0..10).max_by(|&i, &j| c[i].total_cmp(&c[j])).unwrap())
-            .collect()
-    };
-    let (a, b) = (top1(&want), top1(&got));
+    let rep = overparam_lab::qat::reproduction(&want, &got, 10);
 
     // The first block alone (conv, BN, ReLU), where no earlier layer can flip a rounding:
     // QAT and the export agree to fp32 rounding on the signed grid, and within one step of
@@ -246,10 +235,10 @@ fn case(kind: MethodKind, encoding: ActivationEncoding) -> Agreement {
             cw_.iter().fold(0f32, |m, v| m.max(v.abs())) as f64
         };
     Agreement {
-        max_steps: steps.iter().fold(0.0, |m: f64, v| m.max(*v)),
-        within_2: steps.iter().filter(|v| **v <= 2.0).count() as f64 / steps.len() as f64,
-        agree: a.iter().zip(&b).filter(|(x, y)| x == y).count(),
-        images: a.len(),
+        max_steps: rep.max_steps,
+        within_2: rep.within_2_steps,
+        agree: (rep.top1_agreement * (want.len() / 10) as f64).round() as usize,
+        images: want.len() / 10,
         thresholds_moved,
         first_block,
     }

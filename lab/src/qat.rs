@@ -11,7 +11,7 @@ use std::sync::Arc;
 use overparam_base::Progress;
 use overparam_config::TrainConfig;
 use overparam_config::files::MODEL_FILE;
-use overparam_engine::accuracy::evaluate_logits;
+use overparam_engine::accuracy::{evaluate, evaluate_logits};
 use overparam_engine::export::{ActivationEncoding, Precision, QuantPlan, nonnegative_tensors};
 use overparam_engine::quant::{QatRecord, Quantization, calibrate, model_sha256};
 use overparam_fuse::fold;
@@ -110,17 +110,8 @@ pub fn run(r: &QatRequest, progress: &dyn Progress) -> Result<QatReport> {
     let device = overparam_train::state::device(cfg.run.device)?;
     let (train, test) = overparam_train::trainer::load_data_with(&cfg, progress)?;
     let norm = r.quant.normalization(&deploy)?;
-    overparam_engine::accuracy::check_input(
-        [
-            deploy.input.channels,
-            deploy.input.height,
-            deploy.input.width,
-        ],
-        &test,
-        &norm,
-    )?;
     let fp32 = export_bytes(&deploy, &dw, Precision::Fp32, r.batch, None)?;
-    let fp32_top1_err = evaluate_logits(&fp32, &test, &norm)?.0.top1_error();
+    let fp32_top1_err = evaluate(&fp32, &test, &norm)?.top1_error();
     let calibration = calibrate(&deploy, &dw, &train, &r.quant, r.batch, progress)?;
     let ptq = export_bytes(
         &deploy,
@@ -129,7 +120,7 @@ pub fn run(r: &QatRequest, progress: &dyn Progress) -> Result<QatReport> {
         r.batch,
         Some(calibration.plan.clone()),
     )?;
-    let ptq_int8_top1_err = evaluate_logits(&ptq, &test, &norm)?.0.top1_error();
+    let ptq_int8_top1_err = evaluate(&ptq, &test, &norm)?.top1_error();
 
     let (train, test) = (Arc::new(train), Arc::new(test));
     let plan = &calibration.plan;
@@ -174,7 +165,7 @@ pub fn run(r: &QatRequest, progress: &dyn Progress) -> Result<QatReport> {
         let bytes = export_bytes(&pd, &pw, Precision::Fp32, r.batch, None)?;
         Some(Tuned {
             model_top1_err: p.top1_err,
-            onnx_top1_err: evaluate_logits(&bytes, &test, &norm)?.0.top1_error(),
+            onnx_top1_err: evaluate(&bytes, &test, &norm)?.top1_error(),
             steps: p.steps,
             step_seconds: p.step_seconds,
         })

@@ -142,17 +142,6 @@ impl Stepper {
     }
 }
 
-/// Thresholds of 1 for every tensor: a step costs the same whatever the values.
-fn unit_plan(spec: &TrainSpec) -> QatPlan {
-    let mut thresholds: std::collections::BTreeMap<String, f32> =
-        spec.nodes.iter().map(|n| (n.name.clone(), 1.0)).collect();
-    thresholds.insert(overparam_fuse::spec::INPUT.to_string(), 1.0);
-    QatPlan {
-        thresholds,
-        ..Default::default()
-    }
-}
-
 fn median_min(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0])
@@ -190,7 +179,7 @@ pub fn train_step_time(b: &StepBench) -> Result<StepStats> {
         true => Some(Stepper::new(
             &spec,
             &w,
-            Some(Qat::new(&spec, unit_plan(&spec), device, true)?),
+            Some(Qat::new(&spec, QatPlan::unit(&spec), device, true)?),
             device,
         )?),
         false => None,

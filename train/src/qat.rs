@@ -46,6 +46,20 @@ pub struct QatPlan {
     pub nonneg: BTreeSet<String>,
 }
 
+impl QatPlan {
+    /// A threshold of 1 for every tensor of `spec`: for timing, and for the folded forward
+    /// without fake quantisation, where the values do not matter.
+    pub fn unit(spec: &TrainSpec) -> Self {
+        let mut thresholds: BTreeMap<String, f32> =
+            spec.nodes.iter().map(|n| (n.name.clone(), 1.0)).collect();
+        thresholds.insert(overparam_fuse::spec::INPUT.to_string(), 1.0);
+        Self {
+            thresholds,
+            ..Default::default()
+        }
+    }
+}
+
 /// The QAT state of a model: the learned thresholds and where they apply.
 #[derive(Debug)]
 pub struct Qat {

@@ -271,18 +271,6 @@ fn a_training_step_updates_every_parameter_and_still_folds_exactly() {
     }
 }
 
-/// QAT's thresholds for every tensor of `spec` (the values do not matter with fake
-/// quantisation off).
-fn unit_plan(spec: &TrainSpec) -> overparam_train::qat::QatPlan {
-    let mut thresholds: std::collections::BTreeMap<String, f32> =
-        spec.nodes.iter().map(|n| (n.name.clone(), 1.0)).collect();
-    thresholds.insert(INPUT.to_string(), 1.0);
-    overparam_train::qat::QatPlan {
-        thresholds,
-        ..Default::default()
-    }
-}
-
 /// QAT's deploy kernels, composed in tch from every method's parameters, are the fold: with
 /// fake quantisation off the QAT forward equals the folded reference, in training mode too
 /// (BatchNorm frozen at its running statistics, which do not move), and gradients reach the
@@ -295,7 +283,13 @@ fn qat_forward_is_the_fold_with_bn_frozen() {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut model = OpModel::new(&vs.root(), &spec, &w).unwrap();
         model.set_qat(Some(
-            Qat::new(&spec, unit_plan(&spec), Device::Cpu, false).unwrap(),
+            Qat::new(
+                &spec,
+                overparam_train::qat::QatPlan::unit(&spec),
+                Device::Cpu,
+                false,
+            )
+            .unwrap(),
         ));
         let inp = &spec.input;
         let x: FTensor<f32> =
@@ -350,17 +344,23 @@ fn qat_refuses_what_it_cannot_quantise() {
         Op::Flatten(overparam_fuse::ops::Flatten {}),
     )];
     no_conv.outputs = vec![OutputSpec::new("y", "flat")];
-    let e = Qat::new(&no_conv, unit_plan(&spec), Device::Cpu, true).unwrap_err();
+    let e = Qat::new(
+        &no_conv,
+        overparam_train::qat::QatPlan::unit(&spec),
+        Device::Cpu,
+        true,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("needs a conv"), "{e}");
-    let mut p = unit_plan(&spec);
+    let mut p = overparam_train::qat::QatPlan::unit(&spec);
     p.thresholds.remove(INPUT);
     let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
     assert!(e.to_string().contains("`input`"), "{e}");
-    let mut p = unit_plan(&spec);
+    let mut p = overparam_train::qat::QatPlan::unit(&spec);
     p.thresholds.insert(INPUT.into(), f32::NAN);
     let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
     assert!(e.to_string().contains("must be positive"), "{e}");
-    let mut p = unit_plan(&spec);
+    let mut p = overparam_train::qat::QatPlan::unit(&spec);
     p.layers = Some(["nope".to_string()].into());
     let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
     assert!(e.to_string().contains("`nope`"), "{e}");
