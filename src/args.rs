@@ -156,7 +156,7 @@ pub fn rate(s: &str) -> std::result::Result<f64, String> {
 
 /// Why `--native` / `--runtime trt-native` cannot run in this build.
 #[cfg(not(feature = "tensorrt"))]
-pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";
+pub use overparam_lab::deploy::NATIVE_MISSING;
 
 /// `--output NAME=ROLE`: the role of a model output (class_logits, segmentation_logits,
 /// depth, normals, raw).

@@ -73,16 +73,37 @@ extern "C" {
 
 int32_t opm_trt_version() { return getInferLibVersion(); }
 
-// Parses ONNX bytes and builds a serialized plan. On success returns 0 and sets *plan / *plan_len
-// (free with opm_trt_free); *cache / *cache_len receive the updated timing cache. The build log
-// goes to `log` (truncated to log_cap).
-int opm_trt_build(void const* onnx, size_t onnx_len, size_t workspace_bytes, int dla_core,
-                  void const* timing_cache, size_t timing_cache_len, int verbose, void** plan,
-                  size_t* plan_len, void** cache, size_t* cache_len, char* log, size_t log_cap) {
-    *plan = nullptr;
-    *plan_len = 0;
-    *cache = nullptr;
-    *cache_len = 0;
+// What a build is asked for, and where its results go (two structs, so the ABI does not grow a
+// parameter per option; engine/src/trt_native.rs mirrors both with #[repr(C)]).
+struct OpmBuildOptions {
+    size_t workspace_bytes;
+    int dla_core;  // < 0: the GPU
+    void const* timing_cache;
+    size_t timing_cache_len;
+    int verbose;
+};
+
+struct OpmBuildOutput {
+    void* plan;  // free with opm_trt_free
+    size_t plan_len;
+    void* cache;  // the updated timing cache, free with opm_trt_free
+    size_t cache_len;
+    char* log;  // caller's buffer, truncated to log_cap
+    size_t log_cap;
+};
+
+// Parses ONNX bytes and builds a serialized plan. On success returns 0 and sets out->plan /
+// out->plan_len; out->cache / out->cache_len receive the updated timing cache. The build log
+// goes to out->log.
+int opm_trt_build(void const* onnx, size_t onnx_len, OpmBuildOptions const* opts,
+                  OpmBuildOutput* out) {
+    out->plan = nullptr;
+    out->plan_len = 0;
+    out->cache = nullptr;
+    out->cache_len = 0;
+    size_t const workspace_bytes = opts->workspace_bytes;
+    int const dla_core = opts->dla_core;
+    int const verbose = opts->verbose;
     Logger logger(verbose != 0);
     std::string err;
     try {
@@ -117,20 +138,20 @@ int opm_trt_build(void const* onnx, size_t onnx_len, size_t workspace_bytes, int
             config->setFlag(nvinfer1::BuilderFlag::kGPU_FALLBACK);
         }
         std::unique_ptr<nvinfer1::ITimingCache> tc(
-            config->createTimingCache(timing_cache, timing_cache_len));
+            config->createTimingCache(opts->timing_cache, opts->timing_cache_len));
         if (tc) config->setTimingCache(*tc, /*ignoreMismatch=*/false);
         std::unique_ptr<nvinfer1::IHostMemory> blob(
             builder->buildSerializedNetwork(*network, *config));
         if (!blob || blob->size() == 0) throw std::runtime_error("buildSerializedNetwork failed");
-        *plan = std::malloc(blob->size());
-        if (*plan == nullptr) throw std::bad_alloc();
-        std::memcpy(*plan, blob->data(), blob->size());
-        *plan_len = blob->size();
+        out->plan = std::malloc(blob->size());
+        if (out->plan == nullptr) throw std::bad_alloc();
+        std::memcpy(out->plan, blob->data(), blob->size());
+        out->plan_len = blob->size();
         if (auto const* used = config->getTimingCache()) {
             std::unique_ptr<nvinfer1::IHostMemory> c(used->serialize());
-            if (c && c->size() > 0 && (*cache = std::malloc(c->size())) != nullptr) {
-                std::memcpy(*cache, c->data(), c->size());
-                *cache_len = c->size();
+            if (c && c->size() > 0 && (out->cache = std::malloc(c->size())) != nullptr) {
+                std::memcpy(out->cache, c->data(), c->size());
+                out->cache_len = c->size();
             }
         }
     } catch (std::exception const& e) {
@@ -140,7 +161,7 @@ int opm_trt_build(void const* onnx, size_t onnx_len, size_t workspace_bytes, int
     }
     std::string text = logger.text();
     if (!err.empty()) text += "[error] " + err + "\n";
-    put(log, log_cap, text);
+    put(out->log, out->log_cap, text);
     return err.empty() ? 0 : 1;
 }
 

@@ -85,6 +85,27 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo> {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
 
+    /// `OpmBuildOptions` in trt_shim.cpp.
+    #[repr(C)]
+    pub struct OpmBuildOptions {
+        pub workspace_bytes: usize,
+        pub dla_core: c_int,
+        pub timing_cache: *const c_void,
+        pub timing_cache_len: usize,
+        pub verbose: c_int,
+    }
+
+    /// `OpmBuildOutput` in trt_shim.cpp.
+    #[repr(C)]
+    pub struct OpmBuildOutput {
+        pub plan: *mut c_void,
+        pub plan_len: usize,
+        pub cache: *mut c_void,
+        pub cache_len: usize,
+        pub log: *mut c_char,
+        pub log_cap: usize,
+    }
+
     #[repr(C)]
     pub struct OpmEngine {
         _private: [u8; 0],
@@ -92,21 +113,11 @@ mod ffi {
 
     unsafe extern "C" {
         pub fn opm_trt_version() -> i32;
-        #[allow(clippy::too_many_arguments)]
         pub fn opm_trt_build(
             onnx: *const c_void,
             onnx_len: usize,
-            workspace_bytes: usize,
-            dla_core: c_int,
-            timing_cache: *const c_void,
-            timing_cache_len: usize,
-            verbose: c_int,
-            plan: *mut *mut c_void,
-            plan_len: *mut usize,
-            cache: *mut *mut c_void,
-            cache_len: *mut usize,
-            log: *mut c_char,
-            log_cap: usize,
+            opts: *const OpmBuildOptions,
+            out: *mut OpmBuildOutput,
         ) -> c_int;
         pub fn opm_trt_free(p: *mut c_void);
         pub fn opm_trt_engine_load(
@@ -168,27 +179,24 @@ pub fn build_plan(
             return Err(cuda_missing());
         }
         let mut log = vec![0u8; 1 << 20];
-        let (mut plan, mut plan_len) = (std::ptr::null_mut::<c_void>(), 0usize);
-        let (mut cache, mut cache_len) = (std::ptr::null_mut::<c_void>(), 0usize);
+        let opts = ffi::OpmBuildOptions {
+            workspace_bytes: workspace_mib << 20,
+            dla_core: dla_core.map_or(-1, |c| c as i32),
+            timing_cache: timing_cache.as_ptr().cast(),
+            timing_cache_len: timing_cache.len(),
+            verbose: 0,
+        };
+        let mut out = ffi::OpmBuildOutput {
+            plan: std::ptr::null_mut(),
+            plan_len: 0,
+            cache: std::ptr::null_mut(),
+            cache_len: 0,
+            log: log.as_mut_ptr().cast(),
+            log_cap: log.len(),
+        };
         // SAFETY: every pointer is valid for the lengths given; the shim copies its outputs
         // into malloc'd buffers that are freed below with opm_trt_free.
-        let rc = unsafe {
-            ffi::opm_trt_build(
-                onnx.as_ptr().cast(),
-                onnx.len(),
-                workspace_mib << 20,
-                dla_core.map_or(-1, |c| c as i32),
-                timing_cache.as_ptr().cast(),
-                timing_cache.len(),
-                0,
-                &mut plan,
-                &mut plan_len,
-                &mut cache,
-                &mut cache_len,
-                log.as_mut_ptr().cast(),
-                log.len(),
-            )
-        };
+        let rc = unsafe { ffi::opm_trt_build(onnx.as_ptr().cast(), onnx.len(), &opts, &mut out) };
         let take = |p: *mut c_void, n: usize| -> Vec<u8> {
             if p.is_null() {
                 return vec![];
@@ -198,7 +206,7 @@ pub fn build_plan(
             unsafe { ffi::opm_trt_free(p) };
             v
         };
-        let (plan, timing_cache) = (take(plan, plan_len), take(cache, cache_len));
+        let (plan, timing_cache) = (take(out.plan, out.plan_len), take(out.cache, out.cache_len));
         let log = ffi::text(&log);
         if rc != 0 || plan.is_empty() {
             return Err(Error::TensorRt(format!("the native build failed:\n{log}")));

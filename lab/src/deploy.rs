@@ -1,5 +1,5 @@
 //! Deploy-side work: `overparam export` ([`export`]), `engine accuracy` ([`accuracy`]) and
-//! `bench` ([`export_for_timing`]) are each one call here, and share loading a deploy
+//! `bench` ([`latency`]) are each one call here, and share loading a deploy
 //! checkpoint, the calibration images, an in-memory export, and writing an INT8 model with its
 //! calibration record as a pair. Every calibration takes its whole recipe as one
 //! [`Quantization`].
@@ -68,9 +68,111 @@ pub fn calibration_set(
     })
 }
 
+/// Where [`latency`] times a model.
+#[derive(Clone, Debug)]
+pub enum LatencyRuntime {
+    /// ONNX Runtime with this provider, on an ONNX model or a deploy checkpoint exported in
+    /// memory.
+    Ort(overparam_engine::runtime::Provider),
+    /// trtexec on a TensorRT plan; trtexec warms up for a time, not a count.
+    Trtexec { warmup_ms: usize },
+    /// The native TensorRT runtime (cargo feature `tensorrt`) on a plan, on GPU `device`.
+    Native { device: usize },
+}
+
+/// What `overparam bench MODEL` times.
+#[derive(Clone, Debug)]
+pub struct LatencyRequest {
+    /// An ONNX model, a TensorRT plan or a deploy checkpoint (`.safetensors`).
+    pub model: PathBuf,
+    pub runtime: LatencyRuntime,
+    /// Deploy checkpoints: the precision they are exported at.
+    pub precision: Precision,
+    /// A deploy checkpoint's static batch (default 1), or an ONNX model's symbolic batch.
+    pub batch: Option<usize>,
+    /// Deploy checkpoints at INT8: the calibration images (default: synthetic).
+    pub calib: Option<PathBuf>,
+    /// Deploy checkpoints at INT8: the calibration recipe.
+    pub quant: Quantization,
+    /// ONNX Runtime intra-op threads.
+    pub threads: Option<usize>,
+    /// Warm-up runs (ONNX Runtime and the native runtime).
+    pub warmup: usize,
+    pub iters: usize,
+    pub budget_ms: Option<f64>,
+}
+
+/// What a build without the `tensorrt` cargo feature says when asked for the native runtime.
+pub const NATIVE_MISSING: &str = "this overparam was built without the `tensorrt` cargo feature: rebuild with `cargo build --release --features tensorrt` where TensorRT >= 10 is installed (set TENSORRT_ROOT for tarball installs), or use trtexec (`engine build` without --native, `bench --runtime trt`)";
+
+/// `overparam bench MODEL`: the latency report of `r.model` on `r.runtime`.
+pub fn latency(
+    r: &LatencyRequest,
+    progress: &dyn Progress,
+) -> Result<overparam_engine::latency::LatencyReport> {
+    let file = r.model.display().to_string();
+    let in_context = |e: overparam_engine::Error| Error::from(e).context(file.clone());
+    match &r.runtime {
+        LatencyRuntime::Native { device } => native_latency(r, *device).map_err(in_context),
+        LatencyRuntime::Trtexec { warmup_ms } => {
+            let t = overparam_engine::trt::find_trtexec()?;
+            Ok(overparam_engine::trt::measure(
+                &t,
+                &r.model,
+                r.iters,
+                *warmup_ms,
+                r.budget_ms,
+            )?)
+        }
+        LatencyRuntime::Ort(provider) => {
+            let deploy = r.model.extension().is_some_and(|e| e == "safetensors");
+            let (bytes, batch) = if deploy {
+                let b = export_for_timing(
+                    &r.model,
+                    r.precision,
+                    r.batch.unwrap_or(1),
+                    r.calib.as_deref(),
+                    &r.quant,
+                    progress,
+                )?;
+                // Exported at the batch already.
+                (b, None)
+            } else {
+                // External data is read from beside the model, whatever the working directory.
+                let b = overparam_engine::onnx_file::model_bytes(&r.model)
+                    .map_err(|e| Error::from(e).context(format!("reading {file}")))?;
+                (b, r.batch)
+            };
+            overparam_engine::latency::measure_ort_batch(
+                &bytes,
+                r.threads,
+                provider,
+                batch,
+                r.warmup,
+                r.iters,
+                r.budget_ms,
+            )
+            .map_err(in_context)
+        }
+    }
+}
+
+fn native_latency(
+    r: &LatencyRequest,
+    device: usize,
+) -> overparam_engine::Result<overparam_engine::latency::LatencyReport> {
+    #[cfg(feature = "tensorrt")]
+    return overparam_engine::trt_native::measure(&r.model, device, r.warmup, r.iters, r.budget_ms);
+    #[cfg(not(feature = "tensorrt"))]
+    {
+        let _ = (r, device);
+        Err(overparam_engine::Error::TensorRt(NATIVE_MISSING.into()))
+    }
+}
+
 /// A deploy checkpoint exported in memory at `precision` and static `batch`, for timing. INT8
 /// is calibrated by the recipe `q` on the train split of `calib` (default: synthetic images).
-pub fn export_for_timing(
+fn export_for_timing(
     path: &Path,
     precision: Precision,
     batch: usize,

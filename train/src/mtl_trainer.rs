@@ -17,7 +17,7 @@ use overparam_fuse::{AnySpec, Rng, Weights};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, PhaseKind, Task, fit, grouped_optimisers};
+use crate::fit::{Fitted, Phase, PhaseKind, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::mtl::{Weighter, depth_loss, normal_loss, segmentation_loss};
 use crate::optim::Optimizer;
@@ -554,12 +554,10 @@ pub fn train_mtl(
         .collect();
     let (deploy_metrics, rel) = finish(
         &run.dir,
-        &fitted.model,
-        &task.val,
-        bs,
+        &fitted,
+        (&task.val, bs),
         device,
         &checked,
-        &fitted.rows,
         progress,
     )?;
     Ok(Some(MtlSummary {
@@ -635,17 +633,17 @@ fn from_pretrained(
 /// writes the deploy checkpoint, the panels and a `deploy` row of `metrics.csv`. Returns the
 /// deploy model's metrics and the largest output deviation of the training device (measured
 /// against the f64 reference, never a gate).
-#[allow(clippy::too_many_arguments)]
-fn finish(
+/// `val` is the validation split and the batch size it is evaluated in.
+fn finish<E>(
     dir: &Path,
-    model: &OpModel,
-    val: &NyuSplit,
-    bs: usize,
+    fitted: &Fitted<E>,
+    val: (&NyuSplit, usize),
     device: Device,
     checked: &[String],
-    metrics: &[String],
     progress: &dyn Progress,
 ) -> Result<([f64; 9], f64)> {
+    let (model, metrics) = (&fitted.model, &fitted.rows);
+    let (val, bs) = val;
     let is_checked = |name: &str| checked.iter().any(|n| n == name);
     let (f, dmodel) = crate::fold_gate::fold_and_gate(dir, model, device, &is_checked)?;
     let worst = f

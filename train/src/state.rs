@@ -70,7 +70,6 @@ pub(crate) type Extra = (Weights<f32>, BTreeMap<String, String>);
 /// Everything needed to continue a run, in one atomically written file: model tensors, the
 /// spec, optimiser buffers, epoch and step counters, and the metrics so far. (Data order and
 /// augmentation are functions of (seed, epoch), so they need no state.)
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn save_state(
     path: &Path,
     model: &OpModel,

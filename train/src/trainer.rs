@@ -18,7 +18,7 @@ use overparam_fuse::{AnySpec, MethodConfig, MethodKind, TrainSpec};
 use tch::{Device, Tensor, nn};
 
 use crate::error::{Error, Result};
-use crate::fit::{Phase, PhaseKind, Task, fit, grouped_optimisers};
+use crate::fit::{Fitted, Phase, PhaseKind, Task, fit, grouped_optimisers};
 use crate::model::OpModel;
 use crate::optim::Optimizer;
 use crate::pretrained::Pretrained;
@@ -651,17 +651,7 @@ pub fn train(
     let Some(fitted) = fit(cfg, &mut task, &phases, init, &run, progress, stop_after)? else {
         return Ok(None);
     };
-    finish(
-        &run.dir,
-        &fitted.model,
-        &task.test,
-        &task.norm,
-        device,
-        fitted.last,
-        &fitted.rows,
-        progress,
-    )
-    .map(Some)
+    finish(&run.dir, &fitted, &task.test, &task.norm, device, progress).map(Some)
 }
 
 /// The training loader of `cfg` (shuffled, whole batches, the config's augmentation) and its
@@ -696,17 +686,20 @@ pub(crate) fn train_loader(
 /// deploy model on the test set next to the train model (a measurement: how many predictions
 /// the device's rounding moves), writes the deploy checkpoint and adds a `deploy` row to
 /// `metrics.csv`.
-#[allow(clippy::too_many_arguments)]
 fn finish(
     dir: &Path,
-    model: &OpModel,
+    fitted: &Fitted<EpochMetrics>,
     test: &Arc<ImageSet>,
     norm: &Normalize,
     device: Device,
-    last: EpochMetrics,
-    metrics: &[String],
     progress: &dyn Progress,
 ) -> Result<RunSummary> {
+    let Fitted {
+        model,
+        last,
+        rows: metrics,
+    } = fitted;
+    let last = last.clone();
     let (f, dmodel) = crate::fold_gate::fold_and_gate(dir, model, device, &|_| true)?;
     let (_, _, a) = evaluate(model, test, norm, device)?;
     let (dloss, dtop, b) = evaluate(&dmodel, test, norm, device)?;

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use overparam_engine::export::Precision;
 use overparam_engine::latency::LatencyReport;
+use overparam_lab::deploy::{LatencyRequest, LatencyRuntime};
 
 use crate::args::{Runtime, RuntimeArgs};
 
@@ -138,49 +139,34 @@ fn latency(a: &LatencyArgs) -> Result<ExitCode> {
     let deploy = model.extension().is_some_and(|e| e == "safetensors");
     let precision = a.precision.unwrap_or(Precision::Fp32);
     check(a, &file, deploy, precision)?;
-    let warmup = a.warmup.unwrap_or(WARMUP_RUNS);
-    let r = match a.runtime.runtime {
-        Runtime::TrtNative => native_measure(model, a, warmup)?,
-        Runtime::Trt => {
-            let t = overparam_engine::trt::find_trtexec()?;
-            let ms = a.warmup_ms.unwrap_or(WARMUP_MS);
-            overparam_engine::trt::measure(&t, model, a.iters, ms, a.budget_ms)?
-        }
-        Runtime::Cpu | Runtime::OrtTrt => {
-            let provider = a.runtime.provider()?;
-            let bytes = if deploy {
-                let q = a.calibration.recipe(
-                    512,
-                    overparam_engine::export::ActivationEncoding::UnsignedOffset,
-                    a.norm.source()?,
-                );
-                overparam_lab::deploy::export_for_timing(
-                    model,
-                    precision,
-                    a.batch.unwrap_or(1),
-                    a.calib.as_deref(),
-                    &q,
-                    &crate::progress::Bars::stderr(),
-                )?
-            } else {
-                // External data is read from beside the model, whatever the working directory.
-                overparam_engine::onnx_file::model_bytes(model)
-                    .with_context(|| format!("reading {file}"))?
-            };
-            // A deploy checkpoint was exported at --batch already.
-            let batch = if deploy { None } else { a.batch };
-            overparam_engine::latency::measure_ort_batch(
-                &bytes,
-                a.threads,
-                &provider,
-                batch,
-                warmup,
-                a.iters,
-                a.budget_ms,
-            )
-            .with_context(|| file.clone())?
-        }
+    let runtime = match a.runtime.runtime {
+        Runtime::TrtNative => LatencyRuntime::Native {
+            device: a.runtime.device_id as usize,
+        },
+        Runtime::Trt => LatencyRuntime::Trtexec {
+            warmup_ms: a.warmup_ms.unwrap_or(WARMUP_MS),
+        },
+        Runtime::Cpu | Runtime::OrtTrt => LatencyRuntime::Ort(a.runtime.provider()?),
     };
+    let r = overparam_lab::deploy::latency(
+        &LatencyRequest {
+            model: model.clone(),
+            runtime,
+            precision,
+            batch: a.batch,
+            calib: a.calib.clone(),
+            quant: a.calibration.recipe(
+                512,
+                overparam_engine::export::ActivationEncoding::UnsignedOffset,
+                a.norm.source()?,
+            ),
+            threads: a.threads,
+            warmup: a.warmup.unwrap_or(WARMUP_RUNS),
+            iters: a.iters,
+            budget_ms: a.budget_ms,
+        },
+        &crate::progress::Bars::stderr(),
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -214,22 +200,5 @@ fn print_report(model: &Path, r: &LatencyReport) {
             "  budget {b} ms (p99): {}",
             if ok { "WITHIN" } else { "OVER" }
         );
-    }
-}
-
-/// `bench --runtime trt-native`: the native runtime where the `tensorrt` feature is compiled in.
-fn native_measure(plan: &Path, a: &LatencyArgs, warmup: usize) -> Result<LatencyReport> {
-    #[cfg(feature = "tensorrt")]
-    return Ok(overparam_engine::trt_native::measure(
-        plan,
-        a.runtime.device_id as usize,
-        warmup,
-        a.iters,
-        a.budget_ms,
-    )?);
-    #[cfg(not(feature = "tensorrt"))]
-    {
-        let _ = (plan, a, warmup);
-        bail!("{}", crate::args::NATIVE_MISSING)
     }
 }
