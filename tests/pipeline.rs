@@ -145,6 +145,45 @@ fn multi_task_pipeline_reports_every_stage() {
         lat["published"].as_str().unwrap(),
         fastest_within(rows, false)
     );
+    // bridge run on the directory publishes its choice, or under --max-drop the fastest of
+    // its models within that floor (no loss at all: fp32, or one that lost nothing).
+    let bridge = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["bridge", "run", "--model"])
+            .arg(&run)
+            .args(["--frames", "2"])
+            .args(extra);
+        let o = c.output().unwrap();
+        let t = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{t}");
+        t
+    };
+    let t = bridge(&[]);
+    let chosen = run.join(lat["published"].as_str().unwrap());
+    assert!(t.contains(&format!("({})", chosen.display())), "{t}");
+    let exact: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["drop"].as_f64() == Some(0.0))
+        .cloned()
+        .collect();
+    let t = bridge(&["--max-drop-dense-pct", "0"]);
+    let chosen = run.join(fastest_within(&exact, false));
+    assert!(t.contains(&format!("({})", chosen.display())), "{t}");
+    let o = bin()
+        .args([
+            "bridge",
+            "run",
+            "--max-drop",
+            "0.1",
+            "--frames",
+            "1",
+            "--model",
+        ])
+        .arg(run.join("model.onnx"))
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && t.contains("pipeline"), "{t}");
 }
 
 #[test]

@@ -480,6 +480,7 @@ pub fn write_latency(
             "budget_ms": budget_ms,
             "published": chosen.file,
             "max_drop": {"top1_points": max_drop.top1_points, "dense_relative": max_drop.dense_relative},
+            "drop_unit": if l.dense { "dense_relative" } else { "top1_points" },
             "models": models.iter().zip(&l.reports).enumerate().map(|(i, (v, r))| serde_json::json!({
                 "label": v.label, "file": v.file, "precision": v.precision,
                 "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
@@ -505,6 +506,119 @@ pub fn write_latency(
     )
     .save(&dir.join("latency_hist.png"))?;
     Ok(())
+}
+
+/// The model a pipeline directory publishes: the fastest (p50) within an accuracy floor, read
+/// from the `latency.json` the pipeline wrote (its drops were measured on the evaluation split).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub path: PathBuf,
+    pub label: String,
+    /// Its drop against fp32, in the unit of [`MaxDrop::drops`].
+    pub drop: f64,
+    /// Why it is the one published, in a sentence.
+    pub why: String,
+}
+
+/// The model of pipeline directory `dir` to publish under `max_drop` (the pipeline's own
+/// floor when `None`). fp32 has no drop, so a model is always found.
+pub fn published(dir: &Path, max_drop: Option<MaxDrop>) -> Result<Published> {
+    #[derive(serde::Deserialize)]
+    struct Model {
+        label: String,
+        file: String,
+        p50_ms: f64,
+        /// JSON has no NaN or infinity: null is a model that lost a metric.
+        drop: Option<f64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Table {
+        published: String,
+        max_drop: MaxDropJson,
+        drop_unit: Option<String>,
+        models: Vec<Model>,
+    }
+    #[derive(serde::Deserialize)]
+    struct MaxDropJson {
+        top1_points: f64,
+        dense_relative: f64,
+    }
+    let path = dir.join("latency.json");
+    let bytes = std::fs::read(&path).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let bad = |m: String| Error::File {
+        path: path.clone(),
+        message: m,
+    };
+    let t: Table = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("not a pipeline latency table: {e}")))?;
+    if t.models.is_empty() {
+        return Err(bad("no models".into()));
+    }
+    let Some(floor) = max_drop else {
+        let m = t
+            .models
+            .iter()
+            .find(|m| m.file == t.published)
+            .ok_or_else(|| {
+                bad(format!(
+                    "the published model {} is not in the table",
+                    t.published
+                ))
+            })?;
+        return Ok(Published {
+            path: dir.join(&m.file),
+            label: m.label.clone(),
+            drop: m.drop.unwrap_or(f64::INFINITY),
+            why: format!(
+                "the pipeline's choice (fastest within its floor: {} top-1 points, {}% dense)",
+                t.max_drop.top1_points,
+                t.max_drop.dense_relative * 100.0
+            ),
+        });
+    };
+    let (limit, unit) = match t.drop_unit.as_deref() {
+        Some("top1_points") => (floor.top1_points, "top-1 error points"),
+        Some("dense_relative") => (floor.dense_relative, "relative dense loss"),
+        Some(u) => return Err(bad(format!("unknown drop_unit {u}"))),
+        None => {
+            return Err(bad(
+                "written by an older overparam pipeline without drop_unit; rerun `overparam pipeline` to choose under another --max-drop".into(),
+            ));
+        }
+    };
+    let masked: Vec<f64> = t
+        .models
+        .iter()
+        .map(|m| match m.drop {
+            Some(d) if d <= limit => m.p50_ms,
+            _ => f64::NAN,
+        })
+        .collect();
+    let i = fastest(&masked).ok_or_else(|| {
+        bad(format!(
+            "no model within {limit} {unit} (fp32 has no drop, so the table is damaged)"
+        ))
+    })?;
+    let all: Vec<f64> = t.models.iter().map(|m| m.p50_ms).collect();
+    let m = &t.models[i];
+    let drop = m.drop.unwrap_or(f64::INFINITY);
+    let why = match fastest(&all) {
+        Some(f) if f != i => format!(
+            "the fastest within {limit} {unit} (drop {drop:.3}); {} is faster but loses {:.3}",
+            t.models[f].label,
+            t.models[f].drop.unwrap_or(f64::INFINITY)
+        ),
+        _ => format!("the fastest, and within {limit} {unit} (drop {drop:.3})"),
+    };
+    Ok(Published {
+        path: dir.join(&m.file),
+        label: m.label.clone(),
+        drop,
+        why,
+    })
 }
 
 /// Index of the lowest p50 (the first on a tie; NaN never wins).
@@ -730,6 +844,58 @@ pub fn run(o: &Options, progress: &dyn Progress) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bridge run --model DIR --max-drop`: the fastest model within the floor given, in the
+    /// table's unit; a lost metric (null drop) is never within; the pipeline's own choice
+    /// without a floor; an old table without a unit and a damaged one are refused by name.
+    #[test]
+    fn published_is_the_fastest_within_the_floor_given() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |unit: Option<&str>, published: &str| {
+            let mut t = serde_json::json!({
+                "published": published,
+                "max_drop": {"top1_points": 0.3, "dense_relative": 0.01},
+                "models": [
+                    {"label": "fp32", "file": "model.onnx", "p50_ms": 4.0, "drop": 0.0},
+                    {"label": "fp16", "file": "model.fp16.onnx", "p50_ms": 3.0, "drop": 0.2},
+                    {"label": "int8 trt", "file": "model.int8.onnx", "p50_ms": 1.0, "drop": null},
+                    {"label": "int8 cpu", "file": "model.int8.cpu.onnx", "p50_ms": 2.0, "drop": 0.5},
+                ],
+            });
+            if let Some(u) = unit {
+                t["drop_unit"] = u.into();
+            }
+            std::fs::write(d.path().join("latency.json"), t.to_string()).unwrap();
+        };
+        let floor = |top1, dense| {
+            Some(MaxDrop {
+                top1_points: top1,
+                dense_relative: dense,
+            })
+        };
+        write(Some("top1_points"), "model.fp16.onnx");
+        let p = published(d.path(), None).unwrap();
+        assert_eq!(p.path, d.path().join("model.fp16.onnx"));
+        let pick = |f| published(d.path(), f).unwrap().label;
+        assert_eq!(pick(floor(0.6, 0.0)), "int8 cpu");
+        assert_eq!(pick(floor(0.3, 9.0)), "fp16");
+        assert_eq!(pick(floor(0.0, 9.0)), "fp32");
+        let p = published(d.path(), floor(0.6, 0.0)).unwrap();
+        assert!(p.why.contains("int8 trt is faster"), "{}", p.why);
+        write(Some("dense_relative"), "model.onnx");
+        assert_eq!(pick(floor(0.0, 0.3)), "fp16");
+        write(None, "model.onnx");
+        let e = published(d.path(), floor(1.0, 1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("latency.json") && e.contains("rerun"), "{e}");
+        write(Some("top1_points"), "gone.onnx");
+        let e = published(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("gone.onnx"), "{e}");
+        std::fs::write(d.path().join("latency.json"), "{").unwrap();
+        let e = published(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("not a pipeline latency table"), "{e}");
+    }
 
     /// The floor: top-1 points for a classifier; for dense metrics the worst relative loss,
     /// whichever way each metric points, with gains counting as none.

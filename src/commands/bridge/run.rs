@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use overparam_bridge::listener::fmt_value;
 use overparam_bridge::publisher::{PerceptionPublisher, PublishConfig, TopicQos};
 use overparam_bridge::ros2::Ros2Names;
@@ -16,9 +16,20 @@ use crate::stop;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A deploy checkpoint (exported to FP32 ONNX in memory) or an ONNX model.
+    /// A deploy checkpoint (exported to FP32 ONNX in memory), an ONNX model, or an
+    /// `overparam pipeline` output directory (its published model, or with --max-drop the
+    /// fastest of its models within that floor).
     #[arg(long)]
     model: PathBuf,
+    /// With a pipeline directory: publish the fastest of its models that loses at most this
+    /// many top-1 error points against fp32 on the evaluation split (as `pipeline --max-drop`;
+    /// the drops are the pipeline's measurements) [default: the pipeline's choice].
+    #[arg(long, value_parser = crate::args::non_negative)]
+    max_drop: Option<f64>,
+    /// With a pipeline directory: the same floor for dense models, as the percentage each
+    /// dense metric may lose relative to fp32 [default 1 when --max-drop is given].
+    #[arg(long, value_parser = crate::args::non_negative)]
+    max_drop_dense_pct: Option<f64>,
     /// synthetic[:SEED], nyuv2:DIR, images:DIR (PNG/JPEG), zenoh:KEY (native camera
     /// frames) or ros2:TOPIC (a sensor_msgs/Image topic through rmw_zenoh, in --domain-id;
     /// a relative TOPIC is under --namespace; rgb8, bgr8, rgba8, bgra8 or mono8 at any
@@ -69,6 +80,37 @@ pub struct Args {
     zenoh: super::ZenohArgs,
 }
 
+/// The model file to run: `model` itself, or the one a pipeline directory publishes under the
+/// floor given (`--max-drop`), said on stderr with why it was chosen.
+fn published_model(model: PathBuf, top1: Option<f64>, dense_pct: Option<f64>) -> Result<PathBuf> {
+    use overparam_lab::pipeline::{MaxDrop, published};
+    let floor = (top1.is_some() || dense_pct.is_some()).then(|| {
+        let d = MaxDrop::default();
+        MaxDrop {
+            top1_points: top1.unwrap_or(d.top1_points),
+            dense_relative: dense_pct.map_or(d.dense_relative, |p| p / 100.0),
+        }
+    });
+    if !model.is_dir() {
+        if floor.is_some() {
+            bail!(
+                "--model {}: --max-drop chooses among the models of an `overparam pipeline` output directory; this is one model",
+                model.display()
+            );
+        }
+        return Ok(model);
+    }
+    let p = published(&model, floor)?;
+    eprintln!(
+        "bridge: {} publishes {} ({}): {}",
+        model.display(),
+        p.label,
+        p.path.display(),
+        p.why
+    );
+    Ok(p.path)
+}
+
 /// `--ros2-qos`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Ros2Qos {
@@ -79,6 +121,8 @@ enum Ros2Qos {
 pub fn run(a: Args) -> Result<ExitCode> {
     let Args {
         model,
+        max_drop,
+        max_drop_dense_pct,
         source,
         source_timeout,
         fps,
@@ -97,6 +141,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let opts = RunOptions { frames, fps };
     opts.check()?;
     let spec: SourceSpec = source.parse()?;
+    let model = published_model(model, max_drop, max_drop_dense_pct)?;
     stop::install()?;
     let mut m = Model::load(&model, threads, &runtime.provider())
         .with_context(|| format!("loading {}", model.display()))?;
