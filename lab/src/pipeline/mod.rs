@@ -348,7 +348,7 @@ pub fn write_exports(dir: &Path, a: &Accuracy) -> Result<()> {
 
 /// The accuracy floor of what gets published (`--max-drop`): a model is published only if it
 /// loses at most this much against fp32 on the evaluation split.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
 pub struct MaxDrop {
     /// Top-1 error points a classifier may add.
     pub top1_points: f64,
@@ -403,9 +403,15 @@ impl MaxDrop {
 
     /// The limit in the unit of [`MaxDrop::drops`].
     pub fn limit(&self, table: &AccuracyTable) -> f64 {
-        match table {
-            AccuracyTable::Classification { .. } => self.top1_points,
-            AccuracyTable::Dense { .. } => self.dense_relative,
+        self.limit_in(matches!(table, AccuracyTable::Dense { .. }))
+    }
+
+    /// The limit for relative dense losses (`dense`), else for top-1 error points.
+    pub fn limit_in(&self, dense: bool) -> f64 {
+        if dense {
+            self.dense_relative
+        } else {
+            self.top1_points
         }
     }
 }
@@ -447,12 +453,7 @@ pub fn latency(
     let within: Vec<bool> = drops.iter().map(|d| *d <= limit).collect();
     let none = || Error::Run("no latency was measured".into());
     let fastest_all = fastest(&p50).ok_or_else(none)?;
-    let masked: Vec<f64> = p50
-        .iter()
-        .zip(&within)
-        .map(|(p, ok)| if *ok { *p } else { f64::NAN })
-        .collect();
-    let chosen = fastest(&masked).ok_or_else(none)?;
+    let chosen = fastest_within(&p50, &within).ok_or_else(none)?;
     Ok(Latency {
         reports,
         drops,
@@ -534,14 +535,9 @@ pub fn published(dir: &Path, max_drop: Option<MaxDrop>) -> Result<Published> {
     #[derive(serde::Deserialize)]
     struct Table {
         published: String,
-        max_drop: MaxDropJson,
+        max_drop: MaxDrop,
         drop_unit: Option<String>,
         models: Vec<Model>,
-    }
-    #[derive(serde::Deserialize)]
-    struct MaxDropJson {
-        top1_points: f64,
-        dense_relative: f64,
     }
     let path = dir.join("latency.json");
     let bytes = std::fs::read(&path).map_err(|e| Error::Io {
@@ -579,9 +575,9 @@ pub fn published(dir: &Path, max_drop: Option<MaxDrop>) -> Result<Published> {
             ),
         });
     };
-    let (limit, unit) = match t.drop_unit.as_deref() {
-        Some("top1_points") => (floor.top1_points, "top-1 error points"),
-        Some("dense_relative") => (floor.dense_relative, "relative dense loss"),
+    let (dense, unit) = match t.drop_unit.as_deref() {
+        Some("top1_points") => (false, "top-1 error points"),
+        Some("dense_relative") => (true, "relative dense loss"),
         Some(u) => return Err(bad(format!("unknown drop_unit {u}"))),
         None => {
             return Err(bad(
@@ -589,23 +585,21 @@ pub fn published(dir: &Path, max_drop: Option<MaxDrop>) -> Result<Published> {
             ));
         }
     };
-    let masked: Vec<f64> = t
+    let limit = floor.limit_in(dense);
+    let p50: Vec<f64> = t.models.iter().map(|m| m.p50_ms).collect();
+    let within: Vec<bool> = t
         .models
         .iter()
-        .map(|m| match m.drop {
-            Some(d) if d <= limit => m.p50_ms,
-            _ => f64::NAN,
-        })
+        .map(|m| m.drop.is_some_and(|d| d <= limit))
         .collect();
-    let i = fastest(&masked).ok_or_else(|| {
+    let i = fastest_within(&p50, &within).ok_or_else(|| {
         bad(format!(
             "no model within {limit} {unit} (fp32 has no drop, so the table is damaged)"
         ))
     })?;
-    let all: Vec<f64> = t.models.iter().map(|m| m.p50_ms).collect();
     let m = &t.models[i];
     let drop = m.drop.unwrap_or(f64::INFINITY);
-    let why = match fastest(&all) {
+    let why = match fastest(&p50) {
         Some(f) if f != i => format!(
             "the fastest within {limit} {unit} (drop {drop:.3}); {} is faster but loses {:.3}",
             t.models[f].label,
@@ -619,6 +613,16 @@ pub fn published(dir: &Path, max_drop: Option<MaxDrop>) -> Result<Published> {
         drop,
         why,
     })
+}
+
+/// Index of the lowest p50 among the models `within` the floor.
+fn fastest_within(p50_ms: &[f64], within: &[bool]) -> Option<usize> {
+    let masked: Vec<f64> = p50_ms
+        .iter()
+        .zip(within)
+        .map(|(p, ok)| if *ok { *p } else { f64::NAN })
+        .collect();
+    fastest(&masked)
 }
 
 /// Index of the lowest p50 (the first on a tie; NaN never wins).
