@@ -374,10 +374,24 @@ fn replace_dir(new: &Path, out: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Held by the tests that spawn a child and by the lock test: a child between fork and exec
+    /// shares every open file, so it holds a flock the test just dropped (a flake seen once).
+    static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A dead process's PID (a child that has exited and been reaped).
+    fn dead_pid() -> u32 {
+        let _g = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
     /// A second lock on a held directory is refused naming the holder; once the holder lets
     /// go, the lock is taken again and the old PID reported as stale.
     #[test]
     fn a_held_directory_is_refused_and_a_released_one_taken_over() {
+        let _g = SPAWNS.lock().unwrap_or_else(|e| e.into_inner());
         let d = tempfile::tempdir().unwrap();
         let first = lock_dir(d.path()).unwrap();
         assert!(first.stale.is_none());
@@ -428,9 +442,7 @@ mod tests {
     #[test]
     fn writes_sweep_the_temp_files_of_dead_writers() {
         let d = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = dead_pid();
         let stale = d.path().join(format!(".a.json.{dead}.tmp"));
         let live = d.path().join(".a.json.1.tmp"); // pid 1 always exists
         let other = d.path().join(format!(".b.json.{dead}.tmp"));
@@ -488,9 +500,7 @@ mod tests {
         assert_eq!(std::fs::read(out.join("f")).unwrap(), b"one", "old kept");
         write_dir_atomic(&out, fill(b"two")).unwrap();
         assert_eq!(std::fs::read(out.join("f")).unwrap(), b"two");
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = dead_pid();
         let stale = d.path().join(temp_name("set", dead, STAGING));
         std::fs::create_dir(&stale).unwrap();
         std::fs::write(stale.join("partial"), b"x").unwrap();
