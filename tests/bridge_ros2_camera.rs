@@ -66,7 +66,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// Acceptance: 640×480 rgb8 at 30 Hz in, ROS 2 outputs whose header (stamp and frame_id) is
 /// the camera frame's; the subscription is visible as an rmw_zenoh `MS` token; camera-to-output
-/// latency is reported; received = processed + skipped (+ at most the one waiting at the end).
+/// latency is reported; received = processed + skipped (+ at most the one waiting at the end);
+/// `/diagnostics` carries the health of a window of frames, decoded by rosbags.
 #[test]
 fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
     let d = tempfile::tempdir().unwrap();
@@ -75,7 +76,8 @@ fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
         "tcp/127.0.0.1:{}",
         overparam_bridge::session::free_port().unwrap()
     );
-    let want = 20;
+    // More than a second of frames at 30 Hz, so a health window closes while they flow.
+    let want = 40;
     let (child, out) = camera(&json!({
         "endpoint": ep, "domain": 7, "topic": "/camera/image_raw",
         "outputs": "7/perception/cam0/*/sensor_msgs::msg::dds_::Image_/*",
@@ -151,6 +153,44 @@ fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
         want + skipped <= received && received <= want + skipped + 1,
         "{line}"
     );
+    // Health every second, as rqt_runtime_monitor reads it.
+    let diags = r["diagnostics"].as_array().unwrap();
+    let flowing: Vec<&Value> = diags
+        .iter()
+        .map(|d| &d["status"][0])
+        .filter(|s| s["level"] == 0)
+        .collect();
+    assert!(!flowing.is_empty(), "no OK health report: {diags:#?}");
+    for s in &flowing {
+        assert_eq!(s["name"], "overparam_bridge: cam0", "{s}");
+        let v = &s["values"];
+        let num = |k: &str| -> f64 {
+            v[k].as_str()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or_else(|| panic!("{k}: {s}"))
+        };
+        assert!(
+            num("output_hz") > 0.0 && num("input_hz") >= num("output_hz"),
+            "{s}"
+        );
+        assert!(
+            num("pipeline_latency_ms_max") >= num("pipeline_latency_ms_p50")
+                && num("pipeline_latency_ms_p50") > 0.0,
+            "{s}"
+        );
+        assert!(num("processing_time_ms_p50") > 0.0, "{s}");
+        assert_eq!(v["precision"], "fp32", "{s}");
+        assert_eq!(v["frames_refused"], "0", "{s}");
+        assert!(
+            v["model"].as_str().unwrap().ends_with(".safetensors"),
+            "{s}"
+        );
+    }
+    assert!(
+        diags.iter().all(|d| d["attachment_len"] == 33),
+        "{diags:#?}"
+    );
+
     // ros2 topic info would list the subscription: rmw_zenoh's MS token on the topic.
     let tokens: Vec<&str> = r["tokens"]
         .as_array()

@@ -1,7 +1,8 @@
 //! Publishing one frame's outputs: a topic per task, native or ROS 2, with per-topic QoS.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 use zenoh::bytes::{Encoding, ZBytes};
@@ -10,6 +11,8 @@ use zenoh::qos::{CongestionControl, Priority, Reliability};
 
 use crate::counters::Counters;
 use crate::error::{Error, Result};
+use crate::health::{Health, ModelInfo};
+use crate::msgs::{self, DiagnosticArray, TypeKey};
 use crate::ros2::{self, Ros2Names};
 use crate::session::now_ns;
 use crate::wire::{self, Stamps, Task, TensorData, TensorMsg};
@@ -104,6 +107,12 @@ pub struct PublishConfig {
     pub qos: BTreeMap<Task, TopicQos>,
     /// Publish a small JSON status message per frame on `<prefix>/<camera>/status`.
     pub status: bool,
+    /// What runs: with it, the last second's health ([`crate::health`]) is published every
+    /// [`PublishConfig::health_period`], on `/diagnostics` as a `DiagnosticArray` in ROS 2
+    /// mode and as JSON on `<prefix>/<camera>/health` natively, and the status message
+    /// carries the latest report.
+    pub health: Option<ModelInfo>,
+    pub health_period: Duration,
 }
 
 impl PublishConfig {
@@ -117,6 +126,8 @@ impl PublishConfig {
                 .map(|&t| (t, TopicQos::default()))
                 .collect(),
             status: true,
+            health: None,
+            health_period: Duration::from_secs(1),
         }
     }
     pub fn key(&self, task: Task) -> String {
@@ -127,6 +138,97 @@ impl PublishConfig {
     }
     pub fn status_key(&self) -> String {
         format!("{}/{}/status", self.prefix, self.camera)
+    }
+    /// Where the health reports go: `/diagnostics` (absolute, as diagnostic_updater publishes
+    /// it) in ROS 2 mode, `<prefix>/<camera>/health` natively.
+    pub fn health_key(&self) -> Result<String> {
+        Ok(match &self.ros2 {
+            Some(n) => {
+                let t = TypeKey::of(msgs::DIAGNOSTIC_ARRAY)?;
+                n.typed_key(DIAGNOSTICS_TOPIC, &t.dds_name, &t.hash)
+            }
+            None => format!("{}/{}/health", self.prefix, self.camera),
+        })
+    }
+}
+
+/// The ROS 2 topic of health reports (REP 107, diagnostic_updater).
+pub const DIAGNOSTICS_TOPIC: &str = "/diagnostics";
+
+/// The thread that closes a health window every period and publishes it; dropping it
+/// publishes the last, partial window and joins the thread.
+struct HealthTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HealthTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl HealthTicker {
+    fn spawn(
+        health: Arc<Health>,
+        counters: Arc<Counters>,
+        publisher: Publisher<'static>,
+        // The ROS 2 publisher's GID (ROS 2 mode) for rmw_zenoh's attachment.
+        ros2_gid: Option<[u8; 16]>,
+        camera: String,
+        period: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        let name = format!("overparam_bridge: {camera}");
+        let thread = std::thread::spawn(move || {
+            let mut due = Instant::now() + period;
+            let mut seq = 0i64;
+            loop {
+                // Disconnected: the publisher is dropping; this report is the last.
+                let last = !matches!(
+                    rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                );
+                let r = health.report(Instant::now(), &counters.snapshot());
+                let payload = if ros2_gid.is_some() {
+                    let now = now_ns();
+                    msgs::to_cdr(&DiagnosticArray {
+                        header: ros2::Header {
+                            stamp: ros2::Time::from_ns(now),
+                            frame_id: String::new(),
+                        },
+                        status: vec![r.to_status(&name, &camera)],
+                    })
+                    .map(ZBytes::from)
+                } else {
+                    serde_json::to_string(&r)
+                        .map(ZBytes::from)
+                        .map_err(|e| Error::Malformed(e.to_string()))
+                };
+                // A lost report is only a lost report: the next one says as much.
+                if let Ok(p) = payload {
+                    let put = publisher.put(p);
+                    seq += 1;
+                    let _ = match &ros2_gid {
+                        Some(gid) => put
+                            .attachment(ros2::attachment(seq, now_ns(), gid).to_vec())
+                            .wait(),
+                        None => put.wait(),
+                    };
+                }
+                if last {
+                    return;
+                }
+                due += period;
+            }
+        });
+        HealthTicker {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -153,6 +255,9 @@ pub struct PerceptionPublisher {
     cfg: PublishConfig,
     topics: Vec<Topic>,
     status: Option<Publisher<'static>>,
+    health: Option<Arc<Health>>,
+    // Sends its last report and stops when the publisher drops.
+    _ticker: Option<HealthTicker>,
     _tokens: Vec<zenoh::liveliness::LivelinessToken>,
     stream_id: u64,
     counters: Arc<Counters>,
@@ -229,18 +334,67 @@ impl PerceptionPublisher {
             use std::hash::{BuildHasher, RandomState};
             RandomState::new().hash_one((now_ns(), std::process::id()))
         };
+        let counters = Arc::new(Counters::default());
+        let (health, ticker) = match &cfg.health {
+            None => (None, None),
+            Some(info) => {
+                let health = Arc::new(Health::new(info.clone(), Instant::now()));
+                let key = cfg.health_key()?;
+                let p = session
+                    .declare_publisher(key.clone())
+                    .encoding(Encoding::from(if cfg.ros2.is_some() {
+                        "application/cdr;diagnostic_msgs/msg/DiagnosticArray"
+                    } else {
+                        "application/json"
+                    }))
+                    .congestion_control(CongestionControl::Drop)
+                    .priority(Priority::Data)
+                    .wait()?;
+                if let Some(n) = &cfg.ros2 {
+                    // diagnostic_updater's publisher: reliable, keep last 1.
+                    let t = TypeKey::of(msgs::DIAGNOSTIC_ARRAY)?;
+                    let qos = ros2::qos_string(true, 1);
+                    let token = n.typed_publisher_token(ros2::Endpoint {
+                        zid: &zid,
+                        node_id,
+                        entity_id: topics.len() as u32 + 1,
+                        fq_topic: DIAGNOSTICS_TOPIC,
+                        dds_name: &t.dds_name,
+                        hash: &t.hash,
+                        qos: &qos,
+                    });
+                    tokens.push(session.liveliness().declare_token(token).wait()?);
+                }
+                let ticker = HealthTicker::spawn(
+                    health.clone(),
+                    counters.clone(),
+                    p,
+                    cfg.ros2.as_ref().map(|_| ros2::gid(&zid, &key)),
+                    cfg.camera.clone(),
+                    cfg.health_period,
+                );
+                (Some(health), Some(ticker))
+            }
+        };
         Ok(PerceptionPublisher {
             cfg,
             topics,
             status,
+            health,
+            _ticker: ticker,
             _tokens: tokens,
             stream_id,
-            counters: Arc::new(Counters::default()),
+            counters,
         })
     }
 
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
+    }
+
+    /// The health windows, when [`PublishConfig::health`] is set.
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_deref()
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -343,6 +497,16 @@ impl PerceptionPublisher {
                 Counters::add(&self.counters.sent_unmatched, 1);
             }
         }
+        if let Some(h) = &self.health {
+            let done = now_ns();
+            let capture = header
+                .as_ref()
+                .map_or(stamps.capture_ns, |h| h.stamp.to_ns());
+            h.record(
+                (done - stamps.infer_start_ns) as f64 / 1e6,
+                (done - capture) as f64 / 1e6,
+            );
+        }
         if let Some(s) = &self.status {
             let mut status = serde_json::json!({
                 "stream_id": self.stream_id,
@@ -359,6 +523,9 @@ impl PerceptionPublisher {
                     "nanosec": h.stamp.nanosec,
                     "frame_id": h.frame_id,
                 });
+            }
+            if let Some(h) = &self.health {
+                status["health"] = serde_json::to_value(h.latest()).unwrap_or_default();
             }
             s.put(status.to_string()).wait()?;
         }

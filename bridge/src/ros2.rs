@@ -393,8 +393,12 @@ impl Ros2Names {
     /// `TopicInfo::TopicInfo`: `strip_slashes(name_)`). Publishers and subscriptions of one
     /// topic declare the same key, so the type hash pins the message type.
     pub fn topic_key(&self, fq_topic: &str) -> String {
+        self.typed_key(fq_topic, IMAGE_TYPE_NAME, IMAGE_TYPE_HASH)
+    }
+    /// [`Ros2Names::topic_key`] of a topic of another type (its DDS name and RIHS01 hash).
+    pub fn typed_key(&self, fq_topic: &str, dds_name: &str, hash: &str) -> String {
         format!(
-            "{}/{}/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}",
+            "{}/{}/{dds_name}/{hash}",
             self.domain_id,
             fq_topic.trim_matches('/')
         )
@@ -456,22 +460,24 @@ impl Ros2Names {
     }
     /// An endpoint's token, `.../<eid>/<kind>/<enclave>/<ns>/<node>/<topic>/<type>/<hash>/<qos>`
     /// (rmw_zenoh `liveliness_utils.cpp`: `MP` publisher, `MS` subscription).
-    fn endpoint_token(
-        &self,
-        zid: &str,
-        node_id: u32,
-        entity_id: u32,
-        kind: &str,
-        fq_topic: &str,
-        qos: &str,
-    ) -> String {
+    fn endpoint_token(&self, e: Endpoint<'_>, kind: &str) -> String {
         format!(
-            "@ros2_lv/{}/{zid}/{node_id}/{entity_id}/{kind}/%/{}/{}/{}/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}/{qos}",
+            "@ros2_lv/{}/{}/{}/{}/{kind}/%/{}/{}/{}/{}/{}/{}",
             self.domain_id,
+            e.zid,
+            e.node_id,
+            e.entity_id,
             self.ns_mangled(),
             self.node,
-            mangle(fq_topic),
+            mangle(e.fq_topic),
+            e.dds_name,
+            e.hash,
+            e.qos,
         )
+    }
+    /// The publisher token of any endpoint (`MP`).
+    pub fn typed_publisher_token(&self, e: Endpoint<'_>) -> String {
+        self.endpoint_token(e, "MP")
     }
     /// Publisher token of an output topic.
     pub fn publisher_token(
@@ -484,7 +490,7 @@ impl Ros2Names {
         qos: &str,
     ) -> String {
         let topic = self.topic(camera, task);
-        self.endpoint_token(zid, node_id, entity_id, "MP", &topic, qos)
+        self.endpoint_token(Endpoint::image(zid, node_id, entity_id, &topic, qos), "MP")
     }
     /// Subscription token of an Image topic (a fully qualified name).
     pub fn subscription_token(
@@ -495,7 +501,37 @@ impl Ros2Names {
         fq_topic: &str,
         qos: &str,
     ) -> String {
-        self.endpoint_token(zid, node_id, entity_id, "MS", fq_topic, qos)
+        self.endpoint_token(
+            Endpoint::image(zid, node_id, entity_id, fq_topic, qos),
+            "MS",
+        )
+    }
+}
+
+/// One endpoint of a liveliness token: who declares it, on which topic, of which type, with
+/// which QoS ([`qos_string`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    pub zid: &'a str,
+    pub node_id: u32,
+    pub entity_id: u32,
+    pub fq_topic: &'a str,
+    pub dds_name: &'a str,
+    pub hash: &'a str,
+    pub qos: &'a str,
+}
+
+impl<'a> Endpoint<'a> {
+    fn image(zid: &'a str, node_id: u32, entity_id: u32, fq_topic: &'a str, qos: &'a str) -> Self {
+        Endpoint {
+            zid,
+            node_id,
+            entity_id,
+            fq_topic,
+            dds_name: IMAGE_TYPE_NAME,
+            hash: IMAGE_TYPE_HASH,
+            qos,
+        }
     }
 }
 

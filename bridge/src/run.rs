@@ -19,6 +19,10 @@ pub struct Model {
     /// Input (H, W).
     pub size: (usize, usize),
     pub tasks: Vec<Task>,
+    /// `int8` (Q/DQ nodes), `fp16` or `fp32`, read from the graph.
+    pub precision: &'static str,
+    /// The runtime and its execution provider, as health reports name it.
+    pub runtime: String,
 }
 
 impl Model {
@@ -45,6 +49,11 @@ impl Model {
     }
 
     pub fn from_onnx(bytes: &[u8], threads: Option<usize>, provider: &Provider) -> Result<Self> {
+        let precision = match overparam_engine::runtime::graph_precisions(bytes)? {
+            (_, true) => "int8",
+            (true, false) => "fp16",
+            (false, false) => "fp32",
+        };
         let mut rt = OrtRuntime::with_provider(bytes, threads, provider)?;
         let s = rt.input_shape().to_vec();
         if s.len() != 4 || s[0] != 1 || s[1] != 3 {
@@ -58,7 +67,13 @@ impl Model {
             .into_iter()
             .map(|(t, ..)| t)
             .collect();
-        Ok(Model { rt, size, tasks })
+        Ok(Model {
+            rt,
+            size,
+            tasks,
+            precision,
+            runtime: format!("onnxruntime {}", provider.name()),
+        })
     }
 
     /// Runs one frame (already at the model's size).

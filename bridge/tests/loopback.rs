@@ -214,3 +214,79 @@ fn garbage_counted(payloads: bool) {
     assert_eq!(l.counters().decode_errors, 4);
     assert_eq!(l.counters().received, 1);
 }
+
+/// Natively, the health windows go out as JSON on `<prefix>/<camera>/health` every period, the
+/// status message carries the latest, and a window without frames is stale.
+#[test]
+fn native_health_reports_follow_the_frames() {
+    use overparam_bridge::health::{HealthReport, Level, ModelInfo};
+    let (s_sub, s_pub) = pair();
+    let health = s_sub.declare_subscriber("op/cam0/health").wait().unwrap();
+    let status = s_sub.declare_subscriber("op/cam0/status").wait().unwrap();
+    // The outputs need a subscriber too, for the publisher's wait below.
+    let _outputs = s_sub
+        .declare_subscriber("op/cam0/*")
+        .callback(|_| {})
+        .wait()
+        .unwrap();
+    let mut cfg = PublishConfig::native("op", "cam0");
+    cfg.health = Some(ModelInfo {
+        model: "m.onnx".into(),
+        precision: "fp32".into(),
+        runtime: "test".into(),
+    });
+    cfg.health_period = Duration::from_millis(50);
+    let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+    assert!(p.wait_for_subscribers(WAIT).unwrap());
+    let json = |s: zenoh::sample::Sample| -> serde_json::Value {
+        serde_json::from_slice(&s.payload().to_bytes()).unwrap()
+    };
+    // Frames until a window with them has come back.
+    let t0 = Instant::now();
+    let mut id = 0;
+    let seen = loop {
+        assert!(t0.elapsed() < WAIT, "no health report with frames");
+        p.publish(&frame(id)).unwrap();
+        id += 1;
+        if let Ok(Some(s)) = health.recv_timeout(Duration::from_millis(20)) {
+            let r: HealthReport = serde_json::from_value(json(s)).unwrap();
+            if r.level == Level::Ok {
+                break r;
+            }
+        }
+    };
+    assert!(
+        seen.output_hz > 0.0 && seen.input_hz == seen.output_hz,
+        "{seen:?}"
+    );
+    let (p50, max) = (
+        seen.processing_time_ms_p50.unwrap(),
+        seen.pipeline_latency_ms_max.unwrap(),
+    );
+    assert!(p50 > 0.0 && max >= p50, "{seen:?}");
+    assert_eq!(seen.info.precision, "fp32");
+    // The status of a frame published after that window carries a report.
+    p.publish(&frame(id)).unwrap();
+    let mut with_health = None;
+    while with_health.is_none() && t0.elapsed() < WAIT {
+        if let Ok(Some(s)) = status.recv_timeout(Duration::from_millis(50)) {
+            let v = json(s);
+            if v["health"]["level"].is_string() {
+                with_health = Some(v);
+            }
+        }
+    }
+    let v = with_health.expect("no status with a health report");
+    assert_eq!(v["health"]["model"], "m.onnx");
+    // No frames: the next windows are stale.
+    let stale = loop {
+        assert!(t0.elapsed() < WAIT, "no stale report");
+        if let Ok(Some(s)) = health.recv_timeout(Duration::from_millis(100)) {
+            let r: HealthReport = serde_json::from_value(json(s)).unwrap();
+            if r.level == Level::Stale {
+                break r;
+            }
+        }
+    };
+    assert_eq!((stale.output_hz, stale.processing_time_ms_max), (0.0, None));
+}

@@ -132,3 +132,106 @@ fn rosbags_camera_images_decode_in_either_byte_order() {
         }
     }
 }
+
+/// Runs `ros_msgs.py` on a job.
+fn rosbags(job: serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/ros_msgs.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run .venv/bin/python (scripts/setup.sh creates it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "rosbags helper failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every type the bridge defines hashes as rosbags hashes it, and a DiagnosticArray the bridge
+/// writes (strings of every length mod 4, an empty value list) decodes in rosbags to its fields.
+#[test]
+fn other_types_hash_and_decode_as_rosbags_says() {
+    use overparam_bridge::health::{Health, ModelInfo};
+    use overparam_bridge::msgs::{self, DEFS, DiagnosticArray, DiagnosticStatus};
+    let names: Vec<&str> = DEFS.iter().map(|d| d.name).collect();
+    let h = Health::new(
+        ModelInfo {
+            model: "runs/x/int8.onnx".into(),
+            precision: "int8".into(),
+            runtime: "onnxruntime CPU EP".into(),
+        },
+        std::time::Instant::now(),
+    );
+    h.record(1.25, 7.5);
+    let report = h.report(
+        std::time::Instant::now() + std::time::Duration::from_millis(900),
+        &Default::default(),
+    );
+    let array = DiagnosticArray {
+        header: ros2::Header {
+            stamp: ros2::Time {
+                sec: 1_732_000_000,
+                nanosec: 5,
+            },
+            frame_id: "abc".into(),
+        },
+        status: vec![
+            report.to_status("overparam_bridge: cam0", "cam0"),
+            DiagnosticStatus {
+                level: 3,
+                name: "x".into(),
+                message: String::new(),
+                hardware_id: "hw".into(),
+                values: vec![],
+            },
+        ],
+    };
+    let cdr: String = msgs::to_cdr(&array)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let v = rosbags(serde_json::json!({
+        "hashes": names,
+        "decode": [{"type": msgs::DIAGNOSTIC_ARRAY, "cdr": cdr}],
+    }));
+    for n in &names {
+        assert_eq!(
+            v["hashes"][n].as_str().unwrap(),
+            msgs::rihs01(n).unwrap(),
+            "{n}"
+        );
+    }
+    let d = &v["decoded"][0];
+    assert_eq!(d["header"]["stamp"]["sec"], 1_732_000_000);
+    assert_eq!(d["header"]["frame_id"], "abc");
+    let st = d["status"].as_array().unwrap();
+    assert_eq!(st.len(), 2);
+    for (got, want) in st.iter().zip(&array.status) {
+        assert_eq!(got["level"], want.level);
+        assert_eq!(got["name"], want.name.as_str());
+        assert_eq!(got["message"], want.message.as_str());
+        assert_eq!(got["hardware_id"], want.hardware_id.as_str());
+        let kv = got["values"].as_array().unwrap();
+        assert_eq!(kv.len(), want.values.len());
+        for (g, w) in kv.iter().zip(&want.values) {
+            assert_eq!(
+                (g["key"].as_str(), g["value"].as_str()),
+                (Some(w.key.as_str()), Some(w.value.as_str()))
+            );
+        }
+    }
+    assert!(
+        st[0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|kv| kv["key"] == "pipeline_latency_ms_max" && kv["value"] == "7.500"),
+        "{d}"
+    );
+}

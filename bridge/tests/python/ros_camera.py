@@ -9,7 +9,8 @@ rmw_zenoh (Jazzy) does, with nothing from the bridge's code, and reads the bridg
   with multicast scouting off.
 
 Reads a JSON job on stdin, prints `ready` once its session listens, then one JSON report line:
-{"published": [...], "outputs": [...], "tokens": [...]}.
+{"published": [...], "outputs": [...], "tokens": [...], "diagnostics": [...]} (every
+DiagnosticArray on /diagnostics, decoded by rosbags).
 
 Job fields: endpoint, domain, topic, outputs (key expression of the bridge's outputs),
 frames: [{encoding, height, width, pad, frame_id, corrupt}], mode "paced" (one frame at a
@@ -68,6 +69,29 @@ def on_output(sample):
 
 
 sub = session.declare_subscriber(job["outputs"], on_output)
+
+# /diagnostics, keyed by rosbags' own hash of DiagnosticArray: a report under another hash
+# never arrives here.
+DIAG = "diagnostic_msgs/msg/DiagnosticArray"
+diagnostics = []
+
+
+def on_diagnostics(sample):
+    att = sample.attachment
+    msg = ts.deserialize_cdr(bytes(sample.payload.to_bytes()), DIAG)
+    diagnostics.append({
+        "key": str(sample.key_expr),
+        "attachment_len": len(att.to_bytes()) if att is not None else 0,
+        "sec": int(msg.header.stamp.sec),
+        "status": [{"level": int(st.level), "name": st.name, "message": st.message,
+                    "hardware_id": st.hardware_id,
+                    "values": {kv.key: kv.value for kv in st.values}} for st in msg.status],
+    })
+
+
+diag_sub = session.declare_subscriber(
+    f"{job['domain']}/diagnostics/diagnostic_msgs::msg::dds_::DiagnosticArray_/{ts.hash_rihs01(DIAG)}",
+    on_diagnostics)
 print("ready", flush=True)
 
 
@@ -150,6 +174,7 @@ else:
 # Let the last outputs arrive.
 time.sleep(0.3)
 print(json.dumps({"published": published, "outputs": list(outputs), "tokens": tokens,
-                  "key": key}), flush=True)
+                  "key": key, "diagnostics": list(diagnostics)}), flush=True)
 sub.undeclare()
+diag_sub.undeclare()
 session.close()

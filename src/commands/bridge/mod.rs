@@ -87,7 +87,8 @@ fn domain_id(s: &str) -> std::result::Result<u32, String> {
 
 #[derive(clap::Subcommand)]
 enum BridgeCommand {
-    /// Run a deploy model on frames from a source and publish one topic per task.
+    /// Run a deploy model on frames from a source and publish one topic per task, with its
+    /// health every second (/diagnostics in ROS 2 mode, <prefix>/<camera>/health natively).
     Run(run::Args),
     /// Subscribe to a bridge's topics: validate, count, and report rates, latency and gaps.
     Listen(listen::Args),

@@ -178,6 +178,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if ros.ros2 {
         cfg.ros2 = Some(names.clone());
     }
+    cfg.health = Some(overparam_bridge::health::ModelInfo {
+        model: model.display().to_string(),
+        precision: m.precision.into(),
+        runtime: m.runtime.clone(),
+    });
     let profile = match ros2_qos {
         Ros2Qos::Default => TopicQos::default(),
         Ros2Qos::SensorData => TopicQos::sensor_data(),
@@ -194,7 +199,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let q = cfg.qos[&t].apply(items)?;
         cfg.qos.insert(t, q);
     }
+    let health_key = cfg.health_key()?;
     let publisher = PerceptionPublisher::new(&session, cfg)?;
+    eprintln!("bridge: health every second on {health_key}");
     eprintln!(
         "bridge: {} ({}×{}) from {source} → {}",
         model.display(),

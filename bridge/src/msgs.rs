@@ -1,0 +1,308 @@
+//! ROS 2 message types beyond `sensor_msgs/Image`: their definitions, the RIHS01 type hash
+//! computed from them, and their CDR.
+//!
+//! RIHS01 (REP 2011, "Evolving Message Types"; rosidl_generator_type_description) is the
+//! SHA-256 of the type description as JSON: `{"type_description": T, "referenced_type_descriptions":
+//! [T…]}` with the referenced types sorted by name, each `T` `{"type_name", "fields": [{"name",
+//! "type": {"type_id", "capacity", "string_capacity", "nested_type_name"}}]}`, written with
+//! Python's `json.dumps` separators (`", "`, `": "`). Constants are not part of it. The field
+//! type ids are `type_description_interfaces/msg/FieldType`'s: a nested type 1, the primitives
+//! 2–17 and 21, plus 48 for a fixed array, 96 for a bounded and 144 for an unbounded sequence.
+//! `bridge/tests/rosbags_golden.rs` checks every hash here against rosbags' `hash_rihs01`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ros2::Header;
+
+/// The element of a field.
+#[derive(Clone, Copy, Debug)]
+pub enum Elem {
+    /// A primitive by its `.msg` name (`uint8`, `float64`, `byte`, `string`, …).
+    Prim(&'static str),
+    /// A message type by its full name (`std_msgs/msg/Header`).
+    Msg(&'static str),
+}
+
+/// Single, fixed array of N, or unbounded sequence.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    One,
+    Array(u64),
+    Seq,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub elem: Elem,
+    pub shape: Shape,
+}
+
+const fn f(name: &'static str, prim: &'static str) -> Field {
+    Field {
+        name,
+        elem: Elem::Prim(prim),
+        shape: Shape::One,
+    }
+}
+
+const fn m(name: &'static str, msg: &'static str) -> Field {
+    Field {
+        name,
+        elem: Elem::Msg(msg),
+        shape: Shape::One,
+    }
+}
+
+const fn seq(mut fd: Field) -> Field {
+    fd.shape = Shape::Seq;
+    fd
+}
+
+/// A message definition: its full name and its fields in order (constants left out).
+#[derive(Clone, Copy, Debug)]
+pub struct MsgDef {
+    pub name: &'static str,
+    pub fields: &'static [Field],
+}
+
+/// Every type the bridge publishes, with the types they reference (definitions from
+/// common_interfaces and rcl_interfaces, ROS 2 Jazzy).
+pub const DEFS: &[MsgDef] = &[
+    MsgDef {
+        name: "builtin_interfaces/msg/Time",
+        fields: &[f("sec", "int32"), f("nanosec", "uint32")],
+    },
+    MsgDef {
+        name: "std_msgs/msg/Header",
+        fields: &[
+            m("stamp", "builtin_interfaces/msg/Time"),
+            f("frame_id", "string"),
+        ],
+    },
+    MsgDef {
+        name: "sensor_msgs/msg/Image",
+        fields: &[
+            m("header", "std_msgs/msg/Header"),
+            f("height", "uint32"),
+            f("width", "uint32"),
+            f("encoding", "string"),
+            f("is_bigendian", "uint8"),
+            f("step", "uint32"),
+            seq(f("data", "uint8")),
+        ],
+    },
+    MsgDef {
+        name: "diagnostic_msgs/msg/KeyValue",
+        fields: &[f("key", "string"), f("value", "string")],
+    },
+    MsgDef {
+        name: "diagnostic_msgs/msg/DiagnosticStatus",
+        fields: &[
+            f("level", "byte"),
+            f("name", "string"),
+            f("message", "string"),
+            f("hardware_id", "string"),
+            seq(m("values", "diagnostic_msgs/msg/KeyValue")),
+        ],
+    },
+    MsgDef {
+        name: "diagnostic_msgs/msg/DiagnosticArray",
+        fields: &[
+            m("header", "std_msgs/msg/Header"),
+            seq(m("status", "diagnostic_msgs/msg/DiagnosticStatus")),
+        ],
+    },
+];
+
+fn def(name: &str) -> Result<&'static MsgDef> {
+    DEFS.iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| Error::Malformed(format!("no definition of the ROS 2 type {name}")))
+}
+
+/// `type_description_interfaces/msg/FieldType` ids of the primitives.
+fn prim_id(p: &str) -> Result<u64> {
+    Ok(match p {
+        "int8" => 2,
+        "uint8" => 3,
+        "int16" => 4,
+        "uint16" => 5,
+        "int32" => 6,
+        "uint32" => 7,
+        "int64" => 8,
+        "uint64" => 9,
+        "float32" => 10,
+        "float64" => 11,
+        "char" => 13,
+        "bool" => 15,
+        "byte" => 16,
+        "string" => 17,
+        _ => {
+            return Err(Error::Malformed(format!(
+                "primitive {p} has no type id here"
+            )));
+        }
+    })
+}
+
+fn describe(d: &MsgDef) -> Result<String> {
+    let mut fields = vec![];
+    for fd in d.fields {
+        let (base, nested) = match fd.elem {
+            Elem::Prim(p) => (prim_id(p)?, ""),
+            Elem::Msg(n) => (1, n),
+        };
+        let (inc, capacity) = match fd.shape {
+            Shape::One => (0, 0),
+            Shape::Array(n) => (48, n),
+            Shape::Seq => (144, 0),
+        };
+        fields.push(format!(
+            r#"{{"name": "{}", "type": {{"type_id": {}, "capacity": {capacity}, "string_capacity": 0, "nested_type_name": "{nested}"}}}}"#,
+            fd.name,
+            base + inc
+        ));
+    }
+    Ok(format!(
+        r#"{{"type_name": "{}", "fields": [{}]}}"#,
+        d.name,
+        fields.join(", ")
+    ))
+}
+
+/// The RIHS01 hash of a type in [`DEFS`], `RIHS01_<64 hex>`.
+pub fn rihs01(name: &str) -> Result<String> {
+    let top = def(name)?;
+    // Every type reachable from the top one, sorted by name.
+    let mut refs = std::collections::BTreeMap::new();
+    let mut todo = vec![top];
+    while let Some(d) = todo.pop() {
+        for fd in d.fields {
+            if let Elem::Msg(n) = fd.elem
+                && n != name
+                && !refs.contains_key(n)
+            {
+                let r = def(n)?;
+                refs.insert(n, r);
+                todo.push(r);
+            }
+        }
+    }
+    let referenced: Vec<String> = refs.values().map(|d| describe(d)).collect::<Result<_>>()?;
+    let json = format!(
+        r#"{{"type_description": {}, "referenced_type_descriptions": [{}]}}"#,
+        describe(top)?,
+        referenced.join(", ")
+    );
+    let digest = Sha256::digest(json.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("RIHS01_{hex}"))
+}
+
+/// A type as rmw_zenoh names it in keys: its DDS name and its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeKey {
+    /// `pkg::msg::dds_::Name_`.
+    pub dds_name: String,
+    pub hash: String,
+}
+
+impl TypeKey {
+    pub fn of(name: &str) -> Result<Self> {
+        let [pkg, "msg", short] = name.split('/').collect::<Vec<_>>()[..] else {
+            return Err(Error::Malformed(format!("{name}: not a pkg/msg/Name type")));
+        };
+        Ok(TypeKey {
+            dds_name: format!("{pkg}::msg::dds_::{short}_"),
+            hash: rihs01(name)?,
+        })
+    }
+}
+
+pub const DIAGNOSTIC_ARRAY: &str = "diagnostic_msgs/msg/DiagnosticArray";
+
+/// `diagnostic_msgs/msg/KeyValue`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// `diagnostic_msgs/msg/DiagnosticStatus`: `level` is OK 0, WARN 1, ERROR 2 or STALE 3.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticStatus {
+    pub level: u8,
+    pub name: String,
+    pub message: String,
+    pub hardware_id: String,
+    pub values: Vec<KeyValue>,
+}
+
+/// `diagnostic_msgs/msg/DiagnosticArray`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticArray {
+    pub header: Header,
+    pub status: Vec<DiagnosticStatus>,
+}
+
+/// A message as little-endian CDR with its encapsulation header.
+pub fn to_cdr<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let mut out = crate::ros2::CDR_LE_HEADER.to_vec();
+    out.extend(
+        cdr_encoding::to_vec::<_, byteorder::LittleEndian>(msg)
+            .map_err(|e| Error::Cdr(e.to_string()))?,
+    );
+    Ok(out)
+}
+
+/// A little-endian CDR message (with its encapsulation header) back (tests and tools).
+pub fn from_cdr<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
+    if b.len() < 4 || b[..2] != crate::ros2::CDR_LE_HEADER[..2] {
+        return Err(Error::Cdr("not little-endian CDR".into()));
+    }
+    let (v, _) = cdr_encoding::from_bytes::<T, byteorder::LittleEndian>(&b[4..])
+        .map_err(|e| Error::Cdr(e.to_string()))?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_computed_image_hash_is_the_one_rmw_zenoh_uses() {
+        assert_eq!(
+            rihs01("sensor_msgs/msg/Image").unwrap(),
+            crate::ros2::IMAGE_TYPE_HASH
+        );
+        let k = TypeKey::of(DIAGNOSTIC_ARRAY).unwrap();
+        assert_eq!(k.dds_name, "diagnostic_msgs::msg::dds_::DiagnosticArray_");
+        assert!(rihs01("nav_msgs/msg/Odometry").is_err());
+    }
+
+    #[test]
+    fn diagnostics_round_trip_through_cdr() {
+        let a = DiagnosticArray {
+            header: Header {
+                stamp: crate::ros2::Time { sec: 3, nanosec: 9 },
+                frame_id: String::new(),
+            },
+            status: vec![DiagnosticStatus {
+                level: 1,
+                name: "n".into(),
+                message: "odd length".into(),
+                hardware_id: "cam".into(),
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: "v".into(),
+                }],
+            }],
+        };
+        let b = to_cdr(&a).unwrap();
+        assert_eq!(from_cdr::<DiagnosticArray>(&b).unwrap(), a);
+        assert!(from_cdr::<DiagnosticArray>(&b[..b.len() - 3]).is_err());
+    }
+}

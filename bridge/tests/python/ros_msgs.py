@@ -1,0 +1,32 @@
+"""rosbags as the independent reference for the bridge's other ROS 2 types: reads a JSON job on
+stdin, {"hashes": [type names], "decode": [{"type": name, "cdr": hex}]}, and prints JSON with
+rosbags' RIHS01 hash of each type (ROS 2 Jazzy) and each CDR payload deserialised into plain
+JSON (messages as objects, arrays as lists)."""
+import json
+import sys
+
+import numpy as np
+from rosbags.typesys import Stores, get_typestore
+
+ts = get_typestore(Stores.ROS2_JAZZY)
+
+
+def plain(v):
+    if hasattr(v, "__dataclass_fields__"):
+        return {k: plain(getattr(v, k)) for k in v.__dataclass_fields__ if k != "__msgtype__"}
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+job = json.load(sys.stdin)
+out = {
+    "hashes": {t: ts.hash_rihs01(t) for t in job.get("hashes", [])},
+    "decoded": [plain(ts.deserialize_cdr(bytes.fromhex(d["cdr"]), d["type"]))
+                for d in job.get("decode", [])],
+}
+print(json.dumps(out))
