@@ -184,6 +184,7 @@ mod tests {
             "rtol",
             "max_drop",
             "max_drop_dense_pct",
+            "max_loss_pct",
             "source_timeout",
             "device_id",
             "dla",

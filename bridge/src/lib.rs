@@ -6,14 +6,19 @@
 //!   definitions;
 //! - [`health`]: the last second's processing time, latency and rates (`/diagnostics`, status);
 //! - [`publisher`] / [`listener`]: a topic per task with per-topic QoS, counters on both sides;
-//! - [`source`] and `run` (feature `run`): camera frames in, model outputs out.
+//! - [`source`] and `run` (feature `run`): camera frames in, model outputs out;
+//! - `bench` (feature `run`): fixed-rate runs and the peak rate of a bridge process, camera to
+//!   outputs ([`platform`]: what it ran on).
 
+#[cfg(feature = "run")]
+pub mod bench;
 pub mod counters;
 pub mod error;
 pub mod health;
 pub mod listener;
 pub mod msgs;
 pub mod names;
+pub mod platform;
 pub mod publisher;
 pub mod ros2;
 #[cfg(feature = "run")]

@@ -252,6 +252,22 @@ impl Frame {
     }
 }
 
+/// Canvases one above the other, as wide as the widest (a chart and its histogram in one PNG).
+pub fn stack(parts: &[Canvas]) -> Canvas {
+    let width = parts.iter().map(|c| c.width).max().unwrap_or(1);
+    let mut out = Canvas::new(width, parts.iter().map(|c| c.height).sum::<usize>().max(1));
+    let mut y0 = 0;
+    for c in parts {
+        for y in 0..c.height {
+            let src = &c.rgb[y * c.width * 3..(y + 1) * c.width * 3];
+            let at = ((y0 + y) * width) * 3;
+            out.rgb[at..at + src.len()].copy_from_slice(src);
+        }
+        y0 += c.height;
+    }
+    out
+}
+
 fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     vals.filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
@@ -478,5 +494,17 @@ mod tests {
         assert!(h.rgb.chunks_exact(3).any(|p| p == COLOURS[0]));
         let d = tempfile::tempdir().unwrap();
         h.save(&d.path().join("h.png")).unwrap();
+
+        // Stacked: the wider part sets the width, the narrower keeps its pixels, white beside.
+        let mut narrow = Canvas::new(2, 1);
+        narrow.set(1, 0, COLOURS[1]);
+        let mut wide = Canvas::new(3, 2);
+        wide.set(2, 1, COLOURS[0]);
+        let s = stack(&[narrow, wide]);
+        assert_eq!((s.width, s.height), (3, 3));
+        let px = |x: usize, y: usize| &s.rgb[(y * 3 + x) * 3..][..3];
+        assert_eq!(px(1, 0), COLOURS[1]);
+        assert_eq!(px(2, 0), [255; 3]);
+        assert_eq!(px(2, 2), COLOURS[0]);
     }
 }

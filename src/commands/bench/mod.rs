@@ -1,5 +1,6 @@
 //! `overparam bench MODEL`: inference latency of an ONNX model, a TensorRT plan or a deploy
-//! checkpoint (exported in memory), against a budget; `bench train` in [`train`].
+//! checkpoint (exported in memory), against a budget; `bench train` in [`train`], `bench
+//! pipeline` in [`pipeline`].
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use overparam_lab::deploy::{LatencyRequest, LatencyRuntime};
 
 use crate::args::{Runtime, RuntimeArgs};
 
+mod pipeline;
 mod train;
 
 #[derive(clap::Args)]
@@ -27,6 +29,10 @@ enum BenchCommand {
     /// Training-step time and peak memory per method, as ratios to `plain` measured in the
     /// same run. Each method runs in its own process, so peak memory is its own.
     Train(train::TrainArgs),
+    /// Camera → zenoh → `bridge run` → outputs at fixed rates (ros2_benchmark's method):
+    /// achieved rate, missed frames, latency percentiles, jitter, the bridge's CPU, and the
+    /// peak rate with at most 5% loss (--peak); JSON, markdown and a plot with --out.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Warm-up runs before the timed ones (CPU, ort-trt, trt-native).
@@ -87,6 +93,7 @@ struct LatencyArgs {
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.command {
         Some(BenchCommand::Train(t)) => train::run(&t),
+        Some(BenchCommand::Pipeline(p)) => pipeline::run(&p),
         None => latency(&a.latency),
     }
 }

@@ -80,7 +80,7 @@ pub fn key(s: &str) -> std::result::Result<String, String> {
     overparam_bridge::names::concrete_key("the key", s).map(|()| s.to_string())
 }
 
-fn domain_id(s: &str) -> std::result::Result<u32, String> {
+pub(crate) fn domain_id(s: &str) -> std::result::Result<u32, String> {
     let id: u32 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
     overparam_bridge::names::domain_id(id).map(|()| id)
 }

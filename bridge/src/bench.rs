@@ -1,0 +1,894 @@
+//! `overparam bench pipeline`: ros2_benchmark's method (NVIDIA, for ROS 2 graphs) applied to
+//! the bridge, camera → zenoh → model → outputs.
+//!
+//! For each rate, a camera here publishes frames at that fixed rate for a warm-up and then the
+//! measured `duration`; a bridge process (`overparam bridge run`, started by the caller's
+//! launcher, so what runs is the deployed binary and its CPU time is its own) subscribes to the
+//! camera on loopback, runs the model and publishes its outputs, which a listener here receives.
+//! A frame counts as delivered when every output topic has carried its capture stamp; of the
+//! frames captured in the measured window:
+//! - **missed** = sent − delivered, and **loss** their share;
+//! - **achieved rate** = delivered / duration;
+//! - **latency** = the last output's arrival − capture (p50/p90/p99/max);
+//! - **jitter** = |inter-arrival − 1/rate| of consecutive deliveries, mean and max (Isaac ROS
+//!   NITROS statistics define it so), and the inter-arrival standard deviation;
+//! - **CPU** = the bridge process's user + system time over the window, % of one core.
+//!
+//! The peak is the highest rate with at most `max_loss` (5%) loss: from the fixed rates, the
+//! rate doubles until one fails (up to `peak_max`), then bisects between the best held and
+//! the lowest failed.
+//!
+//! The camera publishes best effort with Drop, as camera drivers do (SensorDataQoS): a frame
+//! the pipeline cannot take is lost and counted, never waited for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zenoh::Wait as _;
+use zenoh::qos::{CongestionControl, Reliability};
+
+use crate::error::{Error, Result};
+use crate::listener::{Event, ListenConfig, Listener};
+use crate::platform::Platform;
+use crate::ros2::{self, IMAGE_TYPE_NAME, Ros2Names};
+use crate::session::{ZenohOptions, free_port, now_ns};
+use crate::wire::{self, Stamps, Task, TensorData, TensorMsg};
+
+/// Native key prefix and camera name the bridge under test publishes with.
+pub const PREFIX: &str = "overparam_bench";
+pub const CAMERA: &str = "cam0";
+/// The camera topic (ROS 2) and key (native) the bench publishes on.
+pub const ROS2_CAMERA_TOPIC: &str = "/overparam_bench/image_raw";
+pub const NATIVE_CAMERA_KEY: &str = "overparam_bench/camera/image";
+
+#[derive(Clone, Debug)]
+pub struct PipelineBench {
+    /// Fixed rates, Hz, each > 0.
+    pub rates: Vec<f64>,
+    /// The measured window of each run.
+    pub duration: Duration,
+    /// Frames before the window (the bridge's first inferences), not counted.
+    pub warmup: Duration,
+    /// Camera frames, (H, W), rgb8; the bridge resizes them to the model's input.
+    pub camera: (usize, usize),
+    /// ROS 2 mode: the camera is a `sensor_msgs/Image` topic and the outputs are ROS 2.
+    pub ros2: Option<Ros2Names>,
+    /// Search for the peak rate after the fixed ones.
+    pub peak: bool,
+    /// The search's ceiling, Hz.
+    pub peak_max: f64,
+    /// Bisection steps of the search.
+    pub peak_steps: usize,
+    /// Loss a held rate may have (ros2_benchmark: 5%).
+    pub max_loss: f64,
+    /// How long the bridge may take to subscribe (loading the model) before the run fails.
+    pub startup: Duration,
+}
+
+impl PipelineBench {
+    /// Refuses rates that are not positive finite numbers, an empty rate list, a zero or
+    /// negative duration, and a loss outside [0, 1).
+    pub fn check(&self) -> Result<()> {
+        if self.rates.is_empty() && !self.peak {
+            return Err(Error::InvalidOption(
+                "--rates: no rate to run (and no --peak search)".into(),
+            ));
+        }
+        for &r in &self.rates {
+            if !(r.is_finite() && r >= crate::run::MIN_FPS) {
+                return Err(Error::InvalidOption(format!(
+                    "--rates {r}: a rate is a finite number of frames per second, at least {}",
+                    crate::run::MIN_FPS
+                )));
+            }
+        }
+        if self.duration.is_zero() {
+            return Err(Error::InvalidOption(
+                "--duration: the measured window must be longer than 0 s".into(),
+            ));
+        }
+        if !(self.peak_max.is_finite() && self.peak_max > 0.0) {
+            return Err(Error::InvalidOption(format!(
+                "--peak-max {}: want a rate above 0",
+                self.peak_max
+            )));
+        }
+        if !(0.0..1.0).contains(&self.max_loss) {
+            return Err(Error::InvalidOption(format!(
+                "--max-loss {}: a share in [0, 1)",
+                self.max_loss
+            )));
+        }
+        if self.camera.0 == 0 || self.camera.1 == 0 {
+            return Err(Error::InvalidOption(
+                "--camera-size: both sides must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Latency percentiles, ms (NaN with no delivered frame).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One fixed-rate run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateRun {
+    pub target_hz: f64,
+    /// Frames the camera sent in the measured window.
+    pub sent: u64,
+    pub delivered: u64,
+    pub missed: u64,
+    /// missed / sent.
+    pub loss: f64,
+    pub achieved_hz: f64,
+    pub latency_ms: LatencyMs,
+    pub jitter_ms_mean_abs: f64,
+    pub jitter_ms_max_abs: f64,
+    pub inter_arrival_ms_std: f64,
+    /// The bridge process's CPU over the window, % of one core (`None`: not Linux).
+    pub cpu_percent: Option<f64>,
+    /// The output topics seen (a delivered frame carried all of them).
+    pub outputs: Vec<String>,
+    /// `(seconds into the window, latency ms)` of each delivered frame, for the plot.
+    pub samples: Vec<(f64, f64)>,
+}
+
+impl RateRun {
+    pub fn held(&self, max_loss: f64) -> bool {
+        self.sent > 0 && self.loss <= max_loss
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Peak {
+    /// The highest rate held (0 when none was).
+    pub rate_hz: f64,
+    /// The search reached `peak_max` with every probe held: the peak is at least this.
+    pub at_ceiling: bool,
+    /// Every probe of the search: (rate, loss).
+    pub probes: Vec<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReport {
+    pub model: String,
+    /// `native` or `ros2`.
+    pub mode: String,
+    pub camera: [usize; 2],
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub max_loss: f64,
+    pub runs: Vec<RateRun>,
+    pub peak: Option<Peak>,
+    pub platform: Platform,
+}
+
+/// Starts the bridge under test with these extra arguments (source, endpoint, names), its
+/// stdout and stderr piped.
+pub type Launcher<'a> = dyn Fn(&[String]) -> std::io::Result<Child> + 'a;
+
+/// The bridge's user + system time, seconds (Linux's `/proc/<pid>/stat`, USER_HZ = 100).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after its closing parenthesis.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn sleep_until(t: Instant) {
+    if let Some(d) = t.checked_duration_since(Instant::now()) {
+        std::thread::sleep(d);
+    }
+}
+
+/// Collects `child`'s stream in a thread.
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+struct Bridge {
+    child: Child,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Bridge {
+    fn start(launch: &Launcher<'_>, args: &[String]) -> Result<Self> {
+        let mut child =
+            launch(args).map_err(|e| Error::Source(format!("starting the bridge: {e}")))?;
+        let out = child.stdout.take().map(drain);
+        let err = child.stderr.take().map(drain);
+        Ok(Bridge { child, out, err })
+    }
+    /// Its exit and stderr, once it has exited.
+    fn finish(mut self, within: Duration) -> Result<(bool, String)> {
+        let t0 = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if t0.elapsed() < within => std::thread::sleep(Duration::from_millis(20)),
+                _ => break None,
+            }
+        };
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = self.out.take().map(|h| h.join());
+        let err = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        Ok((status.is_some_and(|s| s.success()), err))
+    }
+    fn failed(mut self, why: &str) -> Error {
+        let _ = self.child.kill();
+        let (_, err) = self.finish(Duration::from_secs(5)).unwrap_or_default();
+        Error::Source(format!("{why}; the bridge said:\n{}", err.trim()))
+    }
+}
+
+/// Output arrivals: (key, capture ns, receive ns).
+type Arrivals = Arc<Mutex<Vec<(String, i64, i64)>>>;
+
+impl PipelineBench {
+    fn listen_key(&self) -> String {
+        match &self.ros2 {
+            None => format!("{PREFIX}/{CAMERA}/*"),
+            Some(n) => {
+                let base = if n.namespace.is_empty() {
+                    CAMERA.to_string()
+                } else {
+                    format!("{}/{CAMERA}", n.namespace)
+                };
+                format!("{}/{base}/*/{IMAGE_TYPE_NAME}/*", n.domain_id)
+            }
+        }
+    }
+
+    fn bridge_args(&self, ep: &str, source_timeout: f64) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--connect",
+            ep,
+            "--no-multicast-scouting",
+            "--camera",
+            CAMERA,
+            "--prefix",
+            PREFIX,
+            "--source-timeout",
+            &format!("{source_timeout:.3}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match &self.ros2 {
+            None => a.extend(["--source".into(), format!("zenoh:{NATIVE_CAMERA_KEY}")]),
+            Some(n) => a.extend([
+                "--source".into(),
+                format!("ros2:{ROS2_CAMERA_TOPIC}"),
+                "--ros2".into(),
+                "--domain-id".into(),
+                n.domain_id.to_string(),
+                "--namespace".into(),
+                format!("/{}", n.namespace),
+            ]),
+        }
+        a
+    }
+
+    /// One camera frame stamped `capture_ns`, as the mode's camera would send it.
+    fn frame(
+        &self,
+        pixels: &[u8],
+        capture_ns: i64,
+        seq: i64,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        let (h, w) = self.camera;
+        Ok(match &self.ros2 {
+            None => (
+                wire::encode(&TensorMsg {
+                    stream_id: 1,
+                    frame_id: seq as u64,
+                    task: Task::Camera,
+                    stamps: Stamps {
+                        capture_ns,
+                        publish_ns: capture_ns,
+                        ..Stamps::default()
+                    },
+                    shape: vec![h, w, 3],
+                    data: TensorData::U8(pixels.to_vec()),
+                })?,
+                None,
+            ),
+            Some(_) => (
+                ros2::serialize_image(
+                    &ros2::Image {
+                        header: ros2::Header {
+                            stamp: ros2::Time::from_ns(capture_ns),
+                            frame_id: "bench_camera".into(),
+                        },
+                        height: h as u32,
+                        width: w as u32,
+                        encoding: "rgb8".into(),
+                        is_bigendian: 0,
+                        step: (w * 3) as u32,
+                        data: pixels.to_vec(),
+                    },
+                    true,
+                )?,
+                Some(ros2::attachment(seq, now_ns(), &[0xbe; 16]).to_vec()),
+            ),
+        })
+    }
+
+    /// One fixed-rate run at `rate` Hz.
+    pub fn run_rate(&self, rate: f64, launch: &Launcher<'_>) -> Result<RateRun> {
+        let port = free_port()?;
+        let session = ZenohOptions::loopback(Some(port), None).open()?;
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let period = Duration::from_secs_f64(1.0 / rate);
+        // The bridge's source ends this long after the camera's last frame.
+        let source_timeout = (3.0 / rate).max(1.0);
+
+        // The listener first, so no output goes unheard.
+        let arrivals: Arrivals = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_arrival = Arc::new(Mutex::new(Instant::now()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let listener = {
+            let (session, arrivals, stop, last) = (
+                session.clone(),
+                arrivals.clone(),
+                stop.clone(),
+                last_arrival.clone(),
+            );
+            let cfg = ListenConfig {
+                key: self.listen_key(),
+                ros2: self.ros2.is_some(),
+                queue: 4096,
+                payloads: false,
+            };
+            std::thread::spawn(move || -> Result<()> {
+                let mut l = Listener::new(&session, cfg)?;
+                let _ = ready_tx.send(());
+                while !stop.load(Ordering::Relaxed) {
+                    let e = l.recv(Duration::from_millis(50))?;
+                    let recv = now_ns();
+                    let (key, capture) = match e {
+                        Some(Event::Header { key, header }) => (key, header.stamps.capture_ns),
+                        Some(Event::Message { key, msg }) => (key, msg.stamps.capture_ns),
+                        _ => continue,
+                    };
+                    arrivals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((key, capture, recv));
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                }
+                Ok(())
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| Error::Source("the bench's listener did not start".into()))?;
+
+        let key = match &self.ros2 {
+            None => NATIVE_CAMERA_KEY.to_string(),
+            Some(n) => n.topic_key(ROS2_CAMERA_TOPIC),
+        };
+        let camera = session
+            .declare_publisher(key)
+            .congestion_control(CongestionControl::Drop)
+            .reliability(Reliability::BestEffort)
+            .wait()?;
+        let bridge = Bridge::start(launch, &self.bridge_args(&ep, source_timeout))?;
+        // The bridge has subscribed once the camera matches; a bridge that exits is a failure.
+        let t0 = Instant::now();
+        let mut bridge = bridge;
+        loop {
+            if camera.matching_status().wait()?.matching() {
+                break;
+            }
+            if matches!(bridge.child.try_wait(), Ok(Some(_))) {
+                return Err(bridge.failed("the bridge exited before subscribing to the camera"));
+            }
+            if t0.elapsed() > self.startup {
+                return Err(bridge.failed(&format!(
+                    "the bridge did not subscribe to the camera within {:.0} s",
+                    self.startup.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let (h, w) = self.camera;
+        let mut rng = overparam_base::Rng::new(7);
+        let pixels: Vec<u8> = (0..h * w * 3).map(|_| rng.next_u64() as u8).collect();
+        let start = Instant::now() + Duration::from_millis(50);
+        let window = (start + self.warmup, start + self.warmup + self.duration);
+        let pid = bridge.child.id();
+        // Captures of the frames due in the window.
+        let mut sent = vec![];
+        let mut cpu = (None, None);
+        let mut seq = 0i64;
+        loop {
+            let due = start + period.mul_f64(seq as f64);
+            if due >= window.1 {
+                break;
+            }
+            if cpu.0.is_none() && due >= window.0 {
+                cpu.0 = cpu_seconds(pid);
+            }
+            sleep_until(due);
+            let capture = now_ns();
+            let (payload, att) = self.frame(&pixels, capture, seq)?;
+            let put = camera.put(payload);
+            match att {
+                Some(a) => put.attachment(a).wait()?,
+                None => put.wait()?,
+            }
+            if due >= window.0 {
+                sent.push(capture);
+            }
+            seq += 1;
+        }
+        sleep_until(window.1);
+        cpu.1 = cpu_seconds(pid);
+        let (ok, err) = bridge.finish(Duration::from_secs_f64(source_timeout + 30.0))?;
+        // The last outputs: wait until the listener has heard nothing for a while.
+        let t_end = Instant::now();
+        while last_arrival
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < Duration::from_millis(200)
+            && t_end.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        listener
+            .join()
+            .map_err(|_| Error::Source("the bench's listener panicked".into()))??;
+        if !ok {
+            return Err(Error::Source(format!(
+                "the bridge failed at {rate} Hz:\n{}",
+                err.trim()
+            )));
+        }
+        let arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+        if arrivals.is_empty() {
+            return Err(Error::Source(format!(
+                "the bridge published nothing at {rate} Hz:\n{}",
+                err.trim()
+            )));
+        }
+        let cpu_percent = match cpu {
+            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
+            _ => None,
+        };
+        Ok(score(
+            rate,
+            &sent,
+            &arrivals,
+            self.duration.as_secs_f64(),
+            cpu_percent,
+        ))
+    }
+
+    /// Every fixed rate, then the peak search when asked; `on_run` sees each run.
+    pub fn run(
+        &self,
+        model: &str,
+        onnxruntime: &str,
+        launch: &Launcher<'_>,
+        progress: &dyn overparam_base::Progress,
+    ) -> Result<PipelineReport> {
+        self.check()?;
+        let mut runs = vec![];
+        for (i, &r) in self.rates.iter().enumerate() {
+            progress.outer(&format!("{r} Hz"), i as u64, self.rates.len() as u64);
+            let run = self.run_rate(r, launch)?;
+            progress.event(&line(&run));
+            runs.push(run);
+        }
+        progress.outer("rates", self.rates.len() as u64, self.rates.len() as u64);
+        let peak = if self.peak {
+            Some(self.peak_search(&runs, launch, progress)?)
+        } else {
+            None
+        };
+        Ok(PipelineReport {
+            model: model.into(),
+            mode: if self.ros2.is_some() {
+                "ros2"
+            } else {
+                "native"
+            }
+            .into(),
+            camera: [self.camera.0, self.camera.1],
+            duration_s: self.duration.as_secs_f64(),
+            warmup_s: self.warmup.as_secs_f64(),
+            max_loss: self.max_loss,
+            runs,
+            peak,
+            platform: Platform::detect(onnxruntime),
+        })
+    }
+
+    fn peak_search(
+        &self,
+        runs: &[RateRun],
+        launch: &Launcher<'_>,
+        progress: &dyn overparam_base::Progress,
+    ) -> Result<Peak> {
+        let mut probes = vec![];
+        let mut lo = runs
+            .iter()
+            .filter(|r| r.held(self.max_loss))
+            .map(|r| r.target_hz)
+            .fold(0.0, f64::max);
+        let mut hi = runs
+            .iter()
+            .filter(|r| !r.held(self.max_loss) && r.target_hz > lo)
+            .map(|r| r.target_hz)
+            .fold(f64::INFINITY, f64::min);
+        let probe = |r: f64, probes: &mut Vec<(f64, f64)>| -> Result<bool> {
+            let run = self.run_rate(r, launch)?;
+            progress.event(&format!("peak search: {}", line(&run)));
+            probes.push((r, run.loss));
+            Ok(run.held(self.max_loss))
+        };
+        let mut at_ceiling = false;
+        while hi.is_infinite() {
+            let r = if lo > 0.0 { lo * 2.0 } else { 1.0 }.min(self.peak_max);
+            if probe(r, &mut probes)? {
+                lo = r;
+                if r >= self.peak_max {
+                    at_ceiling = true;
+                    break;
+                }
+            } else {
+                hi = r;
+            }
+        }
+        if !at_ceiling {
+            for _ in 0..self.peak_steps {
+                let mid = (lo + hi) / 2.0;
+                if probe(mid, &mut probes)? {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+        }
+        Ok(Peak {
+            rate_hz: lo,
+            at_ceiling,
+            probes,
+        })
+    }
+}
+
+/// The files [`PipelineReport::write`] puts in its directory.
+pub const REPORT_JSON: &str = "pipeline_bench.json";
+pub const REPORT_MD: &str = "pipeline_bench.md";
+pub const REPORT_PNG: &str = "pipeline_bench.png";
+
+fn ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "–".into()
+    }
+}
+
+impl PipelineReport {
+    /// The markdown report: the platform, one row per rate, the peak.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Pipeline benchmark: {}\n\nCamera {}×{} rgb8 → zenoh ({}) → `overparam bridge run` → outputs, on loopback. Each rate: {:.1} s warm-up, then {:.1} s measured. A frame is delivered when every output topic carried its stamp; a rate is held with at most {:.0}% loss.\n\n",
+            self.model,
+            self.camera[0],
+            self.camera[1],
+            self.mode,
+            self.warmup_s,
+            self.duration_s,
+            self.max_loss * 100.0
+        );
+        s += "| rate Hz | achieved Hz | sent | missed | loss % | latency p50 ms | p90 | p99 | max | jitter mean ms | jitter max ms | CPU % |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        for r in &self.runs {
+            s += &format!(
+                "| {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.target_hz,
+                r.achieved_hz,
+                r.sent,
+                r.missed,
+                r.loss * 100.0,
+                ms(r.latency_ms.p50),
+                ms(r.latency_ms.p90),
+                ms(r.latency_ms.p99),
+                ms(r.latency_ms.max),
+                ms(r.jitter_ms_mean_abs),
+                ms(r.jitter_ms_max_abs),
+                r.cpu_percent
+                    .map_or_else(|| "unknown".into(), |c| format!("{c:.0}")),
+            );
+        }
+        if let Some(p) = &self.peak {
+            s += &format!(
+                "\n**Peak throughput:** {}{:.1} Hz (at most {:.0}% loss; probes: {}).\n",
+                if p.at_ceiling { "at least " } else { "" },
+                p.rate_hz,
+                self.max_loss * 100.0,
+                p.probes
+                    .iter()
+                    .map(|(r, l)| format!("{r:.1} Hz {:.1}%", l * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        s += &format!("\n![latency]({REPORT_PNG})\n\n## Platform\n\n| | |\n|---|---|\n");
+        for (k, v) in self.platform.lines() {
+            s += &format!("| {k} | {v} |\n");
+        }
+        s
+    }
+
+    /// Latency over the window per rate, above a histogram of every delivered frame's.
+    pub fn plot(&self) -> overparam_data::plot::Canvas {
+        use overparam_data::plot::{Series, histogram, line_chart, stack};
+        let series: Vec<Series> = self
+            .runs
+            .iter()
+            .map(|r| Series {
+                label: format!("{} Hz", r.target_hz),
+                points: r.samples.clone(),
+            })
+            .collect();
+        let over_time = line_chart(
+            "end-to-end latency over the measured window",
+            "seconds",
+            "ms",
+            &series,
+        );
+        let all: Vec<f64> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.samples.iter().map(|s| s.1))
+            .collect();
+        let mut sorted = all.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p = |q| overparam_base::stats::percentile(&sorted, q);
+        let hist = histogram(
+            "latency, every rate",
+            "ms",
+            &all,
+            40,
+            &[("p50", p(50.0)), ("p99", p(99.0))],
+        );
+        stack(&[over_time, hist])
+    }
+
+    /// `pipeline_bench.json`, `.md` and `.png` in `dir` (created), each written whole or not
+    /// at all.
+    pub fn write(&self, dir: &std::path::Path) -> Result<()> {
+        let io = |path: std::path::PathBuf| {
+            move |e: std::io::Error| Error::File {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir.into()))?;
+        let json =
+            serde_json::to_string_pretty(self).map_err(|e| Error::Malformed(e.to_string()))?;
+        let p = dir.join(REPORT_JSON);
+        overparam_base::write_file_atomic(&p, json.as_bytes()).map_err(io(p.clone()))?;
+        let p = dir.join(REPORT_MD);
+        overparam_base::write_file_atomic(&p, self.markdown().as_bytes()).map_err(io(p.clone()))?;
+        self.plot().save(&dir.join(REPORT_PNG))?;
+        Ok(())
+    }
+}
+
+/// One run as a log line.
+pub fn line(r: &RateRun) -> String {
+    format!(
+        "{:.1} Hz: achieved {:.1} Hz, missed {}/{} ({:.1}%), latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms, jitter {:.2} ms mean {:.2} ms max, CPU {}",
+        r.target_hz,
+        r.achieved_hz,
+        r.missed,
+        r.sent,
+        r.loss * 100.0,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+        r.latency_ms.max,
+        r.jitter_ms_mean_abs,
+        r.jitter_ms_max_abs,
+        r.cpu_percent
+            .map_or_else(|| "unknown".to_string(), |c| format!("{c:.0}%"))
+    )
+}
+
+/// The run's statistics from what was sent and what arrived (see the module doc).
+fn score(
+    rate: f64,
+    sent: &[i64],
+    arrivals: &[(String, i64, i64)],
+    duration_s: f64,
+    cpu_percent: Option<f64>,
+) -> RateRun {
+    let outputs: BTreeSet<&str> = arrivals.iter().map(|(k, ..)| k.as_str()).collect();
+    let mut by_frame: BTreeMap<i64, (BTreeSet<&str>, i64)> = BTreeMap::new();
+    for (k, c, r) in arrivals {
+        let e = by_frame.entry(*c).or_insert((BTreeSet::new(), 0));
+        e.0.insert(k.as_str());
+        e.1 = e.1.max(*r);
+    }
+    let w0 = sent.first().copied().unwrap_or(0);
+    // (capture, last output's arrival, latency ms) of each delivered frame.
+    let mut done: Vec<(i64, i64, f64)> = sent
+        .iter()
+        .filter_map(|c| {
+            let (keys, last) = by_frame.get(c)?;
+            (keys.len() == outputs.len()).then(|| (*c, *last, (*last - *c) as f64 / 1e6))
+        })
+        .collect();
+    let samples = done
+        .iter()
+        .map(|&(c, _, l)| ((c - w0) as f64 / 1e9, l))
+        .collect();
+    done.sort_by_key(|d| d.1);
+    let mut lat: Vec<f64> = done.iter().map(|d| d.2).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p| overparam_base::stats::percentile(&lat, p);
+    let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
+    let gaps: Vec<f64> = done
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1) as f64 / 1e6)
+        .collect();
+    let expected = 1e3 / rate;
+    let dev: Vec<f64> = gaps.iter().map(|g| (g - expected).abs()).collect();
+    let gmean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
+    let std =
+        (gaps.iter().map(|g| (g - gmean).powi(2)).sum::<f64>() / gaps.len().max(1) as f64).sqrt();
+    let nan_if_empty = |v: f64| if gaps.is_empty() { f64::NAN } else { v };
+    let delivered = done.len() as u64;
+    let n = sent.len() as u64;
+    RateRun {
+        target_hz: rate,
+        sent: n,
+        delivered,
+        missed: n - delivered,
+        loss: if n > 0 {
+            (n - delivered) as f64 / n as f64
+        } else {
+            1.0
+        },
+        achieved_hz: delivered as f64 / duration_s,
+        latency_ms: LatencyMs {
+            p50: pct(50.0),
+            p90: pct(90.0),
+            p99: pct(99.0),
+            max: lat.last().copied().unwrap_or(f64::NAN),
+            mean: if lat.is_empty() { f64::NAN } else { mean },
+        },
+        jitter_ms_mean_abs: nan_if_empty(dev.iter().sum::<f64>() / dev.len().max(1) as f64),
+        jitter_ms_max_abs: nan_if_empty(dev.iter().copied().fold(0.0, f64::max)),
+        inter_arrival_ms_std: nan_if_empty(std),
+        cpu_percent,
+        outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        samples,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scoring_counts_only_complete_frames_in_the_window() {
+        let ms = 1_000_000i64;
+        // 10 Hz; sent in the window: 1000, 1100, 1200, 1300 ms (900 was in the warm-up).
+        let caps = [1000 * ms, 1100 * ms, 1200 * ms, 1300 * ms];
+        let a = |k: &str, c: i64, r: i64| (k.to_string(), c * ms, r * ms);
+        let arrivals = vec![
+            a("seg", 900, 905),
+            a("depth", 900, 906),
+            a("seg", 1000, 1010),
+            a("depth", 1000, 1012),
+            a("seg", 1100, 1105),
+            a("depth", 1100, 1125),
+            // 1200: only one of two outputs arrived (missed); 1300: nothing (missed).
+            a("seg", 1200, 1204),
+        ];
+        let r = score(10.0, &caps, &arrivals, 1.0, Some(50.0));
+        assert_eq!((r.sent, r.delivered, r.missed), (4, 2, 2));
+        assert_eq!(r.loss, 0.5);
+        assert_eq!(r.achieved_hz, 2.0);
+        assert_eq!(r.latency_ms.max, 25.0);
+        assert_eq!(r.latency_ms.p50, 12.0);
+        // One inter-arrival, 1125 − 1012 = 113 ms against 100 expected.
+        assert!((r.jitter_ms_mean_abs - 13.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.inter_arrival_ms_std, 0.0);
+        assert_eq!(r.samples, vec![(0.0, 12.0), (0.1, 25.0)]);
+        assert!(!r.held(0.05) && r.held(0.5));
+        assert_eq!(r.outputs, ["depth", "seg"]);
+    }
+
+    fn bench() -> PipelineBench {
+        PipelineBench {
+            rates: vec![10.0],
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_secs(1),
+            camera: (4, 4),
+            ros2: None,
+            peak: false,
+            peak_max: 100.0,
+            peak_steps: 3,
+            max_loss: 0.05,
+            startup: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        assert!(bench().check().is_ok());
+        let e = |b: PipelineBench| b.check().unwrap_err().to_string();
+        for r in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+            let msg = e(PipelineBench {
+                rates: vec![30.0, r],
+                ..bench()
+            });
+            assert!(msg.contains("--rates"), "{msg}");
+        }
+        assert!(
+            e(PipelineBench {
+                rates: vec![],
+                ..bench()
+            })
+            .contains("no rate")
+        );
+        assert!(
+            e(PipelineBench {
+                duration: Duration::ZERO,
+                ..bench()
+            })
+            .contains("--duration")
+        );
+        assert!(
+            e(PipelineBench {
+                max_loss: 1.0,
+                ..bench()
+            })
+            .contains("--max-loss")
+        );
+        assert!(
+            e(PipelineBench {
+                camera: (0, 4),
+                ..bench()
+            })
+            .contains("--camera-size")
+        );
+    }
+}
