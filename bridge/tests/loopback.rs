@@ -229,6 +229,9 @@ fn native_health_reports_follow_the_frames() {
         .callback(|_| {})
         .wait()
         .unwrap();
+    // `bridge listen` on the same prefix takes the health JSON as a side topic, not as a
+    // broken tensor.
+    let mut listener = Listener::new(&s_sub, ListenConfig::native("op")).unwrap();
     let mut cfg = PublishConfig::native("op", "cam0");
     cfg.health = Some(ModelInfo {
         model: "m.onnx".into(),
@@ -289,4 +292,14 @@ fn native_health_reports_follow_the_frames() {
         }
     };
     assert_eq!((stale.output_hz, stale.processing_time_ms_max), (0.0, None));
+    let mut health_seen = 0;
+    while let Some(e) = listener.recv(Duration::from_millis(100)).unwrap() {
+        match e {
+            Event::Status { key, .. } if key == "op/cam0/health" => health_seen += 1,
+            Event::Invalid { key, error } => panic!("{key}: {error}"),
+            _ => {}
+        }
+    }
+    assert!(health_seen > 0);
+    assert_eq!(listener.counters().decode_errors, 0);
 }
