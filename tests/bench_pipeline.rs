@@ -48,7 +48,8 @@ fn a_rate_the_machine_holds_misses_nothing() {
     assert!((9..=11).contains(&sent), "{run}");
     assert_eq!(run["missed"], 0, "{run}");
     assert_eq!(run["delivered"].as_u64(), Some(sent));
-    assert_eq!(run["outputs"].as_array().unwrap().len(), 3, "{run}");
+    // The class map, its colour map, depth and normals.
+    assert_eq!(run["outputs"].as_array().unwrap().len(), 4, "{run}");
     let lat = &run["latency_ms"];
     for k in ["p50", "p90", "p99", "max"] {
         assert!(lat[k].as_f64().unwrap() > 0.0, "{k}: {run}");
@@ -163,4 +164,46 @@ fn settings_with_no_meaning_are_refused() {
     let o = bench(&m, &["--rates", "10"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("absent.onnx"), "{}", text(&o));
+}
+
+/// A classifier has one output topic, its top-5 classes (JSON natively): every frame's
+/// arrives with the frame's capture stamp.
+#[test]
+fn a_classifier_publishes_its_classes_for_every_frame() {
+    let d = tempfile::tempdir().unwrap();
+    let op = init(
+        d.path().join("c.op.safetensors"),
+        &[
+            "--model",
+            "vgg_small",
+            "--method",
+            "plain",
+            "--width",
+            "0.125",
+        ],
+    );
+    let m = d.path().join("c.deploy.safetensors");
+    ok(&bin()
+        .arg("fuse")
+        .arg(&op)
+        .arg("-o")
+        .arg(&m)
+        .output()
+        .unwrap());
+    let o = bin()
+        .args(["bench", "pipeline", "--model"])
+        .arg(&m)
+        .args(["--threads", "1", "--camera-size", "32x32", "--json"])
+        .args(["--rates", "10", "--duration", "1", "--warmup", "0.3"])
+        .output()
+        .unwrap();
+    let r = report(&o);
+    let run = &r["runs"][0];
+    assert_eq!(
+        run["outputs"],
+        serde_json::json!(["overparam_bench/cam0/classes"]),
+        "{run}"
+    );
+    assert_eq!(run["missed"], 0, "{run}");
+    assert!(run["sent"].as_u64().unwrap() >= 9, "{run}");
 }

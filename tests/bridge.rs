@@ -24,7 +24,8 @@ fn round_trip(model: &Path, source: &str, frames: u64, extra: &[&str]) -> serde_
             "--no-multicast-scouting",
             "--json",
         ])
-        .args(["--duration", "60", "--messages", &(3 * frames).to_string()])
+        // Four topics: the class map, its colour map, depth and normals.
+        .args(["--duration", "60", "--messages", &(4 * frames).to_string()])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -65,11 +66,18 @@ fn native_and_ros2_across_processes() {
     for extra in [vec![], vec!["--ros2", "--domain-id", "9"]] {
         let j = round_trip(&m, "synthetic:3", 25, &extra);
         let c = &j["counters"];
-        assert_eq!(c["received"], 75, "{j}");
+        assert_eq!(c["received"], 100, "{j}");
         assert_eq!(c["dropped"], 0);
         assert_eq!(c["decode_errors"], 0);
         let topics = j["topics"].as_array().unwrap();
-        assert_eq!(topics.len(), 3);
+        assert_eq!(topics.len(), 4, "{j}");
+        assert!(
+            topics.iter().any(|t| t["key"]
+                .as_str()
+                .unwrap()
+                .contains("cam0/segmentation/color")),
+            "{j}"
+        );
         for t in topics {
             assert_eq!(t["received"], 25);
             assert!(t["end_to_end_ms_p50"].as_f64().unwrap() > 0.0);
@@ -89,7 +97,7 @@ fn png_directory_source_and_a_bad_source() {
         overparam_data::png::write_rgb(&imgs.join(format!("{i}.png")), w, h, &rgb).unwrap();
     }
     let j = round_trip(&m, &format!("images:{}", imgs.display()), 3, &[]);
-    assert_eq!(j["counters"]["received"], 9, "{j}");
+    assert_eq!(j["counters"]["received"], 12, "{j}");
 
     let o = bin()
         .args([
@@ -310,4 +318,43 @@ fn a_silent_camera_ends_the_run_after_the_source_timeout() {
         t.contains("0 frames") || t.contains("frames: 0") || t.contains("published 0"),
         "{t}"
     );
+}
+
+/// `--output NAME=ROLE`: a name the model does not have is refused with the names it has, a
+/// role its shape cannot carry names both, and a role that does not exist is a usage error;
+/// nothing is published in any case.
+#[test]
+fn output_roles_that_cannot_work_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let m = common::deploy_mtl(d.path());
+    let run = |role: &str| {
+        bin()
+            .args(["bridge", "run", "--model"])
+            .arg(&m)
+            .args(["--source", "synthetic", "--frames", "1", "--output", role])
+            .args(["--listen", "tcp/127.0.0.1:0", "--no-multicast-scouting"])
+            .output()
+            .unwrap()
+    };
+    let o = run("logits=class_logits");
+    let t = common::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("no output \"logits\"") && t.contains("segmentation, depth, normals"),
+        "{t}"
+    );
+    let o = run("depth=normals");
+    let t = common::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("output depth as normals") && t.contains("want 1×3×H×W"),
+        "{t}"
+    );
+    let o = run("depth=height");
+    let t = common::text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("`height` is not a role"), "{t}");
+    for o in [run("logits=depth"), run("depth=normals")] {
+        assert!(!common::text(&o).contains("published"));
+    }
 }

@@ -249,8 +249,8 @@ fn best_effort_drop_counts_every_loss() {
     let m = read_record(&rec);
     assert_eq!(
         m.len(),
-        3,
-        "three topics, one stream: {:?}",
+        4,
+        "four topics (the class map, its colour map, depth, normals), one stream: {:?}",
         m.keys().collect::<Vec<_>>()
     );
     for ((topic, _), ids) in &m {

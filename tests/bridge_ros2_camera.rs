@@ -80,9 +80,9 @@ fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
     let want = 40;
     let (child, out) = camera(&json!({
         "endpoint": ep, "domain": 7, "topic": "/camera/image_raw",
-        "outputs": "7/perception/cam0/*/sensor_msgs::msg::dds_::Image_/*",
+        "outputs": "7/perception/cam0/**/sensor_msgs::msg::dds_::Image_/*",
         "frames": [{"encoding": "rgb8", "height": 480, "width": 640}],
-        "mode": "stream", "rate": 30.0, "want": want, "timeout": 60,
+        "mode": "stream", "rate": 30.0, "want": want, "tasks": 4, "timeout": 60,
     }));
     let run = bridge(&m, &ep, 7, want);
     let r = report(child, out);
@@ -124,7 +124,7 @@ fn ros2_camera_frames_in_outputs_with_their_stamps_out() {
     for (s, encs) in &per_frame {
         let mut e = encs.clone();
         e.sort();
-        assert_eq!(e, ["32FC1", "32FC3", "mono8"], "{s:?}");
+        assert_eq!(e, ["32FC1", "32FC3", "mono8", "rgb8"], "{s:?}");
     }
     assert!(latency_ms.iter().all(|&l| l > 0.0));
     let (p50, p99) = (
@@ -239,8 +239,8 @@ fn ros2_camera_encodings_and_bad_frames() {
         .count();
     let (child, out) = camera(&json!({
         "endpoint": ep, "domain": 0, "topic": "/camera/image_raw",
-        "outputs": "0/perception/cam0/*/sensor_msgs::msg::dds_::Image_/*",
-        "frames": frames, "mode": "paced", "settle": 0.3, "timeout": 60,
+        "outputs": "0/perception/cam0/**/sensor_msgs::msg::dds_::Image_/*",
+        "frames": frames, "mode": "paced", "settle": 0.3, "tasks": 4, "timeout": 60,
     }));
     let run = bridge(&m, &ep, 0, n_good as u64);
     let r = report(child, out);
@@ -260,7 +260,7 @@ fn ros2_camera_encodings_and_bad_frames() {
             && ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"]
                 .contains(&p["encoding"].as_str().unwrap())
         {
-            3
+            4
         } else {
             0
         };

@@ -33,9 +33,8 @@ use zenoh::Wait as _;
 use zenoh::qos::{CongestionControl, Reliability};
 
 use crate::error::{Error, Result};
-use crate::listener::{Event, ListenConfig, Listener};
 use crate::platform::Platform;
-use crate::ros2::{self, IMAGE_TYPE_NAME, Ros2Names};
+use crate::ros2::{self, Ros2Names};
 use crate::session::{ZenohOptions, free_port, now_ns};
 use crate::wire::{self, Stamps, Task, TensorData, TensorMsg};
 
@@ -252,16 +251,17 @@ impl Bridge {
 type Arrivals = Arc<Mutex<Vec<(String, i64, i64)>>>;
 
 impl PipelineBench {
+    /// Every output topic of the bridge under test, whatever its type.
     fn listen_key(&self) -> String {
         match &self.ros2 {
-            None => format!("{PREFIX}/{CAMERA}/*"),
+            None => format!("{PREFIX}/{CAMERA}/**"),
             Some(n) => {
                 let base = if n.namespace.is_empty() {
                     CAMERA.to_string()
                 } else {
                     format!("{}/{CAMERA}", n.namespace)
                 };
-                format!("{}/{base}/*/{IMAGE_TYPE_NAME}/*", n.domain_id)
+                format!("{}/{base}/**", n.domain_id)
             }
         }
     }
@@ -362,22 +362,23 @@ impl PipelineBench {
                 stop.clone(),
                 last_arrival.clone(),
             );
-            let cfg = ListenConfig {
-                key: self.listen_key(),
-                ros2: self.ros2.is_some(),
-                queue: 4096,
-                payloads: false,
-            };
+            let key = self.listen_key();
+            let ros2 = self.ros2.is_some();
             std::thread::spawn(move || -> Result<()> {
-                let mut l = Listener::new(&session, cfg)?;
+                let sub = session
+                    .declare_subscriber(key)
+                    .with(zenoh::handlers::FifoChannel::new(4096))
+                    .wait()?;
                 let _ = ready_tx.send(());
                 while !stop.load(Ordering::Relaxed) {
-                    let e = l.recv(Duration::from_millis(50))?;
+                    let Some(sample) = sub.recv_timeout(Duration::from_millis(50))? else {
+                        continue;
+                    };
                     let recv = now_ns();
-                    let (key, capture) = match e {
-                        Some(Event::Header { key, header }) => (key, header.stamps.capture_ns),
-                        Some(Event::Message { key, msg }) => (key, msg.stamps.capture_ns),
-                        _ => continue,
+                    let key = sample.key_expr().as_str().to_string();
+                    let Some(capture) = capture_stamp(&key, &sample.payload().to_bytes(), ros2)
+                    else {
+                        continue;
                     };
                     arrivals
                         .lock()
@@ -709,6 +710,25 @@ impl PipelineReport {
         self.plot().save(&dir.join(REPORT_PNG))?;
         Ok(())
     }
+}
+
+/// The capture stamp an output carries, ns: natively from the tensor header or the classes
+/// JSON (status and health are not outputs); in ROS 2 from the header every output type
+/// starts with (`std_msgs/Header`: stamp.sec, stamp.nanosec after the CDR encapsulation).
+fn capture_stamp(key: &str, b: &[u8], ros2: bool) -> Option<i64> {
+    if ros2 {
+        let sec = i32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+        let nanosec = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
+        return Some(ros2::Time { sec, nanosec }.to_ns());
+    }
+    if key.ends_with("/status") || key.ends_with("/health") {
+        return None;
+    }
+    if key.ends_with("/classes") {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        return v["capture_ns"].as_i64();
+    }
+    wire::decode_header(b).ok().map(|h| h.stamps.capture_ns)
 }
 
 /// One run as a log line.

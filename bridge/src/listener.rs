@@ -165,8 +165,12 @@ impl Listener {
         let key = sample.key_expr().as_str().to_string();
         let bytes = sample.payload().to_bytes();
         let st = self.stats.entry(key.clone()).or_default();
-        // The JSON side topics of a native bridge: per-frame status and the 1 s health.
-        if !self.cfg.ros2 && (key.ends_with("/status") || key.ends_with("/health")) {
+        // The JSON topics of a native bridge: per-frame status, the 1 s health, the classes.
+        if !self.cfg.ros2
+            && ["/status", "/health", "/classes"]
+                .iter()
+                .any(|t| key.ends_with(t))
+        {
             return match serde_json::from_slice(&bytes) {
                 Ok(json) => Event::Status { key, json },
                 Err(e) => {

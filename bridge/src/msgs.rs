@@ -115,6 +115,18 @@ pub const DEFS: &[MsgDef] = &[
             seq(m("status", "diagnostic_msgs/msg/DiagnosticStatus")),
         ],
     },
+    // vision_msgs 4.x (ROS 2 Jazzy).
+    MsgDef {
+        name: "vision_msgs/msg/ObjectHypothesis",
+        fields: &[f("class_id", "string"), f("score", "float64")],
+    },
+    MsgDef {
+        name: "vision_msgs/msg/Classification",
+        fields: &[
+            m("header", "std_msgs/msg/Header"),
+            seq(m("results", "vision_msgs/msg/ObjectHypothesis")),
+        ],
+    },
 ];
 
 fn def(name: &str) -> Result<&'static MsgDef> {
@@ -246,6 +258,22 @@ pub struct DiagnosticStatus {
 pub struct DiagnosticArray {
     pub header: Header,
     pub status: Vec<DiagnosticStatus>,
+}
+
+pub const CLASSIFICATION: &str = "vision_msgs/msg/Classification";
+
+/// `vision_msgs/msg/ObjectHypothesis`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectHypothesis {
+    pub class_id: String,
+    pub score: f64,
+}
+
+/// `vision_msgs/msg/Classification`: a classifier's hypotheses for one image, best first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    pub header: Header,
+    pub results: Vec<ObjectHypothesis>,
 }
 
 /// A message as little-endian CDR with its encapsulation header.

@@ -12,7 +12,7 @@ use zenoh::qos::{CongestionControl, Priority, Reliability};
 use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::health::{Health, ModelInfo};
-use crate::msgs::{self, DiagnosticArray, TypeKey};
+use crate::msgs::{self, Classification, DiagnosticArray, ObjectHypothesis, TypeKey};
 use crate::ros2::{self, Ros2Names};
 use crate::session::now_ns;
 use crate::wire::{self, Stamps, Task, TensorData, TensorMsg};
@@ -279,10 +279,11 @@ impl PerceptionPublisher {
         }
         for (i, (&task, qos)) in cfg.qos.iter().enumerate() {
             let key = cfg.key(task);
-            let encoding = if cfg.ros2.is_some() {
-                ros2::ZENOH_ENCODING
-            } else {
-                wire::ZENOH_ENCODING
+            let encoding = match (cfg.ros2.is_some(), task) {
+                (true, Task::Classes) => "application/cdr;vision_msgs/msg/Classification",
+                (false, Task::Classes) => "application/json",
+                (true, _) => ros2::ZENOH_ENCODING,
+                (false, _) => wire::ZENOH_ENCODING,
             };
             let publisher = session
                 .declare_publisher(key.clone())
@@ -464,29 +465,41 @@ impl PerceptionPublisher {
                 data: TensorData::U8(vec![]),
             };
             let matched = topic.publisher.matching_status().wait()?.matching();
-            let (prefix, attachment) = match &self.cfg.ros2 {
-                Some(_) => {
-                    let h = header.clone().unwrap_or_else(|| ros2::Header {
-                        stamp: ros2::Time::from_ns(stamps.capture_ns),
-                        frame_id: self.cfg.camera.clone(),
-                    });
-                    let b = ros2::image_prefix_with_header(topic.task, &shape, &data, h)?;
-                    let a = ros2::attachment(frame_id as i64, now_ns(), &topic.gid);
-                    (b, Some(a.to_vec()))
-                }
-                None => {
-                    let mut b = wire::encode_header(&head, &shape, &data)?;
-                    // Stamped last, so publish → receive measures the transport alone.
-                    b[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
-                        .copy_from_slice(&now_ns().to_le_bytes());
-                    (b, None)
-                }
+            let ros2_header = || {
+                header.clone().unwrap_or_else(|| ros2::Header {
+                    stamp: ros2::Time::from_ns(stamps.capture_ns),
+                    frame_id: self.cfg.camera.clone(),
+                })
             };
-            let n = (prefix.len() + data.len() * data.dtype().size()) as u64;
-            let mut w = ZBytes::writer();
-            w.append(ZBytes::from(prefix));
-            w.append(tensor_bytes(data));
-            let put = topic.publisher.put(w.finish());
+            let attachment = self
+                .cfg
+                .ros2
+                .as_ref()
+                .map(|_| ros2::attachment(frame_id as i64, now_ns(), &topic.gid).to_vec());
+            let (payload, n) = if topic.task == Task::Classes {
+                let b = self.classes_payload(frame_id, stamps, &shape, &data, ros2_header)?;
+                let n = b.len() as u64;
+                (ZBytes::from(b), n)
+            } else {
+                let prefix = match &self.cfg.ros2 {
+                    Some(_) => {
+                        ros2::image_prefix_with_header(topic.task, &shape, &data, ros2_header())?
+                    }
+                    None => {
+                        let mut b = wire::encode_header(&head, &shape, &data)?;
+                        // Stamped last, so publish → receive measures the transport alone.
+                        b[wire::PUBLISH_NS_OFFSET..wire::PUBLISH_NS_OFFSET + 8]
+                            .copy_from_slice(&now_ns().to_le_bytes());
+                        b
+                    }
+                };
+                let n = (prefix.len() + data.len() * data.dtype().size()) as u64;
+                let mut w = ZBytes::writer();
+                w.append(ZBytes::from(prefix));
+                w.append(tensor_bytes(data));
+                (w.finish(), n)
+            };
+            let put = topic.publisher.put(payload);
             match attachment {
                 Some(a) => put.attachment(a).wait()?,
                 None => put.wait()?,
@@ -530,6 +543,52 @@ impl PerceptionPublisher {
             s.put(status.to_string()).wait()?;
         }
         Ok(())
+    }
+}
+
+impl PerceptionPublisher {
+    /// The classes output (k × 2: class id, score; best first) as JSON natively, or as a
+    /// `vision_msgs/Classification` with the frame's header in ROS 2 mode.
+    fn classes_payload(
+        &self,
+        frame_id: u64,
+        stamps: Stamps,
+        shape: &[usize],
+        data: &TensorData,
+        header: impl FnOnce() -> ros2::Header,
+    ) -> Result<Vec<u8>> {
+        let (TensorData::F32(v), [_, 2]) = (data, shape) else {
+            return Err(Error::Malformed(format!(
+                "classes want k×2 f32 (class id, score), got {shape:?} {:?}",
+                data.dtype()
+            )));
+        };
+        let top: Vec<(u32, f32)> = v.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect();
+        if self.cfg.ros2.is_some() {
+            msgs::to_cdr(&Classification {
+                header: header(),
+                results: top
+                    .iter()
+                    .map(|&(id, score)| ObjectHypothesis {
+                        class_id: id.to_string(),
+                        score: score as f64,
+                    })
+                    .collect(),
+            })
+        } else {
+            let classes: Vec<serde_json::Value> = top
+                .iter()
+                .map(|&(id, score)| serde_json::json!({"class_id": id, "score": score}))
+                .collect();
+            Ok(serde_json::json!({
+                "stream_id": self.stream_id,
+                "frame_id": frame_id,
+                "capture_ns": stamps.capture_ns,
+                "classes": classes,
+            })
+            .to_string()
+            .into_bytes())
+        }
     }
 }
 

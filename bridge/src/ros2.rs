@@ -74,14 +74,16 @@ pub struct Image {
     pub data: Vec<u8>,
 }
 
-/// ROS image encoding and channel count for a task's tensor (H×W or H×W×C).
-pub fn image_encoding(task: Task) -> (&'static str, usize, usize) {
-    match task {
-        Task::Camera => ("rgb8", 3, 1),
+/// ROS image encoding, channel count and bytes per channel of a task's tensor (H×W or
+/// H×W×C); `None` for the classes, which are not an image.
+pub fn image_encoding(task: Task) -> Option<(&'static str, usize, usize)> {
+    Some(match task {
+        Task::Camera | Task::SegmentationColor => ("rgb8", 3, 1),
         Task::Segmentation => ("mono8", 1, 1),
         Task::Depth => ("32FC1", 1, 4),
         Task::Normals => ("32FC3", 3, 4),
-    }
+        Task::Classes => return None,
+    })
 }
 
 /// The CDR payload (with its encapsulation header) of one output as an Image.
@@ -117,7 +119,8 @@ pub fn image_prefix_with_header(
     data: &TensorData,
     header: Header,
 ) -> Result<Vec<u8>> {
-    let (enc, ch, bpc) = image_encoding(task);
+    let (enc, ch, bpc) = image_encoding(task)
+        .ok_or_else(|| Error::Malformed(format!("{} is not an image", task.name())))?;
     let (h, w) = match shape {
         [h, w] if ch == 1 => (*h, *w),
         [h, w, c] if *c == ch => (*h, *w),
@@ -384,9 +387,11 @@ impl Ros2Names {
             format!("/{}/{camera}/{}", self.namespace, task.name())
         }
     }
-    /// The data key of an output: [`Ros2Names::topic_key`] of [`Ros2Names::topic`].
+    /// The data key of an output: [`Ros2Names::typed_key`] of [`Ros2Names::topic`] with the
+    /// output's message type ([`task_type`]).
     pub fn data_key(&self, camera: &str, task: Task) -> String {
-        self.topic_key(&self.topic(camera, task))
+        let (dds, hash) = task_type(task);
+        self.typed_key(&self.topic(camera, task), &dds, &hash)
     }
     /// The data key of an Image topic, `<domain>/<fully qualified name>/<type>/<hash>`, the name
     /// with its leading and trailing slashes stripped (rmw_zenoh `liveliness_utils.cpp`,
@@ -490,7 +495,13 @@ impl Ros2Names {
         qos: &str,
     ) -> String {
         let topic = self.topic(camera, task);
-        self.endpoint_token(Endpoint::image(zid, node_id, entity_id, &topic, qos), "MP")
+        let (dds_name, hash) = task_type(task);
+        let e = Endpoint {
+            dds_name: &dds_name,
+            hash: &hash,
+            ..Endpoint::image(zid, node_id, entity_id, &topic, qos)
+        };
+        self.endpoint_token(e, "MP")
     }
     /// Subscription token of an Image topic (a fully qualified name).
     pub fn subscription_token(
@@ -532,6 +543,19 @@ impl<'a> Endpoint<'a> {
             hash: IMAGE_TYPE_HASH,
             qos,
         }
+    }
+}
+
+/// The DDS type name and RIHS01 hash an output topic carries: `vision_msgs/Classification`
+/// for the classes, `sensor_msgs/Image` for the rest.
+pub fn task_type(task: Task) -> (String, String) {
+    match task {
+        Task::Classes => {
+            let t = crate::msgs::TypeKey::of(crate::msgs::CLASSIFICATION)
+                .expect("Classification is defined in msgs::DEFS");
+            (t.dds_name, t.hash)
+        }
+        _ => (IMAGE_TYPE_NAME.into(), IMAGE_TYPE_HASH.into()),
     }
 }
 
@@ -605,7 +629,7 @@ mod tests {
         for t in Task::OUTPUTS {
             let m = msg(t);
             for frame_id in ["", "c", "cam", "cam0", "camera_front"] {
-                let (enc, ch, bpc) = image_encoding(t);
+                let (enc, ch, bpc) = image_encoding(t).unwrap();
                 let (h, w) = (m.shape[0], m.shape[1]);
                 let img = Image {
                     header: Header {

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use overparam_base::Role;
 use overparam_engine::export::{ExportOptions, Precision, export, to_bytes};
 use overparam_engine::runtime::{OrtRuntime, Output, Provider};
 use overparam_fuse::AnySpec;
@@ -18,6 +19,9 @@ pub struct Model {
     rt: OrtRuntime,
     /// Input (H, W).
     pub size: (usize, usize),
+    /// Every output by name with the role it is published by.
+    pub roles: Vec<(String, Role)>,
+    /// The topics its outputs fill.
     pub tasks: Vec<Task>,
     /// `int8` (Q/DQ nodes), `fp16` or `fp32`, read from the graph.
     pub precision: &'static str,
@@ -25,9 +29,24 @@ pub struct Model {
     pub runtime: String,
 }
 
+/// Classes a classifier's topic carries, best first.
+pub const TOP_K: usize = 5;
+
 impl Model {
-    /// Loads an ONNX file, or a deploy checkpoint (exported to FP32 ONNX in memory).
+    /// Loads an ONNX file, or a deploy checkpoint (exported to FP32 ONNX in memory), each
+    /// output published by the role its name implies ([`Role::implied_by`]).
     pub fn load(path: &Path, threads: Option<usize>, provider: &Provider) -> Result<Self> {
+        Self::load_with_roles(path, threads, provider, &[])
+    }
+
+    /// [`Model::load`] with roles given by output name (`--output NAME=ROLE`) over the implied
+    /// ones.
+    pub fn load_with_roles(
+        path: &Path,
+        threads: Option<usize>,
+        provider: &Provider,
+        roles: &[(String, Role)],
+    ) -> Result<Self> {
         let bytes = if path.extension().and_then(|e| e.to_str()) == Some("onnx") {
             // External data is read from beside the model, whatever the working directory.
             overparam_engine::onnx_file::model_bytes(path)?
@@ -45,10 +64,21 @@ impl Model {
                 &ExportOptions::new(Precision::Fp32),
             )?)
         };
-        Self::from_onnx(&bytes, threads, provider)
+        Self::from_onnx_with_roles(&bytes, threads, provider, roles)
     }
 
     pub fn from_onnx(bytes: &[u8], threads: Option<usize>, provider: &Provider) -> Result<Self> {
+        Self::from_onnx_with_roles(bytes, threads, provider, &[])
+    }
+
+    /// Refuses a role for an output the model does not have, and an output whose shape its
+    /// role cannot publish (probed once on a zero image).
+    pub fn from_onnx_with_roles(
+        bytes: &[u8],
+        threads: Option<usize>,
+        provider: &Provider,
+        given: &[(String, Role)],
+    ) -> Result<Self> {
         let precision = match overparam_engine::runtime::graph_precisions(bytes)? {
             (_, true) => "int8",
             (true, false) => "fp16",
@@ -63,17 +93,46 @@ impl Model {
         }
         let size = (s[2], s[3]);
         let probe = rt.run(&vec![0.0; 3 * size.0 * size.1])?;
-        let tasks = outputs_to_tensors(probe)?
+        let names: Vec<&str> = probe.iter().map(|(n, ..)| n.as_str()).collect();
+        for (n, _) in given {
+            if !names.contains(&n.as_str()) {
+                return Err(Error::InvalidOption(format!(
+                    "--output {n}: the model has no output {n:?} (its outputs: {})",
+                    names.join(", ")
+                )));
+            }
+        }
+        let roles: Vec<(String, Role)> = names
+            .iter()
+            .map(|&n| {
+                let r = given
+                    .iter()
+                    .find(|(g, _)| g == n)
+                    .map_or_else(|| Role::implied_by(n), |(_, r)| *r);
+                (n.to_string(), r)
+            })
+            .collect();
+        let tasks = outputs_to_tensors(probe, &roles)?
             .into_iter()
             .map(|(t, ..)| t)
             .collect();
         Ok(Model {
             rt,
             size,
+            roles,
             tasks,
             precision,
             runtime: format!("onnxruntime {}", provider.name()),
         })
+    }
+
+    /// Outputs whose role is `raw`: not published by this bridge (yet), said at the start.
+    pub fn raw_outputs(&self) -> Vec<&str> {
+        self.roles
+            .iter()
+            .filter(|(_, r)| *r == Role::Raw)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 
     /// Runs one frame (already at the model's size).
@@ -92,32 +151,59 @@ impl Model {
                 x[c * h * w + i] = f.rgb[i * 3 + c];
             }
         }
-        outputs_to_tensors(self.rt.run(&x)?)
+        outputs_to_tensors(self.rt.run(&x)?, &self.roles)
     }
 }
 
-/// Named NCHW outputs (batch 1) → published tensors: the class map as u8 (argmax), depth H×W,
-/// normals H×W×3. Outputs with other names are ignored; none of the three is an error.
-pub fn outputs_to_tensors(outs: Vec<Output>) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
+/// Named NCHW outputs (batch 1) → published tensors, by each output's role:
+/// - `segmentation_logits` 1×C×H×W (C ≤ 256): the argmax class map H×W u8, and the same drawn
+///   in the class palette, H×W×3 u8 ([`Task::SegmentationColor`]);
+/// - `depth` 1×1×H×W: metres, H×W f32, NaN where a value is not a positive finite number
+///   (REP 118: invalid depth is NaN);
+/// - `normals` 1×3×H×W: H×W×3 f32;
+/// - `class_logits` 1×C or 1×C×1×1: the [`TOP_K`] best classes with softmax scores, k×2 f32
+///   (class id, score), best first;
+/// - `raw`: not published.
+///
+/// Outputs named in neither `roles` nor by role are raw. An output whose shape its role cannot
+/// carry is an error, as is a model with nothing to publish.
+pub fn outputs_to_tensors(
+    outs: Vec<Output>,
+    roles: &[(String, Role)],
+) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
     let mut r = vec![];
     for (name, shape, data) in outs {
-        let Some(task) = Task::from_name(&name) else {
-            continue;
+        let role = roles
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| Role::implied_by(&name), |(_, r)| *r);
+        let bad = |want: &str| {
+            Error::Source(format!(
+                "output {name} as {}: shape {shape:?}, want {want}",
+                role.name()
+            ))
         };
-        let [1, c, h, w] = shape[..] else {
-            return Err(Error::Source(format!(
-                "output {name} has shape {shape:?}, want 1×C×H×W"
-            )));
-        };
-        let hw = h * w;
-        match task {
-            Task::Segmentation => {
-                if c > 256 {
-                    return Err(Error::Source(format!(
-                        "{c} classes do not fit a u8 class map"
-                    )));
+        match role {
+            Role::Raw => continue,
+            Role::ClassLogits => {
+                let c = match shape[..] {
+                    [1, c] | [1, c, 1, 1] => c,
+                    _ => return Err(bad("1×C or 1×C×1×1")),
+                };
+                if c == 0 {
+                    return Err(bad("at least one class"));
                 }
-                let map = (0..hw)
+                r.push((Task::Classes, vec![c.min(TOP_K), 2], top_k(&data, TOP_K)));
+            }
+            Role::SegmentationLogits => {
+                let [1, c, h, w] = shape[..] else {
+                    return Err(bad("1×C×H×W"));
+                };
+                if c == 0 || c > 256 {
+                    return Err(bad("1 to 256 classes (a u8 class map)"));
+                }
+                let hw = h * w;
+                let map: Vec<u8> = (0..hw)
                     .map(|i| {
                         let mut best = 0;
                         for k in 1..c {
@@ -128,24 +214,64 @@ pub fn outputs_to_tensors(outs: Vec<Output>) -> Result<Vec<(Task, Vec<usize>, Te
                         best as u8
                     })
                     .collect();
-                r.push((task, vec![h, w], TensorData::U8(map)));
+                let colour = map
+                    .iter()
+                    .flat_map(|&k| overparam_data::png::class_colour(k as f32))
+                    .collect();
+                r.push((Task::Segmentation, vec![h, w], TensorData::U8(map)));
+                r.push((
+                    Task::SegmentationColor,
+                    vec![h, w, 3],
+                    TensorData::U8(colour),
+                ));
             }
-            Task::Depth if c == 1 => r.push((task, vec![h, w], TensorData::F32(data))),
-            Task::Normals if c == 3 => {
+            Role::Depth => {
+                let [1, 1, h, w] = shape[..] else {
+                    return Err(bad("1×1×H×W"));
+                };
+                let d = data
+                    .into_iter()
+                    .map(|v| {
+                        if v.is_finite() && v > 0.0 {
+                            v
+                        } else {
+                            f32::NAN
+                        }
+                    })
+                    .collect();
+                r.push((Task::Depth, vec![h, w], TensorData::F32(d)));
+            }
+            Role::Normals => {
+                let [1, 3, h, w] = shape[..] else {
+                    return Err(bad("1×3×H×W"));
+                };
+                let hw = h * w;
                 let hwc = (0..hw * 3).map(|j| data[(j % 3) * hw + j / 3]).collect();
-                r.push((task, vec![h, w, 3], TensorData::F32(hwc)));
-            }
-            _ => {
-                return Err(Error::Source(format!("output {name} has {c} channels")));
+                r.push((Task::Normals, vec![h, w, 3], TensorData::F32(hwc)));
             }
         }
     }
     if r.is_empty() {
         return Err(Error::Source(
-            "the model has none of the outputs segmentation, depth, normals".into(),
+            "the model has no output to publish: name one's role with --output NAME=ROLE (class_logits, segmentation_logits, depth, normals)".into(),
         ));
     }
     Ok(r)
+}
+
+/// The `k` best of `logits` with softmax probabilities, as (id, score) pairs, best first
+/// (ties to the lower id).
+fn top_k(logits: &[f32], k: usize) -> TensorData {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    TensorData::F32(
+        idx.iter()
+            .take(k)
+            .flat_map(|&i| [i as f32, (((logits[i] - m) as f64).exp() / z) as f32])
+            .collect(),
+    )
 }
 
 #[derive(Clone, Debug, Default)]
@@ -294,24 +420,98 @@ mod tests {
                 vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
             ),
         ];
-        let t = outputs_to_tensors(outs).unwrap();
+        let t = outputs_to_tensors(outs, &[]).unwrap();
         assert_eq!(
             t[0],
             (Task::Segmentation, vec![1, 2], TensorData::U8(vec![1, 0]))
         );
+        let p = overparam_data::png::PALETTE;
         assert_eq!(
             t[1],
-            (Task::Depth, vec![1, 2], TensorData::F32(vec![3.0, 4.0]))
+            (
+                Task::SegmentationColor,
+                vec![1, 2, 3],
+                TensorData::U8([p[1], p[0]].concat())
+            )
         );
         assert_eq!(
             t[2],
+            (Task::Depth, vec![1, 2], TensorData::F32(vec![3.0, 4.0]))
+        );
+        assert_eq!(
+            t[3],
             (
                 Task::Normals,
                 vec![1, 2, 3],
                 TensorData::F32(vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0])
             )
         );
-        assert!(outputs_to_tensors(vec![("logits".into(), vec![1, 10], vec![0.0; 10])]).is_err());
+        // Nothing to publish: only raw outputs.
+        let e = outputs_to_tensors(vec![("feat".into(), vec![1, 10], vec![0.0; 10])], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--output NAME=ROLE"), "{e}");
+    }
+
+    #[test]
+    fn roles_decide_how_an_output_is_published() {
+        // A classifier's logits (implied by the name): the top 5 with softmax scores.
+        let logits: Vec<f32> = vec![0.0, 3.0, 1.0, 3.0, -1.0, 2.0, 0.5];
+        let t =
+            outputs_to_tensors(vec![("logits".into(), vec![1, 7], logits.clone())], &[]).unwrap();
+        let (task, shape, TensorData::F32(v)) = &t[0] else {
+            panic!("{t:?}")
+        };
+        assert_eq!((*task, shape.as_slice()), (Task::Classes, &[5, 2][..]));
+        let ids: Vec<f32> = v.chunks(2).map(|c| c[0]).collect();
+        assert_eq!(ids, [1.0, 3.0, 5.0, 2.0, 6.0]);
+        let z: f64 = logits.iter().map(|&l| ((l - 3.0) as f64).exp()).sum();
+        assert!((v[1] as f64 - 1.0 / z).abs() < 1e-6, "{v:?}");
+        assert_eq!(v[1], v[3]);
+
+        // The same tensor named otherwise, given its role; depth with invalid values as NaN.
+        let roles = vec![
+            ("head0".to_string(), Role::ClassLogits),
+            ("d".to_string(), Role::Depth),
+        ];
+        let t = outputs_to_tensors(
+            vec![
+                ("head0".into(), vec![1, 2, 1, 1], vec![1.0, 0.0]),
+                (
+                    "d".into(),
+                    vec![1, 1, 1, 4],
+                    vec![2.0, 0.0, -1.0, f32::INFINITY],
+                ),
+            ],
+            &roles,
+        )
+        .unwrap();
+        assert_eq!(t[0].1, vec![2, 2]);
+        let TensorData::F32(d) = &t[1].2 else {
+            panic!()
+        };
+        assert_eq!(d[0], 2.0);
+        assert!(d[1..].iter().all(|v| v.is_nan()), "{d:?}");
+
+        // A role the shape cannot carry is named with both.
+        for (role, shape) in [
+            (Role::ClassLogits, vec![1, 3, 2, 2]),
+            (Role::Depth, vec![1, 3, 2, 2]),
+            (Role::Normals, vec![1, 1, 2, 2]),
+            (Role::SegmentationLogits, vec![1, 12]),
+        ] {
+            let n: usize = shape.iter().product();
+            let e = outputs_to_tensors(
+                vec![("x".into(), shape.clone(), vec![0.0; n])],
+                &[("x".into(), role)],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(role.name()) && e.contains(&format!("{shape:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

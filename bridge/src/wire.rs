@@ -13,7 +13,7 @@
 //! | 56 | 1 | dtype (1 = u8, 2 = f32) |
 //! | 57 | 1 | encoding (0 = raw) |
 //! | 58 | 1 | number of dimensions (1–4) |
-//! | 59 | 1 | task (0 camera, 1 segmentation, 2 depth, 3 normals) |
+//! | 59 | 1 | task (0 camera, 1 segmentation, 2 depth, 3 normals, 4 segmentation colour map) |
 //! | 60 | 4×4 | shape, u32 each, unused dimensions 0 |
 //! | 76 | 8 | payload length in bytes (u64) |
 //! | 84 | 4 | reserved, 0 |
@@ -63,6 +63,12 @@ pub enum Task {
     Segmentation,
     Depth,
     Normals,
+    /// The segmentation's class map drawn in the class palette, H×W×3 u8, for people to look
+    /// at (ROS 2 perception nodes publish one beside the mono8 map).
+    SegmentationColor,
+    /// A classifier's top-k classes with scores (JSON natively, `vision_msgs/Classification`
+    /// in ROS 2; never in the tensor format).
+    Classes,
 }
 
 /// The model's dense tasks on the wire (the wire adds the camera image).
@@ -86,12 +92,21 @@ impl Task {
             Task::Segmentation => Dense::Segmentation.name(),
             Task::Depth => Dense::Depth.name(),
             Task::Normals => Dense::Normals.name(),
+            Task::SegmentationColor => "segmentation/color",
+            Task::Classes => "classes",
         }
     }
     pub fn from_name(s: &str) -> Option<Task> {
-        [Task::Camera, Task::Segmentation, Task::Depth, Task::Normals]
-            .into_iter()
-            .find(|t| t.name() == s)
+        [
+            Task::Camera,
+            Task::Segmentation,
+            Task::Depth,
+            Task::Normals,
+            Task::SegmentationColor,
+            Task::Classes,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
     }
     fn code(self) -> u8 {
         match self {
@@ -99,6 +114,8 @@ impl Task {
             Task::Segmentation => 1,
             Task::Depth => 2,
             Task::Normals => 3,
+            Task::SegmentationColor => 4,
+            Task::Classes => 5,
         }
     }
     fn from_code(c: u8) -> Result<Self> {
@@ -107,6 +124,7 @@ impl Task {
             1 => Ok(Task::Segmentation),
             2 => Ok(Task::Depth),
             3 => Ok(Task::Normals),
+            4 => Ok(Task::SegmentationColor),
             _ => Err(Error::Malformed(format!("unknown task code {c}"))),
         }
     }

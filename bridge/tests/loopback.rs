@@ -303,3 +303,68 @@ fn native_health_reports_follow_the_frames() {
     assert!(health_seen > 0);
     assert_eq!(listener.counters().decode_errors, 0);
 }
+
+/// The classes output: JSON natively, `vision_msgs/Classification` in ROS 2 on the key its
+/// type hash names, each with the frame's stamp and the top classes best first.
+#[test]
+fn classes_go_out_as_json_natively_and_classification_in_ros2() {
+    use overparam_bridge::msgs::{self, Classification};
+    let (s_sub, s_pub) = pair();
+    let native = s_sub.declare_subscriber("op/cam0/classes").wait().unwrap();
+    let names = Ros2Names::new(3, "/perception", "overparam");
+    let key = names.data_key("cam0", Task::Classes);
+    assert!(
+        key.starts_with(
+            "3/perception/cam0/classes/vision_msgs::msg::dds_::Classification_/RIHS01_"
+        ),
+        "{key}"
+    );
+    let ros = s_sub.declare_subscriber(key).wait().unwrap();
+    let frame = |id: u64| FrameOutputs {
+        frame_id: id,
+        header: None,
+        stamps: Stamps {
+            capture_ns: 1_700_000_000_123_456_789,
+            ..Stamps::default()
+        },
+        tensors: vec![(
+            Task::Classes,
+            vec![2, 2],
+            TensorData::F32(vec![7.0, 0.75, 2.0, 0.25]),
+        )],
+    };
+    for ros2 in [false, true] {
+        let mut cfg = PublishConfig::native("op", "cam0");
+        cfg.status = false;
+        cfg.qos = [(Task::Classes, Default::default())].into();
+        if ros2 {
+            cfg.ros2 = Some(names.clone());
+        }
+        let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+        assert!(p.wait_for_subscribers(WAIT).unwrap());
+        p.publish(&frame(4)).unwrap();
+        if ros2 {
+            let s = ros.recv_timeout(WAIT).unwrap().expect("no Classification");
+            assert!(s.attachment().is_some());
+            let c: Classification = msgs::from_cdr(&s.payload().to_bytes()).unwrap();
+            assert_eq!(c.header.stamp.to_ns(), 1_700_000_000_123_456_789);
+            assert_eq!(c.header.frame_id, "cam0");
+            let got: Vec<(&str, f64)> = c
+                .results
+                .iter()
+                .map(|h| (h.class_id.as_str(), h.score))
+                .collect();
+            assert_eq!(got, [("7", 0.75), ("2", 0.25)]);
+        } else {
+            let s = native.recv_timeout(WAIT).unwrap().expect("no classes JSON");
+            let v: serde_json::Value = serde_json::from_slice(&s.payload().to_bytes()).unwrap();
+            assert_eq!(v["frame_id"], 4);
+            assert_eq!(v["capture_ns"], 1_700_000_000_123_456_789i64);
+            assert_eq!(
+                v["classes"][0],
+                serde_json::json!({"class_id": 7, "score": 0.75})
+            );
+            assert_eq!(v["classes"][1]["class_id"], 2);
+        }
+    }
+}

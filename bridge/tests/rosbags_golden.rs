@@ -196,10 +196,35 @@ fn other_types_hash_and_decode_as_rosbags_says() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let classes = msgs::Classification {
+        header: ros2::Header {
+            stamp: ros2::Time { sec: 7, nanosec: 8 },
+            frame_id: "camera_front".into(),
+        },
+        results: vec![
+            msgs::ObjectHypothesis {
+                class_id: "281".into(),
+                score: 0.75,
+            },
+            msgs::ObjectHypothesis {
+                class_id: "3".into(),
+                score: 0.125,
+            },
+        ],
+    };
+    let hex = |b: Vec<u8>| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
     let v = rosbags(serde_json::json!({
         "hashes": names,
-        "decode": [{"type": msgs::DIAGNOSTIC_ARRAY, "cdr": cdr}],
+        "decode": [
+            {"type": msgs::DIAGNOSTIC_ARRAY, "cdr": cdr},
+            {"type": msgs::CLASSIFICATION, "cdr": hex(msgs::to_cdr(&classes).unwrap())},
+        ],
     }));
+    let c = &v["decoded"][1];
+    assert_eq!(c["header"]["frame_id"], "camera_front");
+    assert_eq!(c["results"][0]["class_id"], "281");
+    assert_eq!(c["results"][0]["score"], 0.75);
+    assert_eq!(c["results"][1]["score"], 0.125);
     for n in &names {
         assert_eq!(
             v["hashes"][n].as_str().unwrap(),

@@ -6,9 +6,20 @@ import json
 import sys
 
 import numpy as np
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 ts = get_typestore(Stores.ROS2_JAZZY)
+# vision_msgs (ros-perception/vision_msgs 4.x, Jazzy) is not in rosbags' Jazzy store: its .msg
+# files, registered the way rosbags registers any package.
+VISION_MSGS = {
+    "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "vision_msgs/msg/Classification":
+        "std_msgs/Header header\nvision_msgs/ObjectHypothesis[] results\n",
+}
+types = {}
+for name, text in VISION_MSGS.items():
+    types.update(get_types_from_msg(text, name))
+ts.register(types)
 
 
 def plain(v):

@@ -669,7 +669,7 @@ pub fn bridge(
     let mut m = Model::from_onnx(&model.bytes, threads, &Provider::Cpu)?;
     // One topic per task the model has.
     let mut pc = PublishConfig::native("overparam", "cam0");
-    pc.qos.retain(|t, _| m.tasks.contains(t));
+    pc.qos = m.tasks.iter().map(|&t| (t, Default::default())).collect();
     let publisher = PerceptionPublisher::new(&s_pub, pc)?;
     if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
         return Err(Error::Run(

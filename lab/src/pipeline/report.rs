@@ -420,7 +420,7 @@ pub fn bridge(model: &Variant, b: &Bridged) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## Bridge\n\nThe published model (`{}`, {}) on {} synthetic frames ({}×{}), outputs published over zenoh (peer, tcp/127.0.0.1, multicast off, reliable + Block) as the native format on `overparam/cam0/{{segmentation,depth,normals}}`, received by an in-process listener.\n\n**Received {} of {} messages** ({} frames × {} topics); sequence gaps {}, decode errors {}. Publishing ran at {:.1} frames/s (inference p50 {:.2} ms, p99 {:.2} ms).\n\n| topic | received | rate Hz | capture → received p50 ms | p99 ms |\n|---|---|---|---|---|",
+        "## Bridge\n\nThe published model (`{}`, {}) on {} synthetic frames ({}×{}), outputs published over zenoh (peer, tcp/127.0.0.1, multicast off, reliable + Block) as the native format on `overparam/cam0/{{segmentation,segmentation/color,depth,normals}}`, received by an in-process listener.\n\n**Received {} of {} messages** ({} frames × {} topics); sequence gaps {}, decode errors {}. Publishing ran at {:.1} frames/s (inference p50 {:.2} ms, p99 {:.2} ms).\n\n| topic | received | rate Hz | capture → received p50 ms | p99 ms |\n|---|---|---|---|---|",
         model.file,
         model.label,
         s.frames,

@@ -21,6 +21,12 @@ pub struct Args {
     /// fastest of its models within that floor).
     #[arg(long)]
     model: PathBuf,
+    /// The role an output is published by, over the one its name implies (repeatable):
+    /// class_logits (top-5 classes: JSON natively, vision_msgs/Classification in ROS 2),
+    /// segmentation_logits (mono8 class map plus an rgb8 colour map on .../segmentation/color),
+    /// depth (32FC1 metres, NaN where invalid), normals (32FC3) or raw (not published).
+    #[arg(long = "output", value_name = "NAME=ROLE", value_parser = crate::args::output_role)]
+    outputs: Vec<(String, overparam_base::Role)>,
     /// With a pipeline directory: publish the fastest of its models that loses at most this
     /// many top-1 error points against fp32 on the evaluation split (as `pipeline --max-drop`;
     /// the drops are the pipeline's measurements) [default: the pipeline's choice].
@@ -121,6 +127,7 @@ enum Ros2Qos {
 pub fn run(a: Args) -> Result<ExitCode> {
     let Args {
         model,
+        outputs,
         max_drop,
         max_drop_dense_pct,
         source,
@@ -143,20 +150,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let spec: SourceSpec = source.parse()?;
     let model = published_model(model, max_drop, max_drop_dense_pct)?;
     stop::install()?;
-    let mut m = Model::load(&model, threads, &runtime.provider())
+    let mut m = Model::load_with_roles(&model, threads, &runtime.provider(), &outputs)
         .with_context(|| format!("loading {}", model.display()))?;
+    let raw = m.raw_outputs();
+    if !raw.is_empty() {
+        eprintln!(
+            "bridge: not publishing {} (role raw; give another with --output NAME=ROLE)",
+            raw.join(", ")
+        );
+    }
     let zopts = zenoh.options();
     if let Some(pool) = zopts.shm_pool_bytes()? {
-        // Bytes each output of one frame is published as: a u8 class map, f32 depth, f32×3
-        // normals.
+        // Bytes each output of one frame is published as: a u8 class map and its colour map,
+        // f32 depth, f32×3 normals (the classes are a few bytes).
         let hw = m.size.0 * m.size.1;
         let frame: usize = m
             .tasks
             .iter()
             .map(|t| match t {
                 Task::Segmentation => hw,
+                Task::SegmentationColor => 3 * hw,
                 Task::Depth => 4 * hw,
-                _ => 12 * hw,
+                Task::Normals => 12 * hw,
+                Task::Camera | Task::Classes => 0,
             })
             .sum();
         if let Some(w) = overparam_bridge::session::shm_warning(pool, frame) {
