@@ -67,7 +67,8 @@ fn multi_task_pipeline_reports_every_stage() {
         assert!(md.contains(p), "latency row {p} missing: {md}");
     }
     assert!(md.contains("p99 ms"), "{md}");
-    assert!(md.contains("**Received 120 of 120 messages**"), "{md}");
+    // 40 frames × 4 topics: the class map, its colour map, depth, normals.
+    assert!(md.contains("**Received 160 of 160 messages**"), "{md}");
     // Publishing uses the lowest p50 among the models within the accuracy floor (1% on each
     // dense metric by default; fp32 always is), and the report and the bridge say which.
     let lat: serde_json::Value =
