@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check, for whenever a machine with an NVIDIA GPU is at hand (about 10 minutes on one GPU;
-# nothing in CI or the test suite waits for it). Each step is timed and bounded; a failing step
+# The TensorRT GPU check, for a machine with an NVIDIA GPU, network access and cargo (it
+# pip-installs onnxruntime-gpu and TensorRT's libraries and builds here); the lent GPU machine has
+# none of those, so there use scripts/gpu_check.sh. About 10 minutes on one GPU; nothing in CI or
+# the test suite waits for it. Each step is timed and bounded; a failing step
 # is recorded and the next one still runs. Writes one markdown summary, $OUT/summary.md
 # (default OUT=runs/gpu-check), with every step's log beside it.
 #
