@@ -290,3 +290,62 @@ fn ros2_camera_encodings_and_bad_frames() {
         );
     }
 }
+
+/// A camera that publishes its calibration on `camera_info` beside the image: every frame's
+/// outputs come with a CameraInfo scaled to the outputs' resolution (image_proc's resize rule),
+/// stamped as the frame, decoded by rosbags.
+#[test]
+fn camera_info_is_republished_scaled_with_the_frame_stamp() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let ep = format!(
+        "tcp/127.0.0.1:{}",
+        overparam_bridge::session::free_port().unwrap()
+    );
+    let frames: Vec<Value> = (0..3)
+        .map(|_| json!({"encoding": "rgb8", "height": 480, "width": 640}))
+        .collect();
+    let (child, out) = camera(&json!({
+        "endpoint": ep, "domain": 5, "topic": "/camera/image_raw",
+        "outputs": "5/perception/cam0/**/sensor_msgs::msg::dds_::Image_/*",
+        "camera_info": {"fx": 500.0, "fy": 480.0, "cx": 320.0, "cy": 240.0, "height": 480, "width": 640},
+        "camera_info_out": "5/perception/cam0/camera_info/sensor_msgs::msg::dds_::CameraInfo_/*",
+        "frames": frames, "mode": "paced", "tasks": 4, "timeout": 60,
+    }));
+    let run = bridge(&m, &ep, 5, 3);
+    let r = report(child, out);
+    ok(&run);
+    let infos = r["camera_infos"].as_array().unwrap();
+    let published: Vec<(i64, i64)> = r["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(stamp)
+        .collect();
+    assert_eq!(infos.len(), 3, "{infos:#?}");
+    for i in infos {
+        assert!(
+            published.contains(&stamp(i)),
+            "a CameraInfo stamped as no frame: {i}"
+        );
+        assert_eq!(i["frame_id"], "camera_front");
+        // The model's outputs are 48×64: one tenth of 480×640.
+        assert_eq!(
+            (i["height"].as_u64(), i["width"].as_u64()),
+            (Some(48), Some(64))
+        );
+        let k: Vec<f64> = i["k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            near(k[0], 50.0) && near(k[2], 32.0) && near(k[4], 48.0) && near(k[5], 24.0),
+            "{k:?}"
+        );
+        assert_eq!(i["distortion_model"], "plumb_bob");
+        assert_eq!(i["d"][0], 0.1);
+    }
+}

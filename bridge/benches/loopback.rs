@@ -23,6 +23,7 @@ fn frame(id: u64) -> FrameOutputs {
     FrameOutputs {
         frame_id: id,
         header: None,
+        camera_info: None,
         stamps: Stamps {
             capture_ns: now_ns(),
             ..Stamps::default()

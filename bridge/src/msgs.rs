@@ -61,6 +61,11 @@ const fn seq(mut fd: Field) -> Field {
     fd
 }
 
+const fn arr(mut fd: Field, n: u64) -> Field {
+    fd.shape = Shape::Array(n);
+    fd
+}
+
 /// A message definition: its full name and its fields in order (constants left out).
 #[derive(Clone, Copy, Debug)]
 pub struct MsgDef {
@@ -113,6 +118,32 @@ pub const DEFS: &[MsgDef] = &[
         fields: &[
             m("header", "std_msgs/msg/Header"),
             seq(m("status", "diagnostic_msgs/msg/DiagnosticStatus")),
+        ],
+    },
+    MsgDef {
+        name: "sensor_msgs/msg/RegionOfInterest",
+        fields: &[
+            f("x_offset", "uint32"),
+            f("y_offset", "uint32"),
+            f("height", "uint32"),
+            f("width", "uint32"),
+            f("do_rectify", "bool"),
+        ],
+    },
+    MsgDef {
+        name: "sensor_msgs/msg/CameraInfo",
+        fields: &[
+            m("header", "std_msgs/msg/Header"),
+            f("height", "uint32"),
+            f("width", "uint32"),
+            f("distortion_model", "string"),
+            seq(f("d", "float64")),
+            arr(f("k", "float64"), 9),
+            arr(f("r", "float64"), 9),
+            arr(f("p", "float64"), 12),
+            f("binning_x", "uint32"),
+            f("binning_y", "uint32"),
+            m("roi", "sensor_msgs/msg/RegionOfInterest"),
         ],
     },
     // vision_msgs 4.x (ROS 2 Jazzy).
@@ -276,6 +307,67 @@ pub struct Classification {
     pub results: Vec<ObjectHypothesis>,
 }
 
+pub const CAMERA_INFO: &str = "sensor_msgs/msg/CameraInfo";
+
+/// `sensor_msgs/msg/RegionOfInterest`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionOfInterest {
+    pub x_offset: u32,
+    pub y_offset: u32,
+    pub height: u32,
+    pub width: u32,
+    pub do_rectify: bool,
+}
+
+/// `sensor_msgs/msg/CameraInfo`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CameraInfo {
+    pub header: Header,
+    pub height: u32,
+    pub width: u32,
+    pub distortion_model: String,
+    pub d: Vec<f64>,
+    pub k: [f64; 9],
+    pub r: [f64; 9],
+    pub p: [f64; 12],
+    pub binning_x: u32,
+    pub binning_y: u32,
+    pub roi: RegionOfInterest,
+}
+
+impl CameraInfo {
+    /// The calibration of the same camera seen at `height` × `width`, as image_proc's resize
+    /// node scales it (`image_proc/src/resize.cpp`): fx, cx, P's first row and the ROI's x by
+    /// width / self.width; fy, cy, P's second row and the ROI's y by height / self.height;
+    /// distortion and rectification unchanged. `None` for an info of zero size.
+    pub fn scaled(&self, height: usize, width: usize, header: Header) -> Option<CameraInfo> {
+        if self.height == 0 || self.width == 0 {
+            return None;
+        }
+        let sx = width as f64 / self.width as f64;
+        let sy = height as f64 / self.height as f64;
+        let mut c = self.clone();
+        c.header = header;
+        c.height = height as u32;
+        c.width = width as u32;
+        c.k[0] *= sx;
+        c.k[2] *= sx;
+        c.k[4] *= sy;
+        c.k[5] *= sy;
+        c.p[0] *= sx;
+        c.p[2] *= sx;
+        c.p[3] *= sx;
+        c.p[5] *= sy;
+        c.p[6] *= sy;
+        let r = &mut c.roi;
+        r.x_offset = (r.x_offset as f64 * sx).round() as u32;
+        r.width = (r.width as f64 * sx).round() as u32;
+        r.y_offset = (r.y_offset as f64 * sy).round() as u32;
+        r.height = (r.height as f64 * sy).round() as u32;
+        Some(c)
+    }
+}
+
 /// A message as little-endian CDR with its encapsulation header.
 pub fn to_cdr<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     let mut out = crate::ros2::CDR_LE_HEADER.to_vec();
@@ -309,6 +401,48 @@ mod tests {
         let k = TypeKey::of(DIAGNOSTIC_ARRAY).unwrap();
         assert_eq!(k.dds_name, "diagnostic_msgs::msg::dds_::DiagnosticArray_");
         assert!(rihs01("nav_msgs/msg/Odometry").is_err());
+    }
+
+    #[test]
+    fn camera_info_scales_as_image_proc_resizes() {
+        let h = |s| Header {
+            stamp: crate::ros2::Time { sec: s, nanosec: 0 },
+            frame_id: "cam".into(),
+        };
+        let info = CameraInfo {
+            header: h(1),
+            height: 480,
+            width: 640,
+            distortion_model: "plumb_bob".into(),
+            d: vec![0.1, -0.2, 0.0, 0.0, 0.01],
+            k: [500.0, 0.0, 320.0, 0.0, 480.0, 240.0, 0.0, 0.0, 1.0],
+            r: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            p: [
+                500.0, 0.0, 320.0, 10.0, 0.0, 480.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0,
+            ],
+            binning_x: 0,
+            binning_y: 0,
+            roi: RegionOfInterest {
+                x_offset: 64,
+                y_offset: 48,
+                height: 240,
+                width: 320,
+                do_rectify: false,
+            },
+        };
+        let s = info.scaled(48, 128, h(2)).unwrap();
+        assert_eq!((s.height, s.width, s.header.stamp.sec), (48, 128, 2));
+        assert_eq!(s.k, [100.0, 0.0, 64.0, 0.0, 48.0, 24.0, 0.0, 0.0, 1.0]);
+        assert_eq!(s.p[..7], [100.0, 0.0, 64.0, 2.0, 0.0, 48.0, 24.0]);
+        assert_eq!(
+            (s.roi.x_offset, s.roi.width, s.roi.y_offset, s.roi.height),
+            (13, 64, 5, 24)
+        );
+        assert_eq!((s.d.clone(), s.r), (info.d.clone(), info.r));
+        let b = to_cdr(&s).unwrap();
+        assert_eq!(from_cdr::<CameraInfo>(&b).unwrap(), s);
+        let zero = CameraInfo { width: 0, ..info };
+        assert!(zero.scaled(48, 64, h(3)).is_none());
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub struct PublishConfig {
     /// carries the latest report.
     pub health: Option<ModelInfo>,
     pub health_period: Duration,
+    /// ROS 2 mode: republish each frame's camera calibration ([`FrameOutputs::camera_info`])
+    /// on `/<ns>/<camera>/camera_info`, scaled to the outputs' resolution, with the frame's
+    /// header.
+    pub camera_info: bool,
 }
 
 impl PublishConfig {
@@ -128,6 +132,7 @@ impl PublishConfig {
             status: true,
             health: None,
             health_period: Duration::from_secs(1),
+            camera_info: false,
         }
     }
     pub fn key(&self, task: Task) -> String {
@@ -243,6 +248,9 @@ pub struct FrameOutputs {
     /// the camera name.
     pub header: Option<ros2::Header>,
     pub tensors: Vec<(Task, Vec<usize>, TensorData)>,
+    /// The input camera's calibration at its own resolution (a `ros2:` source's
+    /// `camera_info`), republished scaled when [`PublishConfig::camera_info`] is on.
+    pub camera_info: Option<msgs::CameraInfo>,
 }
 
 struct Topic {
@@ -255,6 +263,8 @@ pub struct PerceptionPublisher {
     cfg: PublishConfig,
     topics: Vec<Topic>,
     status: Option<Publisher<'static>>,
+    /// `/<ns>/<camera>/camera_info` and its GID (ROS 2 mode with `camera_info`).
+    camera_info: Option<(Publisher<'static>, [u8; 16])>,
     health: Option<Arc<Health>>,
     // Sends its last report and stops when the publisher drops.
     _ticker: Option<HealthTicker>,
@@ -336,6 +346,31 @@ impl PerceptionPublisher {
             RandomState::new().hash_one((now_ns(), std::process::id()))
         };
         let counters = Arc::new(Counters::default());
+        let camera_info = match (&cfg.ros2, cfg.camera_info) {
+            (Some(n), true) => {
+                let t = TypeKey::of(msgs::CAMERA_INFO)?;
+                let topic = n.output_topic(&cfg.camera, "camera_info");
+                let key = n.typed_key(&topic, &t.dds_name, &t.hash);
+                let p = session
+                    .declare_publisher(key.clone())
+                    .encoding(Encoding::from("application/cdr;sensor_msgs/msg/CameraInfo"))
+                    .congestion_control(CongestionControl::Drop)
+                    .wait()?;
+                let qos = ros2::qos_string(true, 10);
+                let token = n.typed_publisher_token(ros2::Endpoint {
+                    zid: &zid,
+                    node_id,
+                    entity_id: topics.len() as u32 + 2,
+                    fq_topic: &topic,
+                    dds_name: &t.dds_name,
+                    hash: &t.hash,
+                    qos: &qos,
+                });
+                tokens.push(session.liveliness().declare_token(token).wait()?);
+                Some((p, ros2::gid(&zid, &key)))
+            }
+            _ => None,
+        };
         let (health, ticker) = match &cfg.health {
             None => (None, None),
             Some(info) => {
@@ -381,6 +416,7 @@ impl PerceptionPublisher {
             cfg,
             topics,
             status,
+            camera_info,
             health,
             _ticker: ticker,
             _tokens: tokens,
@@ -442,7 +478,13 @@ impl PerceptionPublisher {
             stamps,
             header,
             tensors,
+            camera_info,
         } = frame;
+        // The outputs' resolution, for the camera info: that of the first image output.
+        let out_hw = tensors
+            .iter()
+            .find(|(t, s, _)| *t != Task::Classes && s.len() >= 2)
+            .map(|(_, s, _)| (s[0], s[1]));
         let mut tensors: Vec<Option<(Task, Vec<usize>, TensorData)>> =
             tensors.into_iter().map(Some).collect();
         for topic in &self.topics {
@@ -508,6 +550,22 @@ impl PerceptionPublisher {
             Counters::add(&self.counters.bytes_sent, n);
             if !matched {
                 Counters::add(&self.counters.sent_unmatched, 1);
+            }
+        }
+        if let (Some((p, gid)), Some(info), Some((h, w))) =
+            (&self.camera_info, &camera_info, out_hw)
+        {
+            let hdr = header.clone().unwrap_or_else(|| ros2::Header {
+                stamp: ros2::Time::from_ns(stamps.capture_ns),
+                frame_id: self.cfg.camera.clone(),
+            });
+            if let Some(scaled) = info.scaled(h, w, hdr) {
+                let b = msgs::to_cdr(&scaled)?;
+                Counters::add(&self.counters.bytes_sent, b.len() as u64);
+                p.put(b)
+                    .attachment(ros2::attachment(frame_id as i64, now_ns(), gid).to_vec())
+                    .wait()?;
+                Counters::add(&self.counters.sent, 1);
             }
         }
         if let Some(h) = &self.health {

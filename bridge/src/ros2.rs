@@ -381,10 +381,14 @@ impl Ros2Names {
     }
     /// Fully qualified topic: `/<ns>/<camera>/<task>`.
     pub fn topic(&self, camera: &str, task: Task) -> String {
+        self.output_topic(camera, task.name())
+    }
+    /// `/<ns>/<camera>/<leaf>`: an output topic by its last part (`camera_info`).
+    pub fn output_topic(&self, camera: &str, leaf: &str) -> String {
         if self.namespace.is_empty() {
-            format!("/{camera}/{}", task.name())
+            format!("/{camera}/{leaf}")
         } else {
-            format!("/{}/{camera}/{}", self.namespace, task.name())
+            format!("/{}/{camera}/{leaf}", self.namespace)
         }
     }
     /// The data key of an output: [`Ros2Names::typed_key`] of [`Ros2Names::topic`] with the
@@ -483,6 +487,10 @@ impl Ros2Names {
     /// The publisher token of any endpoint (`MP`).
     pub fn typed_publisher_token(&self, e: Endpoint<'_>) -> String {
         self.endpoint_token(e, "MP")
+    }
+    /// The subscription token of any endpoint (`MS`).
+    pub fn typed_subscription_token(&self, e: Endpoint<'_>) -> String {
+        self.endpoint_token(e, "MS")
     }
     /// Publisher token of an output topic.
     pub fn publisher_token(

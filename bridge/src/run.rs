@@ -366,6 +366,7 @@ pub fn run_until(
         publisher.publish_owned(FrameOutputs {
             frame_id: id,
             header: frame.header,
+            camera_info: frame.camera_info,
             stamps: Stamps {
                 capture_ns: frame.capture_ns,
                 infer_start_ns,

@@ -30,6 +30,9 @@ pub struct Frame {
     /// The ROS 2 header of a `ros2:` camera frame (`capture_ns` is its stamp): every output of
     /// the frame carries it unchanged.
     pub header: Option<ros2::Header>,
+    /// The newest `sensor_msgs/CameraInfo` of a `ros2:` camera (its `camera_info` topic,
+    /// beside the image's) when the frame was taken, if the camera publishes one.
+    pub camera_info: Option<crate::msgs::CameraInfo>,
 }
 
 /// Where frames come from (`--source`).
@@ -130,6 +133,7 @@ fn frame(rgb: Vec<f32>, h: usize, w: usize, size: (usize, usize)) -> Frame {
         rgb,
         capture_ns: now_ns(),
         header: None,
+        camera_info: None,
     }
 }
 
@@ -323,6 +327,10 @@ struct Ros2Frames {
     latest: Arc<Latest>,
     _sub: Subscriber<()>,
     _token: zenoh::liveliness::LivelinessToken,
+    /// The camera's calibration, kept newest-only like the frames (undecodable ones dropped).
+    info: Arc<Mutex<Option<crate::msgs::CameraInfo>>>,
+    _info_sub: Subscriber<()>,
+    _info_token: zenoh::liveliness::LivelinessToken,
     size: (usize, usize),
     wait: Wait,
     /// Refusals so far; the first of each kind is reported as an event.
@@ -345,6 +353,7 @@ impl Ros2Frames {
         let mut f = frame(rgb, h, w, self.size);
         f.capture_ns = img.header.stamp.to_ns();
         f.header = Some(img.header);
+        f.camera_info = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Ok(f)
     }
 }
@@ -531,11 +540,41 @@ pub fn open_with(
                 &fq,
                 &ros2::qos_string(false, 1),
             );
+            // The calibration on the image's sibling topic, `camera_info` (image_transport's
+            // convention: /camera/image_raw → /camera/camera_info).
+            let info_topic = match fq.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/camera_info"),
+                None => "/camera_info".into(),
+            };
+            let t = crate::msgs::TypeKey::of(crate::msgs::CAMERA_INFO)?;
+            let info = Arc::new(Mutex::new(None));
+            let i = info.clone();
+            let info_sub = s
+                .declare_subscriber(names.typed_key(&info_topic, &t.dds_name, &t.hash))
+                .callback(move |sample| {
+                    if let Ok(c) = crate::msgs::from_cdr(&sample.payload().to_bytes()) {
+                        *i.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    }
+                })
+                .wait()?;
+            let qos = ros2::qos_string(false, 1);
+            let info_token = names.typed_subscription_token(ros2::Endpoint {
+                zid: &s.zid().to_string(),
+                node_id: 0,
+                entity_id: SOURCE_ENTITY_ID + 1,
+                fq_topic: &info_topic,
+                dds_name: &t.dds_name,
+                hash: &t.hash,
+                qos: &qos,
+            });
             Box::new(Ros2Frames {
                 key,
                 latest,
                 _sub: sub,
                 _token: s.liveliness().declare_token(token).wait()?,
+                info,
+                _info_sub: info_sub,
+                _info_token: s.liveliness().declare_token(info_token).wait()?,
                 size,
                 wait,
                 invalid: 0,

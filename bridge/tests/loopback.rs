@@ -24,6 +24,7 @@ fn frame(id: u64) -> FrameOutputs {
     FrameOutputs {
         frame_id: id,
         header: None,
+        camera_info: None,
         stamps: Stamps {
             capture_ns: t,
             infer_start_ns: t,
@@ -323,6 +324,7 @@ fn classes_go_out_as_json_natively_and_classification_in_ros2() {
     let frame = |id: u64| FrameOutputs {
         frame_id: id,
         header: None,
+        camera_info: None,
         stamps: Stamps {
             capture_ns: 1_700_000_000_123_456_789,
             ..Stamps::default()

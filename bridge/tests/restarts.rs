@@ -17,6 +17,7 @@ fn frame(id: u64) -> FrameOutputs {
     FrameOutputs {
         frame_id: id,
         header: None,
+        camera_info: None,
         stamps: Stamps {
             capture_ns: 1 + id as i64,
             ..Stamps::default()

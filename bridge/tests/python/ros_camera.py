@@ -89,6 +89,49 @@ def on_diagnostics(sample):
     })
 
 
+# Camera calibration: with job["camera_info"] ({fx, fy, cx, cy, height, width}), a CameraInfo
+# on the image topic's sibling `camera_info`, published before every frame; the bridge's scaled
+# ones are read back from job["camera_info_out"] (a key expression).
+CI = "sensor_msgs/msg/CameraInfo"
+CI_KEY_TYPE = f"sensor_msgs::msg::dds_::CameraInfo_/{ts.hash_rihs01(CI)}"
+camera_infos = []
+info_pub = None
+if job.get("camera_info"):
+    parent = job["topic"].strip("/").rsplit("/", 1)[0]
+    info_pub = session.declare_publisher(f"{job['domain']}/{parent}/camera_info/{CI_KEY_TYPE}")
+
+
+def on_camera_info(sample):
+    m = ts.deserialize_cdr(bytes(sample.payload.to_bytes()), CI)
+    camera_infos.append({
+        "key": str(sample.key_expr), "sec": int(m.header.stamp.sec),
+        "nanosec": int(m.header.stamp.nanosec), "frame_id": m.header.frame_id,
+        "height": int(m.height), "width": int(m.width), "k": [float(v) for v in m.k],
+        "p": [float(v) for v in m.p], "d": [float(v) for v in m.d],
+        "distortion_model": m.distortion_model,
+    })
+
+
+info_sub = (session.declare_subscriber(job["camera_info_out"], on_camera_info)
+            if job.get("camera_info_out") else None)
+
+
+def publish_camera_info():
+    c = job["camera_info"]
+    RoI = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    msg = ts.types[CI](
+        header=Header(stamp=Time(sec=0, nanosec=0), frame_id="camera_front"),
+        height=c["height"], width=c["width"], distortion_model="plumb_bob",
+        d=np.array([0.1, -0.05, 0.0, 0.0, 0.0]),
+        k=np.array([c["fx"], 0, c["cx"], 0, c["fy"], c["cy"], 0, 0, 1], dtype=np.float64),
+        r=np.eye(3).flatten(),
+        p=np.array([c["fx"], 0, c["cx"], 0, 0, c["fy"], c["cy"], 0, 0, 0, 1, 0], dtype=np.float64),
+        binning_x=0, binning_y=0,
+        roi=RoI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+    info_pub.put(bytes(ts.serialize_cdr(msg, CI)),
+                 attachment=struct.pack("<qqB", 0, time.time_ns(), 16) + os.urandom(16))
+
+
 diag_sub = session.declare_subscriber(
     f"{job['domain']}/diagnostics/diagnostic_msgs::msg::dds_::DiagnosticArray_/{ts.hash_rihs01(DIAG)}",
     on_diagnostics)
@@ -117,6 +160,8 @@ published = []
 def publish(spec):
     """One Image from a frame spec; returns its stamp as (sec, nanosec)."""
     global seq
+    if info_pub is not None:
+        publish_camera_info()
     seq += 1
     h, w, enc = spec["height"], spec["width"], spec["encoding"]
     step = w * CHANNELS[enc] + spec.get("pad", 0)
@@ -174,7 +219,8 @@ else:
 # Let the last outputs arrive.
 time.sleep(0.3)
 print(json.dumps({"published": published, "outputs": list(outputs), "tokens": tokens,
-                  "key": key, "diagnostics": list(diagnostics)}), flush=True)
+                  "key": key, "diagnostics": list(diagnostics),
+                  "camera_infos": list(camera_infos)}), flush=True)
 sub.undeclare()
 diag_sub.undeclare()
 session.close()

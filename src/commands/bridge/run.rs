@@ -193,6 +193,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut cfg = PublishConfig::native(&prefix, &camera);
     if ros.ros2 {
         cfg.ros2 = Some(names.clone());
+        // A ROS 2 camera's calibration follows its frames out, scaled.
+        cfg.camera_info = matches!(spec, SourceSpec::Ros2(_));
     }
     cfg.health = Some(overparam_bridge::health::ModelInfo {
         model: model.display().to_string(),
