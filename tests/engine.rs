@@ -892,3 +892,97 @@ fn compare_localises_an_injected_error_to_its_layer() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("TensorRT plan"), "{}", text(&o));
 }
+
+/// `compare --data`: both classifiers on a test split. An FP32 export against its checkpoint
+/// agrees on every image with a zero delta; the FP16 export is measured the same way; two ONNX
+/// models without a normalisation are refused, naming the flags.
+#[test]
+fn compare_with_data_reports_each_top1_and_their_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, d) = deploy(dir.path(), "plain");
+    let data = dir.path().join("data");
+    let o = run(
+        &[
+            "data",
+            "synth-cifar",
+            "-o",
+            data.to_str().unwrap(),
+            "--train",
+            "10",
+            "--test",
+            "200",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (a32, a16) = (dir.path().join("a.onnx"), dir.path().join("a16.onnx"));
+    for (p, prec) in [(&a32, "fp32"), (&a16, "fp16")] {
+        let o = run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                prec,
+                "-o",
+                p.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let norm = ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"];
+    let cmp = |a: &Path, extra: &[&str]| {
+        let mut args = vec!["compare", a.to_str().unwrap(), d.to_str().unwrap()];
+        args.extend([
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--atol",
+            "1",
+            "--rtol",
+            "1",
+        ]);
+        args.extend(extra);
+        run(&args, &[])
+    };
+    let o = cmp(&a32, &norm);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = &v["data"];
+    assert_eq!(g["images"], 200, "{g}");
+    assert_eq!(g["top1_agreement"], 100.0, "{g}");
+    assert_eq!(g["delta_points"], 0.0, "{g}");
+    assert_eq!(g["a_top1_err"], g["b_top1_err"]);
+    assert!(
+        v["outputs"].is_array(),
+        "the golden comparison is still there: {v}"
+    );
+
+    let o = cmp(&a16, &norm);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let agree = v["data"]["top1_agreement"].as_f64().unwrap();
+    assert!((90.0..=100.0).contains(&agree), "{v}");
+    let delta = v["data"]["delta_points"].as_f64().unwrap();
+    assert!(
+        (delta
+            - (v["data"]["a_top1_err"].as_f64().unwrap()
+                - v["data"]["b_top1_err"].as_f64().unwrap()))
+        .abs()
+            < 1e-9
+    );
+
+    // Two ONNX models record no normalisation.
+    let o = run(
+        &[
+            "compare",
+            a32.to_str().unwrap(),
+            a16.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--mean and --std"), "{}", text(&o));
+}

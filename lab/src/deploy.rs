@@ -509,6 +509,97 @@ pub fn compare(
     )?)
 }
 
+/// `overparam compare A B --data DIR`: the task metrics of both classifiers on the test split.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DataAgreement {
+    pub images: usize,
+    pub a_top1_err: f64,
+    pub b_top1_err: f64,
+    /// A's top-1 error minus B's, points.
+    pub delta_points: f64,
+    /// Images where both predict the same class, percent.
+    pub top1_agreement: f64,
+}
+
+/// Both classifiers on the test split of `data`, with one normalisation: the given one, else
+/// the one a deploy checkpoint among A and B records (A's first). Two ONNX models without
+/// `--mean/--std`, or checkpoints that record none, are refused by the normalisation rule;
+/// dense (multi-task) models are refused here.
+pub fn compare_on_data(
+    a: &Path,
+    b: &Path,
+    data: &Path,
+    given: &overparam_engine::quant::NormSource,
+) -> Result<DataAgreement> {
+    use overparam_engine::quant::NormSource;
+    let recorded = |p: &Path| -> Result<Option<DeploySpec>> {
+        if p.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+            Ok(Some(load_deploy(p)?.0))
+        } else {
+            Ok(None)
+        }
+    };
+    let specs = [recorded(a)?, recorded(b)?];
+    if specs.iter().flatten().any(|s| s.has_dense_outputs()) {
+        return Err(Error::Run(
+            "compare --data evaluates classifiers (top-1 on the test split); for multi-task models run `overparam engine accuracy` on each".into(),
+        ));
+    }
+    let norm = match (given, specs.iter().flatten().next()) {
+        (NormSource::Given(n), _) => n.clone(),
+        (NormSource::Model, Some(spec)) => Quantization::default().normalization(spec)?,
+        (NormSource::Model, None) => {
+            return Err(Error::Run(format!(
+                "compare --data: two ONNX models record no input normalisation; pass {} (one value per channel, on the 0..1 scale the network was trained with)",
+                overparam_engine::quant::NORM_FLAGS
+            )));
+        }
+    };
+    let (ma, mb) = (model_for_compare(a)?, model_for_compare(b)?);
+    // The class count from A's output (IDX files do not record it).
+    let classes = {
+        let mut rt = overparam_engine::runtime::OrtRuntime::new(&ma, None)?;
+        let n: usize = rt.input_shape().iter().product();
+        let out = rt.run(&vec![0.0; n])?;
+        out.first()
+            .map_or(10, |o| o.1.get(1).copied().unwrap_or(10))
+    };
+    let test =
+        overparam_data::dataset::load(data, overparam_data::cifar::Split::Test, None, classes)?;
+    let eval = |m: &[u8], p: &Path| {
+        overparam_engine::accuracy::evaluate_logits(m, &test, &norm)
+            .map_err(|e| Error::from(e).context(format!("evaluating {}", p.display())))
+    };
+    let ((ta, la), (tb, lb)) = (eval(&ma, a)?, eval(&mb, b)?);
+    if la.len() != lb.len() {
+        return Err(Error::Run(format!(
+            "compare --data: {} gives {} logits per image and {} gives {}",
+            a.display(),
+            la.len() / test.len().max(1),
+            b.display(),
+            lb.len() / test.len().max(1)
+        )));
+    }
+    let c = la.len() / test.len().max(1);
+    let argmax = |v: &[f32]| {
+        (0..v.len())
+            .max_by(|&i, &j| v[i].total_cmp(&v[j]).then(j.cmp(&i)))
+            .unwrap_or(0)
+    };
+    let same = la
+        .chunks(c)
+        .zip(lb.chunks(c))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
+    Ok(DataAgreement {
+        images: test.len(),
+        a_top1_err: ta.top1_error(),
+        b_top1_err: tb.top1_error(),
+        delta_points: ta.top1_error() - tb.top1_error(),
+        top1_agreement: 100.0 * same as f64 / test.len().max(1) as f64,
+    })
+}
+
 /// A dataset directory's train and test splits for a classifier.
 pub fn classifier_splits(spec: &DeploySpec, data: &Path) -> Result<(ImageSet, ImageSet)> {
     use overparam_data::cifar::Split;

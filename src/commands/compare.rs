@@ -30,6 +30,14 @@ pub struct Args {
     /// tolerance and the worst five (e.g. an FP32 and an INT8 export of one model).
     #[arg(long)]
     layerwise: bool,
+    /// Also evaluate both (classifiers) on the test split of this CIFAR or IDX directory:
+    /// top-1 error of each, their difference and the share of images where they agree.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: the input normalisation [default: the one a deploy checkpoint among A
+    /// and B records].
+    #[command(flatten)]
+    norm: crate::args::NormArgs,
     /// Print the comparison as JSON.
     #[arg(long)]
     json: bool,
@@ -41,10 +49,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
         rtol: a.rtol,
     };
     let c = overparam_lab::deploy::compare(&a.a, &a.b, a.inputs, a.seed, tol, a.layerwise)?;
+    let data = match &a.data {
+        Some(d) => Some(overparam_lab::deploy::compare_on_data(
+            &a.a,
+            &a.b,
+            d,
+            &a.norm.source()?,
+        )?),
+        None => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+        let mut v = serde_json::to_value(&c)?;
+        if let Some(d) = &data {
+            v["data"] = serde_json::to_value(d)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print(&a, &c);
+        if let Some(d) = &data {
+            println!(
+                "on {} test images: top-1 error {:.2}% (A) and {:.2}% (B), A − B {:+.2} points; top-1 agreement {:.2}%",
+                d.images, d.a_top1_err, d.b_top1_err, d.delta_points, d.top1_agreement
+            );
+        }
     }
     Ok(if c.passed() {
         ExitCode::SUCCESS
