@@ -19,6 +19,20 @@ fn bench(model: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `init ARGS` then `fuse`: the deploy checkpoint `dir/NAME.deploy.safetensors`.
+fn folded(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let op = init(dir.join(format!("{name}.op.safetensors")), args);
+    let m = dir.join(format!("{name}.deploy.safetensors"));
+    ok(&bin()
+        .arg("fuse")
+        .arg(&op)
+        .arg("-o")
+        .arg(&m)
+        .output()
+        .unwrap());
+    m
+}
+
 fn report(o: &std::process::Output) -> Value {
     let t = ok(o);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {t}"))
@@ -80,8 +94,9 @@ fn a_rate_the_machine_holds_misses_nothing() {
 #[test]
 fn a_model_too_slow_for_the_rate_loses_frames() {
     let d = tempfile::tempdir().unwrap();
-    let op = init(
-        d.path().join("slow.op.safetensors"),
+    let m = folded(
+        d.path(),
+        "slow",
         &[
             "--model",
             "mtl",
@@ -93,14 +108,6 @@ fn a_model_too_slow_for_the_rate_loses_frames() {
             "96",
         ],
     );
-    let m = d.path().join("slow.deploy.safetensors");
-    ok(&bin()
-        .arg("fuse")
-        .arg(&op)
-        .arg("-o")
-        .arg(&m)
-        .output()
-        .unwrap());
     let b = ok(&bin()
         .arg("bench")
         .arg(&m)
@@ -171,8 +178,9 @@ fn settings_with_no_meaning_are_refused() {
 #[test]
 fn a_classifier_publishes_its_classes_for_every_frame() {
     let d = tempfile::tempdir().unwrap();
-    let op = init(
-        d.path().join("c.op.safetensors"),
+    let m = folded(
+        d.path(),
+        "c",
         &[
             "--model",
             "vgg_small",
@@ -182,14 +190,6 @@ fn a_classifier_publishes_its_classes_for_every_frame() {
             "0.125",
         ],
     );
-    let m = d.path().join("c.deploy.safetensors");
-    ok(&bin()
-        .arg("fuse")
-        .arg(&op)
-        .arg("-o")
-        .arg(&m)
-        .output()
-        .unwrap());
     let o = bin()
         .args(["bench", "pipeline", "--model"])
         .arg(&m)

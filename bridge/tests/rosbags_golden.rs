@@ -24,21 +24,7 @@ fn golden_in(img: &ros2::Image, little_endian: bool) -> (Vec<u8>, String) {
         "encoding": img.encoding, "step": img.step, "data": hex,
         "little_endian": little_endian,
     });
-    let mut child = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/ros_image.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run .venv/bin/python (scripts/setup.sh creates it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "rosbags helper failed");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = helper("ros_image.py", req);
     let cdr = v["cdr"].as_str().unwrap();
     let bytes = (0..cdr.len())
         .step_by(2)
@@ -135,8 +121,18 @@ fn rosbags_camera_images_decode_in_either_byte_order() {
 
 /// Runs `ros_msgs.py` on a job.
 fn rosbags(job: serde_json::Value) -> serde_json::Value {
+    helper("ros_msgs.py", job)
+}
+
+/// Runs one of `tests/python/`'s rosbags helpers on a JSON job (stdin) and returns its JSON
+/// answer (stdout).
+fn helper(script: &str, job: serde_json::Value) -> serde_json::Value {
     let mut child = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/ros_msgs.py"))
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/python")
+                .join(script),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -148,7 +144,7 @@ fn rosbags(job: serde_json::Value) -> serde_json::Value {
         .write_all(job.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "rosbags helper failed");
+    assert!(out.status.success(), "rosbags helper {script} failed");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
