@@ -133,27 +133,7 @@ for tf32 in true false; do
     --set "run.dir=\"$OUT/fold-tf32-$tf32\"" --set 'run.device="cuda"' --set "run.tf32=$tf32" \
     --set optim.epochs=1 --set data.synthetic_train=512 --set data.synthetic_test=128
 done
-python3 - "$OUT" >"$OUT/section-4-fold.md" <<'PY' || true
-import glob, json, os, sys
-out = sys.argv[1]
-print("## Fold gate on CUDA (`run.tf32`)\n")
-print("The verdict is the f64 check on the CPU; the measured rows are the CUDA model against the same f64 reference (a measurement, never the gate).\n")
-print("| run.tf32 | verdict (f64) | worst block rel | measured on | worst rel | first-order bound | within |")
-print("|---|---|---|---|---|---|---|")
-for tf32 in ("true", "false"):
-    files = glob.glob(os.path.join(out, f"fold-tf32-{tf32}", "**", "fold.json"), recursive=True)
-    if not files:
-        print(f"| {tf32} | no fold.json (see logs/fold-gate-tf32-{tf32}.log) | | | | | |")
-        continue
-    r = json.load(open(files[0]))
-    ex = r["exact"]
-    ok = all(d["rel"] <= ex["block_tolerance"] for d in ex["blocks"]) and all(
-        d["rel"] <= ex["output_tolerance"] for d in ex["outputs"])
-    wb = max((d["rel"] for d in ex["blocks"]), default=0.0)
-    for m in r.get("measured", []):
-        w = max((d["rel"] for d in m["outputs"]), default=float("nan"))
-        print(f"| {tf32} | {'exact' if ok else '**NOT exact**'} | {wb:.2e} | {m['precision']} | {w:.2e} | {m['bound']:.2e} | {'yes' if w <= m['bound'] else '**no**'} |")
-PY
+python3 scripts/gpu/fold_table.py "$OUT" >"$OUT/section-4-fold.md" || true
 
 # --- 5. the native TensorRT path with the pip libraries -----------------------------------------
 # shellcheck disable=SC2317 # run by `step` in a child bash

@@ -9,14 +9,19 @@ use serde_json::Value;
 mod common;
 use common::{bin, deploy_mtl, init, ok, text};
 
-fn bench(model: &Path, args: &[&str]) -> std::process::Output {
+/// `bench pipeline --model MODEL` on one thread with `camera`-sized frames, as JSON.
+fn bench_at(model: &Path, camera: &str, args: &[&str]) -> std::process::Output {
     bin()
         .args(["bench", "pipeline", "--model"])
         .arg(model)
-        .args(["--threads", "1", "--camera-size", "96x128", "--json"])
+        .args(["--threads", "1", "--camera-size", camera, "--json"])
         .args(args)
         .output()
         .unwrap()
+}
+
+fn bench(model: &Path, args: &[&str]) -> std::process::Output {
+    bench_at(model, "96x128", args)
 }
 
 /// `init ARGS` then `fuse`: the deploy checkpoint `dir/NAME.deploy.safetensors`.
@@ -45,15 +50,22 @@ fn a_rate_the_machine_holds_misses_nothing() {
     let d = tempfile::tempdir().unwrap();
     let m = deploy_mtl(d.path());
     let out = d.path().join("report");
-    let o = bin()
-        .args(["bench", "pipeline", "--model"])
-        .arg(&m)
-        .args(["--threads", "1", "--camera-size", "96x128", "--json"])
-        .args(["--rates", "5", "--duration", "2", "--warmup", "0.5"])
-        .args(["--ros2", "--domain-id", "11", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = bench(
+        &m,
+        &[
+            "--rates",
+            "5",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--ros2",
+            "--domain-id",
+            "11",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     let r = report(&o);
     assert_eq!(r["mode"], "ros2");
     let run = &r["runs"][0];
@@ -190,13 +202,11 @@ fn a_classifier_publishes_its_classes_for_every_frame() {
             "0.125",
         ],
     );
-    let o = bin()
-        .args(["bench", "pipeline", "--model"])
-        .arg(&m)
-        .args(["--threads", "1", "--camera-size", "32x32", "--json"])
-        .args(["--rates", "10", "--duration", "1", "--warmup", "0.3"])
-        .output()
-        .unwrap();
+    let o = bench_at(
+        &m,
+        "32x32",
+        &["--rates", "10", "--duration", "1", "--warmup", "0.3"],
+    );
     let r = report(&o);
     let run = &r["runs"][0];
     assert_eq!(

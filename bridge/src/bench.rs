@@ -218,8 +218,8 @@ impl Bridge {
         let err = child.stderr.take().map(drain);
         Ok(Bridge { child, out, err })
     }
-    /// Its exit and stderr, once it has exited.
-    fn finish(mut self, within: Duration) -> Result<(bool, String)> {
+    /// Whether it exited successfully within `within` (it is killed after), and its stderr.
+    fn finish(mut self, within: Duration) -> (bool, String) {
         let t0 = Instant::now();
         let status = loop {
             match self.child.try_wait() {
@@ -238,11 +238,11 @@ impl Bridge {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        Ok((status.is_some_and(|s| s.success()), err))
+        (status.is_some_and(|s| s.success()), err)
     }
     fn failed(mut self, why: &str) -> Error {
         let _ = self.child.kill();
-        let (_, err) = self.finish(Duration::from_secs(5)).unwrap_or_default();
+        let (_, err) = self.finish(Duration::from_secs(5));
         Error::Source(format!("{why}; the bridge said:\n{}", err.trim()))
     }
 }
@@ -255,14 +255,11 @@ impl PipelineBench {
     fn listen_key(&self) -> String {
         match &self.ros2 {
             None => format!("{PREFIX}/{CAMERA}/**"),
-            Some(n) => {
-                let base = if n.namespace.is_empty() {
-                    CAMERA.to_string()
-                } else {
-                    format!("{}/{CAMERA}", n.namespace)
-                };
-                format!("{}/{base}/**", n.domain_id)
-            }
+            Some(n) => format!(
+                "{}/{}",
+                n.domain_id,
+                n.output_topic(CAMERA, "**").trim_start_matches('/')
+            ),
         }
     }
 
@@ -296,17 +293,19 @@ impl PipelineBench {
         a
     }
 
-    /// One camera frame stamped `capture_ns`, as the mode's camera would send it.
-    fn frame(
+    /// Everything of one camera frame stamped `capture_ns` before its pixels (`frame` is
+    /// them, H×W×3 u8), as the mode's camera would send it, and its rmw_zenoh attachment:
+    /// the pixels follow as a second slice, so the timed loop copies nothing large.
+    fn frame_prefix(
         &self,
-        pixels: &[u8],
+        frame: &TensorData,
         capture_ns: i64,
         seq: i64,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
-        let (h, w) = self.camera;
+        let shape = [self.camera.0, self.camera.1, 3];
         Ok(match &self.ros2 {
-            None => (
-                wire::encode(&TensorMsg {
+            None => {
+                let head = TensorMsg {
                     stream_id: 1,
                     frame_id: seq as u64,
                     task: Task::Camera,
@@ -315,29 +314,21 @@ impl PipelineBench {
                         publish_ns: capture_ns,
                         ..Stamps::default()
                     },
-                    shape: vec![h, w, 3],
-                    data: TensorData::U8(pixels.to_vec()),
-                })?,
-                None,
-            ),
-            Some(_) => (
-                ros2::serialize_image(
-                    &ros2::Image {
-                        header: ros2::Header {
-                            stamp: ros2::Time::from_ns(capture_ns),
-                            frame_id: "bench_camera".into(),
-                        },
-                        height: h as u32,
-                        width: w as u32,
-                        encoding: "rgb8".into(),
-                        is_bigendian: 0,
-                        step: (w * 3) as u32,
-                        data: pixels.to_vec(),
-                    },
-                    true,
-                )?,
-                Some(ros2::attachment(seq, now_ns(), &[0xbe; 16]).to_vec()),
-            ),
+                    shape: vec![],
+                    data: TensorData::U8(vec![]),
+                };
+                (wire::encode_header(&head, &shape, frame)?, None)
+            }
+            Some(_) => {
+                let header = ros2::Header {
+                    stamp: ros2::Time::from_ns(capture_ns),
+                    frame_id: "bench_camera".into(),
+                };
+                (
+                    ros2::image_prefix_with_header(Task::Camera, &shape, frame, header)?,
+                    Some(ros2::attachment(seq, now_ns(), &[0xbe; 16]).to_vec()),
+                )
+            }
         })
     }
 
@@ -402,10 +393,9 @@ impl PipelineBench {
             .congestion_control(CongestionControl::Drop)
             .reliability(Reliability::BestEffort)
             .wait()?;
-        let bridge = Bridge::start(launch, &self.bridge_args(&ep, source_timeout))?;
+        let mut bridge = Bridge::start(launch, &self.bridge_args(&ep, source_timeout))?;
         // The bridge has subscribed once the camera matches; a bridge that exits is a failure.
         let t0 = Instant::now();
-        let mut bridge = bridge;
         loop {
             if camera.matching_status().wait()?.matching() {
                 break;
@@ -425,6 +415,8 @@ impl PipelineBench {
         let (h, w) = self.camera;
         let mut rng = overparam_base::Rng::new(7);
         let pixels: Vec<u8> = (0..h * w * 3).map(|_| rng.next_u64() as u8).collect();
+        let shared = bytes::Bytes::from(pixels.clone());
+        let frame = TensorData::U8(pixels);
         let start = Instant::now() + Duration::from_millis(50);
         let window = (start + self.warmup, start + self.warmup + self.duration);
         let pid = bridge.child.id();
@@ -442,8 +434,11 @@ impl PipelineBench {
             }
             sleep_until(due);
             let capture = now_ns();
-            let (payload, att) = self.frame(&pixels, capture, seq)?;
-            let put = camera.put(payload);
+            let (prefix, att) = self.frame_prefix(&frame, capture, seq)?;
+            let mut payload = zenoh::bytes::ZBytes::writer();
+            payload.append(zenoh::bytes::ZBytes::from(prefix));
+            payload.append(zenoh::bytes::ZBytes::from(shared.clone()));
+            let put = camera.put(payload.finish());
             match att {
                 Some(a) => put.attachment(a).wait()?,
                 None => put.wait()?,
@@ -455,7 +450,7 @@ impl PipelineBench {
         }
         sleep_until(window.1);
         cpu.1 = cpu_seconds(pid);
-        let (ok, err) = bridge.finish(Duration::from_secs_f64(source_timeout + 30.0))?;
+        let (ok, err) = bridge.finish(Duration::from_secs_f64(source_timeout + 30.0));
         // The last outputs: wait until the listener has heard nothing for a while.
         let t_end = Instant::now();
         while last_arrival

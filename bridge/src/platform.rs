@@ -54,6 +54,11 @@ pub struct Jetson {
     pub gpu_clock: String,
 }
 
+/// A value read, or [`UNKNOWN`].
+fn known(v: Option<String>) -> String {
+    v.unwrap_or_else(|| UNKNOWN.into())
+}
+
 fn read(root: &Path, p: &str) -> Option<String> {
     std::fs::read_to_string(root.join(p.trim_start_matches('/')))
         .ok()
@@ -104,16 +109,15 @@ impl Platform {
             .filter(|f| have.iter().any(|h| h == *f))
             .map(|f| f.to_string())
             .collect();
-        let or_unknown = |v: Option<String>| v.unwrap_or_else(|| UNKNOWN.into());
         Platform {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_flags,
-            governor: or_unknown(read(
+            governor: known(read(
                 root,
                 "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
             )),
-            kernel: or_unknown(read(root, "/proc/sys/kernel/osrelease")),
+            kernel: known(read(root, "/proc/sys/kernel/osrelease")),
             onnxruntime: onnxruntime.into(),
             jetson: read(root, "/etc/nv_tegra_release").map(|r| Jetson::read(root, &r)),
         }
@@ -207,13 +211,12 @@ impl Jetson {
             (Some(c), Some(m)) => format!("{} / {} MHz", c / 1_000_000, m / 1_000_000),
             _ => UNKNOWN.into(),
         };
-        let or_unknown = |v: Option<String>| v.unwrap_or_else(|| UNKNOWN.into());
         Jetson {
-            l4t: or_unknown(l4t),
-            jetpack: or_unknown(dpkg_version(&dpkg, &["nvidia-jetpack"])),
-            nvpmodel: or_unknown(nvpmodel),
+            l4t: known(l4t),
+            jetpack: known(dpkg_version(&dpkg, &["nvidia-jetpack"])),
+            nvpmodel: known(nvpmodel),
             jetson_clocks,
-            tensorrt: or_unknown(dpkg_version(
+            tensorrt: known(dpkg_version(
                 &dpkg,
                 &["tensorrt", "libnvinfer10", "libnvinfer8"],
             )),

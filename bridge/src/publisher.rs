@@ -357,15 +357,14 @@ impl PerceptionPublisher {
                     .congestion_control(CongestionControl::Drop)
                     .wait()?;
                 let qos = ros2::qos_string(true, 10);
-                let token = n.typed_publisher_token(ros2::Endpoint {
-                    zid: &zid,
+                let token = n.typed_publisher_token(ros2::Endpoint::typed(
+                    &zid,
                     node_id,
-                    entity_id: topics.len() as u32 + 2,
-                    fq_topic: &topic,
-                    dds_name: &t.dds_name,
-                    hash: &t.hash,
-                    qos: &qos,
-                });
+                    topics.len() as u32 + 2,
+                    &topic,
+                    &t,
+                    &qos,
+                ));
                 tokens.push(session.liveliness().declare_token(token).wait()?);
                 Some((p, ros2::gid(&zid, &key)))
             }
@@ -390,15 +389,14 @@ impl PerceptionPublisher {
                     // diagnostic_updater's publisher: reliable, keep last 1.
                     let t = TypeKey::of(msgs::DIAGNOSTIC_ARRAY)?;
                     let qos = ros2::qos_string(true, 1);
-                    let token = n.typed_publisher_token(ros2::Endpoint {
-                        zid: &zid,
+                    let token = n.typed_publisher_token(ros2::Endpoint::typed(
+                        &zid,
                         node_id,
-                        entity_id: topics.len() as u32 + 1,
-                        fq_topic: DIAGNOSTICS_TOPIC,
-                        dds_name: &t.dds_name,
-                        hash: &t.hash,
-                        qos: &qos,
-                    });
+                        topics.len() as u32 + 1,
+                        DIAGNOSTICS_TOPIC,
+                        &t,
+                        &qos,
+                    ));
                     tokens.push(session.liveliness().declare_token(token).wait()?);
                 }
                 let ticker = HealthTicker::spawn(
@@ -427,11 +425,6 @@ impl PerceptionPublisher {
 
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
-    }
-
-    /// The health windows, when [`PublishConfig::health`] is set.
-    pub fn health(&self) -> Option<&Health> {
-        self.health.as_deref()
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -485,6 +478,13 @@ impl PerceptionPublisher {
             .iter()
             .find(|(t, s, _)| *t != Task::Classes && s.len() >= 2)
             .map(|(_, s, _)| (s[0], s[1]));
+        // ROS 2 outputs carry the camera frame's header, else one from the capture stamp.
+        let ros2_header = self.cfg.ros2.as_ref().map(|_| {
+            header.clone().unwrap_or_else(|| ros2::Header {
+                stamp: ros2::Time::from_ns(stamps.capture_ns),
+                frame_id: self.cfg.camera.clone(),
+            })
+        });
         let mut tensors: Vec<Option<(Task, Vec<usize>, TensorData)>> =
             tensors.into_iter().map(Some).collect();
         for topic in &self.topics {
@@ -507,25 +507,19 @@ impl PerceptionPublisher {
                 data: TensorData::U8(vec![]),
             };
             let matched = topic.publisher.matching_status().wait()?.matching();
-            let ros2_header = || {
-                header.clone().unwrap_or_else(|| ros2::Header {
-                    stamp: ros2::Time::from_ns(stamps.capture_ns),
-                    frame_id: self.cfg.camera.clone(),
-                })
-            };
             let attachment = self
                 .cfg
                 .ros2
                 .as_ref()
                 .map(|_| ros2::attachment(frame_id as i64, now_ns(), &topic.gid).to_vec());
             let (payload, n) = if topic.task == Task::Classes {
-                let b = self.classes_payload(frame_id, stamps, &shape, &data, ros2_header)?;
+                let b = self.classes_payload(frame_id, stamps, &shape, &data, &ros2_header)?;
                 let n = b.len() as u64;
                 (ZBytes::from(b), n)
             } else {
-                let prefix = match &self.cfg.ros2 {
-                    Some(_) => {
-                        ros2::image_prefix_with_header(topic.task, &shape, &data, ros2_header())?
+                let prefix = match &ros2_header {
+                    Some(h) => {
+                        ros2::image_prefix_with_header(topic.task, &shape, &data, h.clone())?
                     }
                     None => {
                         let mut b = wire::encode_header(&head, &shape, &data)?;
@@ -552,30 +546,23 @@ impl PerceptionPublisher {
                 Counters::add(&self.counters.sent_unmatched, 1);
             }
         }
-        if let (Some((p, gid)), Some(info), Some((h, w))) =
-            (&self.camera_info, &camera_info, out_hw)
+        if let (Some((p, gid)), Some(info), Some((h, w)), Some(hdr)) =
+            (&self.camera_info, &camera_info, out_hw, &ros2_header)
+            && let Some(scaled) = info.scaled(h, w, hdr.clone())
         {
-            let hdr = header.clone().unwrap_or_else(|| ros2::Header {
-                stamp: ros2::Time::from_ns(stamps.capture_ns),
-                frame_id: self.cfg.camera.clone(),
-            });
-            if let Some(scaled) = info.scaled(h, w, hdr) {
-                let b = msgs::to_cdr(&scaled)?;
-                Counters::add(&self.counters.bytes_sent, b.len() as u64);
-                p.put(b)
-                    .attachment(ros2::attachment(frame_id as i64, now_ns(), gid).to_vec())
-                    .wait()?;
-                Counters::add(&self.counters.sent, 1);
-            }
+            let b = msgs::to_cdr(&scaled)?;
+            Counters::add(&self.counters.bytes_sent, b.len() as u64);
+            p.put(b)
+                .attachment(ros2::attachment(frame_id as i64, now_ns(), gid).to_vec())
+                .wait()?;
+            Counters::add(&self.counters.sent, 1);
         }
         if let Some(h) = &self.health {
+            // capture_ns is the camera header's stamp when there is one.
             let done = now_ns();
-            let capture = header
-                .as_ref()
-                .map_or(stamps.capture_ns, |h| h.stamp.to_ns());
             h.record(
                 (done - stamps.infer_start_ns) as f64 / 1e6,
-                (done - capture) as f64 / 1e6,
+                (done - stamps.capture_ns) as f64 / 1e6,
             );
         }
         if let Some(s) = &self.status {
@@ -605,15 +592,15 @@ impl PerceptionPublisher {
 }
 
 impl PerceptionPublisher {
-    /// The classes output (k × 2: class id, score; best first) as JSON natively, or as a
-    /// `vision_msgs/Classification` with the frame's header in ROS 2 mode.
+    /// The classes output (k × 2: class id, score; best first) as JSON natively, or, given
+    /// the ROS 2 header, as a `vision_msgs/Classification` carrying it.
     fn classes_payload(
         &self,
         frame_id: u64,
         stamps: Stamps,
         shape: &[usize],
         data: &TensorData,
-        header: impl FnOnce() -> ros2::Header,
+        ros2_header: &Option<ros2::Header>,
     ) -> Result<Vec<u8>> {
         let (TensorData::F32(v), [_, 2]) = (data, shape) else {
             return Err(Error::Malformed(format!(
@@ -622,9 +609,9 @@ impl PerceptionPublisher {
             )));
         };
         let top: Vec<(u32, f32)> = v.chunks_exact(2).map(|c| (c[0] as u32, c[1])).collect();
-        if self.cfg.ros2.is_some() {
+        if let Some(h) = ros2_header {
             msgs::to_cdr(&Classification {
-                header: header(),
+                header: h.clone(),
                 results: top
                     .iter()
                     .map(|&(id, score)| ObjectHypothesis {

@@ -541,6 +541,26 @@ pub struct Endpoint<'a> {
 }
 
 impl<'a> Endpoint<'a> {
+    /// An endpoint of the type `ty` (a topic beyond Image: diagnostics, camera info).
+    pub fn typed(
+        zid: &'a str,
+        node_id: u32,
+        entity_id: u32,
+        fq_topic: &'a str,
+        ty: &'a crate::msgs::TypeKey,
+        qos: &'a str,
+    ) -> Self {
+        Endpoint {
+            zid,
+            node_id,
+            entity_id,
+            fq_topic,
+            dds_name: &ty.dds_name,
+            hash: &ty.hash,
+            qos,
+        }
+    }
+
     fn image(zid: &'a str, node_id: u32, entity_id: u32, fq_topic: &'a str, qos: &'a str) -> Self {
         Endpoint {
             zid,

@@ -104,13 +104,7 @@ impl Model {
         }
         let roles: Vec<(String, Role)> = names
             .iter()
-            .map(|&n| {
-                let r = given
-                    .iter()
-                    .find(|(g, _)| g == n)
-                    .map_or_else(|| Role::implied_by(n), |(_, r)| *r);
-                (n.to_string(), r)
-            })
+            .map(|&n| (n.to_string(), role_of(n, given)))
             .collect();
         let tasks = outputs_to_tensors(probe, &roles)?
             .into_iter()
@@ -155,6 +149,14 @@ impl Model {
     }
 }
 
+/// The role `name` is given in `roles`, else the one its name implies.
+fn role_of(name: &str, roles: &[(String, Role)]) -> Role {
+    roles
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or_else(|| Role::implied_by(name), |(_, r)| *r)
+}
+
 /// Named NCHW outputs (batch 1) → published tensors, by each output's role:
 /// - `segmentation_logits` 1×C×H×W (C ≤ 256): the argmax class map H×W u8, and the same drawn
 ///   in the class palette, H×W×3 u8 ([`Task::SegmentationColor`]);
@@ -173,10 +175,7 @@ pub fn outputs_to_tensors(
 ) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
     let mut r = vec![];
     for (name, shape, data) in outs {
-        let role = roles
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or_else(|| Role::implied_by(&name), |(_, r)| *r);
+        let role = role_of(&name, roles);
         let bad = |want: &str| {
             Error::Source(format!(
                 "output {name} as {}: shape {shape:?}, want {want}",

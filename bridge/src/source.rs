@@ -558,15 +558,15 @@ pub fn open_with(
                 })
                 .wait()?;
             let qos = ros2::qos_string(false, 1);
-            let info_token = names.typed_subscription_token(ros2::Endpoint {
-                zid: &s.zid().to_string(),
-                node_id: 0,
-                entity_id: SOURCE_ENTITY_ID + 1,
-                fq_topic: &info_topic,
-                dds_name: &t.dds_name,
-                hash: &t.hash,
-                qos: &qos,
-            });
+            let zid = s.zid().to_string();
+            let info_token = names.typed_subscription_token(ros2::Endpoint::typed(
+                &zid,
+                0,
+                SOURCE_ENTITY_ID + 1,
+                &info_topic,
+                &t,
+                &qos,
+            ));
             Box::new(Ros2Frames {
                 key,
                 latest,

@@ -478,18 +478,24 @@ pub fn accuracy(r: &AccuracyRequest, progress: &dyn Progress) -> Result<Accuracy
 /// data read beside it), or a deploy checkpoint exported in memory at FP32, batch 1. A
 /// TensorRT plan is refused: no TensorRT runtime here can return its layers.
 pub fn model_for_compare(path: &Path) -> Result<Vec<u8>> {
+    Ok(model_and_spec_for_compare(path)?.0)
+}
+
+/// [`model_for_compare`], with the spec when the file is a deploy checkpoint (read once).
+fn model_and_spec_for_compare(path: &Path) -> Result<(Vec<u8>, Option<DeploySpec>)> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "safetensors" => {
             let (spec, w) = load_deploy(path)?;
-            export_bytes(&spec, &w, Precision::Fp32, 1, None)
-                .map_err(|e| e.context(format!("exporting {}", path.display())))
+            let bytes = export_bytes(&spec, &w, Precision::Fp32, 1, None)
+                .map_err(|e| e.context(format!("exporting {}", path.display())))?;
+            Ok((bytes, Some(spec)))
         }
         "plan" | "engine" => Err(Error::file(
             path,
             "a TensorRT plan: compare runs ONNX models and deploy checkpoints in ONNX Runtime; compare the ONNX the plan was built from, or run `bench --runtime trt` for the plan's speed",
         )),
-        _ => Ok(overparam_engine::onnx_file::model_bytes(path)?),
+        _ => Ok((overparam_engine::onnx_file::model_bytes(path)?, None)),
     }
 }
 
@@ -532,14 +538,9 @@ pub fn compare_on_data(
     given: &overparam_engine::quant::NormSource,
 ) -> Result<DataAgreement> {
     use overparam_engine::quant::NormSource;
-    let recorded = |p: &Path| -> Result<Option<DeploySpec>> {
-        if p.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-            Ok(Some(load_deploy(p)?.0))
-        } else {
-            Ok(None)
-        }
-    };
-    let specs = [recorded(a)?, recorded(b)?];
+    let (ma, spec_a) = model_and_spec_for_compare(a)?;
+    let (mb, spec_b) = model_and_spec_for_compare(b)?;
+    let specs = [spec_a, spec_b];
     if specs.iter().flatten().any(|s| s.has_dense_outputs()) {
         return Err(Error::Run(
             "compare --data evaluates classifiers (top-1 on the test split); for multi-task models run `overparam engine accuracy` on each".into(),
@@ -555,7 +556,6 @@ pub fn compare_on_data(
             )));
         }
     };
-    let (ma, mb) = (model_for_compare(a)?, model_for_compare(b)?);
     // The class count from A's output (IDX files do not record it).
     let classes = {
         let mut rt = overparam_engine::runtime::OrtRuntime::new(&ma, None)?;
