@@ -355,4 +355,21 @@ fn output_roles_that_cannot_work_are_refused() {
     assert_eq!(code, Some(2), "{t}");
     assert!(t.contains("`height` is not a role"), "{t}");
     refused("logits=depth");
+    // Class names that do not fit the segmentation's classes: the file and both counts.
+    let labels = d.path().join("labels.txt");
+    std::fs::write(&labels, "wall\nfloor\n").unwrap();
+    let o = bin()
+        .args(["bridge", "run", "--model"])
+        .arg(&m)
+        .args(["--source", "synthetic", "--frames", "1", "--labels"])
+        .arg(&labels)
+        .args(["--listen", "tcp/127.0.0.1:0", "--no-multicast-scouting"])
+        .output()
+        .unwrap();
+    let t = common::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("labels.txt") && t.contains("2 class names") && t.contains("13 classes"),
+        "{t}"
+    );
 }

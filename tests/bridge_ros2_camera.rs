@@ -44,6 +44,10 @@ fn report(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Va
 }
 
 fn bridge(model: &Path, ep: &str, domain: u32, frames: u64) -> Output {
+    bridge_with(model, ep, domain, frames, &[])
+}
+
+fn bridge_with(model: &Path, ep: &str, domain: u32, frames: u64, extra: &[&str]) -> Output {
     bin()
         .args(["bridge", "run", "--model"])
         .arg(model)
@@ -51,6 +55,7 @@ fn bridge(model: &Path, ep: &str, domain: u32, frames: u64) -> Output {
         .args(["--domain-id", &domain.to_string(), "--threads", "1"])
         .args(["--frames", &frames.to_string(), "--connect", ep])
         .arg("--no-multicast-scouting")
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -348,4 +353,109 @@ fn camera_info_is_republished_scaled_with_the_frame_stamp() {
         assert_eq!(i["distortion_model"], "plumb_bob");
         assert_eq!(i["d"][0], 0.1);
     }
+}
+
+/// The roles beyond images, read by the independent subscriber: an output given the role raw
+/// arrives as a `std_msgs/Float32MultiArray` with its NCHW layout and rmw_zenoh's attachment,
+/// and the class names (`--labels`) as a `vision_msgs/LabelInfo` that a subscriber joining
+/// after they were published still gets (transient local, from the publisher's cache), both
+/// decoded by rosbags.
+#[test]
+fn raw_outputs_and_class_names_reach_a_late_ros2_subscriber() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let names: Vec<String> = (0..overparam_data::nyuv2::CLASSES)
+        .map(|i| format!("nyu class {i}"))
+        .collect();
+    let labels = d.path().join("labels.txt");
+    std::fs::write(&labels, names.join("\n") + "\n").unwrap();
+    let ep = format!(
+        "tcp/127.0.0.1:{}",
+        overparam_bridge::session::free_port().unwrap()
+    );
+    let frames: Vec<Value> = (0..3)
+        .map(|_| json!({"encoding": "rgb8", "height": 48, "width": 64}))
+        .collect();
+    let (child, out) = camera(&json!({
+        "endpoint": ep, "domain": 6, "topic": "/camera/image_raw",
+        "outputs": "6/perception/cam0/**/sensor_msgs::msg::dds_::Image_/*",
+        "typed": [{"key": "6/perception/cam0/raw/depth/std_msgs::msg::dds_::Float32MultiArray_/*",
+                   "type": "std_msgs/msg/Float32MultiArray"}],
+        "label_info": "6/perception/cam0/label_info/vision_msgs::msg::dds_::LabelInfo_/*",
+        // The class map, its colour map and normals are images; depth is raw.
+        "frames": frames, "mode": "paced", "tasks": 3, "timeout": 60,
+    }));
+    let run = bridge_with(
+        &m,
+        &ep,
+        6,
+        3,
+        &[
+            "--output",
+            "depth=raw",
+            "--labels",
+            labels.to_str().unwrap(),
+        ],
+    );
+    let r = report(child, out);
+    let t = ok(&run);
+    assert!(t.contains("depth as raw tensors"), "{t}");
+    let images: Vec<&str> = r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["encoding"].as_str().unwrap())
+        .collect();
+    assert!(
+        !images.contains(&"32FC1"),
+        "depth is raw, not an image: {images:?}"
+    );
+    assert_eq!(images.len(), 9, "{images:?}");
+    let raw = r["typed"].as_array().unwrap();
+    assert_eq!(raw.len(), 3, "{raw:#?}");
+    for msg in raw {
+        assert_eq!(msg["attachment_len"], 33);
+        let dims: Vec<(String, u64, u64)> = msg["msg"]["layout"]["dim"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["label"].as_str().unwrap().to_string(),
+                    d["size"].as_u64().unwrap(),
+                    d["stride"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64, u64)> = [
+            ("n", 1, 3072),
+            ("c", 1, 3072),
+            ("h", 48, 3072),
+            ("w", 64, 64),
+        ]
+        .iter()
+        .map(|&(l, s, st)| (l.to_string(), s, st))
+        .collect();
+        assert_eq!(dims, want);
+        assert_eq!(msg["msg"]["data"].as_array().unwrap().len(), 48 * 64);
+    }
+    let li = r["label_info"].as_array().unwrap();
+    assert!(!li.is_empty(), "the late subscriber got no LabelInfo: {r}");
+    let map = li[0]["class_map"].as_array().unwrap();
+    let got: Vec<(u64, &str)> = map
+        .iter()
+        .map(|c| {
+            (
+                c["class_id"].as_u64().unwrap(),
+                c["class_name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as u64, n.as_str()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(li[0]["header"]["frame_id"], "cam0");
 }

@@ -711,12 +711,16 @@ impl PipelineReport {
 /// JSON (status and health are not outputs); in ROS 2 from the header every output type
 /// starts with (`std_msgs/Header`: stamp.sec, stamp.nanosec after the CDR encapsulation).
 fn capture_stamp(key: &str, b: &[u8], ros2: bool) -> Option<i64> {
+    // Float32MultiArray has no header; LabelInfo is sent once, not per frame.
+    if ros2 && (key.contains("/raw/") || key.contains("/label_info/")) {
+        return None;
+    }
     if ros2 {
         let sec = i32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
         let nanosec = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
         return Some(ros2::Time { sec, nanosec }.to_ns());
     }
-    if key.ends_with("/status") || key.ends_with("/health") {
+    if key.ends_with("/status") || key.ends_with("/health") || key.ends_with("/labels") {
         return None;
     }
     if key.ends_with("/classes") {

@@ -165,9 +165,10 @@ impl Listener {
         let key = sample.key_expr().as_str().to_string();
         let bytes = sample.payload().to_bytes();
         let st = self.stats.entry(key.clone()).or_default();
-        // The JSON topics of a native bridge: per-frame status, the 1 s health, the classes.
+        // The JSON topics of a native bridge: per-frame status, the 1 s health, the classes,
+        // the class names.
         if !self.cfg.ros2
-            && ["/status", "/health", "/classes"]
+            && ["/status", "/health", "/classes", "/labels"]
                 .iter()
                 .any(|t| key.ends_with(t))
         {

@@ -158,6 +158,40 @@ pub const DEFS: &[MsgDef] = &[
             seq(m("results", "vision_msgs/msg/ObjectHypothesis")),
         ],
     },
+    MsgDef {
+        name: "vision_msgs/msg/VisionClass",
+        fields: &[f("class_id", "uint16"), f("class_name", "string")],
+    },
+    MsgDef {
+        name: "vision_msgs/msg/LabelInfo",
+        fields: &[
+            m("header", "std_msgs/msg/Header"),
+            seq(m("class_map", "vision_msgs/msg/VisionClass")),
+            f("threshold", "float32"),
+        ],
+    },
+    MsgDef {
+        name: "std_msgs/msg/MultiArrayDimension",
+        fields: &[
+            f("label", "string"),
+            f("size", "uint32"),
+            f("stride", "uint32"),
+        ],
+    },
+    MsgDef {
+        name: "std_msgs/msg/MultiArrayLayout",
+        fields: &[
+            seq(m("dim", "std_msgs/msg/MultiArrayDimension")),
+            f("data_offset", "uint32"),
+        ],
+    },
+    MsgDef {
+        name: "std_msgs/msg/Float32MultiArray",
+        fields: &[
+            m("layout", "std_msgs/msg/MultiArrayLayout"),
+            seq(f("data", "float32")),
+        ],
+    },
 ];
 
 fn def(name: &str) -> Result<&'static MsgDef> {
@@ -307,6 +341,79 @@ pub struct Classification {
     pub results: Vec<ObjectHypothesis>,
 }
 
+pub const LABEL_INFO: &str = "vision_msgs/msg/LabelInfo";
+
+/// `vision_msgs/msg/VisionClass`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionClass {
+    pub class_id: u16,
+    pub class_name: String,
+}
+
+/// `vision_msgs/msg/LabelInfo`: the class names of a model's outputs, published once with
+/// transient-local durability (vision_msgs' convention, so late subscribers get it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelInfo {
+    pub header: Header,
+    pub class_map: Vec<VisionClass>,
+    /// The score below which a class is not reported; 0 here (the bridge reports the top k).
+    pub threshold: f32,
+}
+
+pub const FLOAT32_MULTI_ARRAY: &str = "std_msgs/msg/Float32MultiArray";
+
+/// `std_msgs/msg/MultiArrayDimension`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiArrayDimension {
+    pub label: String,
+    pub size: u32,
+    pub stride: u32,
+}
+
+/// `std_msgs/msg/MultiArrayLayout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiArrayLayout {
+    pub dim: Vec<MultiArrayDimension>,
+    pub data_offset: u32,
+}
+
+/// `std_msgs/msg/Float32MultiArray`: a raw output in ROS 2 mode (the standard type for a
+/// tensor; it has no header, so the frame's sequence and time travel in rmw_zenoh's
+/// attachment only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Float32MultiArray {
+    pub layout: MultiArrayLayout,
+    pub data: Vec<f32>,
+}
+
+impl Float32MultiArray {
+    /// A row-major tensor: each dimension's stride is the element count of it and those
+    /// after it (std_msgs' MultiArrayLayout convention); 4-D ones are labelled n, c, h, w.
+    pub fn row_major(shape: &[usize], data: Vec<f32>) -> Self {
+        let labels: Vec<String> = if shape.len() == 4 {
+            ["n", "c", "h", "w"].map(String::from).to_vec()
+        } else {
+            (0..shape.len()).map(|i| format!("dim{i}")).collect()
+        };
+        let dim = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| MultiArrayDimension {
+                label: labels[i].clone(),
+                size: size as u32,
+                stride: shape[i..].iter().product::<usize>() as u32,
+            })
+            .collect();
+        Float32MultiArray {
+            layout: MultiArrayLayout {
+                dim,
+                data_offset: 0,
+            },
+            data,
+        }
+    }
+}
+
 pub const CAMERA_INFO: &str = "sensor_msgs/msg/CameraInfo";
 
 /// `sensor_msgs/msg/RegionOfInterest`.
@@ -401,6 +508,22 @@ mod tests {
         let k = TypeKey::of(DIAGNOSTIC_ARRAY).unwrap();
         assert_eq!(k.dds_name, "diagnostic_msgs::msg::dds_::DiagnosticArray_");
         assert!(rihs01("nav_msgs/msg/Odometry").is_err());
+    }
+
+    #[test]
+    fn a_raw_tensor_has_row_major_strides() {
+        let a = Float32MultiArray::row_major(&[1, 2, 3, 4], vec![0.5; 24]);
+        let d: Vec<(&str, u32, u32)> = a
+            .layout
+            .dim
+            .iter()
+            .map(|d| (d.label.as_str(), d.size, d.stride))
+            .collect();
+        assert_eq!(d, [("n", 1, 24), ("c", 2, 24), ("h", 3, 12), ("w", 4, 4)]);
+        let b = to_cdr(&a).unwrap();
+        assert_eq!(from_cdr::<Float32MultiArray>(&b).unwrap(), a);
+        let v = Float32MultiArray::row_major(&[5], vec![1.0; 5]);
+        assert_eq!(v.layout.dim[0].label, "dim0");
     }
 
     #[test]

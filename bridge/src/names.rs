@@ -48,6 +48,23 @@ fn token(what: &str, full: &str, t: &str) -> Result<(), String> {
     }
 }
 
+/// A model output's name as one topic token, valid as a zenoh key chunk and as a ROS 2 name
+/// token: characters other than ASCII letters, digits and `_` become `_`, runs of `_` one,
+/// and a leading digit (or nothing) gets an `o` before it (`heads.aux/0` → `heads_aux_0`).
+pub fn topic_token(name: &str) -> String {
+    let mut t = String::new();
+    for c in name.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '_' };
+        if !(c == '_' && t.ends_with('_')) {
+            t.push(c);
+        }
+    }
+    if !t.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        t.insert(0, 'o');
+    }
+    t
+}
+
 /// A ROS 2 node name: one token.
 pub fn ros2_node(s: &str) -> Result<(), String> {
     token("node name", s, s)
@@ -80,6 +97,23 @@ pub fn domain_id(id: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_names_become_valid_topic_tokens() {
+        for (name, want) in [
+            ("heads.aux/0", "heads_aux_0"),
+            ("logits", "logits"),
+            ("0:feat", "o0_feat"),
+            ("a__b", "a_b"),
+            ("", "o"),
+            ("*x$", "_x_"),
+        ] {
+            let t = topic_token(name);
+            assert_eq!(t, want, "{name}");
+            assert!(concrete_key("raw", &t).is_ok());
+            assert!(ros2_node(&t).is_ok(), "{t}");
+        }
+    }
 
     #[test]
     fn wildcards_empty_chunks_and_bad_ros_names_are_refused() {

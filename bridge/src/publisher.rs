@@ -117,6 +117,13 @@ pub struct PublishConfig {
     /// on `/<ns>/<camera>/camera_info`, scaled to the outputs' resolution, with the frame's
     /// header.
     pub camera_info: bool,
+    /// The names of the model's raw outputs, in order: [`Task::Raw`]`(i)` goes out on
+    /// `.../raw/<raw[i] as a topic token>` ([`crate::names::topic_token`]).
+    pub raw: Vec<String>,
+    /// Class names by class id: published once, kept for late subscribers (transient local),
+    /// as `vision_msgs/LabelInfo` on `/<ns>/<camera>/label_info` in ROS 2 mode and as JSON
+    /// with each class's colour in the segmentation colour map on `<prefix>/<camera>/labels`.
+    pub labels: Option<Vec<String>>,
 }
 
 impl PublishConfig {
@@ -133,16 +140,53 @@ impl PublishConfig {
             health: None,
             health_period: Duration::from_secs(1),
             camera_info: false,
+            raw: vec![],
+            labels: None,
+        }
+    }
+    /// The topic's last part: the task's name, `raw/<output>` for a raw output.
+    pub fn leaf(&self, task: Task) -> String {
+        match task {
+            Task::Raw(i) => format!(
+                "raw/{}",
+                self.raw
+                    .get(i as usize)
+                    .map_or_else(|| i.to_string(), |n| crate::names::topic_token(n))
+            ),
+            _ => task.name().to_string(),
         }
     }
     pub fn key(&self, task: Task) -> String {
-        match &self.ros2 {
-            Some(n) => n.data_key(&self.camera, task),
-            None => format!("{}/{}/{}", self.prefix, self.camera, task.name()),
+        match (&self.ros2, task) {
+            (Some(n), Task::Raw(_)) => {
+                let t = raw_type();
+                n.typed_key(
+                    &n.output_topic(&self.camera, &self.leaf(task)),
+                    &t.dds_name,
+                    &t.hash,
+                )
+            }
+            (Some(n), _) => n.data_key(&self.camera, task),
+            (None, _) => format!("{}/{}/{}", self.prefix, self.camera, self.leaf(task)),
         }
     }
     pub fn status_key(&self) -> String {
         format!("{}/{}/status", self.prefix, self.camera)
+    }
+    /// Where the class names go: `/<ns>/<camera>/label_info` (LabelInfo) in ROS 2 mode,
+    /// `<prefix>/<camera>/labels` natively.
+    pub fn labels_key(&self) -> Result<String> {
+        Ok(match &self.ros2 {
+            Some(n) => {
+                let t = TypeKey::of(msgs::LABEL_INFO)?;
+                n.typed_key(
+                    &n.output_topic(&self.camera, "label_info"),
+                    &t.dds_name,
+                    &t.hash,
+                )
+            }
+            None => format!("{}/{}/labels", self.prefix, self.camera),
+        })
     }
     /// Where the health reports go: `/diagnostics` (absolute, as diagnostic_updater publishes
     /// it) in ROS 2 mode, `<prefix>/<camera>/health` natively.
@@ -155,6 +199,11 @@ impl PublishConfig {
             None => format!("{}/{}/health", self.prefix, self.camera),
         })
     }
+}
+
+/// The ROS 2 type of raw outputs.
+fn raw_type() -> TypeKey {
+    TypeKey::of(msgs::FLOAT32_MULTI_ARRAY).expect("Float32MultiArray is defined in msgs::DEFS")
 }
 
 /// The ROS 2 topic of health reports (REP 107, diagnostic_updater).
@@ -265,6 +314,8 @@ pub struct PerceptionPublisher {
     status: Option<Publisher<'static>>,
     /// `/<ns>/<camera>/camera_info` and its GID (ROS 2 mode with `camera_info`).
     camera_info: Option<(Publisher<'static>, [u8; 16])>,
+    /// The class names' publisher: its cache answers late subscribers while it lives.
+    _labels: Option<zenoh_ext::AdvancedPublisher<'static>>,
     health: Option<Arc<Health>>,
     // Sends its last report and stops when the publisher drops.
     _ticker: Option<HealthTicker>,
@@ -291,6 +342,7 @@ impl PerceptionPublisher {
             let key = cfg.key(task);
             let encoding = match (cfg.ros2.is_some(), task) {
                 (true, Task::Classes) => "application/cdr;vision_msgs/msg/Classification",
+                (true, Task::Raw(_)) => "application/cdr;std_msgs/msg/Float32MultiArray",
                 (false, Task::Classes) => "application/json",
                 (true, _) => ros2::ZENOH_ENCODING,
                 (false, _) => wire::ZENOH_ENCODING,
@@ -312,14 +364,22 @@ impl PerceptionPublisher {
                 .express(qos.express)
                 .wait()?;
             if let Some(n) = &cfg.ros2 {
-                let token = n.publisher_token(
-                    &zid,
-                    node_id,
-                    i as u32 + 1,
-                    &cfg.camera,
-                    task,
-                    &ros2::qos_string(qos.reliable, qos.depth),
-                );
+                let qos = ros2::qos_string(qos.reliable, qos.depth);
+                let token = match task {
+                    Task::Raw(_) => {
+                        let topic = n.output_topic(&cfg.camera, &cfg.leaf(task));
+                        let t = raw_type();
+                        n.typed_publisher_token(ros2::Endpoint::typed(
+                            &zid,
+                            node_id,
+                            i as u32 + 1,
+                            &topic,
+                            &t,
+                            &qos,
+                        ))
+                    }
+                    _ => n.publisher_token(&zid, node_id, i as u32 + 1, &cfg.camera, task, &qos),
+                };
                 tokens.push(session.liveliness().declare_token(token).wait()?);
             }
             topics.push(Topic {
@@ -370,6 +430,16 @@ impl PerceptionPublisher {
             }
             _ => None,
         };
+        let labels = match &cfg.labels {
+            Some(names) => Some(declare_labels(
+                session,
+                &cfg,
+                names,
+                (&zid, node_id, topics.len() as u32 + 3),
+                &mut tokens,
+            )?),
+            None => None,
+        };
         let (health, ticker) = match &cfg.health {
             None => (None, None),
             Some(info) => {
@@ -415,6 +485,7 @@ impl PerceptionPublisher {
             topics,
             status,
             camera_info,
+            _labels: labels,
             health,
             _ticker: ticker,
             _tokens: tokens,
@@ -514,6 +585,15 @@ impl PerceptionPublisher {
                 .map(|_| ros2::attachment(frame_id as i64, now_ns(), &topic.gid).to_vec());
             let (payload, n) = if topic.task == Task::Classes {
                 let b = self.classes_payload(frame_id, stamps, &shape, &data, &ros2_header)?;
+                let n = b.len() as u64;
+                (ZBytes::from(b), n)
+            } else if matches!(topic.task, Task::Raw(_)) && ros2_header.is_some() {
+                let TensorData::F32(v) = data else {
+                    return Err(Error::Malformed(format!(
+                        "frame {frame_id}: raw outputs are f32 tensors"
+                    )));
+                };
+                let b = msgs::to_cdr(&msgs::Float32MultiArray::row_major(&shape, v))?;
                 let n = b.len() as u64;
                 (ZBytes::from(b), n)
             } else {
@@ -635,6 +715,83 @@ impl PerceptionPublisher {
             .into_bytes())
         }
     }
+}
+
+/// Declares the class names' publisher and publishes them once. Transient local as rmw_zenoh
+/// makes it (`rmw_publisher_data.cpp`: a zenoh-ext AdvancedPublisher with a cache of `depth`
+/// samples and publisher detection; its AdvancedSubscribers query the cache when they match),
+/// reliable, keep last 1.
+fn declare_labels(
+    session: &zenoh::Session,
+    cfg: &PublishConfig,
+    names: &[String],
+    (zid, node_id, entity_id): (&str, u32, u32),
+    tokens: &mut Vec<zenoh::liveliness::LivelinessToken>,
+) -> Result<zenoh_ext::AdvancedPublisher<'static>> {
+    use zenoh_ext::{AdvancedPublisherBuilderExt, CacheConfig};
+    let key = cfg.labels_key()?;
+    let p = session
+        .declare_publisher(key.clone())
+        .encoding(Encoding::from(if cfg.ros2.is_some() {
+            "application/cdr;vision_msgs/msg/LabelInfo"
+        } else {
+            "application/json"
+        }))
+        .reliability(Reliability::Reliable)
+        .cache(CacheConfig::default().max_samples(1))
+        .publisher_detection()
+        .wait()?;
+    let payload = match &cfg.ros2 {
+        Some(n) => {
+            let t = TypeKey::of(msgs::LABEL_INFO)?;
+            let topic = n.output_topic(&cfg.camera, "label_info");
+            let qos = ros2::qos_string_durable(true, 1, true);
+            tokens.push(
+                session
+                    .liveliness()
+                    .declare_token(n.typed_publisher_token(ros2::Endpoint::typed(
+                        zid, node_id, entity_id, &topic, &t, &qos,
+                    )))
+                    .wait()?,
+            );
+            msgs::to_cdr(&msgs::LabelInfo {
+                header: ros2::Header {
+                    stamp: ros2::Time::from_ns(now_ns()),
+                    frame_id: cfg.camera.clone(),
+                },
+                class_map: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| msgs::VisionClass {
+                        class_id: i as u16,
+                        class_name: n.clone(),
+                    })
+                    .collect(),
+                threshold: 0.0,
+            })?
+        }
+        None => serde_json::json!({
+            "classes": names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| serde_json::json!({
+                    "id": i,
+                    "name": n,
+                    "color": overparam_data::png::class_colour(i as f32),
+                }))
+                .collect::<Vec<_>>(),
+        })
+        .to_string()
+        .into_bytes(),
+    };
+    let put = p.put(payload);
+    match &cfg.ros2 {
+        Some(_) => put
+            .attachment(ros2::attachment(1, now_ns(), &ros2::gid(zid, &key)).to_vec())
+            .wait()?,
+        None => put.wait()?,
+    }
+    Ok(p)
 }
 
 /// A tensor's little-endian bytes as a zenoh payload that owns the tensor's buffer.

@@ -75,14 +75,14 @@ pub struct Image {
 }
 
 /// ROS image encoding, channel count and bytes per channel of a task's tensor (H×W or
-/// H×W×C); `None` for the classes, which are not an image.
+/// H×W×C); `None` for the classes and raw outputs, which are not images.
 pub fn image_encoding(task: Task) -> Option<(&'static str, usize, usize)> {
     Some(match task {
         Task::Camera | Task::SegmentationColor => ("rgb8", 3, 1),
         Task::Segmentation => ("mono8", 1, 1),
         Task::Depth => ("32FC1", 1, 4),
         Task::Normals => ("32FC3", 3, 4),
-        Task::Classes => return None,
+        Task::Classes | Task::Raw(_) => return None,
     })
 }
 
@@ -599,7 +599,16 @@ fn mangle(name: &str) -> String {
 /// rmw_zenoh's QoS key field, `rel:dur:hist,depth:dl_s,dl_ns:ls_s,ls_ns:liv,lease_s,lease_ns`,
 /// empty meaning the default (RELIABLE, VOLATILE, KEEP_LAST).
 pub fn qos_string(reliable: bool, depth: u32) -> String {
-    format!("{}::,{depth}:,:,:,,", if reliable { "" } else { "2" })
+    qos_string_durable(reliable, depth, false)
+}
+
+/// [`qos_string`] with the durability: TRANSIENT_LOCAL is 1 (rmw `types.h`).
+pub fn qos_string_durable(reliable: bool, depth: u32, transient_local: bool) -> String {
+    format!(
+        "{}:{}:,{depth}:,:,:,,",
+        if reliable { "" } else { "2" },
+        if transient_local { "1" } else { "" }
+    )
 }
 
 /// A 16-byte GID for a publisher, stable for its session id and topic.

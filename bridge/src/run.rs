@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::publisher::{FrameOutputs, PerceptionPublisher};
 use crate::session::now_ns;
 use crate::source::{Frame, FrameSource};
-use crate::wire::{Stamps, Task, TensorData};
+use crate::wire::{self, Stamps, Task, TensorData};
 
 /// A deploy model on the CPU runtime (ONNX Runtime).
 pub struct Model {
@@ -27,6 +27,11 @@ pub struct Model {
     pub precision: &'static str,
     /// The runtime and its execution provider, as health reports name it.
     pub runtime: String,
+    /// Bytes one frame's outputs are published as (tensor data, headers left out).
+    pub frame_bytes: usize,
+    /// The class count of each output that carries classes (`class_logits`,
+    /// `segmentation_logits`), by name.
+    pub classes: Vec<(String, usize)>,
 }
 
 /// Classes a classifier's topic carries, best first.
@@ -106,10 +111,22 @@ impl Model {
             .iter()
             .map(|&n| (n.to_string(), role_of(n, given)))
             .collect();
-        let tasks = outputs_to_tensors(probe, &roles)?
-            .into_iter()
-            .map(|(t, ..)| t)
+        let classes = probe
+            .iter()
+            .filter(|(n, s, _)| {
+                matches!(
+                    role_of(n, given),
+                    Role::ClassLogits | Role::SegmentationLogits
+                ) && s.len() >= 2
+            })
+            .map(|(n, s, _)| (n.clone(), s[1]))
             .collect();
+        let probed = outputs_to_tensors(probe, &roles)?;
+        let frame_bytes = probed
+            .iter()
+            .map(|(_, _, d)| d.len() * d.dtype().size())
+            .sum();
+        let tasks = probed.into_iter().map(|(t, ..)| t).collect();
         Ok(Model {
             rt,
             size,
@@ -117,10 +134,18 @@ impl Model {
             tasks,
             precision,
             runtime: format!("onnxruntime {}", provider.name()),
+            frame_bytes,
+            classes,
         })
     }
 
-    /// Outputs whose role is `raw`: not published by this bridge (yet), said at the start.
+    /// The class names to publish ([`class_names`] of this model's class outputs).
+    pub fn class_names(&self, file: Option<&Path>) -> Result<Option<Vec<String>>> {
+        class_names(&self.classes, file)
+    }
+
+    /// Outputs whose role is `raw`, in model order: the i-th is published as
+    /// [`Task::Raw`]`(i)` on `raw/<name>` ([`crate::publisher::PublishConfig::raw`]).
     pub fn raw_outputs(&self) -> Vec<&str> {
         self.roles
             .iter()
@@ -149,6 +174,55 @@ impl Model {
     }
 }
 
+/// The class names to publish: one per line of `file` (`--labels`, class id = line
+/// number from 0; trailing blank lines ignored), which must name exactly as many classes
+/// as every class output (`classes`: name, class count) has, else `class_<id>`. `None` when no output carries classes
+/// (and then a file is refused).
+pub fn class_names(
+    classes: &[(String, usize)],
+    file: Option<&Path>,
+) -> Result<Option<Vec<String>>> {
+    let Some(&(_, n)) = classes.iter().max_by_key(|(_, c)| *c) else {
+        return match file {
+            Some(f) => Err(Error::File {
+                path: f.into(),
+                message: "--labels: the model has no class_logits or segmentation_logits output to name the classes of".into(),
+            }),
+            None => Ok(None),
+        };
+    };
+    let Some(f) = file else {
+        return Ok(Some((0..n).map(|i| format!("class_{i}")).collect()));
+    };
+    let text = std::fs::read_to_string(f).map_err(|e| Error::File {
+        path: f.into(),
+        message: format!("reading the class names: {e}"),
+    })?;
+    let names: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    if let Some(i) = names.iter().position(String::is_empty) {
+        return Err(Error::File {
+            path: f.into(),
+            message: format!("line {} is empty: one class name per line", i + 1),
+        });
+    }
+    for (out, c) in classes {
+        if names.len() != *c {
+            return Err(Error::File {
+                path: f.into(),
+                message: format!(
+                    "{} class names, but output {out} has {c} classes",
+                    names.len()
+                ),
+            });
+        }
+    }
+    Ok(Some(names))
+}
+
 /// The role `name` is given in `roles`, else the one its name implies.
 fn role_of(name: &str, roles: &[(String, Role)]) -> Role {
     roles
@@ -165,15 +239,16 @@ fn role_of(name: &str, roles: &[(String, Role)]) -> Role {
 /// - `normals` 1×3×H×W: H×W×3 f32;
 /// - `class_logits` 1×C or 1×C×1×1: the [`TOP_K`] best classes with softmax scores, k×2 f32
 ///   (class id, score), best first;
-/// - `raw`: not published.
+/// - `raw`: the tensor as it is (1 to 4 dimensions), the i-th raw output as [`Task::Raw`]`(i)`.
 ///
 /// Outputs named in neither `roles` nor by role are raw. An output whose shape its role cannot
-/// carry is an error, as is a model with nothing to publish.
+/// carry is an error, as are more than [`wire::MAX_RAW`] raw outputs.
 pub fn outputs_to_tensors(
     outs: Vec<Output>,
     roles: &[(String, Role)],
 ) -> Result<Vec<(Task, Vec<usize>, TensorData)>> {
     let mut r = vec![];
+    let mut raw = 0usize;
     for (name, shape, data) in outs {
         let role = role_of(&name, roles);
         let bad = |want: &str| {
@@ -183,7 +258,19 @@ pub fn outputs_to_tensors(
             ))
         };
         match role {
-            Role::Raw => continue,
+            Role::Raw => {
+                if shape.is_empty() || shape.len() > 4 {
+                    return Err(bad("1 to 4 dimensions (the native tensor format's limit)"));
+                }
+                if raw == wire::MAX_RAW {
+                    return Err(Error::Source(format!(
+                        "more than {} raw outputs; give the extra ones a role with --output NAME=ROLE",
+                        wire::MAX_RAW
+                    )));
+                }
+                r.push((Task::Raw(raw as u8), shape, TensorData::F32(data)));
+                raw += 1;
+            }
             Role::ClassLogits => {
                 let c = match shape[..] {
                     [1, c] | [1, c, 1, 1] => c,
@@ -446,11 +533,33 @@ mod tests {
                 TensorData::F32(vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0])
             )
         );
-        // Nothing to publish: only raw outputs.
-        let e = outputs_to_tensors(vec![("feat".into(), vec![1, 10], vec![0.0; 10])], &[])
+        // Outputs of no role go out as they are, numbered in model order.
+        let t = outputs_to_tensors(
+            vec![
+                ("feat".into(), vec![1, 10], vec![0.5; 10]),
+                ("depth".into(), vec![1, 1, 1, 1], vec![1.0]),
+                ("aux".into(), vec![1, 2, 1, 1], vec![1.0, 2.0]),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            t[0],
+            (Task::Raw(0), vec![1, 10], TensorData::F32(vec![0.5; 10]))
+        );
+        assert_eq!(t[1].0, Task::Depth);
+        assert_eq!(
+            t[2],
+            (
+                Task::Raw(1),
+                vec![1, 2, 1, 1],
+                TensorData::F32(vec![1.0, 2.0])
+            )
+        );
+        let e = outputs_to_tensors(vec![("x".into(), vec![1, 1, 1, 1, 2], vec![0.0; 2])], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--output NAME=ROLE"), "{e}");
+        assert!(e.contains("raw") && e.contains("4 dimensions"), "{e}");
     }
 
     #[test]
@@ -512,6 +621,39 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn class_names_come_from_a_file_that_fits_every_class_output() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("labels.txt");
+        let outs = vec![("logits".to_string(), 3), ("segmentation".to_string(), 3)];
+        assert_eq!(
+            class_names(&outs, None).unwrap().unwrap(),
+            ["class_0", "class_1", "class_2"]
+        );
+        assert_eq!(class_names(&[], None).unwrap(), None);
+        std::fs::write(&f, "wall\n floor \nchair\n\n").unwrap();
+        assert_eq!(
+            class_names(&outs, Some(&f)).unwrap().unwrap(),
+            ["wall", "floor", "chair"]
+        );
+        let e = class_names(&[("logits".into(), 4)], Some(&f))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("labels.txt") && e.contains("3 class names") && e.contains("4"),
+            "{e}"
+        );
+        let e = class_names(&[], Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("no class_logits"), "{e}");
+        std::fs::write(&f, "wall\n\nchair\n").unwrap();
+        let e = class_names(&outs, Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("line 2 is empty"), "{e}");
+        let e = class_names(&outs, Some(&d.path().join("none.txt")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.txt"), "{e}");
     }
 
     #[test]

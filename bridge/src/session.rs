@@ -66,6 +66,9 @@ impl ZenohOptions {
         if self.no_multicast_scouting {
             set(&mut cfg, "scouting/multicast/enabled", false.into())?;
         }
+        // Timestamped samples, as rmw_zenoh's default session config has them: zenoh-ext's
+        // AdvancedPublisher (the transient-local class names) refuses to start without.
+        set(&mut cfg, "timestamping/enabled", true.into())?;
         if self.shm {
             if !cfg!(feature = "shm") {
                 return Err(Error::Zenoh(

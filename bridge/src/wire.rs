@@ -13,7 +13,7 @@
 //! | 56 | 1 | dtype (1 = u8, 2 = f32) |
 //! | 57 | 1 | encoding (0 = raw) |
 //! | 58 | 1 | number of dimensions (1–4) |
-//! | 59 | 1 | task (0 camera, 1 segmentation, 2 depth, 3 normals, 4 segmentation colour map) |
+//! | 59 | 1 | task (0 camera, 1 segmentation, 2 depth, 3 normals, 4 segmentation colour map, 16 + i the model's i-th raw output) |
 //! | 60 | 4×4 | shape, u32 each, unused dimensions 0 |
 //! | 76 | 8 | payload length in bytes (u64) |
 //! | 84 | 4 | reserved, 0 |
@@ -69,7 +69,13 @@ pub enum Task {
     /// A classifier's top-k classes with scores (JSON natively, `vision_msgs/Classification`
     /// in ROS 2; never in the tensor format).
     Classes,
+    /// The model's i-th output of role `raw`, published as it is (f32, the model's shape, at
+    /// most 4 dimensions) on `raw/<output name>`; at most [`MAX_RAW`] of them.
+    Raw(u8),
 }
+
+/// Raw outputs a model may publish (their wire codes are 16 + i ≤ 255).
+pub const MAX_RAW: usize = 240;
 
 /// The model's dense tasks on the wire (the wire adds the camera image).
 impl From<overparam_base::Task> for Task {
@@ -94,6 +100,7 @@ impl Task {
             Task::Normals => Dense::Normals.name(),
             Task::SegmentationColor => "segmentation/color",
             Task::Classes => "classes",
+            Task::Raw(_) => "raw",
         }
     }
     pub fn from_name(s: &str) -> Option<Task> {
@@ -116,6 +123,7 @@ impl Task {
             Task::Normals => 3,
             Task::SegmentationColor => 4,
             Task::Classes => 5,
+            Task::Raw(i) => 16 + i.min((MAX_RAW - 1) as u8),
         }
     }
     fn from_code(c: u8) -> Result<Self> {
@@ -125,6 +133,7 @@ impl Task {
             2 => Ok(Task::Depth),
             3 => Ok(Task::Normals),
             4 => Ok(Task::SegmentationColor),
+            16.. => Ok(Task::Raw(c - 16)),
             _ => Err(Error::Malformed(format!("unknown task code {c}"))),
         }
     }
@@ -432,6 +441,15 @@ mod tests {
             ..m
         };
         assert_eq!(decode(&encode(&u).unwrap()).unwrap(), u);
+        // A raw output keeps its index and its NCHW shape.
+        let r = TensorMsg {
+            task: Task::Raw(3),
+            shape: vec![1, 2, 3, 3],
+            ..sample()
+        };
+        let b = encode(&r).unwrap();
+        assert_eq!(b[59], 19);
+        assert_eq!(decode(&b).unwrap(), r);
     }
 
     #[test]

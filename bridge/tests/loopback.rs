@@ -370,3 +370,60 @@ fn classes_go_out_as_json_natively_and_classification_in_ros2() {
         }
     }
 }
+
+/// Natively, a raw output arrives exactly on `raw/<output name as a token>` with its NCHW
+/// shape, and the class names (JSON with each class's colour-map colour) reach a subscriber
+/// that joins after they were published: zenoh-ext's history, from the publisher's cache.
+#[test]
+fn raw_tensors_and_class_names_for_a_late_subscriber() {
+    use zenoh_ext::{AdvancedSubscriberBuilderExt, HistoryConfig};
+    let (s_sub, s_pub) = pair();
+    let mut l = Listener::new(&s_sub, ListenConfig::native("op")).unwrap();
+    let mut cfg = PublishConfig::native("op", "cam0");
+    cfg.status = false;
+    cfg.qos = [Task::Raw(0), Task::Depth]
+        .into_iter()
+        .map(|t| (t, Default::default()))
+        .collect();
+    cfg.raw = vec!["heads.aux/0".into()];
+    cfg.labels = Some(vec!["wall".into(), "floor".into(), "chair".into()]);
+    let p = PerceptionPublisher::new(&s_pub, cfg).unwrap();
+    assert!(p.wait_for_subscribers(WAIT).unwrap());
+    let aux: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let mut f = frame(0);
+    f.tensors = vec![
+        (Task::Depth, vec![3, 4], TensorData::F32(vec![1.5; 12])),
+        (Task::Raw(0), vec![1, 2, 3, 4], TensorData::F32(aux.clone())),
+    ];
+    p.publish(&f).unwrap();
+    let got = collect(&mut l, 2);
+    let (key, m) = got
+        .iter()
+        .find(|(_, m)| m.task == Task::Raw(0))
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(key, "op/cam0/raw/heads_aux_0");
+    assert_eq!(
+        (&m.shape[..], &m.data),
+        (&[1, 2, 3, 4][..], &TensorData::F32(aux))
+    );
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _late = s_sub
+        .declare_subscriber("op/cam0/labels")
+        .history(HistoryConfig::default().detect_late_publishers())
+        .callback(move |s| {
+            let _ = tx.send(s.payload().to_bytes().to_vec());
+        })
+        .wait()
+        .unwrap();
+    let b = rx
+        .recv_timeout(WAIT)
+        .expect("no class names from the publisher's cache");
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let classes = v["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 3, "{v}");
+    assert_eq!(classes[2]["id"], 2);
+    assert_eq!(classes[2]["name"], "chair");
+    let p2 = overparam_data::png::PALETTE[2];
+    assert_eq!(classes[2]["color"], serde_json::json!(p2));
+}

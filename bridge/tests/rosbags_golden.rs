@@ -208,14 +208,45 @@ fn other_types_hash_and_decode_as_rosbags_says() {
             },
         ],
     };
+    let labels = msgs::LabelInfo {
+        header: ros2::Header {
+            stamp: ros2::Time { sec: 1, nanosec: 2 },
+            frame_id: "camera_front".into(),
+        },
+        class_map: ["wall", "floor", "a chair"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| msgs::VisionClass {
+                class_id: i as u16 + 254,
+                class_name: n.to_string(),
+            })
+            .collect(),
+        threshold: 0.0,
+    };
+    let raw =
+        msgs::Float32MultiArray::row_major(&[1, 2, 1, 3], vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.0]);
     let hex = |b: Vec<u8>| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
     let v = rosbags(serde_json::json!({
         "hashes": names,
         "decode": [
             {"type": msgs::DIAGNOSTIC_ARRAY, "cdr": cdr},
             {"type": msgs::CLASSIFICATION, "cdr": hex(msgs::to_cdr(&classes).unwrap())},
+            {"type": msgs::LABEL_INFO, "cdr": hex(msgs::to_cdr(&labels).unwrap())},
+            {"type": msgs::FLOAT32_MULTI_ARRAY, "cdr": hex(msgs::to_cdr(&raw).unwrap())},
         ],
     }));
+    let l = &v["decoded"][2];
+    assert_eq!(l["header"]["frame_id"], "camera_front");
+    assert_eq!(l["class_map"][2]["class_id"], 256);
+    assert_eq!(l["class_map"][2]["class_name"], "a chair");
+    assert_eq!(l["class_map"].as_array().unwrap().len(), 3);
+    let r = &v["decoded"][3];
+    assert_eq!(
+        r["data"],
+        serde_json::json!([0.5, -1.0, 2.0, 3.0, 4.0, 5.0])
+    );
+    assert_eq!(r["layout"]["dim"][1]["label"], "c");
+    assert_eq!(r["layout"]["dim"][2]["stride"], 3);
     let c = &v["decoded"][1];
     assert_eq!(c["header"]["frame_id"], "camera_front");
     assert_eq!(c["results"][0]["class_id"], "281");

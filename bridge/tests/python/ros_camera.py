@@ -15,7 +15,11 @@ DiagnosticArray on /diagnostics, decoded by rosbags).
 Job fields: endpoint, domain, topic, outputs (key expression of the bridge's outputs),
 frames: [{encoding, height, width, pad, frame_id, corrupt}], mode "paced" (one frame at a
 time, the next once its outputs arrived, or after `settle` s for a frame that should give none)
-or "stream" (`rate` Hz until `want` frames have all `tasks` outputs), timeout (s).
+or "stream" (`rate` Hz until `want` frames have all `tasks` outputs), timeout (s);
+typed: [{key, type}] (outputs of other types, each decoded by rosbags into plain JSON and
+reported under "typed"); label_info (a key expression read after the frames by a late-joining
+zenoh-ext AdvancedSubscriber with history, as rmw_zenoh subscribes to a transient-local topic;
+reported under "label_info").
 """
 import json
 import os
@@ -25,9 +29,10 @@ import time
 
 import numpy as np
 import zenoh
-from rosbags.typesys import Stores, get_typestore
+import zenoh.ext
 
-ts = get_typestore(Stores.ROS2_JAZZY)
+# The Jazzy type store with vision_msgs registered, and rosbags messages as plain JSON.
+from ros_msgs import plain, ts
 Image = ts.types["sensor_msgs/msg/Image"]
 Header = ts.types["std_msgs/msg/Header"]
 Time = ts.types["builtin_interfaces/msg/Time"]
@@ -69,6 +74,21 @@ def on_output(sample):
 
 
 sub = session.declare_subscriber(job["outputs"], on_output)
+
+typed = []
+
+
+def typed_handler(ros_type):
+    def on_sample(sample):
+        att = sample.attachment
+        msg = ts.deserialize_cdr(bytes(sample.payload.to_bytes()), ros_type)
+        typed.append({"key": str(sample.key_expr), "type": ros_type, "msg": plain(msg),
+                      "attachment_len": len(att.to_bytes()) if att is not None else 0})
+    return on_sample
+
+
+typed_subs = [session.declare_subscriber(t["key"], typed_handler(t["type"]))
+              for t in job.get("typed", [])]
 
 # /diagnostics, keyed by rosbags' own hash of DiagnosticArray: a report under another hash
 # never arrives here.
@@ -147,7 +167,8 @@ t_end = time.monotonic() + job["timeout"]
 while not matched():
     if time.monotonic() > t_end:
         print(json.dumps({"error": "no subscriber matched " + key}), flush=True)
-        sys.exit(1)
+        # Not sys.exit: zenoh's threads can keep a failing camera (and its test) waiting.
+        os._exit(1)
     time.sleep(0.01)
 # rmw_zenoh subscriptions announce themselves with an MS liveliness token (ros2 topic info).
 tokens = [str(r.ok.key_expr) for r in session.liveliness().get(f"@ros2_lv/{job['domain']}/**")
@@ -155,6 +176,26 @@ tokens = [str(r.ok.key_expr) for r in session.liveliness().get(f"@ros2_lv/{job['
 
 seq = 0
 published = []
+
+# The class names, joined late: declared once the first output arrived, so after the bridge
+# published them (it does so before its first frame); only a transient-local publisher's
+# cache can answer.
+label_info = []
+late = None
+
+
+def join_late_for_labels():
+    global late
+    if late is not None or not job.get("label_info") or not outputs:
+        return
+
+    def on_labels(sample):
+        label_info.append(plain(ts.deserialize_cdr(bytes(sample.payload.to_bytes()),
+                                                   "vision_msgs/msg/LabelInfo")))
+    late = zenoh.ext.declare_advanced_subscriber(
+        session, job["label_info"], on_labels,
+        history=zenoh.ext.HistoryConfig(detect_late_publishers=True))
+
 
 
 def publish(spec):
@@ -203,6 +244,7 @@ if job["mode"] == "paced":
         if spec.get("expect_output", True):
             while answered(stamp) < tasks and time.monotonic() < t_end:
                 time.sleep(0.002)
+            join_late_for_labels()
         else:
             time.sleep(job.get("settle", 0.3))
 else:
@@ -211,6 +253,7 @@ else:
     nxt = time.monotonic()
     while time.monotonic() < t_end:
         stamps = {(o["sec"], o["nanosec"]) for o in list(outputs)}
+        join_late_for_labels()
         if sum(1 for s in stamps if answered(s) >= tasks) >= job["want"]:
             break
         publish(spec)
@@ -218,9 +261,13 @@ else:
         time.sleep(max(0.0, nxt - time.monotonic()))
 # Let the last outputs arrive.
 time.sleep(0.3)
+t_labels = time.monotonic() + 10
+while late is not None and not label_info and time.monotonic() < t_labels:
+    time.sleep(0.01)
 print(json.dumps({"published": published, "outputs": list(outputs), "tokens": tokens,
                   "key": key, "diagnostics": list(diagnostics),
-                  "camera_infos": list(camera_infos)}), flush=True)
+                  "camera_infos": list(camera_infos), "typed": list(typed),
+                  "label_info": label_info}), flush=True)
 sub.undeclare()
 diag_sub.undeclare()
 session.close()

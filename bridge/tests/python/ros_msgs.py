@@ -1,7 +1,9 @@
 """rosbags as the independent reference for the bridge's other ROS 2 types: reads a JSON job on
 stdin, {"hashes": [type names], "decode": [{"type": name, "cdr": hex}]}, and prints JSON with
 rosbags' RIHS01 hash of each type (ROS 2 Jazzy) and each CDR payload deserialised into plain
-JSON (messages as objects, arrays as lists)."""
+JSON (messages as objects, arrays as lists).
+
+Imported by ros_camera.py for the same type store (vision_msgs registered) and `plain`."""
 import json
 import sys
 
@@ -15,6 +17,9 @@ VISION_MSGS = {
     "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
     "vision_msgs/msg/Classification":
         "std_msgs/Header header\nvision_msgs/ObjectHypothesis[] results\n",
+    "vision_msgs/msg/VisionClass": "uint16 class_id\nstring class_name\n",
+    "vision_msgs/msg/LabelInfo":
+        "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n",
 }
 types = {}
 for name, text in VISION_MSGS.items():
@@ -34,10 +39,11 @@ def plain(v):
     return v
 
 
-job = json.load(sys.stdin)
-out = {
-    "hashes": {t: ts.hash_rihs01(t) for t in job.get("hashes", [])},
-    "decoded": [plain(ts.deserialize_cdr(bytes.fromhex(d["cdr"]), d["type"]))
-                for d in job.get("decode", [])],
-}
-print(json.dumps(out))
+if __name__ == "__main__":
+    job = json.load(sys.stdin)
+    out = {
+        "hashes": {t: ts.hash_rihs01(t) for t in job.get("hashes", [])},
+        "decoded": [plain(ts.deserialize_cdr(bytes.fromhex(d["cdr"]), d["type"]))
+                    for d in job.get("decode", [])],
+    }
+    print(json.dumps(out))

@@ -89,14 +89,14 @@ pub(crate) fn domain_id(s: &str) -> std::result::Result<u32, String> {
 enum BridgeCommand {
     /// Run a deploy model on frames from a source and publish one topic per task, with its
     /// health every second (/diagnostics in ROS 2 mode, <prefix>/<camera>/health natively).
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Subscribe to a bridge's topics: validate, count, and report rates, latency and gaps.
-    Listen(listen::Args),
+    Listen(Box<listen::Args>),
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.command {
-        BridgeCommand::Run(r) => run::run(r),
-        BridgeCommand::Listen(l) => listen::run(l),
+        BridgeCommand::Run(r) => run::run(*r),
+        BridgeCommand::Listen(l) => listen::run(*l),
     }
 }

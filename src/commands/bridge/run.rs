@@ -10,7 +10,6 @@ use overparam_bridge::publisher::{PerceptionPublisher, PublishConfig, TopicQos};
 use overparam_bridge::ros2::Ros2Names;
 use overparam_bridge::run::{Model, RunOptions, run_until};
 use overparam_bridge::source::{self, SourceSpec};
-use overparam_bridge::wire::Task;
 
 use crate::stop;
 
@@ -24,9 +23,17 @@ pub struct Args {
     /// The role an output is published by, over the one its name implies (repeatable):
     /// class_logits (top-5 classes: JSON natively, vision_msgs/Classification in ROS 2),
     /// segmentation_logits (mono8 class map plus an rgb8 colour map on .../segmentation/color),
-    /// depth (32FC1 metres, NaN where invalid), normals (32FC3) or raw (not published).
+    /// depth (32FC1 metres, NaN where invalid), normals (32FC3) or raw (the tensor as it is
+    /// on .../raw/<name>: the native format, std_msgs/Float32MultiArray in ROS 2). Outputs
+    /// whose name implies no role are raw.
     #[arg(long = "output", value_name = "NAME=ROLE", value_parser = crate::args::output_role)]
     outputs: Vec<(String, overparam_base::Role)>,
+    /// Class names, one per line in class-id order (as many as the class or segmentation
+    /// output has classes), published once for late subscribers: vision_msgs/LabelInfo on
+    /// .../label_info in ROS 2, JSON with each class's colour-map colour on .../labels
+    /// natively [default: class_<id>].
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
     /// With a pipeline directory: publish the fastest of its models that loses at most this
     /// many top-1 error points against fp32 on the evaluation split (as `pipeline --max-drop`;
     /// the drops are the pipeline's measurements) [default: the pipeline's choice].
@@ -128,6 +135,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let Args {
         model,
         outputs,
+        labels,
         max_drop,
         max_drop_dense_pct,
         source,
@@ -152,32 +160,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
     stop::install()?;
     let mut m = Model::load_with_roles(&model, threads, &runtime.provider(), &outputs)
         .with_context(|| format!("loading {}", model.display()))?;
-    let raw = m.raw_outputs();
+    let raw: Vec<String> = m.raw_outputs().iter().map(|s| s.to_string()).collect();
     if !raw.is_empty() {
         eprintln!(
-            "bridge: not publishing {} (role raw; give another with --output NAME=ROLE)",
+            "bridge: publishing {} as raw tensors (name a role with --output NAME=ROLE)",
             raw.join(", ")
         );
     }
     let zopts = zenoh.options();
-    if let Some(pool) = zopts.shm_pool_bytes()? {
-        // Bytes each output of one frame is published as: a u8 class map and its colour map,
-        // f32 depth, f32×3 normals (the classes are a few bytes).
-        let hw = m.size.0 * m.size.1;
-        let frame: usize = m
-            .tasks
-            .iter()
-            .map(|t| match t {
-                Task::Segmentation => hw,
-                Task::SegmentationColor => 3 * hw,
-                Task::Depth => 4 * hw,
-                Task::Normals => 12 * hw,
-                Task::Camera | Task::Classes => 0,
-            })
-            .sum();
-        if let Some(w) = overparam_bridge::session::shm_warning(pool, frame) {
-            eprintln!("warning: {w}");
-        }
+    if let Some(pool) = zopts.shm_pool_bytes()?
+        && let Some(w) = overparam_bridge::session::shm_warning(pool, m.frame_bytes)
+    {
+        eprintln!("warning: {w}");
     }
     let session = zopts.open().context("opening the zenoh session")?;
     // A ros2: source is resolved in the same domain and namespace as ROS 2 outputs.
@@ -207,19 +201,35 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let base = profile.apply(qos.as_deref().unwrap_or(""))?;
     cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
+    cfg.raw = raw;
+    cfg.labels = m.class_names(labels.as_deref())?;
     for tq in &topic_qos {
         let (task, items) = tq
             .split_once('=')
             .with_context(|| format!("--topic-qos {tq}: want TASK=ITEMS"))?;
-        let t = Task::from_name(task)
-            .filter(|t| cfg.qos.contains_key(t))
-            .with_context(|| format!("--topic-qos {tq}: the model has no output {task}"))?;
+        // By topic: a task's name, or raw/<output>.
+        let t = cfg
+            .qos
+            .keys()
+            .copied()
+            .find(|&t| cfg.leaf(t) == task)
+            .with_context(|| {
+                let have: Vec<String> = cfg.qos.keys().map(|&t| cfg.leaf(t)).collect();
+                format!(
+                    "--topic-qos {tq}: the model has no output {task} (its topics: {})",
+                    have.join(", ")
+                )
+            })?;
         let q = cfg.qos[&t].apply(items)?;
         cfg.qos.insert(t, q);
     }
     let health_key = cfg.health_key()?;
+    let labels_key = cfg.labels.as_ref().map(|_| cfg.labels_key()).transpose()?;
     let publisher = PerceptionPublisher::new(&session, cfg)?;
     eprintln!("bridge: health every second on {health_key}");
+    if let Some(k) = labels_key {
+        eprintln!("bridge: class names (kept for late subscribers) on {k}");
+    }
     eprintln!(
         "bridge: {} ({}×{}) from {source} → {}",
         model.display(),
