@@ -1,6 +1,7 @@
 //! Deployment from the command line: export refusals, the FP32 ONNX against the tch eval
 //! forward, latency budgets, and TensorRT builds through a stand-in trtexec.
 
+mod common;
 use overparam_fuse::RandomTensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -985,4 +986,113 @@ fn compare_with_data_reports_each_top1_and_their_agreement() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("--mean and --std"), "{}", text(&o));
+}
+
+/// `compare --data` on multi-task models: the val scenes of an NYUv2-layout directory. An FP32
+/// export against its checkpoint agrees on every pixel with zero deltas; FP16 is measured the
+/// same way (close, not equal); a multi-task model against a classifier, and a normalisation
+/// for scenes that carry none, are refused by name.
+#[test]
+fn compare_with_data_on_multi_task_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = common::deploy_mtl(dir.path());
+    let data = dir.path().join("nyu");
+    let o = run(
+        &[
+            "data",
+            "synth-nyuv2",
+            "-o",
+            data.to_str().unwrap(),
+            "--train",
+            "1",
+            "--val",
+            "3",
+            "--height",
+            "48",
+            "--width",
+            "64",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (a32, a16) = (dir.path().join("m.onnx"), dir.path().join("m16.onnx"));
+    for (p, prec) in [(&a32, "fp32"), (&a16, "fp16")] {
+        let o = run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                prec,
+                "-o",
+                p.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let cmp = |a: &Path, b: &Path, json: bool| {
+        let mut args = vec![
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--atol",
+            "1",
+            "--rtol",
+            "1",
+        ];
+        if json {
+            args.push("--json");
+        }
+        run(&args, &[])
+    };
+    let o = cmp(&a32, &d, true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = &v["data"];
+    assert_eq!(g["scenes"], 3, "{g}");
+    assert_eq!(g["segmentation_pixel_agreement_pct"], 100.0, "{g}");
+    assert!(g["depth_mean_abs_diff"].as_f64().unwrap() < 1e-5, "{g}");
+    assert!(g["normals_mean_angle_deg"].as_f64().unwrap() < 0.05, "{g}");
+    assert_eq!(g["metrics"][0], "mIoU");
+    for k in 0..9 {
+        assert!(g["a_minus_b"][k].as_f64().unwrap().abs() < 1e-4, "{g}");
+        assert!(g["a"][k].as_f64().is_some(), "every task is there: {g}");
+    }
+
+    let o = cmp(&a16, &a32, false);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("on 3 val scenes") && t.contains("class maps agree on"),
+        "{t}"
+    );
+    assert!(
+        t.contains("mIoU") && t.contains("normals") && t.contains("° apart"),
+        "{t}"
+    );
+
+    // A classifier against a multi-task model.
+    let (_, c) = deploy(dir.path(), "plain");
+    let o = cmp(&a32, &c, false);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("multi-task model and"), "{}", text(&o));
+    // Scenes carry no normalisation to replace.
+    let o = run(
+        &[
+            "compare",
+            a32.to_str().unwrap(),
+            d.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--mean",
+            "0.5,0.5,0.5",
+            "--std",
+            "0.25,0.25,0.25",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("as they are"), "{}", text(&o));
 }

@@ -32,15 +32,45 @@ pub fn input(s: &NyuSample) -> Vec<f32> {
 /// the output `heads` names. Depth and normal errors
 /// are averaged per sample (MTAN averages per batch, so its numbers at batch > 1 differ slightly).
 pub fn evaluate(model: &[u8], split: &NyuSplit, heads: &Heads) -> Result<[f64; 9]> {
-    use overparam_base::Task;
     let mut rt = OrtRuntime::new(model, None)?;
-    let mut conf = Confusion::new(CLASSES);
-    let mut geo = GeometryErrors::default();
+    let mut score = Scorer::new(heads);
     for i in 0..split.len() {
         let s = split.get(i)?;
-        let outs = rt.run(&input(&s))?;
+        score.add(&rt.run(&input(&s))?, &s)?;
+    }
+    Ok(score.metrics())
+}
+
+/// One sample's predictions, per task the model has: the class map, depth, and normals
+/// channels last.
+#[derive(Default)]
+struct Predictions {
+    seg: Option<Vec<usize>>,
+    depth: Option<Vec<f32>>,
+    normals: Option<Vec<f32>>,
+}
+
+/// The nine metrics accumulated sample by sample.
+struct Scorer<'h> {
+    heads: &'h Heads,
+    conf: Confusion,
+    geo: GeometryErrors,
+}
+
+impl<'h> Scorer<'h> {
+    fn new(heads: &'h Heads) -> Self {
+        Scorer {
+            heads,
+            conf: Confusion::new(CLASSES),
+            geo: GeometryErrors::default(),
+        }
+    }
+
+    /// Scores one sample's outputs and returns its predictions.
+    fn add(&mut self, outs: &[crate::runtime::Output], s: &NyuSample) -> Result<Predictions> {
+        use overparam_base::Task;
         let get = |t: Task| -> Result<Option<&crate::runtime::Output>> {
-            let Some(name) = &heads[t as usize] else {
+            let Some(name) = &self.heads[t as usize] else {
                 return Ok(None);
             };
             outs.iter()
@@ -49,13 +79,18 @@ pub fn evaluate(model: &[u8], split: &NyuSplit, heads: &Heads) -> Result<[f64; 9
                 .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))
         };
         let hw = s.height * s.width;
-        if let Some((_, shape, seg)) = get(Task::Segmentation)? {
-            if shape[2] * shape[3] != hw {
+        let mut p = Predictions::default();
+        for t in Task::ALL {
+            if let Some((_, shape, _)) = get(t)?
+                && (shape.len() != 4 || shape[2] * shape[3] != hw)
+            {
                 return Err(Error::Runtime(format!(
                     "model output {shape:?} does not match the data's {}×{}",
                     s.height, s.width
                 )));
             }
+        }
+        if let Some((_, shape, seg)) = get(Task::Segmentation)? {
             let c = shape[1];
             let pred: Vec<usize> = (0..hw)
                 .map(|p| {
@@ -64,30 +99,121 @@ pub fn evaluate(model: &[u8], split: &NyuSplit, heads: &Heads) -> Result<[f64; 9
                         .unwrap_or(0)
                 })
                 .collect();
-            conf.add(&pred, &s.label);
+            self.conf.add(&pred, &s.label);
+            p.seg = Some(pred);
         }
-        let depth = get(Task::Depth)?.map(|o| o.2.as_slice());
-        let normals: Option<Vec<f32>> =
+        p.depth = get(Task::Depth)?.map(|o| o.2.clone());
+        p.normals =
             get(Task::Normals)?.map(|o| (0..hw * 3).map(|j| o.2[(j % 3) * hw + j / 3]).collect());
-        geo.add_batch(
-            depth.unwrap_or(&[]),
-            if depth.is_some() { &s.depth } else { &[] },
-            normals.as_deref().unwrap_or(&[]),
-            if normals.is_some() { &s.normal } else { &[] },
+        self.geo.add_batch(
+            p.depth.as_deref().unwrap_or(&[]),
+            if p.depth.is_some() { &s.depth } else { &[] },
+            p.normals.as_deref().unwrap_or(&[]),
+            if p.normals.is_some() { &s.normal } else { &[] },
         );
+        Ok(p)
     }
-    let mut m = overparam_data::metrics::nyu_metrics(&conf, &geo);
-    for t in Task::ALL {
-        if heads[t as usize].is_none() {
-            m[t.metrics()].iter_mut().for_each(|v| *v = f64::NAN);
+
+    fn metrics(self) -> [f64; 9] {
+        let mut m = overparam_data::metrics::nyu_metrics(&self.conf, &self.geo);
+        for t in overparam_base::Task::ALL {
+            if self.heads[t as usize].is_none() {
+                m[t.metrics()].iter_mut().for_each(|v| *v = f64::NAN);
+            }
+        }
+        m
+    }
+}
+
+/// Two multi-task models on the same scenes ([`agreement`]): each one's nine metrics, A − B,
+/// and how close their predictions are to each other, for the tasks both have.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DenseAgreement {
+    pub scenes: usize,
+    /// Metric names, in the order of the arrays ([`METRICS`]).
+    pub metrics: [&'static str; 9],
+    /// NaN (null in JSON) for a task the model has no output for.
+    pub a: [f64; 9],
+    pub b: [f64; 9],
+    pub a_minus_b: [f64; 9],
+    /// Pixels both assign the same class, percent.
+    pub segmentation_pixel_agreement_pct: Option<f64>,
+    /// Mean |depth A − depth B| over every pixel, metres.
+    pub depth_mean_abs_diff: Option<f64>,
+    /// Mean angle between A's and B's normals, degrees.
+    pub normals_mean_angle_deg: Option<f64>,
+}
+
+/// Both models (batch-1 ONNX, outputs named by `heads_a` / `heads_b`) on every scene of
+/// `split`, in one pass.
+pub fn agreement(
+    a: &[u8],
+    b: &[u8],
+    split: &NyuSplit,
+    heads_a: &Heads,
+    heads_b: &Heads,
+) -> Result<DenseAgreement> {
+    let (mut ra, mut rb) = (OrtRuntime::new(a, None)?, OrtRuntime::new(b, None)?);
+    let (mut sa, mut sb) = (Scorer::new(heads_a), Scorer::new(heads_b));
+    // (sum, count) per task: same class, |Δdepth|, angle.
+    let mut acc = [(0f64, 0u64); 3];
+    for i in 0..split.len() {
+        let s = split.get(i)?;
+        let x = input(&s);
+        let pa = sa.add(&ra.run(&x)?, &s)?;
+        let pb = sb.add(&rb.run(&x)?, &s)?;
+        if let (Some(x), Some(y)) = (&pa.seg, &pb.seg) {
+            acc[0].0 += x.iter().zip(y).filter(|(p, q)| p == q).count() as f64;
+            acc[0].1 += x.len() as u64;
+        }
+        if let (Some(x), Some(y)) = (&pa.depth, &pb.depth) {
+            acc[1].0 += x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() as f64)
+                .sum::<f64>();
+            acc[1].1 += x.len() as u64;
+        }
+        if let (Some(x), Some(y)) = (&pa.normals, &pb.normals) {
+            for (u, v) in x.chunks_exact(3).zip(y.chunks_exact(3)) {
+                let dot: f64 = u.iter().zip(v).map(|(p, q)| *p as f64 * *q as f64).sum();
+                let n = |w: &[f32]| w.iter().map(|c| (*c as f64).powi(2)).sum::<f64>().sqrt();
+                let c = dot / (n(u) * n(v)).max(1e-12);
+                acc[2].0 += c.clamp(-1.0, 1.0).acos().to_degrees();
+            }
+            acc[2].1 += x.len() as u64 / 3;
         }
     }
-    Ok(m)
+    let mean = |(s, n): (f64, u64)| (n > 0).then(|| s / n as f64);
+    let (ma, mb) = (sa.metrics(), sb.metrics());
+    Ok(DenseAgreement {
+        scenes: split.len(),
+        metrics: METRICS,
+        a: ma,
+        b: mb,
+        a_minus_b: std::array::from_fn(|k| ma[k] - mb[k]),
+        segmentation_pixel_agreement_pct: mean(acc[0]).map(|v| 100.0 * v),
+        depth_mean_abs_diff: mean(acc[1]),
+        normals_mean_angle_deg: mean(acc[2]),
+    })
 }
 
 /// The output carrying each dense task (segmentation, depth, normals), by role; `None` for a
 /// task the model has no output for (its metrics are NaN).
 pub type Heads = [Option<String>; 3];
+
+/// An ONNX model's [`Heads`], by the roles its output names imply ([`overparam_base::Role::implied_by`]),
+/// read from one run on a zero input.
+pub fn heads_of_onnx(model: &[u8]) -> Result<Heads> {
+    let mut rt = OrtRuntime::new(model, None)?;
+    let n: usize = rt.input_shape().iter().product();
+    let outs = rt.run(&vec![0.0; n])?;
+    Ok(overparam_base::Task::ALL.map(|t| {
+        outs.iter()
+            .find(|o| overparam_base::Role::implied_by(&o.0) == t.role())
+            .map(|o| o.0.clone())
+    }))
+}
 
 /// A deploy model's [`Heads`].
 pub fn heads(spec: &DeploySpec) -> Heads {

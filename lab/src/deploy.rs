@@ -516,8 +516,17 @@ pub fn compare(
 }
 
 /// `overparam compare A B --data DIR`: the task metrics of both classifiers on the test split.
+/// `compare --data`'s result: classifiers on a test split, or multi-task models on the
+/// evaluation scenes.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct DataAgreement {
+#[serde(untagged)]
+pub enum DataAgreement {
+    Classifier(ClassAgreement),
+    Dense(Box<overparam_engine::dense::DenseAgreement>),
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClassAgreement {
     pub images: usize,
     pub a_top1_err: f64,
     pub b_top1_err: f64,
@@ -529,8 +538,11 @@ pub struct DataAgreement {
 
 /// Both classifiers on the test split of `data`, with one normalisation: the given one, else
 /// the one a deploy checkpoint among A and B records (A's first). Two ONNX models without
-/// `--mean/--std`, or checkpoints that record none, are refused by the normalisation rule;
-/// dense (multi-task) models are refused here.
+/// `--mean/--std`, or checkpoints that record none, are refused by the normalisation rule.
+/// Multi-task models (dense outputs, by the spec or, for ONNX, by their output names) go to
+/// [`overparam_engine::dense::agreement`] on the `val` scenes of an NYUv2-layout `data`
+/// (taken as they are, so a normalisation is refused); a classifier against a multi-task
+/// model is refused.
 pub fn compare_on_data(
     a: &Path,
     b: &Path,
@@ -540,12 +552,40 @@ pub fn compare_on_data(
     use overparam_engine::quant::NormSource;
     let (ma, spec_a) = model_and_spec_for_compare(a)?;
     let (mb, spec_b) = model_and_spec_for_compare(b)?;
-    let specs = [spec_a, spec_b];
-    if specs.iter().flatten().any(|s| s.has_dense_outputs()) {
-        return Err(Error::Run(
-            "compare --data evaluates classifiers (top-1 on the test split); for multi-task models run `overparam engine accuracy` on each".into(),
-        ));
+    let heads = |m: &[u8], spec: &Option<DeploySpec>, p: &Path| -> Result<_> {
+        Ok(match spec {
+            Some(s) => overparam_engine::dense::heads(s),
+            None => overparam_engine::dense::heads_of_onnx(m)
+                .map_err(|e| Error::from(e).context(format!("reading {}", p.display())))?,
+        })
+    };
+    let (ha, hb) = (heads(&ma, &spec_a, a)?, heads(&mb, &spec_b, b)?);
+    let dense = |h: &overparam_engine::dense::Heads| h.iter().any(Option::is_some);
+    match (dense(&ha), dense(&hb)) {
+        (false, false) => {}
+        (true, true) => {
+            if let NormSource::Given(_) = given {
+                return Err(Error::Run(format!(
+                    "compare --data: multi-task models take the NYUv2-layout scenes as they are; leave out {}",
+                    overparam_engine::quant::NORM_FLAGS
+                )));
+            }
+            let val = overparam_data::nyuv2::NyuSplit::open(data, "val")?;
+            return Ok(DataAgreement::Dense(Box::new(
+                overparam_engine::dense::agreement(&ma, &mb, &val, &ha, &hb)
+                    .map_err(|e| Error::from(e).context("compare --data"))?,
+            )));
+        }
+        (da, _) => {
+            let (dense_one, other) = if da { (a, b) } else { (b, a) };
+            return Err(Error::Run(format!(
+                "compare --data: {} is a multi-task model and {} a classifier; compare models of one kind",
+                dense_one.display(),
+                other.display()
+            )));
+        }
     }
+    let specs = [spec_a, spec_b];
     let norm = match (given, specs.iter().flatten().next()) {
         (NormSource::Given(n), _) => n.clone(),
         (NormSource::Model, Some(spec)) => Quantization::default().normalization(spec)?,
@@ -591,13 +631,13 @@ pub fn compare_on_data(
         .zip(lb.chunks(c))
         .filter(|(x, y)| argmax(x) == argmax(y))
         .count();
-    Ok(DataAgreement {
+    Ok(DataAgreement::Classifier(ClassAgreement {
         images: test.len(),
         a_top1_err: ta.top1_error(),
         b_top1_err: tb.top1_error(),
         delta_points: ta.top1_error() - tb.top1_error(),
         top1_agreement: 100.0 * same as f64 / test.len().max(1) as f64,
-    })
+    }))
 }
 
 /// A dataset directory's train and test splits for a classifier.

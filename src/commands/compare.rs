@@ -30,8 +30,11 @@ pub struct Args {
     /// tolerance and the worst five (e.g. an FP32 and an INT8 export of one model).
     #[arg(long)]
     layerwise: bool,
-    /// Also evaluate both (classifiers) on the test split of this CIFAR or IDX directory:
-    /// top-1 error of each, their difference and the share of images where they agree.
+    /// Also evaluate both on a dataset: classifiers on the test split of this CIFAR or IDX
+    /// directory (top-1 error of each, their difference and the share of images where they
+    /// agree); multi-task models on the val scenes of this NYUv2-layout directory (the nine
+    /// metrics of each and A − B, pixels where the class maps agree, mean |Δdepth| and the
+    /// mean angle between their normals).
     #[arg(long)]
     data: Option<PathBuf>,
     /// With --data: the input normalisation [default: the one a deploy checkpoint among A
@@ -48,7 +51,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         atol: a.atol,
         rtol: a.rtol,
     };
-    let c = overparam_lab::deploy::compare(&a.a, &a.b, a.inputs, a.seed, tol, a.layerwise)?;
+    // The dataset first: what cannot be evaluated together (a classifier against a
+    // multi-task model) is refused as that, not as a shape mismatch.
     let data = match &a.data {
         Some(d) => Some(overparam_lab::deploy::compare_on_data(
             &a.a,
@@ -58,6 +62,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         )?),
         None => None,
     };
+    let c = overparam_lab::deploy::compare(&a.a, &a.b, a.inputs, a.seed, tol, a.layerwise)?;
     if a.json {
         let mut v = serde_json::to_value(&c)?;
         if let Some(d) = &data {
@@ -67,10 +72,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         print(&a, &c);
         if let Some(d) = &data {
-            println!(
-                "on {} test images: top-1 error {:.2}% (A) and {:.2}% (B), A − B {:+.2} points; top-1 agreement {:.2}%",
-                d.images, d.a_top1_err, d.b_top1_err, d.delta_points, d.top1_agreement
-            );
+            print_data(d);
         }
     }
     Ok(if c.passed() {
@@ -78,6 +80,42 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+fn print_data(d: &overparam_lab::deploy::DataAgreement) {
+    use overparam_lab::deploy::DataAgreement;
+    match d {
+        DataAgreement::Classifier(d) => println!(
+            "on {} test images: top-1 error {:.2}% (A) and {:.2}% (B), A − B {:+.2} points; top-1 agreement {:.2}%",
+            d.images, d.a_top1_err, d.b_top1_err, d.delta_points, d.top1_agreement
+        ),
+        DataAgreement::Dense(d) => {
+            println!("on {} val scenes:", d.scenes);
+            println!("  {:<22} {:>10} {:>10} {:>10}", "metric", "A", "B", "A − B");
+            for k in 0..9 {
+                if d.a[k].is_nan() && d.b[k].is_nan() {
+                    continue;
+                }
+                println!(
+                    "  {:<22} {:>10.4} {:>10.4} {:>+10.4}",
+                    d.metrics[k], d.a[k], d.b[k], d.a_minus_b[k]
+                );
+            }
+            let mut agree = vec![];
+            if let Some(v) = d.segmentation_pixel_agreement_pct {
+                agree.push(format!("class maps agree on {v:.2}% of pixels"));
+            }
+            if let Some(v) = d.depth_mean_abs_diff {
+                agree.push(format!("mean |depth A − depth B| {v:.4} m"));
+            }
+            if let Some(v) = d.normals_mean_angle_deg {
+                agree.push(format!("normals {v:.3}° apart on average"));
+            }
+            if !agree.is_empty() {
+                println!("  A against B: {}", agree.join("; "));
+            }
+        }
+    }
 }
 
 fn row(d: &TensorDiff) -> String {
