@@ -217,3 +217,58 @@ fn a_classifier_publishes_its_classes_for_every_frame() {
     assert_eq!(run["missed"], 0, "{run}");
     assert!(run["sent"].as_u64().unwrap() >= 9, "{run}");
 }
+
+/// `--camera-key`: an external ROS 2 camera (the independent Python camera, 20 Hz, its own
+/// process and session) is measured as it runs: one run at its rate as measured, frames
+/// counted from what the camera sent in the window; --rates with it is refused.
+#[test]
+fn an_external_ros2_camera_is_measured_at_its_own_rate() {
+    let d = tempfile::tempdir().unwrap();
+    let m = deploy_mtl(d.path());
+    let ep = format!(
+        "tcp/127.0.0.1:{}",
+        overparam_bridge::session::free_port().unwrap()
+    );
+    let (mut cam, _out) = common::ros_camera(&serde_json::json!({
+        "endpoint": ep, "domain": 11, "topic": "/front/image_raw",
+        // Nobody publishes there: the camera streams until it is stopped.
+        "outputs": "11/nothing/**",
+        "frames": [{"encoding": "rgb8", "height": 96, "width": 128}],
+        "mode": "stream", "rate": 20.0, "want": 1_000_000_000u64, "timeout": 300,
+    }));
+    let args = [
+        "--ros2",
+        "--domain-id",
+        "11",
+        "--camera-key",
+        "/front/image_raw",
+        "--camera-connect",
+        &ep,
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    ];
+    let o = bench(&m, &args);
+    let refused = bench(&m, &[&args[..], &["--rates", "10"]].concat());
+    let _ = cam.kill();
+    let _ = cam.wait();
+    let r = report(&o);
+    assert_eq!(r["camera_key"], "/front/image_raw", "{r}");
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{r}");
+    let run = &runs[0];
+    // About 40 frames in 2 s at 20 Hz; the rate is the camera's, measured.
+    let sent = run["sent"].as_u64().unwrap();
+    assert!((20..=60).contains(&sent), "{run}");
+    let hz = run["target_hz"].as_f64().unwrap();
+    assert!((10.0..=30.0).contains(&hz), "{run}");
+    assert!(run["delivered"].as_u64().unwrap() > 0, "{run}");
+    assert!(run["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("sets its own rate"),
+        "{}",
+        text(&refused)
+    );
+}

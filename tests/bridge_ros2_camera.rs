@@ -4,36 +4,14 @@
 //! `sensor_msgs/Image` frames with known stamps and reads the bridge's ROS 2 outputs back with
 //! rosbags. Loopback only, multicast scouting off.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Output};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{bin, deploy_mtl, ok};
-
-/// Starts the Python camera on `job` and waits for its `ready` (its session listens).
-fn camera(job: &Value) -> (Child, BufReader<std::process::ChildStdout>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("bridge/tests/python/ros_camera.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run .venv/bin/python (scripts/setup.sh installs rosbags and eclipse-zenoh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(job.to_string().as_bytes())
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "the camera did not start: {line}");
-    (child, out)
-}
+use common::{bin, deploy_mtl, ok, ros_camera as camera};
 
 /// The camera's final JSON report.
 fn report(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Value {

@@ -67,12 +67,39 @@ pub struct PipelineBench {
     pub max_loss: f64,
     /// How long the bridge may take to subscribe (loading the model) before the run fails.
     pub startup: Duration,
+    /// A camera the bench does not drive: one run at whatever rate it publishes.
+    pub external: Option<ExternalCamera>,
+}
+
+/// A camera already publishing, not paced by the bench: its native key (camera frames in the
+/// tensor format) or, in ROS 2 mode, its `sensor_msgs/Image` topic, and the zenoh endpoints
+/// that reach it (given to the bench's session and to the bridge). Latency is measured from
+/// each frame's own stamp (capture_ns, or header.stamp), so the camera's clock must be this
+/// host's (the same host, or PTP-synchronised).
+#[derive(Clone, Debug)]
+pub struct ExternalCamera {
+    pub key: String,
+    pub connect: Vec<String>,
 }
 
 impl PipelineBench {
     /// Refuses rates that are not positive finite numbers, an empty rate list, a zero or
     /// negative duration, and a loss outside [0, 1).
     pub fn check(&self) -> Result<()> {
+        if let Some(e) = &self.external {
+            if !self.rates.is_empty() || self.peak {
+                return Err(Error::InvalidOption(format!(
+                    "--camera-key {}: an external camera sets its own rate; --rates and --peak drive the bench's own camera",
+                    e.key
+                )));
+            }
+            if self.duration.is_zero() {
+                return Err(Error::InvalidOption(
+                    "--duration: the measured window must be longer than 0 s".into(),
+                ));
+            }
+            return Ok(());
+        }
         if self.rates.is_empty() && !self.peak {
             return Err(Error::InvalidOption(
                 "--rates: no rate to run (and no --peak search)".into(),
@@ -173,6 +200,10 @@ pub struct PipelineReport {
     pub runs: Vec<RateRun>,
     pub peak: Option<Peak>,
     pub platform: Platform,
+    /// An external camera's key or topic ([`ExternalCamera`]); `camera` is then unknown
+    /// (0×0) and the one run's rate is the camera's, as measured.
+    #[serde(default)]
+    pub camera_key: Option<String>,
 }
 
 /// Starts the bridge under test with these extra arguments (source, endpoint, names), its
@@ -250,6 +281,39 @@ impl Bridge {
 /// Output arrivals: (key, capture ns, receive ns).
 type Arrivals = Arc<Mutex<Vec<(String, i64, i64)>>>;
 
+/// The bench's subscription to the bridge's outputs ([`PipelineBench::listen`]).
+struct Listening {
+    thread: std::thread::JoinHandle<Result<()>>,
+    arrivals: Arrivals,
+    stop: Arc<AtomicBool>,
+    last_arrival: Arc<Mutex<Instant>>,
+}
+
+impl Listening {
+    /// Waits until nothing has arrived for 200 ms (at most 5 s), stops, and returns the
+    /// arrivals.
+    fn finish(self) -> Result<Vec<(String, i64, i64)>> {
+        let t_end = Instant::now();
+        while self
+            .last_arrival
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < Duration::from_millis(200)
+            && t_end.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| Error::Source("the bench's listener panicked".into()))??;
+        Ok(std::mem::take(
+            &mut *self.arrivals.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
 impl PipelineBench {
     /// Every output topic of the bridge under test, whatever its type.
     fn listen_key(&self) -> String {
@@ -264,6 +328,15 @@ impl PipelineBench {
     }
 
     fn bridge_args(&self, ep: &str, source_timeout: f64) -> Vec<String> {
+        let source = match &self.ros2 {
+            None => NATIVE_CAMERA_KEY,
+            Some(_) => ROS2_CAMERA_TOPIC,
+        };
+        self.bridge_args_for(ep, source_timeout, source)
+    }
+
+    /// The bridge's arguments with its camera on `source` (a native key, or a ROS 2 topic).
+    fn bridge_args_for(&self, ep: &str, source_timeout: f64, source: &str) -> Vec<String> {
         let mut a: Vec<String> = [
             "--connect",
             ep,
@@ -279,10 +352,10 @@ impl PipelineBench {
         .map(|s| s.to_string())
         .collect();
         match &self.ros2 {
-            None => a.extend(["--source".into(), format!("zenoh:{NATIVE_CAMERA_KEY}")]),
+            None => a.extend(["--source".into(), format!("zenoh:{source}")]),
             Some(n) => a.extend([
                 "--source".into(),
-                format!("ros2:{ROS2_CAMERA_TOPIC}"),
+                format!("ros2:{source}"),
                 "--ros2".into(),
                 "--domain-id".into(),
                 n.domain_id.to_string(),
@@ -332,21 +405,13 @@ impl PipelineBench {
         })
     }
 
-    /// One fixed-rate run at `rate` Hz.
-    pub fn run_rate(&self, rate: f64, launch: &Launcher<'_>) -> Result<RateRun> {
-        let port = free_port()?;
-        let session = ZenohOptions::loopback(Some(port), None).open()?;
-        let ep = format!("tcp/127.0.0.1:{port}");
-        let period = Duration::from_secs_f64(1.0 / rate);
-        // The bridge's source ends this long after the camera's last frame.
-        let source_timeout = (3.0 / rate).max(1.0);
-
-        // The listener first, so no output goes unheard.
+    /// Subscribes to every output of the bridge under test, recording each arrival.
+    fn listen(&self, session: &zenoh::Session) -> Result<Listening> {
         let arrivals: Arrivals = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let last_arrival = Arc::new(Mutex::new(Instant::now()));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let listener = {
+        let thread = {
             let (session, arrivals, stop, last) = (
                 session.clone(),
                 arrivals.clone(),
@@ -383,6 +448,138 @@ impl PipelineBench {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| Error::Source("the bench's listener did not start".into()))?;
+        Ok(Listening {
+            thread,
+            arrivals,
+            stop,
+            last_arrival,
+        })
+    }
+
+    /// One run on an external camera ([`PipelineBench::external`]): the bench subscribes to
+    /// the camera itself to know what was sent (each frame's stamp), starts the bridge on it,
+    /// waits for its first output, then measures `warmup` later for `duration`; the rate is
+    /// the camera's, as measured. The bridge is stopped at the end of the window.
+    pub fn run_external(&self, cam: &ExternalCamera, launch: &Launcher<'_>) -> Result<RateRun> {
+        let port = free_port()?;
+        let session = ZenohOptions {
+            connect: cam.connect.clone(),
+            ..ZenohOptions::loopback(Some(port), None)
+        }
+        .open()?;
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let listening = self.listen(&session)?;
+        let ros2 = self.ros2.is_some();
+        let key = match &self.ros2 {
+            None => cam.key.clone(),
+            Some(n) => n.topic_key(&n.resolve_topic(&cam.key)?),
+        };
+        // (capture stamp, when it arrived here) of every camera frame.
+        let frames: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+        let _camera = {
+            let frames = frames.clone();
+            let key = key.clone();
+            session
+                .declare_subscriber(key.clone())
+                .callback(move |sample| {
+                    let now = Instant::now();
+                    if let Some(c) = capture_stamp(&key, &sample.payload().to_bytes(), ros2) {
+                        frames
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((c, now));
+                    }
+                })
+                .wait()?
+        };
+        let mut args = self.bridge_args_for(&ep, 0.0, &cam.key);
+        for c in &cam.connect {
+            args.extend(["--connect".into(), c.clone()]);
+        }
+        let mut bridge = Bridge::start(launch, &args)?;
+        let t0 = Instant::now();
+        while listening
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            if matches!(bridge.child.try_wait(), Ok(Some(_))) {
+                return Err(bridge.failed("the bridge exited before its first output"));
+            }
+            if t0.elapsed() > self.startup {
+                return Err(bridge.failed(&format!(
+                    "no output within {:.0} s: is the camera publishing on {key}?",
+                    self.startup.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let start = Instant::now() + self.warmup;
+        let end = start + self.duration;
+        let pid = bridge.child.id();
+        sleep_until(start);
+        let cpu0 = cpu_seconds(pid);
+        sleep_until(end);
+        let cpu1 = cpu_seconds(pid);
+        if matches!(bridge.child.try_wait(), Ok(Some(_))) {
+            return Err(bridge.failed("the bridge exited during the measured window"));
+        }
+        let sent: Vec<i64> = frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| (start..end).contains(at))
+            .map(|(c, _)| *c)
+            .collect();
+        // The window's frames are done once an output of a later frame arrived (the camera
+        // goes on; the bridge keeps the newest frame), or after 5 s.
+        let last = sent.last().copied().unwrap_or(i64::MAX);
+        let t_done = Instant::now();
+        while t_done.elapsed() < Duration::from_secs(5)
+            && !listening
+                .arrivals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(_, c, _)| *c > last)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = bridge.child.kill();
+        let _ = bridge.finish(Duration::from_secs(10));
+        let arrivals = listening.finish()?;
+        if sent.is_empty() {
+            return Err(Error::Source(format!(
+                "the camera on {key} sent no frame in the {:.1} s window",
+                self.duration.as_secs_f64()
+            )));
+        }
+        let cpu_percent = match (cpu0, cpu1) {
+            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
+            _ => None,
+        };
+        let rate = sent.len() as f64 / self.duration.as_secs_f64();
+        Ok(score(
+            rate,
+            &sent,
+            &arrivals,
+            self.duration.as_secs_f64(),
+            cpu_percent,
+        ))
+    }
+
+    /// One fixed-rate run at `rate` Hz.
+    pub fn run_rate(&self, rate: f64, launch: &Launcher<'_>) -> Result<RateRun> {
+        let port = free_port()?;
+        let session = ZenohOptions::loopback(Some(port), None).open()?;
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let period = Duration::from_secs_f64(1.0 / rate);
+        // The bridge's source ends this long after the camera's last frame.
+        let source_timeout = (3.0 / rate).max(1.0);
+
+        // The listener first, so no output goes unheard.
+        let listening = self.listen(&session)?;
 
         let key = match &self.ros2 {
             None => NATIVE_CAMERA_KEY.to_string(),
@@ -451,28 +648,13 @@ impl PipelineBench {
         sleep_until(window.1);
         cpu.1 = cpu_seconds(pid);
         let (ok, err) = bridge.finish(Duration::from_secs_f64(source_timeout + 30.0));
-        // The last outputs: wait until the listener has heard nothing for a while.
-        let t_end = Instant::now();
-        while last_arrival
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            < Duration::from_millis(200)
-            && t_end.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stop.store(true, Ordering::Relaxed);
-        listener
-            .join()
-            .map_err(|_| Error::Source("the bench's listener panicked".into()))??;
+        let arrivals = listening.finish()?;
         if !ok {
             return Err(Error::Source(format!(
                 "the bridge failed at {rate} Hz:\n{}",
                 err.trim()
             )));
         }
-        let arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
         if arrivals.is_empty() {
             return Err(Error::Source(format!(
                 "the bridge published nothing at {rate} Hz:\n{}",
@@ -502,6 +684,12 @@ impl PipelineBench {
     ) -> Result<PipelineReport> {
         self.check()?;
         let mut runs = vec![];
+        if let Some(cam) = &self.external {
+            progress.outer(&format!("external camera {}", cam.key), 0, 1);
+            let run = self.run_external(cam, launch)?;
+            progress.event(&line(&run));
+            runs.push(run);
+        }
         for (i, &r) in self.rates.iter().enumerate() {
             progress.outer(&format!("{r} Hz"), i as u64, self.rates.len() as u64);
             let run = self.run_rate(r, launch)?;
@@ -522,7 +710,11 @@ impl PipelineBench {
                 "native"
             }
             .into(),
-            camera: [self.camera.0, self.camera.1],
+            camera: match self.external {
+                Some(_) => [0, 0],
+                None => [self.camera.0, self.camera.1],
+            },
+            camera_key: self.external.as_ref().map(|e| e.key.clone()),
             duration_s: self.duration.as_secs_f64(),
             warmup_s: self.warmup.as_secs_f64(),
             max_loss: self.max_loss,
@@ -602,11 +794,13 @@ fn ms(v: f64) -> String {
 impl PipelineReport {
     /// The markdown report: the platform, one row per rate, the peak.
     pub fn markdown(&self) -> String {
+        let camera = match &self.camera_key {
+            Some(k) => format!("The external camera on `{k}` (its own rate, measured)"),
+            None => format!("Camera {}×{} rgb8", self.camera[0], self.camera[1]),
+        };
         let mut s = format!(
-            "# Pipeline benchmark: {}\n\nCamera {}×{} rgb8 → zenoh ({}) → `overparam bridge run` → outputs, on loopback. Each rate: {:.1} s warm-up, then {:.1} s measured. A frame is delivered when every output topic carried its stamp; a rate is held with at most {:.0}% loss.\n\n",
+            "# Pipeline benchmark: {}\n\n{camera} → zenoh ({}) → `overparam bridge run` → outputs, on loopback. Each rate: {:.1} s warm-up, then {:.1} s measured. A frame is delivered when every output topic carried its stamp; a rate is held with at most {:.0}% loss.\n\n",
             self.model,
-            self.camera[0],
-            self.camera[1],
             self.mode,
             self.warmup_s,
             self.duration_s,
@@ -616,7 +810,11 @@ impl PipelineReport {
         for r in &self.runs {
             s += &format!(
                 "| {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |\n",
-                r.target_hz,
+                if r.target_hz.fract() == 0.0 {
+                    r.target_hz.to_string()
+                } else {
+                    format!("{:.1}", r.target_hz)
+                },
                 r.achieved_hz,
                 r.sent,
                 r.missed,
@@ -867,6 +1065,7 @@ mod tests {
             peak_steps: 3,
             max_loss: 0.05,
             startup: Duration::from_secs(1),
+            external: None,
         }
     }
 
@@ -909,5 +1108,32 @@ mod tests {
             })
             .contains("--camera-size")
         );
+        // An external camera sets its own rate: no fixed rates, no peak search.
+        let ext = Some(ExternalCamera {
+            key: "car/front/image".into(),
+            connect: vec![],
+        });
+        let own = PipelineBench {
+            rates: vec![],
+            external: ext.clone(),
+            ..bench()
+        };
+        assert!(own.check().is_ok());
+        for b in [
+            PipelineBench {
+                rates: vec![10.0],
+                ..own.clone()
+            },
+            PipelineBench {
+                peak: true,
+                ..own.clone()
+            },
+        ] {
+            let msg = e(b);
+            assert!(
+                msg.contains("--camera-key car/front/image") && msg.contains("--rates"),
+                "{msg}"
+            );
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! the checkpoints most tests start from. Each test file uses a subset, hence the allow.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `overparam` binary under test.
 pub fn bin() -> Command {
@@ -85,4 +86,26 @@ pub fn import_blocks(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Starts the independent Python ROS 2 camera (`bridge/tests/python/ros_camera.py`) on `job` and waits for its `ready` (its session listens).
+pub fn ros_camera(job: &serde_json::Value) -> (Child, BufReader<std::process::ChildStdout>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("bridge/tests/python/ros_camera.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run .venv/bin/python (scripts/setup.sh installs rosbags and eclipse-zenoh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the camera did not start: {line}");
+    (child, out)
 }

@@ -32,7 +32,7 @@ enum BenchCommand {
     /// Camera → zenoh → `bridge run` → outputs at fixed rates (ros2_benchmark's method):
     /// achieved rate, missed frames, latency percentiles, jitter, the bridge's CPU, and the
     /// peak rate with at most 5% loss (--peak); JSON, markdown and a plot with --out.
-    Pipeline(pipeline::PipelineArgs),
+    Pipeline(Box<pipeline::PipelineArgs>),
 }
 
 /// Warm-up runs before the timed ones (CPU, ort-trt, trt-native).

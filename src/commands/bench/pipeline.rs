@@ -15,9 +15,24 @@ pub struct PipelineArgs {
     /// --model`).
     #[arg(long)]
     model: PathBuf,
-    /// Fixed camera rates, Hz, comma-separated; each runs --warmup then --duration.
-    #[arg(long, value_delimiter = ',', default_value = "10,30,60", value_parser = crate::args::rate)]
-    rates: Vec<f64>,
+    /// Fixed camera rates, Hz, comma-separated; each runs --warmup then --duration
+    /// [default: 10,30,60; none with --camera-key].
+    #[arg(long, value_delimiter = ',', value_parser = crate::args::rate)]
+    rates: Option<Vec<f64>>,
+    /// Measure an external camera instead of the bench's own: its native key (camera frames
+    /// in the tensor format) or, with --ros2, its sensor_msgs/Image topic. One run at the
+    /// camera's own rate, as measured; latency from each frame's stamp, so the camera's clock
+    /// must be this host's.
+    #[arg(long, value_name = "KEY|TOPIC")]
+    camera_key: Option<String>,
+    /// With --camera-key: zenoh endpoints that reach the camera (repeatable), given to the
+    /// bench and to the bridge.
+    #[arg(
+        long = "camera-connect",
+        value_name = "ENDPOINT",
+        requires = "camera_key"
+    )]
+    camera_connect: Vec<String>,
     /// Seconds measured at each rate.
     #[arg(long, default_value_t = 5.0, value_parser = crate::args::positive)]
     duration: f64,
@@ -70,8 +85,18 @@ fn camera_size(s: &str) -> std::result::Result<(usize, usize), String> {
 }
 
 pub fn run(a: &PipelineArgs) -> Result<ExitCode> {
+    let external = a.camera_key.as_ref().map(|k| bench::ExternalCamera {
+        key: k.clone(),
+        connect: a.camera_connect.clone(),
+    });
+    let rates = match (&a.rates, &external) {
+        (Some(r), _) => r.clone(),
+        (None, None) => vec![10.0, 30.0, 60.0],
+        (None, Some(_)) => vec![],
+    };
     let b = PipelineBench {
-        rates: a.rates.clone(),
+        rates,
+        external,
         duration: Duration::from_secs_f64(a.duration),
         warmup: Duration::from_secs_f64(a.warmup),
         camera: a.camera_size,
