@@ -360,7 +360,11 @@ fn qat_fine_tunes_a_finished_run_and_writes_the_learned_thresholds() {
     assert!(v["pair"]["steps"].as_u64().unwrap() == 10, "{v}");
     assert!(v["thresholds_moved"].as_u64().unwrap() > 0, "{v}");
     let rep = &v["reproduction"];
-    assert!(rep["top1_agreement"].as_f64().unwrap() >= 0.97, "{v}");
+    // This 1-epoch model's logits are near-ties, where the class can flip on a machine's
+    // rounding (91% top-1 agreement on an AVX2-only EPYC, ≥ 97% on AVX-512 hosts); where the
+    // top-1 is decided by more than 4 steps it must never differ.
+    assert_eq!(rep["decided_top1_agreement"], 1.0, "{v}");
+    assert!(rep["top1_agreement"].as_f64().unwrap() >= 0.8, "{v}");
     assert!(rep["within_2_steps"].as_f64().unwrap() >= 0.99, "{v}");
     let drop = v["int8_drop"].as_f64().unwrap();
     let (q, p) = (

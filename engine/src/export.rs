@@ -147,20 +147,33 @@ pub fn quantizable_layers(spec: &DeploySpec) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Per-output-channel symmetric int8 weights: s_c = max|W_c| / 127, q = round(W/s) ∈ [−127, 127].
-pub fn quantize_weight(w: &Tensor<f32>) -> (Vec<i8>, Vec<f32>) {
+impl ActivationEncoding {
+    /// The largest weight level: 127 in TensorRT's encoding; 63 (7-bit weights, ONNX
+    /// Runtime's `reduce_range`) in the CPU encoding. ONNX Runtime runs uint8 × int8 through
+    /// VPMADDUBSW on AVX2 and AVX-512 machines without VNNI, which adds two products in a
+    /// saturating int16: 255·127·2 overflows it, 255·63·2 = 32130 does not (ONNX Runtime's
+    /// quantization docs, "reduce-range"). With full-range weights the same INT8 ONNX gave
+    /// logits 7 output steps off on an AVX2-only EPYC and exact ones on an AVX-512-VNNI host.
+    pub const fn weight_qmax(self) -> f32 {
+        match self {
+            ActivationEncoding::SignedSymmetric => 127.0,
+            ActivationEncoding::UnsignedOffset => 63.0,
+        }
+    }
+}
+
+/// Per-output-channel symmetric int8 weights: s_c = max|W_c| / qmax, q = round(W/s) ∈
+/// [−qmax, qmax] ([`ActivationEncoding::weight_qmax`]).
+pub fn quantize_weight(w: &Tensor<f32>, qmax: f32) -> (Vec<i8>, Vec<f32>) {
     let o = w.shape[0];
     let per = w.numel() / o;
     let mut q = Vec::with_capacity(w.numel());
     let mut scales = Vec::with_capacity(o);
     for ch in w.data.chunks(per) {
         let amax = ch.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        let s = if amax > 0.0 { amax / qmax } else { 1.0 };
         scales.push(s);
-        q.extend(
-            ch.iter()
-                .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
-        );
+        q.extend(ch.iter().map(|v| (v / s).round().clamp(-qmax, qmax) as i8));
     }
     (q, scales)
 }
@@ -288,7 +301,8 @@ impl Builder<'_> {
     /// The int8 weight with its DequantizeLinear, per output channel (axis 0).
     fn quant_weight(&mut self, name: &str) -> Result<String> {
         let t = self.weight(name)?.clone();
-        let (q, s) = quantize_weight(&t);
+        let qmax = self.plan.map_or(127.0, |p| p.encoding.weight_qmax());
+        let (q, s) = quantize_weight(&t, qmax);
         let o = t.shape[0];
         let (qn, sn, zn, out) = (
             format!("{name}_quantized"),

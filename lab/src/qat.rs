@@ -59,6 +59,12 @@ pub struct Reproduction {
     pub max_steps: f64,
     /// Share of logits within 2 steps.
     pub within_2_steps: f64,
+    /// Images whose QAT top-1 leads its runner-up by more than 4 steps: there, logits within
+    /// 2 steps cannot change the class, so disagreement is a real error and not a near-tie
+    /// settled by a machine's rounding (an untrained model's logits are all near-ties).
+    pub decided_images: usize,
+    /// Share of those whose top-1 agrees (1 when there are none).
+    pub decided_top1_agreement: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,7 +236,24 @@ pub fn reproduction(want: &[f32], got: &[f32], classes: usize) -> Reproduction {
     };
     let (a, b) = (top1(want), top1(got));
     let n = a.len().max(1) as f64;
+    let decided: Vec<usize> = want
+        .chunks(classes.max(1))
+        .enumerate()
+        .filter(|(_, c)| {
+            let mut v: Vec<f32> = c.to_vec();
+            v.sort_by(|x, y| y.total_cmp(x));
+            v.len() < 2 || (v[0] - v[1]) as f64 > 4.0 * step
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let decided_same = decided.iter().filter(|&&i| a[i] == b[i]).count();
     Reproduction {
+        decided_images: decided.len(),
+        decided_top1_agreement: if decided.is_empty() {
+            1.0
+        } else {
+            decided_same as f64 / decided.len() as f64
+        },
         top1_agreement: a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / n,
         max_steps: steps.iter().fold(0.0, |m: f64, v| m.max(*v)),
         within_2_steps: steps.iter().filter(|v| **v <= 2.0).count() as f64
@@ -272,4 +295,24 @@ pub fn after_training(
 /// Where `run` puts its INT8 model by default.
 pub fn default_output(run: &Path) -> PathBuf {
     run.join("model.qat.int8.onnx")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_ties_are_told_from_decided_images() {
+        // Step = 10/127. Image 0 leads by 10 (decided, agrees); image 1 by 0.01 (a near-tie,
+        // flipped by 0.02, under one step).
+        let want = [10.0, 0.0, 0.0, 1.0, 0.99, 0.0];
+        let got = [10.0, 0.1, 0.0, 0.98, 0.99, 0.0];
+        let r = reproduction(&want, &got, 3);
+        assert_eq!(r.top1_agreement, 0.5);
+        assert_eq!((r.decided_images, r.decided_top1_agreement), (1, 1.0));
+        assert_eq!(r.within_2_steps, 1.0);
+        // A decided image that flips is counted.
+        let r = reproduction(&want, &[0.0, 10.0, 0.0, 1.0, 0.99, 0.0], 3);
+        assert_eq!(r.decided_top1_agreement, 0.0);
+    }
 }

@@ -93,8 +93,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let rep = &r.reproduction;
     println!(
-        "  ONNX Runtime reproduces the QAT model: top-1 agreement {:.2}%, logits within 2 steps {:.2}% (max {:.2} steps of max|logit|/127); {} thresholds learned",
+        "  ONNX Runtime reproduces the QAT model: top-1 agreement {:.2}% ({:.2}% of the {} images decided by more than 4 steps), logits within 2 steps {:.2}% (max {:.2} steps of max|logit|/127); {} thresholds learned",
         100.0 * rep.top1_agreement,
+        100.0 * rep.decided_top1_agreement,
+        rep.decided_images,
         100.0 * rep.within_2_steps,
         rep.max_steps,
         r.thresholds_moved

@@ -393,7 +393,7 @@ impl OpModel {
             return Self::conv2d(x, &w, Some(&b), &c.shape);
         }
         let x = qat.activation(x, &cx.inputs[0])?;
-        let y = Self::conv2d(&x, &crate::qat::fake_weight(&w)?, Some(&b), &c.shape)?;
+        let y = Self::conv2d(&x, &qat.weight(&w)?, Some(&b), &c.shape)?;
         if qat.quantises_output(cx.name) {
             return qat.activation(&y, cx.name);
         }
@@ -602,7 +602,7 @@ impl Backend for Tch<'_, '_> {
         let (w, b) = (self.param(cx, "weight")?, self.param(cx, "bias")?);
         if let Some(q) = self.model.qat.as_ref().filter(|q| q.quantises(cx.name)) {
             let x = q.activation(x, &cx.inputs[0])?;
-            return Ok(x.f_linear(&crate::qat::fake_weight(&w)?, Some(&b))?);
+            return Ok(x.f_linear(&q.weight(&w)?, Some(&b))?);
         }
         Ok(x.f_linear(&w, Some(&b))?)
     }

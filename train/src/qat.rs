@@ -144,6 +144,14 @@ impl Qat {
     }
 
     /// Whether `layer` is quantised.
+    /// Fake quantisation of a layer's deploy weight on the export's grid: 127 levels each
+    /// side in TensorRT's encoding, 63 in the CPU encoding (engine's
+    /// `ActivationEncoding::weight_qmax`: 7-bit weights, so ONNX Runtime's uint8 × int8
+    /// kernels cannot saturate on machines without VNNI).
+    pub(crate) fn weight(&self, w: &Tensor) -> Result<Tensor> {
+        fake_weight(w, if self.unsigned { 63.0 } else { 127.0 })
+    }
+
     pub fn quantises(&self, layer: &str) -> bool {
         self.fake_quant && self.layers.as_ref().is_none_or(|l| l.contains(layer))
     }
@@ -227,9 +235,9 @@ fn round_away(v: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-output-channel symmetric int8 fake quantisation of a kernel (axis 0): the grid of
-/// `engine::export::quantize_weight`, `s_c = max|W_c|/127` (1 for an all-zero channel), with
-/// the gradient straight through.
-pub(crate) fn fake_weight(w: &Tensor) -> Result<Tensor> {
+/// `engine::export::quantize_weight`, `s_c = max|W_c|/qmax` (1 for an all-zero channel; qmax
+/// the encoding's, `ActivationEncoding::weight_qmax`), with the gradient straight through.
+pub(crate) fn fake_weight(w: &Tensor, qmax: f64) -> Result<Tensor> {
     let o = w.size()[0];
     let wd = w.f_detach()?;
     let mut view = vec![o];
@@ -238,11 +246,11 @@ pub(crate) fn fake_weight(w: &Tensor) -> Result<Tensor> {
         .f_abs()?
         .f_reshape([o, -1])?
         .f_amax([1i64].as_slice(), false)?;
-    let s = amax.f_div_scalar(127.0)?;
+    let s = amax.f_div_scalar(qmax)?;
     let s = s
         .f_where_self(&amax.f_gt(0.0)?, &s.f_ones_like()?)?
         .f_reshape(&view)?;
-    let q = round_away(&wd.f_div(&s)?)?.f_clamp(-127.0, 127.0)?;
+    let q = round_away(&wd.f_div(&s)?)?.f_clamp(-qmax, qmax)?;
     Ok(q.f_mul(&s)?.f_add(&w.f_sub(&wd)?)?)
 }
 
@@ -389,7 +397,7 @@ mod tests {
         // round would give 2 and −2). Channel 1 is all zero: scale 1, zeros.
         let w = t(&[2.5, -2.5, 127.0, 0.5, 0.0, 0.0, 0.0, 0.0]).reshape([2, 4, 1, 1]);
         assert_eq!(
-            vec(&fake_weight(&w).unwrap()),
+            vec(&fake_weight(&w, 127.0).unwrap()),
             [3.0, -3.0, 127.0, 1.0, 0.0, 0.0, 0.0, 0.0]
         );
     }
@@ -399,7 +407,7 @@ mod tests {
         let w = t(&[0.3, -1.7, 0.9, 2.0])
             .reshape([2, 2, 1, 1])
             .set_requires_grad(true);
-        fake_weight(&w).unwrap().sum(Kind::Float).backward();
+        fake_weight(&w, 127.0).unwrap().sum(Kind::Float).backward();
         assert_eq!(vec(&w.grad()), [1.0; 4]);
     }
 
