@@ -36,7 +36,7 @@ def bn(c):
 class Residual(nn.Module):
     """torchvision's BasicBlock with a stride-2 downsample, a max-pool stem and a classifier."""
 
-    def __init__(self):
+    def __init__(self, classes=7):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
         self.bn1 = bn(8)
@@ -44,7 +44,7 @@ class Residual(nn.Module):
         self.layer1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1, bias=False), bn(16), nn.ReLU(),
                                     nn.Conv2d(16, 16, 3, 1, 1, bias=False), bn(16))
         self.downsample = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), bn(16))
-        self.fc = nn.Linear(16, 7)
+        self.fc = nn.Linear(16, classes)
 
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -133,6 +133,9 @@ class Decoder(nn.Module):
 # (block, module, input H×W, outputs, [(exporter, opset), ...])
 BLOCKS = [
     ("residual", Residual, (17, 15), ["logits"], [("ts", 13), ("dynamo", 18)]),
+    # At CIFAR-100's size and classes, so it fine-tunes (and QATs) on CIFAR-layout data
+    # (tests/finetune.rs).
+    ("residual32", lambda: Residual(100), (32, 32), ["logits"], [("ts", 13)]),
     ("inverted", InvertedResidual, (9, 11), ["features"], [("ts", 15), ("dynamo", 19)]),
     ("squeeze", SqueezeExcite, (13, 11), ["logits"], [("ts", 17), ("dynamo", 20)]),
     ("dilated", Dilated, (12, 10), ["out"], [("ts", 13), ("dynamo", 21)]),
