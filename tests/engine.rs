@@ -894,6 +894,26 @@ fn compare_localises_an_injected_error_to_its_layer() {
     assert!(text(&o).contains("TensorRT plan"), "{}", text(&o));
 }
 
+/// The FP32 and FP16 ONNX exports of deploy checkpoint `d`, written into `dir`.
+fn fp32_fp16(d: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (a32, a16) = (dir.join("a.onnx"), dir.join("a16.onnx"));
+    for (p, prec) in [(&a32, "fp32"), (&a16, "fp16")] {
+        let o = run(
+            &[
+                "export",
+                d.to_str().unwrap(),
+                "--precision",
+                prec,
+                "-o",
+                p.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    (a32, a16)
+}
+
 /// `compare --data`: both classifiers on a test split. An FP32 export against its checkpoint
 /// agrees on every image with a zero delta; the FP16 export is measured the same way; two ONNX
 /// models without a normalisation are refused, naming the flags.
@@ -916,21 +936,7 @@ fn compare_with_data_reports_each_top1_and_their_agreement() {
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let (a32, a16) = (dir.path().join("a.onnx"), dir.path().join("a16.onnx"));
-    for (p, prec) in [(&a32, "fp32"), (&a16, "fp16")] {
-        let o = run(
-            &[
-                "export",
-                d.to_str().unwrap(),
-                "--precision",
-                prec,
-                "-o",
-                p.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    let (a32, a16) = fp32_fp16(&d, dir.path());
     let norm = ["--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"];
     let cmp = |a: &Path, extra: &[&str]| {
         let mut args = vec!["compare", a.to_str().unwrap(), d.to_str().unwrap()];
@@ -1015,21 +1021,7 @@ fn compare_with_data_on_multi_task_models() {
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let (a32, a16) = (dir.path().join("m.onnx"), dir.path().join("m16.onnx"));
-    for (p, prec) in [(&a32, "fp32"), (&a16, "fp16")] {
-        let o = run(
-            &[
-                "export",
-                d.to_str().unwrap(),
-                "--precision",
-                prec,
-                "-o",
-                p.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    let (a32, a16) = fp32_fp16(&d, dir.path());
     let cmp = |a: &Path, b: &Path, json: bool| {
         let mut args = vec![
             "compare",

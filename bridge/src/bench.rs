@@ -271,6 +271,31 @@ impl Bridge {
             .unwrap_or_default();
         (status.is_some_and(|s| s.success()), err)
     }
+    /// Polls `ready` until it holds; the bridge exiting first, or `within` passing, is an
+    /// error with its stderr (`what`: what was awaited; `hint`: what to check on a timeout).
+    fn wait_for(
+        mut self,
+        mut ready: impl FnMut() -> Result<bool>,
+        within: Duration,
+        what: &str,
+        hint: &str,
+    ) -> Result<Self> {
+        let t0 = Instant::now();
+        while !ready()? {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Err(self.failed(&format!("the bridge exited before {what}")));
+            }
+            if t0.elapsed() > within {
+                return Err(self.failed(&format!(
+                    "no sign of {what} within {:.0} s: {hint}",
+                    within.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(self)
+    }
+
     fn failed(mut self, why: &str) -> Error {
         let _ = self.child.kill();
         let (_, err) = self.finish(Duration::from_secs(5));
@@ -496,25 +521,18 @@ impl PipelineBench {
         for c in &cam.connect {
             args.extend(["--connect".into(), c.clone()]);
         }
-        let mut bridge = Bridge::start(launch, &args)?;
-        let t0 = Instant::now();
-        while listening
-            .arrivals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            if matches!(bridge.child.try_wait(), Ok(Some(_))) {
-                return Err(bridge.failed("the bridge exited before its first output"));
-            }
-            if t0.elapsed() > self.startup {
-                return Err(bridge.failed(&format!(
-                    "no output within {:.0} s: is the camera publishing on {key}?",
-                    self.startup.as_secs_f64()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut bridge = Bridge::start(launch, &args)?.wait_for(
+            || {
+                Ok(!listening
+                    .arrivals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty())
+            },
+            self.startup,
+            "its first output",
+            &format!("is the camera publishing on {key}?"),
+        )?;
         let start = Instant::now() + self.warmup;
         let end = start + self.duration;
         let pid = bridge.child.id();
@@ -590,24 +608,13 @@ impl PipelineBench {
             .congestion_control(CongestionControl::Drop)
             .reliability(Reliability::BestEffort)
             .wait()?;
-        let mut bridge = Bridge::start(launch, &self.bridge_args(&ep, source_timeout))?;
         // The bridge has subscribed once the camera matches; a bridge that exits is a failure.
-        let t0 = Instant::now();
-        loop {
-            if camera.matching_status().wait()?.matching() {
-                break;
-            }
-            if matches!(bridge.child.try_wait(), Ok(Some(_))) {
-                return Err(bridge.failed("the bridge exited before subscribing to the camera"));
-            }
-            if t0.elapsed() > self.startup {
-                return Err(bridge.failed(&format!(
-                    "the bridge did not subscribe to the camera within {:.0} s",
-                    self.startup.as_secs_f64()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let bridge = Bridge::start(launch, &self.bridge_args(&ep, source_timeout))?.wait_for(
+            || Ok(camera.matching_status().wait()?.matching()),
+            self.startup,
+            "its subscription to the camera",
+            "is the model slow to load (--startup-timeout)?",
+        )?;
 
         let (h, w) = self.camera;
         let mut rng = overparam_base::Rng::new(7);
