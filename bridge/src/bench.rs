@@ -573,10 +573,7 @@ impl PipelineBench {
                 self.duration.as_secs_f64()
             )));
         }
-        let cpu_percent = match (cpu0, cpu1) {
-            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
-            _ => None,
-        };
+        let cpu_percent = self.cpu_percent((cpu0, cpu1));
         let rate = sent.len() as f64 / self.duration.as_secs_f64();
         Ok(score(
             rate,
@@ -585,6 +582,14 @@ impl PipelineBench {
             self.duration.as_secs_f64(),
             cpu_percent,
         ))
+    }
+
+    /// The bridge's CPU over the window, % of one core, from its CPU seconds at either end.
+    fn cpu_percent(&self, cpu: (Option<f64>, Option<f64>)) -> Option<f64> {
+        match cpu {
+            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
+            _ => None,
+        }
     }
 
     /// One fixed-rate run at `rate` Hz.
@@ -668,10 +673,7 @@ impl PipelineBench {
                 err.trim()
             )));
         }
-        let cpu_percent = match cpu {
-            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
-            _ => None,
-        };
+        let cpu_percent = self.cpu_percent(cpu);
         Ok(score(
             rate,
             &sent,
