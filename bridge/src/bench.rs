@@ -315,6 +315,15 @@ struct Listening {
 }
 
 impl Listening {
+    /// Whether an output arrival so far satisfies `pred` ((key, capture ns, receive ns)).
+    fn arrived(&self, pred: impl Fn(&(String, i64, i64)) -> bool) -> bool {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(pred)
+    }
+
     /// Waits until nothing has arrived for 200 ms (at most 5 s), stops, and returns the
     /// arrivals.
     fn finish(self) -> Result<Vec<(String, i64, i64)>> {
@@ -522,13 +531,7 @@ impl PipelineBench {
             args.extend(["--connect".into(), c.clone()]);
         }
         let mut bridge = Bridge::start(launch, &args)?.wait_for(
-            || {
-                Ok(!listening
-                    .arrivals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty())
-            },
+            || Ok(listening.arrived(|_| true)),
             self.startup,
             "its first output",
             &format!("is the camera publishing on {key}?"),
@@ -554,14 +557,7 @@ impl PipelineBench {
         // goes on; the bridge keeps the newest frame), or after 5 s.
         let last = sent.last().copied().unwrap_or(i64::MAX);
         let t_done = Instant::now();
-        while t_done.elapsed() < Duration::from_secs(5)
-            && !listening
-                .arrivals
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|(_, c, _)| *c > last)
-        {
+        while t_done.elapsed() < Duration::from_secs(5) && !listening.arrived(|a| a.1 > last) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = bridge.child.kill();
@@ -573,23 +569,25 @@ impl PipelineBench {
                 self.duration.as_secs_f64()
             )));
         }
-        let cpu_percent = self.cpu_percent((cpu0, cpu1));
         let rate = sent.len() as f64 / self.duration.as_secs_f64();
-        Ok(score(
-            rate,
-            &sent,
-            &arrivals,
-            self.duration.as_secs_f64(),
-            cpu_percent,
-        ))
+        Ok(self.score(rate, &sent, &arrivals, (cpu0, cpu1)))
     }
 
-    /// The bridge's CPU over the window, % of one core, from its CPU seconds at either end.
-    fn cpu_percent(&self, cpu: (Option<f64>, Option<f64>)) -> Option<f64> {
-        match cpu {
-            (Some(a), Some(b)) => Some((b - a) / self.duration.as_secs_f64() * 100.0),
+    /// [`score`] over this bench's window, the bridge's CPU from its CPU seconds at either
+    /// end (% of one core).
+    fn score(
+        &self,
+        rate: f64,
+        sent: &[i64],
+        arrivals: &[(String, i64, i64)],
+        cpu: (Option<f64>, Option<f64>),
+    ) -> RateRun {
+        let window = self.duration.as_secs_f64();
+        let cpu_percent = match cpu {
+            (Some(a), Some(b)) => Some((b - a) / window * 100.0),
             _ => None,
-        }
+        };
+        score(rate, sent, arrivals, window, cpu_percent)
     }
 
     /// One fixed-rate run at `rate` Hz.
@@ -673,14 +671,7 @@ impl PipelineBench {
                 err.trim()
             )));
         }
-        let cpu_percent = self.cpu_percent(cpu);
-        Ok(score(
-            rate,
-            &sent,
-            &arrivals,
-            self.duration.as_secs_f64(),
-            cpu_percent,
-        ))
+        Ok(self.score(rate, &sent, &arrivals, cpu))
     }
 
     /// Every fixed rate, then the peak search when asked; `on_run` sees each run.

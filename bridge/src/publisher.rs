@@ -156,18 +156,17 @@ impl PublishConfig {
             _ => task.name().to_string(),
         }
     }
+    /// ROS 2 mode: an output's topic, `/<ns>/<camera>/<leaf>`.
+    fn ros2_topic(&self, n: &Ros2Names, task: Task) -> String {
+        n.output_topic(&self.camera, &self.leaf(task))
+    }
     pub fn key(&self, task: Task) -> String {
-        match (&self.ros2, task) {
-            (Some(n), Task::Raw(_)) => {
-                let t = raw_type();
-                n.typed_key(
-                    &n.output_topic(&self.camera, &self.leaf(task)),
-                    &t.dds_name,
-                    &t.hash,
-                )
+        match &self.ros2 {
+            Some(n) => {
+                let t = ros2::task_type(task);
+                n.typed_key(&self.ros2_topic(n, task), &t.dds_name, &t.hash)
             }
-            (Some(n), _) => n.data_key(&self.camera, task),
-            (None, _) => format!("{}/{}/{}", self.prefix, self.camera, self.leaf(task)),
+            None => format!("{}/{}/{}", self.prefix, self.camera, self.leaf(task)),
         }
     }
     pub fn status_key(&self) -> String {
@@ -199,11 +198,6 @@ impl PublishConfig {
             None => format!("{}/{}/health", self.prefix, self.camera),
         })
     }
-}
-
-/// The ROS 2 type of raw outputs.
-fn raw_type() -> TypeKey {
-    TypeKey::of(msgs::FLOAT32_MULTI_ARRAY).expect("Float32MultiArray is defined in msgs::DEFS")
 }
 
 /// The ROS 2 topic of health reports (REP 107, diagnostic_updater).
@@ -365,21 +359,15 @@ impl PerceptionPublisher {
                 .wait()?;
             if let Some(n) = &cfg.ros2 {
                 let qos = ros2::qos_string(qos.reliable, qos.depth);
-                let token = match task {
-                    Task::Raw(_) => {
-                        let topic = n.output_topic(&cfg.camera, &cfg.leaf(task));
-                        let t = raw_type();
-                        n.typed_publisher_token(ros2::Endpoint::typed(
-                            &zid,
-                            node_id,
-                            i as u32 + 1,
-                            &topic,
-                            &t,
-                            &qos,
-                        ))
-                    }
-                    _ => n.publisher_token(&zid, node_id, i as u32 + 1, &cfg.camera, task, &qos),
-                };
+                let (topic, t) = (cfg.ros2_topic(n, task), ros2::task_type(task));
+                let token = n.typed_publisher_token(ros2::Endpoint::typed(
+                    &zid,
+                    node_id,
+                    i as u32 + 1,
+                    &topic,
+                    &t,
+                    &qos,
+                ));
                 tokens.push(session.liveliness().declare_token(token).wait()?);
             }
             topics.push(Topic {
@@ -819,3 +807,4 @@ impl AsRef<[u8]> for F32Bytes {
         bytemuck::cast_slice(&self.0)
     }
 }
+

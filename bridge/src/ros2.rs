@@ -394,8 +394,8 @@ impl Ros2Names {
     /// The data key of an output: [`Ros2Names::typed_key`] of [`Ros2Names::topic`] with the
     /// output's message type ([`task_type`]).
     pub fn data_key(&self, camera: &str, task: Task) -> String {
-        let (dds, hash) = task_type(task);
-        self.typed_key(&self.topic(camera, task), &dds, &hash)
+        let t = task_type(task);
+        self.typed_key(&self.topic(camera, task), &t.dds_name, &t.hash)
     }
     /// The data key of an Image topic, `<domain>/<fully qualified name>/<type>/<hash>`, the name
     /// with its leading and trailing slashes stripped (rmw_zenoh `liveliness_utils.cpp`,
@@ -492,25 +492,6 @@ impl Ros2Names {
     pub fn typed_subscription_token(&self, e: Endpoint<'_>) -> String {
         self.endpoint_token(e, "MS")
     }
-    /// Publisher token of an output topic.
-    pub fn publisher_token(
-        &self,
-        zid: &str,
-        node_id: u32,
-        entity_id: u32,
-        camera: &str,
-        task: Task,
-        qos: &str,
-    ) -> String {
-        let topic = self.topic(camera, task);
-        let (dds_name, hash) = task_type(task);
-        let e = Endpoint {
-            dds_name: &dds_name,
-            hash: &hash,
-            ..Endpoint::image(zid, node_id, entity_id, &topic, qos)
-        };
-        self.endpoint_token(e, "MP")
-    }
     /// Subscription token of an Image topic (a fully qualified name).
     pub fn subscription_token(
         &self,
@@ -574,17 +555,20 @@ impl<'a> Endpoint<'a> {
     }
 }
 
-/// The DDS type name and RIHS01 hash an output topic carries: `vision_msgs/Classification`
-/// for the classes, `sensor_msgs/Image` for the rest.
-pub fn task_type(task: Task) -> (String, String) {
-    match task {
-        Task::Classes => {
-            let t = crate::msgs::TypeKey::of(crate::msgs::CLASSIFICATION)
-                .expect("Classification is defined in msgs::DEFS");
-            (t.dds_name, t.hash)
+/// The message type an output topic carries: `vision_msgs/Classification` for the classes,
+/// `std_msgs/Float32MultiArray` for raw outputs, `sensor_msgs/Image` for the rest.
+pub fn task_type(task: Task) -> crate::msgs::TypeKey {
+    let name = match task {
+        Task::Classes => crate::msgs::CLASSIFICATION,
+        Task::Raw(_) => crate::msgs::FLOAT32_MULTI_ARRAY,
+        _ => {
+            return crate::msgs::TypeKey {
+                dds_name: IMAGE_TYPE_NAME.into(),
+                hash: IMAGE_TYPE_HASH.into(),
+            };
         }
-        _ => (IMAGE_TYPE_NAME.into(), IMAGE_TYPE_HASH.into()),
-    }
+    };
+    crate::msgs::TypeKey::of(name).expect("the output types are defined in msgs::DEFS")
 }
 
 /// rmw_zenoh writes names in liveliness keys with `/` as `%` (and `%` alone for empty).
@@ -736,8 +720,10 @@ mod tests {
             n.node_token("abc", 0),
             "@ros2_lv/0/abc/0/0/NN/%/%perception/overparam"
         );
+        let (topic, qos) = (n.topic("cam0", Task::Depth), qos_string(true, 10));
+        let t = task_type(Task::Depth);
         assert!(
-            n.publisher_token("abc", 0, 3, "cam0", Task::Depth, &qos_string(true, 10))
+            n.typed_publisher_token(Endpoint::typed("abc", 0, 3, &topic, &t, &qos))
                 .ends_with(&format!(
                     "/3/MP/%/%perception/overparam/%perception%cam0%depth/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}/::,10:,:,:,,"
                 ))

@@ -9,7 +9,7 @@ use overparam_engine::runtime::{OrtRuntime, Output, Provider};
 use overparam_fuse::AnySpec;
 
 use crate::error::{Error, Result};
-use crate::publisher::{FrameOutputs, PerceptionPublisher};
+use crate::publisher::{FrameOutputs, PerceptionPublisher, TopicQos};
 use crate::session::now_ns;
 use crate::source::{Frame, FrameSource};
 use crate::wire::{self, Stamps, Task, TensorData};
@@ -97,7 +97,7 @@ impl Model {
             )));
         }
         let size = (s[2], s[3]);
-        let probe = rt.run(&vec![0.0; 3 * size.0 * size.1])?;
+        let probe = rt.probe()?;
         let names: Vec<&str> = probe.iter().map(|(n, ..)| n.as_str()).collect();
         for (n, _) in given {
             if !names.contains(&n.as_str()) {
@@ -113,13 +113,11 @@ impl Model {
             .collect();
         let classes = probe
             .iter()
-            .filter(|(n, s, _)| {
-                matches!(
-                    role_of(n, given),
-                    Role::ClassLogits | Role::SegmentationLogits
-                ) && s.len() >= 2
+            .zip(&roles)
+            .filter(|((_, s, _), (_, r))| {
+                matches!(r, Role::ClassLogits | Role::SegmentationLogits) && s.len() >= 2
             })
-            .map(|(n, s, _)| (n.clone(), s[1]))
+            .map(|((n, s, _), _)| (n.clone(), s[1]))
             .collect();
         let probed = outputs_to_tensors(probe, &roles)?;
         let frame_bytes = probed
@@ -142,6 +140,13 @@ impl Model {
     /// The class names to publish ([`class_names`] of this model's class outputs).
     pub fn class_names(&self, file: Option<&Path>) -> Result<Option<Vec<String>>> {
         class_names(&self.classes, file)
+    }
+
+    /// Points `cfg` at this model's outputs: a topic per task with QoS `qos`, and the raw
+    /// outputs' names for their topics.
+    pub fn configure(&self, cfg: &mut crate::publisher::PublishConfig, qos: TopicQos) {
+        cfg.qos = self.tasks.iter().map(|&t| (t, qos)).collect();
+        cfg.raw = self.raw_outputs().iter().map(|s| s.to_string()).collect();
     }
 
     /// Outputs whose role is `raw`, in model order: the i-th is published as

@@ -69,27 +69,25 @@ impl<'h> Scorer<'h> {
     /// Scores one sample's outputs and returns its predictions.
     fn add(&mut self, outs: &[crate::runtime::Output], s: &NyuSample) -> Result<Predictions> {
         use overparam_base::Task;
+        let hw = s.height * s.width;
+        // A task's output, checked to be N×C×H×W at the scene's size.
         let get = |t: Task| -> Result<Option<&crate::runtime::Output>> {
             let Some(name) = &self.heads[t as usize] else {
                 return Ok(None);
             };
-            outs.iter()
+            let o = outs
+                .iter()
                 .find(|o| &o.0 == name)
-                .map(Some)
-                .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))
-        };
-        let hw = s.height * s.width;
-        let mut p = Predictions::default();
-        for t in Task::ALL {
-            if let Some((_, shape, _)) = get(t)?
-                && (shape.len() != 4 || shape[2] * shape[3] != hw)
-            {
+                .ok_or_else(|| Error::Runtime(format!("the model has no `{name}` output")))?;
+            if o.1.len() != 4 || o.1[2] * o.1[3] != hw {
                 return Err(Error::Runtime(format!(
-                    "model output {shape:?} does not match the data's {}×{}",
-                    s.height, s.width
+                    "model output {:?} does not match the data's {}×{}",
+                    o.1, s.height, s.width
                 )));
             }
-        }
+            Ok(Some(o))
+        };
+        let mut p = Predictions::default();
         if let Some((_, shape, seg)) = get(Task::Segmentation)? {
             let c = shape[1];
             let pred: Vec<usize> = (0..hw)
@@ -205,9 +203,7 @@ pub type Heads = [Option<String>; 3];
 /// An ONNX model's [`Heads`], by the roles its output names imply ([`overparam_base::Role::implied_by`]),
 /// read from one run on a zero input.
 pub fn heads_of_onnx(model: &[u8]) -> Result<Heads> {
-    let mut rt = OrtRuntime::new(model, None)?;
-    let n: usize = rt.input_shape().iter().product();
-    let outs = rt.run(&vec![0.0; n])?;
+    let outs = OrtRuntime::new(model, None)?.probe()?;
     Ok(overparam_base::Task::ALL.map(|t| {
         outs.iter()
             .find(|o| overparam_base::Role::implied_by(&o.0) == t.role())

@@ -424,6 +424,12 @@ impl OrtRuntime {
         Ok(())
     }
 
+    /// One run on an all-zero input: the outputs' names and shapes, in model order.
+    pub fn probe(&mut self) -> Result<Vec<Output>> {
+        let n: usize = self.input_shape.iter().product();
+        self.run(&vec![0.0; n])
+    }
+
     /// Runs one batch (its shape must be the model's static input shape).
     pub fn run(&mut self, input: &[f32]) -> Result<Vec<Output>> {
         let n: usize = self.input_shape.iter().product();

@@ -597,13 +597,10 @@ pub fn compare_on_data(
         }
     };
     // The class count from A's output (IDX files do not record it).
-    let classes = {
-        let mut rt = overparam_engine::runtime::OrtRuntime::new(&ma, None)?;
-        let n: usize = rt.input_shape().iter().product();
-        let out = rt.run(&vec![0.0; n])?;
-        out.first()
-            .map_or(10, |o| o.1.get(1).copied().unwrap_or(10))
-    };
+    let classes = overparam_engine::runtime::OrtRuntime::new(&ma, None)?
+        .probe()?
+        .first()
+        .map_or(10, |o| o.1.get(1).copied().unwrap_or(10));
     let test =
         overparam_data::dataset::load(data, overparam_data::cifar::Split::Test, None, classes)?;
     let eval = |m: &[u8], p: &Path| {

@@ -669,8 +669,7 @@ pub fn bridge(
     let mut m = Model::from_onnx(&model.bytes, threads, &Provider::Cpu)?;
     // One topic per task the model has.
     let mut pc = PublishConfig::native("overparam", "cam0");
-    pc.qos = m.tasks.iter().map(|&t| (t, Default::default())).collect();
-    pc.raw = m.raw_outputs().iter().map(|s| s.to_string()).collect();
+    m.configure(&mut pc, Default::default());
     let publisher = PerceptionPublisher::new(&s_pub, pc)?;
     if !publisher.wait_for_subscribers(Duration::from_secs(20))? {
         return Err(Error::Run(

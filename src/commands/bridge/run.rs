@@ -160,7 +160,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     stop::install()?;
     let mut m = Model::load_with_roles(&model, threads, &runtime.provider(), &outputs)
         .with_context(|| format!("loading {}", model.display()))?;
-    let raw: Vec<String> = m.raw_outputs().iter().map(|s| s.to_string()).collect();
+    let raw = m.raw_outputs();
     if !raw.is_empty() {
         eprintln!(
             "bridge: publishing {} as raw tensors (name a role with --output NAME=ROLE)",
@@ -200,8 +200,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Ros2Qos::SensorData => TopicQos::sensor_data(),
     };
     let base = profile.apply(qos.as_deref().unwrap_or(""))?;
-    cfg.qos = m.tasks.iter().map(|&t| (t, base)).collect();
-    cfg.raw = raw;
+    m.configure(&mut cfg, base);
     cfg.labels = m.class_names(labels.as_deref())?;
     for tq in &topic_qos {
         let (task, items) = tq
