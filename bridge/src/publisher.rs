@@ -200,6 +200,15 @@ impl PublishConfig {
     }
 }
 
+/// The outputs' resolution, for the camera info: that of the first image output (HWC). Raw
+/// outputs are NCHW and classes 1-D, so neither can say it.
+fn image_resolution(tensors: &[(Task, Vec<usize>, TensorData)]) -> Option<(usize, usize)> {
+    tensors
+        .iter()
+        .find(|(t, s, _)| ros2::image_encoding(*t).is_some() && s.len() >= 2)
+        .map(|(_, s, _)| (s[0], s[1]))
+}
+
 /// The ROS 2 topic of health reports (REP 107, diagnostic_updater).
 pub const DIAGNOSTICS_TOPIC: &str = "/diagnostics";
 
@@ -532,11 +541,7 @@ impl PerceptionPublisher {
             tensors,
             camera_info,
         } = frame;
-        // The outputs' resolution, for the camera info: that of the first image output.
-        let out_hw = tensors
-            .iter()
-            .find(|(t, s, _)| *t != Task::Classes && s.len() >= 2)
-            .map(|(_, s, _)| (s[0], s[1]));
+        let out_hw = image_resolution(&tensors);
         // ROS 2 outputs carry the camera frame's header, else one from the capture stamp.
         let ros2_header = self.cfg.ros2.as_ref().map(|_| {
             header.clone().unwrap_or_else(|| ros2::Header {
@@ -808,3 +813,19 @@ impl AsRef<[u8]> for F32Bytes {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_info_resolution_comes_from_an_image_output_whatever_the_order() {
+        let f = |n| TensorData::F32(vec![0.0; n]);
+        let tensors = vec![
+            (Task::Classes, vec![10], f(10)),
+            (Task::Raw(0), vec![1, 8, 6, 5], f(240)),
+            (Task::Depth, vec![6, 5, 1], f(30)),
+        ];
+        assert_eq!(image_resolution(&tensors), Some((6, 5)));
+        assert_eq!(image_resolution(&tensors[..2]), None);
+    }
+}
