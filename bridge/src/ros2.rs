@@ -379,23 +379,14 @@ impl Ros2Names {
             node: node.to_string(),
         }
     }
-    /// Fully qualified topic: `/<ns>/<camera>/<task>`.
-    pub fn topic(&self, camera: &str, task: Task) -> String {
-        self.output_topic(camera, task.name())
-    }
-    /// `/<ns>/<camera>/<leaf>`: an output topic by its last part (`camera_info`).
+    /// `/<ns>/<camera>/<leaf>`: an output topic by its last part (`depth`, `raw/<name>`,
+    /// `camera_info`; [`crate::publisher::PublishConfig::leaf`]).
     pub fn output_topic(&self, camera: &str, leaf: &str) -> String {
         if self.namespace.is_empty() {
             format!("/{camera}/{leaf}")
         } else {
             format!("/{}/{camera}/{leaf}", self.namespace)
         }
-    }
-    /// The data key of an output: [`Ros2Names::typed_key`] of [`Ros2Names::topic`] with the
-    /// output's message type ([`task_type`]).
-    pub fn data_key(&self, camera: &str, task: Task) -> String {
-        let t = task_type(task);
-        self.typed_key(&self.topic(camera, task), &t.dds_name, &t.hash)
     }
     /// The data key of an Image topic, `<domain>/<fully qualified name>/<type>/<hash>`, the name
     /// with its leading and trailing slashes stripped (rmw_zenoh `liveliness_utils.cpp`,
@@ -713,14 +704,18 @@ mod tests {
     fn keys_and_tokens_follow_rmw_zenoh() {
         let n = Ros2Names::new(0, "/perception/", "overparam");
         assert_eq!(
-            n.data_key("cam0", Task::Segmentation),
+            n.typed_key(
+                &n.output_topic("cam0", "segmentation"),
+                IMAGE_TYPE_NAME,
+                IMAGE_TYPE_HASH
+            ),
             format!("0/perception/cam0/segmentation/{IMAGE_TYPE_NAME}/{IMAGE_TYPE_HASH}")
         );
         assert_eq!(
             n.node_token("abc", 0),
             "@ros2_lv/0/abc/0/0/NN/%/%perception/overparam"
         );
-        let (topic, qos) = (n.topic("cam0", Task::Depth), qos_string(true, 10));
+        let (topic, qos) = (n.output_topic("cam0", "depth"), qos_string(true, 10));
         let t = task_type(Task::Depth);
         assert!(
             n.typed_publisher_token(Endpoint::typed("abc", 0, 3, &topic, &t, &qos))

@@ -313,7 +313,8 @@ fn classes_go_out_as_json_natively_and_classification_in_ros2() {
     let (s_sub, s_pub) = pair();
     let native = s_sub.declare_subscriber("op/cam0/classes").wait().unwrap();
     let names = Ros2Names::new(3, "/perception", "overparam");
-    let key = names.data_key("cam0", Task::Classes);
+    let t = overparam_bridge::ros2::task_type(Task::Classes);
+    let key = names.typed_key(&names.output_topic("cam0", "classes"), &t.dds_name, &t.hash);
     assert!(
         key.starts_with(
             "3/perception/cam0/classes/vision_msgs::msg::dds_::Classification_/RIHS01_"
