@@ -365,3 +365,51 @@ fn qat_refuses_what_it_cannot_quantise() {
     let e = Qat::new(&spec, p, Device::Cpu, true).unwrap_err();
     assert!(e.to_string().contains("`nope`"), "{e}");
 }
+
+/// QAT's start in deploy units computes the same function (decided in f64: only the f32
+/// storage of the moved tensors differs), and every BN that scales a kernel of its own is then
+/// the identity scale, so that kernel moves in the deploy net at the rate it is given.
+#[test]
+fn deploy_units_keep_the_fold_and_unit_the_branch_scales() {
+    use overparam_train::qat::in_deploy_units;
+    let f64s = |w: &overparam_fuse::Weights<f32>| -> overparam_fuse::Weights<f64> {
+        w.iter().map(|(k, t)| (k.clone(), t.cast())).collect()
+    };
+    let mut moved = 0;
+    for (i, spec) in specs().into_iter().enumerate() {
+        let w = random_weights::<f32>(&train_layout(&spec).unwrap(), 50 + i as u64);
+        let u = in_deploy_units(&spec, &w).unwrap();
+        let (_, a) = fold(&spec, &f64s(&w)).unwrap();
+        let (_, b) = fold(&spec, &f64s(&u)).unwrap();
+        for (name, t) in &a {
+            let rel = t.max_abs_diff(&b[name]) / t.max_abs().max(1e-12);
+            assert!(rel <= 1e-6, "{} `{name}`: rel {rel:e}", spec.model);
+        }
+        for n in &spec.nodes {
+            let Op::Conv(c) = &n.op else { continue };
+            let p = n.prefix();
+            let bn = match (&c.method, &c.bn) {
+                (Method::Plain, Some(bn)) => bn.name.clone(),
+                (Method::Repvgg | Method::Qarepvgg, _) => format!("{p}.rbr_dense.bn"),
+                _ => continue,
+            };
+            let eps = c.bn.as_ref().map_or(1e-5, |b| b.eps);
+            let (g, v) = (
+                &u[&format!("{bn}.weight")],
+                &u[&format!("{bn}.running_var")],
+            );
+            for (g, v) in g.data.iter().zip(&v.data) {
+                let t = *g as f64 / (*v as f64 + eps).sqrt();
+                assert!((t - 1.0).abs() <= 1e-6, "{} `{bn}`: scale {t}", spec.model);
+            }
+            assert!(
+                u[&format!("{bn}.running_mean")]
+                    .data
+                    .iter()
+                    .all(|&m| m == 0.0)
+            );
+            moved += 1;
+        }
+    }
+    assert!(moved > 10, "only {moved} BNs checked");
+}
